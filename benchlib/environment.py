@@ -1,0 +1,59 @@
+"""What a run ran on: versions, device, threads, code commit. Written to env.json."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import benchlib
+from benchlib.models import cpu_model, device_name
+
+
+def git_commit(path: Path | None = None) -> dict[str, Any]:
+    """The commit of the benchlib checkout and whether it had local changes."""
+    cwd = path or Path(benchlib.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
+    import torchvision
+    import transformers
+
+    cuda = device.type == "cuda"
+    return {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchlib_version": benchlib.__version__,
+        "git": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "transformers": transformers.__version__,
+        "cuda_build": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "device_name": device_name(device),
+        "device_count": torch.cuda.device_count() if cuda else None,
+        "compute_capability": list(torch.cuda.get_device_capability(device)) if cuda else None,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_intra_op_threads": torch.get_num_threads(),
+        "torch_inter_op_threads": torch.get_num_interop_threads(),
+        "params": params,
+    }

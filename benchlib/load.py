@@ -1,0 +1,172 @@
+"""Closed-loop load generator: N client threads, one request in flight each.
+
+How one grid point is measured (the clock is a parameter so tests can fake it)::
+
+    every client thread:
+        send `warmup_requests` requests             # recorded, flagged, excluded
+    barrier; t0 = clock()                           # all threads released together
+    every client thread, until the stop rule holds:
+        start = clock(); send(); end = clock()      # send() returns on completion
+        record (thread, seq, start - t0, end - t0)
+    stop rule, checked after every completion:
+        clock() - t0 >= duration_s  and  completed >= min_requests
+
+A thread that sees the stop rule sends nothing more; requests already in flight
+finish and count. The measured window is therefore [t0, last completion], and
+throughput is completed inferences divided by that window (see ``stats``), not
+batch size over mean latency. ``send`` is whatever the workload gives a thread:
+on CUDA it runs on the thread's own stream and waits for that stream only.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from benchlib.memory import is_out_of_memory
+
+Clock = Callable[[], float]
+#: Called once per client thread, in that thread; yields the thread's `send`.
+ClientFactory = Callable[[int], AbstractContextManager[Callable[[], object]]]
+
+STATUS_OK = "ok"
+STATUS_OOM = "oom"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the client saw it; times in seconds from the window start."""
+
+    thread: int
+    seq: int
+    warmup: bool
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class PointRun:
+    """What one grid point produced: raw request records and how it ended."""
+
+    records: list[RequestRecord] = field(default_factory=list)
+    status: str = STATUS_OK
+    error: str = ""
+
+    @property
+    def n_warmup(self) -> int:
+        return sum(r.warmup for r in self.records)
+
+
+class _Shared:
+    """State the client threads of one point share; every write holds the lock."""
+
+    def __init__(self, clock: Clock, duration_s: float, min_requests: int) -> None:
+        self.clock = clock
+        self.duration_s = duration_s
+        self.min_requests = min_requests
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.t0 = 0.0
+        self.completed = 0
+        self.failure: BaseException | None = None
+
+    def start_window(self) -> None:
+        # Runs once, in the last thread to reach the barrier.
+        self.t0 = self.clock()
+
+    def count_completion(self, end: float) -> None:
+        with self.lock:
+            self.completed += 1
+            if end - self.t0 >= self.duration_s and self.completed >= self.min_requests:
+                self.stop.set()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.failure is None:
+                self.failure = exc
+        self.stop.set()
+
+
+def _client_thread(
+    index: int,
+    make_client: ClientFactory,
+    warmup_requests: int,
+    shared: _Shared,
+    barrier: threading.Barrier,
+    out: list[RequestRecord],
+) -> None:
+    clock = shared.clock
+    try:
+        with make_client(index) as send:
+            warm: list[tuple[float, float]] = []
+            for _ in range(warmup_requests):
+                start = clock()
+                send()
+                warm.append((start, clock()))
+            barrier.wait()
+            t0 = shared.t0
+            seq = 0
+            # The timed loop: keep it to two clock reads, the request and an append.
+            while not shared.stop.is_set():
+                start = clock()
+                send()
+                end = clock()
+                out.append(RequestRecord(index, seq, False, start - t0, end - t0))
+                seq += 1
+                shared.count_completion(end)
+            out.extend(
+                RequestRecord(index, -len(warm) + i, True, s - t0, e - t0) for i, (s, e) in enumerate(warm)
+            )
+    except threading.BrokenBarrierError:
+        pass  # another thread failed before the window started; it holds the reason
+    except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread
+        shared.fail(exc)
+        barrier.abort()
+
+
+def run_point(
+    make_client: ClientFactory,
+    threads: int,
+    warmup_requests: int,
+    duration_s: float,
+    min_requests: int,
+    clock: Clock = time.perf_counter,
+) -> PointRun:
+    """Measure one grid point with `threads` closed-loop clients.
+
+    Out-of-memory in any client ends the point with status ``oom`` (no records are
+    kept: a partial window would mislead); any other error propagates.
+    """
+    shared = _Shared(clock, duration_s, min_requests)
+    barrier = threading.Barrier(threads, action=shared.start_window)
+    per_thread: list[list[RequestRecord]] = [[] for _ in range(threads)]
+    workers = [
+        threading.Thread(
+            target=_client_thread,
+            args=(i, make_client, warmup_requests, shared, barrier, per_thread[i]),
+            name=f"benchlib-client-{i}",
+            daemon=True,
+        )
+        for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if shared.failure is not None:
+        if is_out_of_memory(shared.failure):
+            return PointRun(records=[], status=STATUS_OOM, error=_first_line(shared.failure))
+        raise shared.failure
+    return PointRun(records=sorted(_flatten(per_thread), key=lambda r: (r.start_s, r.thread)))
+
+
+def _flatten(per_thread: list[list[RequestRecord]]) -> Iterator[RequestRecord]:
+    for records in per_thread:
+        yield from records
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
