@@ -7,6 +7,7 @@ it; callers catch :class:`ParamsError` and never see a pydantic traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,8 +16,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -37,9 +36,10 @@ ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "resnet50")
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:")
 ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>"])
 
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[StrictFloat | StrictInt, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, strict=True)]  # strict: ints pass, strings do not
 
 
 class _Strict(BaseModel):
@@ -141,7 +141,7 @@ class Params(_Strict):
     """One experiment: a grid of models x precisions x batch sizes x client threads."""
 
     #: The instance type this runs on, as priced (e.g. ``g5.4xlarge``); used in paths.
-    instance: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)]
+    instance: StrictStr
     device: Literal["cuda", "cpu", "auto"] = "auto"
     models: Annotated[tuple[ModelSpec, ...], Field(min_length=1)]
     batch_sizes: Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
@@ -160,6 +160,16 @@ class Params(_Strict):
     #: Checks reduced precisions against fp32 on this many samples.
     accuracy_samples: PositiveInt = 8
 
+    @field_validator("instance")
+    @classmethod
+    def _safe_instance_name(cls, name: str) -> str:
+        if not _INSTANCE_NAME.fullmatch(name):
+            raise ValueError(
+                "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(it names the output folder), e.g. g5.4xlarge"
+            )
+        return name
+
     @field_validator("batch_sizes", "threads", "precisions")
     @classmethod
     def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -175,7 +185,8 @@ class Params(_Strict):
 
 def _format_error(source: str, err: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-    message = err["msg"].removeprefix("Value error, ")
+    # YAML has lists, not tuples.
+    message = err["msg"].removeprefix("Value error, ").replace("valid tuple", "list").replace("Tuple", "List")
     if err["type"] == "missing":
         return f"{source}: {key}: required key is missing; add it"
     shown = err.get("input")
@@ -194,7 +205,11 @@ def parse_params(data: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        lines = [_format_error(source, err) for err in exc.errors()]
+        errors = exc.errors()
+        # An invalid item also makes its list "too short"; the item's error says it all.
+        failed_items = {err["loc"][:-1] for err in errors if err["type"] != "too_short"}
+        errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"] in failed_items)]
+        lines = [_format_error(source, err) for err in errors]
         raise ParamsError("\n".join(lines)) from None
 
 

@@ -1,0 +1,68 @@
+"""Shared test helpers: a fake clock, tiny params, and no network for model hubs."""
+from __future__ import annotations
+
+import os
+
+# Tests never reach a model hub: set before transformers/huggingface_hub are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+#: A 2-layer BERT QA config: the real architecture, small enough for CI.
+TINY_BERT = {
+    "name": "bert-base-uncased-squad2",
+    "seq_len": 16,
+    "config": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+}
+TINY_RESNET = {"name": "torchvision:resnet18", "image_size": 32}
+
+
+class FakeClock:
+    """A clock that only moves when told to; tests assert exact times."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def tiny_params(**overrides: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "instance": "test-cpu",
+        "device": "cpu",
+        "models": [TINY_BERT],
+        "batch_sizes": [1, 2],
+        "threads": [1],
+        "precisions": ["fp32"],
+        "warmup_requests": 1,
+        "duration_s": 0.05,
+        "min_requests": 3,
+    }
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture
+def write_params(tmp_path: Path):
+    """Write a params mapping (or raw text) to a YAML file and return its path."""
+
+    def write(data: Any, name: str = "params.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
