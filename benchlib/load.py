@@ -102,23 +102,23 @@ def _client_thread(
         with make_client(index) as send:
             warm: list[tuple[float, float]] = []
             for _ in range(warmup_requests):
+                if shared.stop.is_set():
+                    return  # another client failed; the barrier is already broken
                 start = clock()
                 send()
                 warm.append((start, clock()))
             barrier.wait()
-            t0 = shared.t0
-            seq = 0
-            # The timed loop: keep it to two clock reads, the request and an append.
+            measured: list[tuple[float, float]] = []
+            # The timed loop: two clock reads, the request, a tuple append, the stop rule.
             while not shared.stop.is_set():
                 start = clock()
                 send()
                 end = clock()
-                out.append(RequestRecord(index, seq, False, start - t0, end - t0))
-                seq += 1
+                measured.append((start, end))
                 shared.count_completion(end)
-            out.extend(
-                RequestRecord(index, -len(warm) + i, True, s - t0, e - t0) for i, (s, e) in enumerate(warm)
-            )
+        t0 = shared.t0
+        out.extend(RequestRecord(index, i - len(warm), True, s - t0, e - t0) for i, (s, e) in enumerate(warm))
+        out.extend(RequestRecord(index, i, False, s - t0, e - t0) for i, (s, e) in enumerate(measured))
     except threading.BrokenBarrierError:
         pass  # another thread failed before the window started; it holds the reason
     except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread

@@ -5,8 +5,10 @@ import gc
 
 import torch
 
-# CPU allocators report failure as a plain RuntimeError with one of these phrases.
-_OOM_PHRASES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+# Allocators report failure as a plain RuntimeError with one of these phrases: the
+# host allocator, and cuBLAS/cuDNN workspaces (CUBLAS_STATUS_ALLOC_FAILED, ...).
+_OOM_PHRASES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory",
+                "alloc_failed")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

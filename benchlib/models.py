@@ -57,6 +57,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: PyTorch hands out CUDA streams from a pool of 32 per device; more client threads
+#: would share streams and wait for each other's work.
+MAX_CUDA_CLIENT_THREADS = 32
+
+
+def check_client_threads(device: torch.device, threads: tuple[int, ...]) -> None:
+    """Every client thread needs a stream of its own on CUDA."""
+    if device.type == "cuda" and max(threads) > MAX_CUDA_CLIENT_THREADS:
+        raise WorkloadError(
+            f"threads: {max(threads)} client threads on CUDA would share streams; "
+            f"use at most {MAX_CUDA_CLIENT_THREADS} (or several processes)"
+        )
+
+
 # --- precision ----------------------------------------------------------------
 
 
@@ -124,7 +138,12 @@ def load_model(spec: ModelSpec, device: torch.device, seed: int) -> LoadedModel:
     loaders = {"zoo": _load_zoo, "hf": _load_hf, "torchvision": _load_torchvision, "torchscript": _load_torchscript}
     torch.manual_seed(seed)  # random weights are the same for the same seed
     module, source, make_inputs = loaders[spec.kind](spec)
+    # No gradients in inference. This also keeps autocast's weight-cast cache (which is
+    # process-wide, shared by all client threads) out of play: every request casts the
+    # weights it uses on its own stream, as the study's per-request autocast did.
     module = module.to(device).eval()
+    for parameter in module.parameters():  # (ScriptModules lack requires_grad_)
+        parameter.requires_grad_(False)
     return LoadedModel(spec, module, device, source, make_inputs)
 
 
@@ -312,6 +331,9 @@ class Workload:
         if precision.cast_dtype is not None:
             module = copy.deepcopy(module).to(precision.cast_dtype)
         self.module = module
+        # One stream per client index, kept for the workload's life: the caching
+        # allocator reuses blocks per stream, so new streams per point would grow memory.
+        self._streams: list[torch.cuda.Stream] = []
 
     def inputs(self, batch_size: int, seed: int) -> Inputs:
         """Inputs for one batch, built on the CPU with `seed`, then moved to the device."""
@@ -342,16 +364,22 @@ class Workload:
             return self.module(**inputs)
         return self.module(inputs)
 
-    def client_factory(self, inputs: Inputs) -> Callable[[int], contextlib.AbstractContextManager[Callable[[], object]]]:
+    def client_factory(
+        self, inputs: Inputs, threads: int
+    ) -> Callable[[int], contextlib.AbstractContextManager[Callable[[], object]]]:
         """Per-thread `send`: on CUDA its own stream, and waits for that stream only."""
+        if self.device.type == "cuda":
+            check_client_threads(self.device, (threads,))
+            while len(self._streams) < threads:  # created here, in order: distinct pool streams
+                self._streams.append(torch.cuda.Stream(self.device))
 
         @contextlib.contextmanager
-        def client(_index: int) -> Iterator[Callable[[], object]]:
+        def client(index: int) -> Iterator[Callable[[], object]]:
             with self.precision_context():
                 if self.device.type != "cuda":
                     yield lambda: self.forward(inputs)
                     return
-                stream = torch.cuda.Stream(self.device)
+                stream = self._streams[index]
                 with torch.cuda.stream(stream):
 
                     def send() -> object:

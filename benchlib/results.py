@@ -33,6 +33,8 @@ ENV = "env.json"
 PARAMS = "params.yaml"
 
 RECORD_COLUMNS = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
+ACCURACY_COLUMNS = ["model", "weights", "precision", "dtype", "n_samples", "max_abs_error", "mean_abs_error",
+                    "reference_max_abs", "argmax_agreement", "status"]
 ACCURACY_KEYS = ["model", "precision"]
 ACCURACY_IN_SUMMARY = ["max_abs_error", "argmax_agreement"]
 
@@ -84,14 +86,21 @@ class RunWriter:
 
     def add_accuracy(self, row: dict[str, Any]) -> None:
         self._accuracy.append(row)
-        frame = pd.DataFrame(self._accuracy)
+        frame = self._accuracy_frame()
         write_atomic(self.out_dir / ACCURACY, lambda p: frame.to_csv(p, index=False))
+
+    def _accuracy_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self._accuracy, columns=ACCURACY_COLUMNS)
+
+    @property
+    def n_points(self) -> int:
+        return len(self._records)
 
     def add_point(self, records: pd.DataFrame) -> pd.Series:
         """Keep one point's records, rewrite records and summary; return its summary row."""
         self._records.append(records)
         all_records = pd.concat(self._records, ignore_index=True)
-        summary = with_accuracy(summarize(all_records), pd.DataFrame(self._accuracy))
+        summary = with_accuracy(summarize(all_records), self._accuracy_frame())
         write_atomic(self.out_dir / RECORDS, lambda p: all_records.to_parquet(p, index=False))
         write_atomic(self.out_dir / SUMMARY, lambda p: summary.to_csv(p, index=False))
         return summary.iloc[-1]

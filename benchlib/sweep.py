@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +22,15 @@ from benchlib.accuracy import compare_outputs
 from benchlib.environment import collect_env
 from benchlib.load import STATUS_OOM, Clock, PointRun, run_point
 from benchlib.memory import is_out_of_memory, release_memory
-from benchlib.models import LoadedModel, Workload, load_model, resolve_device, resolve_precision
+from benchlib.models import (
+    LoadedModel,
+    Precision,
+    Workload,
+    check_client_threads,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
 from benchlib.params import Params, params_to_dict
 from benchlib.results import RunWriter, point_records, read_summary
 
@@ -53,64 +61,87 @@ def run_sweep(
 ) -> SweepResult:
     """Measure every grid point of `params` and write the run into `out_dir`."""
     device = resolve_device(params.device)
-    # Resolve every precision before loading anything: a bad one fails in seconds.
+    # Check everything that needs no model first: a bad precision fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]
+    check_client_threads(device, params.threads)
     writer = RunWriter(out_dir)
     params_dict = params_to_dict(params)
     writer.write_params(params_dict)
-    # A live bar on a terminal; one plain line per point in logs and notebooks.
-    live = progress is not None and progress.isatty()
-    bar = tqdm(total=params.grid_size, file=progress, disable=not live, unit="point", dynamic_ncols=True)
-    point = 0
-    with intra_op_threads(params.intra_op_threads), bar:
-        env = collect_env(device, params_dict)
+    with intra_op_threads(params.intra_op_threads), _Progress(params.grid_size, progress) as report:
+        env = collect_env(device, params_dict)  # inside: records the thread count in force
         env["models"] = []
         writer.write_env(env)
         for spec in params.models:
             loaded = load_model(spec, device, params.seed)
             env["models"].append({"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source})
             writer.write_env(env)
-            reference = None
-            for precision in precisions:
-                workload = Workload(loaded, precision)
-                if precision.name != "fp32":
-                    if reference is None:
-                        fp32 = Workload(loaded, resolve_precision("fp32", device))
-                        reference = _accuracy_outputs(fp32, params)
-                    writer.add_accuracy(_accuracy_row(workload, reference, params))
-                for batch_size in params.batch_sizes:
-                    inputs, oom = _build_inputs(workload, batch_size, params.seed)
-                    for threads in params.threads:
-                        bar.set_description(f"{spec.name} {precision.name} batch {batch_size} x{threads}")
-                        run = oom or run_point(
-                            workload.client_factory(inputs),
-                            threads=threads,
-                            warmup_requests=params.warmup_requests,
-                            duration_s=params.duration_s,
-                            min_requests=params.min_requests,
-                            clock=clock,
-                        )
-                        if run.status == STATUS_OOM:
-                            release_memory(device)
-                        keys = _point_keys(params, loaded, precision.name, precision.dtype, batch_size, threads)
-                        row = writer.add_point(point_records(point, keys, run))
-                        if progress is not None:
-                            line = f"[{point + 1}/{params.grid_size}] {_describe(row, run)}"
-                            bar.write(line, file=progress)  # above the bar when there is one
-                        bar.update()
-                        point += 1
-                    del inputs
-                del workload
-            del loaded, reference
+            _sweep_model(loaded, precisions, params, writer, report, clock)
+            del loaded
             release_memory(device)
     return SweepResult(Path(out_dir), read_summary(out_dir))
+
+
+def _sweep_model(
+    loaded: LoadedModel,
+    precisions: list[Precision],
+    params: Params,
+    writer: RunWriter,
+    report: Callable[[pd.Series, PointRun], None],
+    clock: Clock,
+) -> None:
+    reference = None
+    for precision in precisions:
+        workload = Workload(loaded, precision)
+        if precision.name != "fp32":
+            if reference is None:
+                reference = _accuracy_outputs(Workload(loaded, resolve_precision("fp32", loaded.device)), params)
+            writer.add_accuracy(_accuracy_row(workload, reference, params))
+        for batch_size in params.batch_sizes:
+            inputs, oom = _build_inputs(workload, batch_size, params.seed)
+            for threads in params.threads:
+                run = oom or run_point(
+                    workload.client_factory(inputs, threads),
+                    threads=threads,
+                    warmup_requests=params.warmup_requests,
+                    duration_s=params.duration_s,
+                    min_requests=params.min_requests,
+                    clock=clock,
+                )
+                if run.status == STATUS_OOM:
+                    release_memory(loaded.device)
+                keys = _point_keys(params, loaded, precision, batch_size, threads)
+                report(writer.add_point(point_records(writer.n_points, keys, run)), run)
+            del inputs
+
+
+class _Progress:
+    """A live bar on a terminal; one plain line per point in logs and notebooks."""
+
+    def __init__(self, total: int, stream: TextIO | None) -> None:
+        self.total = total
+        self.stream = stream
+        live = stream is not None and stream.isatty()
+        self.bar = tqdm(total=total, file=stream, disable=not live, unit="point", dynamic_ncols=True)
+        self.done = 0
+
+    def __enter__(self) -> Callable[[pd.Series, PointRun], None]:
+        return self.report
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def report(self, row: pd.Series, run: PointRun) -> None:
+        self.done += 1
+        self.bar.update()
+        if self.stream is not None:
+            self.bar.write(f"[{self.done}/{self.total}] {_describe(row, run)}", file=self.stream)
 
 
 def _build_inputs(workload: Workload, batch_size: int, seed: int) -> tuple[Any, PointRun | None]:
     """Inputs for a batch size, or an OOM run when even they do not fit."""
     try:
         return workload.inputs(batch_size, seed), None
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
         release_memory(workload.device)
@@ -125,25 +156,30 @@ def _accuracy_outputs(workload: Workload, params: Params) -> Any:
 
 
 def _accuracy_row(workload: Workload, reference: Any, params: Params) -> dict[str, Any]:
-    agreement = compare_outputs(reference, _accuracy_outputs(workload, params))
-    return {
+    row = {
         "model": workload.loaded.spec.name,
         "weights": workload.loaded.weights,
         "precision": workload.precision.name,
         "dtype": workload.precision.dtype,
-        **agreement.as_row(),
     }
+    try:
+        return {**row, **compare_outputs(reference, _accuracy_outputs(workload, params)).as_row(), "status": "ok"}
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        release_memory(workload.device)
+        return {**row, "status": STATUS_OOM}
 
 
 def _point_keys(
-    params: Params, loaded: LoadedModel, precision: str, dtype: str, batch_size: int, threads: int
+    params: Params, loaded: LoadedModel, precision: Precision, batch_size: int, threads: int
 ) -> dict[str, Any]:
     return {
         "instance": params.instance,
         "model": loaded.spec.name,
         "weights": loaded.weights,
-        "precision": precision,
-        "dtype": dtype,
+        "precision": precision.name,
+        "dtype": precision.dtype,
         "batch_size": batch_size,
         "threads": threads,
     }

@@ -46,7 +46,8 @@ def bare_throughput(workload: Workload, inputs, batch_size: int, n: int) -> floa
 
 
 def harness_throughput(workload: Workload, inputs, batch_size: int, duration_s: float) -> tuple[float, int]:
-    run = run_point(workload.client_factory(inputs), threads=1, warmup_requests=0,
+    # Warm-up as in real use: a fresh client thread's first requests pay one-off costs.
+    run = run_point(workload.client_factory(inputs, 1), threads=1, warmup_requests=2,
                     duration_s=duration_s, min_requests=1)
     keys = {"instance": "bench", "model": "m", "weights": "random", "precision": "fp32",
             "dtype": "float32", "batch_size": batch_size, "threads": 1}
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--duration", type=float, default=0.5, help="seconds per harness round")
-    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="1 by default: fewer threads than cores keeps the two loops' conditions equal")
     args = parser.parse_args()
@@ -96,10 +97,15 @@ def main() -> None:
         inputs = workload.inputs(batch_size, seed=0)
         bare_throughput(workload, inputs, batch_size, 5)  # warm-up, not measured
         bare, harness, pair_ratios = [], [], []
-        for _ in range(args.rounds):
+        n = 0  # set by each harness round; a bare round uses the latest harness round's count
+        for i in range(args.rounds):
+            # Alternate which goes first so that drift in the machine's speed cancels.
+            if i % 2:
+                bare.append(bare_throughput(workload, inputs, batch_size, n))
             throughput, n = harness_throughput(workload, inputs, batch_size, args.duration)
             harness.append(throughput)
-            bare.append(bare_throughput(workload, inputs, batch_size, n))  # same request count
+            if not i % 2:
+                bare.append(bare_throughput(workload, inputs, batch_size, n))  # same request count
             pair_ratios.append(harness[-1] / bare[-1])
         ratio = statistics.median(pair_ratios)
         q1, _, q3 = statistics.quantiles(pair_ratios, n=4)

@@ -146,3 +146,20 @@ def test_other_errors_propagate() -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
         run_point(failing_client(ValueError("shape mismatch"), fail_thread=0, after=5), threads=2,
                   warmup_requests=0, duration_s=60.0, min_requests=10**6)
+
+
+@pytest.mark.parametrize(
+    "exc,oom",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), True),
+        (MemoryError(), True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes"), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_out_of_memory_is_recognised(exc: BaseException, oom: bool) -> None:
+    from benchlib.memory import is_out_of_memory
+
+    assert is_out_of_memory(exc) is oom

@@ -23,7 +23,7 @@ def minilm_path() -> str:
 
 def run_once(workload: Workload, batch_size: int = 2):
     inputs = workload.inputs(batch_size, seed=0)
-    with workload.client_factory(inputs)(0) as send:
+    with workload.client_factory(inputs, 1)(0) as send:
         return send()
 
 
@@ -211,7 +211,7 @@ def test_whole_model_cast_casts_float_inputs_but_not_token_ids() -> None:
 def test_autocast_runs_in_reduced_precision_and_inference_mode() -> None:
     workload = Workload(load_model(ModelSpec(**TINY_RESNET), CPU, 0), resolve_precision("amp", CPU))
     inputs = workload.inputs(2, seed=0)
-    with workload.client_factory(inputs)(0) as send:
+    with workload.client_factory(inputs, 1)(0) as send:
         assert torch.is_inference_mode_enabled()
         assert torch.is_autocast_enabled("cpu")
         out = send()
@@ -236,3 +236,18 @@ def test_compare_outputs_exact() -> None:
 def test_compare_outputs_rejects_mismatched_structure() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         compare_outputs(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_loaded_models_need_no_gradients() -> None:
+    # Inference only; it also keeps autocast's process-wide weight cache out of play.
+    loaded = load_model(ModelSpec(**TINY_BERT), CPU, seed=0)
+    assert not any(p.requires_grad for p in loaded.module.parameters())
+
+
+def test_more_cuda_client_threads_than_streams_is_refused() -> None:
+    from benchlib.models import check_client_threads
+
+    check_client_threads(torch.device("cuda"), (1, 32))
+    check_client_threads(CPU, (64,))  # CPU threads need no streams
+    with pytest.raises(WorkloadError, match="at most 32"):
+        check_client_threads(torch.device("cuda"), (4, 33))

@@ -171,3 +171,21 @@ def test_cuda_sweep_with_per_thread_streams(tmp_path: Path) -> None:
     records = read_records(tmp_path)
     two = records[(records["threads"] == 2) & ~records["warmup"]]
     assert two.groupby("point")["thread"].nunique().eq(2).all()
+
+
+def test_out_of_memory_in_the_accuracy_check_is_recorded(tmp_path: Path, monkeypatch) -> None:
+    import benchlib.sweep as sweep
+
+    real = sweep._accuracy_outputs
+
+    def fail_for_reduced_precision(workload, params):
+        if workload.precision.name != "fp32":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(workload, params)
+
+    monkeypatch.setattr(sweep, "_accuracy_outputs", fail_for_reduced_precision)
+    params = parse_params(tiny_params(batch_sizes=[1], precisions=["fp32", "bf16"]))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    assert summary["status"].tolist() == ["ok", "ok"]  # the timing still ran
+    accuracy = pd.read_csv(tmp_path / "accuracy.csv")
+    assert accuracy["status"].tolist() == ["oom"] and accuracy["max_abs_error"].isna().all()
