@@ -1,20 +1,19 @@
-"""Command line: ``benchlib validate`` and ``benchlib bench``.
+"""Command line: ``benchlib validate | bench | recommend | study``.
 
 Exit status: 0 success, 1 a failure while measuring, 2 bad input (params, device,
-weights): the message says what to fix, without a traceback.
+weights, prices): the message says what to fix, without a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+
+import pandas as pd
 
 from benchlib.errors import InputError
 from benchlib.params import load_params
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -34,22 +33,88 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     # torch is imported here, not at start-up, so `validate` answers in a blink.
+    from benchlib.cost import load_prices
     from benchlib.sweep import run_sweep
 
     params = load_params(args.params)
-    result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr)
-    print(format_summary(result.summary))
-    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, accuracy.csv, env.json, params.yaml)")
+    prices = load_prices(args.prices)
+    result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices)
+    print(format_table(result.summary, SUMMARY_SHOWN))
+    print("\nknees of throughput vs batch size:")
+    print(format_table(result.knees, KNEES_SHOWN))
+    _print_recommendation(result.summary, args, Path(args.out))
+    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml)")
     return EXIT_OK
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a terminal table, latencies in ms."""
-    shown = summary[
-        ["model", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
-         "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "n_requests", "status"]
-    ]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.1f}")
+def _recommend(args: argparse.Namespace) -> int:
+    from benchlib.results import read_summary
+
+    missing = [d for d in args.runs if not (Path(d) / "summary.csv").is_file()]
+    if missing:
+        raise InputError(f"no summary.csv in {', '.join(missing)}; give run folders written by `benchlib bench`")
+    summary = pd.concat([read_summary(d) for d in args.runs], ignore_index=True)
+    _print_recommendation(summary, args, None)
+    return EXIT_OK
+
+
+def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: Path | None) -> None:
+    from benchlib.cost import recommend
+    from benchlib.results import write_atomic
+
+    if args.latency_budget_ms is None:
+        return
+    table = recommend(summary, args.latency_budget_ms, args.percentile, args.target_per_s)
+    print(f"\ncheapest configuration with {args.percentile} <= {args.latency_budget_ms:g} ms:")
+    print(format_table(table, list(table.columns)))
+    if out is not None:
+        write_atomic(out / "recommendation.csv", lambda p: table.to_csv(p, index=False))
+
+
+def _study(args: argparse.Namespace) -> int:
+    from benchlib.cost import load_prices
+    from benchlib.knee import knees
+    from benchlib.seed import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
+    from benchlib.seed import study_prices
+
+    prices = study_prices(load_prices(args.prices))
+    costs = reproduce_costs(prices)
+    print(f"$ per million inferences from the study's throughputs at {prices}:")
+    print(format_table(costs, ["model", "batch_size", "precision", "instance", "throughput_per_s",
+                               "usd_per_million", "usd_per_million_published", "matches_published"]))
+    swapped = reproduce_costs(POST_TABLE_USD_PER_HOUR)
+    print(f"\nmatching the published $/million: {int(costs['matches_published'].sum())} of {len(costs)} rows "
+          f"with the price table; {int(swapped['matches_published'].sum())} of {len(swapped)} with the post's "
+          f"instance table {POST_TABLE_USD_PER_HOUR}")
+    benefit = reproduce_cost_benefit(prices)
+    print("\ncost benefit of G5 over G4dn (G4dn $/M / G5 $/M):")
+    print(format_table(benefit, ["model", "batch_size", "precision", "cost_benefit", "cost_benefit_from_rounded",
+                                 "cost_benefit_published"], digits=2))
+    print("\nknees of the published throughput curves:")
+    print(format_table(knees(published_table()), ["instance", *KNEES_SHOWN], digits=3))
+    return EXIT_OK
+
+
+SUMMARY_SHOWN = ["model", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
+                 "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "usd_per_million", "n_requests", "status"]
+KNEES_SHOWN = ["model", "precision", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
+               "r_squared", "reason"]
+
+
+def format_table(table: pd.DataFrame, columns: list[str], digits: int = 1) -> str:
+    """A table for the terminal: the columns that exist, floats rounded, no index."""
+    if table.empty:
+        return "(none)"
+    shown = table[[c for c in columns if c in table.columns]]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}")
+
+
+def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--latency-budget-ms", type=float, required=required,
+                        help="recommend the cheapest point within this latency")
+    parser.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99"],
+                        help="the latency percentile the budget applies to (default p95)")
+    parser.add_argument("--target-per-s", type=float, help="target load in inferences/s: how many instances")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("params", help="params YAML file")
     bench.add_argument("--out", required=True, help="directory for records, summary and env")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
+    bench.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
+    _add_budget_options(bench, required=False)
     bench.set_defaults(func=_bench)
+
+    recommend = commands.add_parser("recommend", help="cheapest configuration over one or more runs")
+    recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")
+    _add_budget_options(recommend, required=True)
+    recommend.set_defaults(func=_recommend)
+
+    study = commands.add_parser("study", help="reproduce the G5 vs G4dn study's cost table and knees")
+    study.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
+    study.set_defaults(func=_study)
     return parser
 
 

@@ -159,6 +159,8 @@ class Params(_Strict):
     seed: NonNegativeInt = 0
     #: Checks reduced precisions against fp32 on this many samples.
     accuracy_samples: PositiveInt = 8
+    #: Overrides the price table's hourly price (spot, reserved, your own machine).
+    price_usd_per_hour: PositiveFloat | None = None
 
     @field_validator("instance")
     @classmethod

@@ -3,8 +3,9 @@
 A run directory holds::
 
     records.parquet   one row per request (the raw truth), plus one marker row per OOM point
-    summary.csv       one row per grid point, derived from the records (+ accuracy)
+    summary.csv       one row per grid point, derived from the records (+ accuracy, cost)
     accuracy.csv      reduced precisions vs fp32 on the same inputs
+    knees.csv         the knee of each throughput-vs-batch curve, from the summary
     env.json          versions, device, threads, git commit, params
     params.yaml       the validated params the run used
 
@@ -23,6 +24,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from benchlib.cost import add_cost
+from benchlib.knee import knees
 from benchlib.load import PointRun
 from benchlib.stats import POINT_KEYS, summarize
 
@@ -30,6 +33,7 @@ RECORDS = "records.parquet"
 SUMMARY = "summary.csv"
 ACCURACY = "accuracy.csv"
 ENV = "env.json"
+KNEES = "knees.csv"
 PARAMS = "params.yaml"
 
 RECORD_COLUMNS = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
@@ -70,8 +74,9 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFra
 class RunWriter:
     """Accumulates a run's points and keeps its files on disk current after each one."""
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, usd_per_hour: float | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.usd_per_hour = usd_per_hour
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []
@@ -100,10 +105,16 @@ class RunWriter:
         """Keep one point's records, rewrite records and summary; return its summary row."""
         self._records.append(records)
         all_records = pd.concat(self._records, ignore_index=True)
-        summary = with_accuracy(summarize(all_records), self._accuracy_frame())
+        summary = add_cost(with_accuracy(summarize(all_records), self._accuracy_frame()), self.usd_per_hour)
         write_atomic(self.out_dir / RECORDS, lambda p: all_records.to_parquet(p, index=False))
         write_atomic(self.out_dir / SUMMARY, lambda p: summary.to_csv(p, index=False))
         return summary.iloc[-1]
+
+    def write_knees(self) -> pd.DataFrame:
+        """The knee of every curve of the summary as it stands."""
+        table = knees(read_summary(self.out_dir))
+        write_atomic(self.out_dir / KNEES, lambda p: table.to_csv(p, index=False))
+        return table
 
 
 def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:

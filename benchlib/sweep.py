@@ -10,7 +10,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from benchlib.accuracy import compare_outputs
+from benchlib.cost import Price, hourly_price, load_prices
 from benchlib.environment import collect_env
 from benchlib.load import STATUS_OOM, Clock, PointRun, run_point
 from benchlib.memory import is_out_of_memory, release_memory
@@ -39,6 +40,7 @@ from benchlib.results import RunWriter, point_records, read_summary
 class SweepResult:
     out_dir: Path
     summary: pd.DataFrame
+    knees: pd.DataFrame
 
 
 @contextlib.contextmanager
@@ -58,17 +60,24 @@ def run_sweep(
     out_dir: str | Path,
     progress: TextIO | None = sys.stderr,
     clock: Clock = time.perf_counter,
+    prices: dict[str, Price] | None = None,
 ) -> SweepResult:
-    """Measure every grid point of `params` and write the run into `out_dir`."""
+    """Measure every grid point of `params` and write the run into `out_dir`.
+
+    Costs use `params.price_usd_per_hour`, else `prices` (default: the price table).
+    """
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]
     check_client_threads(device, params.threads)
-    writer = RunWriter(out_dir)
+    prices = load_prices() if prices is None else prices
+    usd_per_hour = hourly_price(params.instance, prices, params.price_usd_per_hour)
+    writer = RunWriter(out_dir, usd_per_hour)
     params_dict = params_to_dict(params)
     writer.write_params(params_dict)
     with intra_op_threads(params.intra_op_threads), _Progress(params.grid_size, progress) as report:
         env = collect_env(device, params_dict)  # inside: records the thread count in force
+        env["price"] = _price_record(params, prices, usd_per_hour)
         env["models"] = []
         writer.write_env(env)
         for spec in params.models:
@@ -78,7 +87,17 @@ def run_sweep(
             _sweep_model(loaded, precisions, params, writer, report, clock)
             del loaded
             release_memory(device)
-    return SweepResult(Path(out_dir), read_summary(out_dir))
+    knee_table = writer.write_knees()
+    return SweepResult(Path(out_dir), read_summary(out_dir), knee_table)
+
+
+def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float | None) -> dict[str, Any]:
+    if params.price_usd_per_hour is not None:
+        return {"usd_per_hour": usd_per_hour, "source": "price_usd_per_hour in the params file"}
+    if usd_per_hour is None:
+        return {"usd_per_hour": None, "source": f"no price for {params.instance!r}: costs are not computed; "
+                "add it to params/prices.yaml or set price_usd_per_hour"}
+    return asdict(prices[params.instance])
 
 
 def _sweep_model(
@@ -186,10 +205,9 @@ def _point_keys(
 
 
 def _describe(row: pd.Series, run: PointRun) -> str:
+    point = f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}"
     if run.status == STATUS_OOM:
-        return f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}: out of memory ({run.error})"
-    return (
-        f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}: "
-        f"{row['throughput_per_s']:.1f} inf/s, p50 {row['latency_p50_ms']:.1f} ms, "
-        f"p95 {row['latency_p95_ms']:.1f} ms ({row['n_requests']} requests)"
-    )
+        return f"{point}: out of memory ({run.error})"
+    p50, p95 = (f"{row[c]:.1f} ms" if pd.notna(row[c]) else "n/a" for c in ("latency_p50_ms", "latency_p95_ms"))
+    cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
+    return f"{point}: {row['throughput_per_s']:.1f} inf/s, p50 {p50}, p95 {p95}{cost} ({row['n_requests']} requests)"

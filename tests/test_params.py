@@ -13,7 +13,9 @@ from tests.conftest import TINY_BERT, tiny_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (REPO / "params").glob("*.yaml") if p.name != "prices.yaml"), ids=lambda p: p.name
+)
 def test_shipped_params_files_are_valid(path: Path) -> None:
     params = load_params(path)
     assert params.grid_size > 0
@@ -171,3 +173,10 @@ def test_cli_validate_bad_exits_2_without_traceback(write_params, capsys) -> Non
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "batch_sizes.0" in err
     assert "Traceback" not in err and "pydantic" not in err
+
+
+def test_price_override_must_be_a_positive_number() -> None:
+    assert parse_params(tiny_params(price_usd_per_hour=0.5)).price_usd_per_hour == 0.5
+    for bad in (0, -1, "cheap"):
+        with pytest.raises(ParamsError, match="price_usd_per_hour"):
+            parse_params(tiny_params(price_usd_per_hour=bad))

@@ -5,10 +5,20 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
+from scipy.stats import binom
 
 from benchlib.load import PointRun, RequestRecord, run_point
 from benchlib.results import point_records
-from benchlib.stats import latency_percentiles_ms, summarize, summarize_point
+from benchlib.stats import (
+    NOISY_CV,
+    bootstrap_mean_ci,
+    min_samples_for_percentile,
+    percentile_with_ci,
+    summarize,
+    summarize_point,
+    window_throughputs,
+)
 from tests.conftest import FakeClock
 from tests.test_load import fake_client
 
@@ -20,13 +30,50 @@ def records_of(point: int, run: PointRun, **keys) -> pd.DataFrame:
     return point_records(point, {**KEYS, **keys}, run)
 
 
+def steady_run(n: int, latency_s: float = 1 / 128) -> PointRun:
+    """One thread, back-to-back requests of a fixed latency (exact in binary: no boundary jitter)."""
+    return PointRun(records=[RequestRecord(0, i, False, i * latency_s, (i + 1) * latency_s) for i in range(n)])
+
+
+# --- percentiles -------------------------------------------------------------------
+
+
 def test_percentiles_use_linear_interpolation_over_pooled_samples() -> None:
-    latencies_s = np.arange(1, 101) / 1000.0  # 1..100 ms
-    p = latency_percentiles_ms(latencies_s)
-    assert math.isclose(p["latency_p50_ms"], 50.5)
-    assert math.isclose(p["latency_p90_ms"], 90.1)
-    assert math.isclose(p["latency_p95_ms"], 95.05)
-    assert math.isclose(p["latency_p99_ms"], 99.01)
+    samples = np.arange(1, 1001) / 10.0  # 0.1 .. 100.0
+    assert percentile_with_ci(samples, 50)[0] == pytest.approx(50.05)
+    assert percentile_with_ci(samples, 99)[0] == pytest.approx(99.001)
+
+
+def test_minimum_samples_to_bound_each_percentile() -> None:
+    assert [min_samples_for_percentile(p) for p in (0.5, 0.9, 0.95, 0.99)] == [6, 36, 72, 368]
+
+
+@pytest.mark.parametrize("percent", [50, 90, 95, 99])
+def test_too_small_a_sample_gives_no_percentile_instead_of_the_maximum(percent: int) -> None:
+    need = min_samples_for_percentile(percent / 100)
+    assert all(math.isnan(v) for v in percentile_with_ci(np.arange(need - 1.0), percent))
+    value, low, high = percentile_with_ci(np.arange(float(need)), percent)
+    assert low <= value <= high == need - 1  # just enough: the upper bound is the maximum
+
+
+def test_percentile_interval_is_the_binomial_order_statistics() -> None:
+    x = np.arange(1.0, 1001.0)
+    value, low, high = percentile_with_ci(x, 95)
+    r = int(binom.ppf(0.025, 1000, 0.95))
+    s = int(binom.ppf(0.975, 1000, 0.95)) + 1
+    assert (low, high) == (x[r - 1], x[s - 1]) == (936.0, 964.0)
+    assert binom.cdf(s - 1, 1000, 0.95) - binom.cdf(r - 1, 1000, 0.95) >= 0.95
+
+
+def test_percentile_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(1)
+    true_p95 = -math.log(0.05)  # of Exp(1)
+    covered = sum(lo <= true_p95 <= hi for _, lo, hi in
+                  (percentile_with_ci(rng.exponential(size=400), 95) for _ in range(400)))
+    assert 0.92 <= covered / 400 <= 0.99
+
+
+# --- throughput -------------------------------------------------------------------------
 
 
 def test_throughput_is_inferences_over_the_window_not_batch_over_mean_latency() -> None:
@@ -40,9 +87,56 @@ def test_throughput_is_inferences_over_the_window_not_batch_over_mean_latency() 
     assert row["throughput_per_s"] == 5 * 8 / 1.0  # 40/s; batch / mean latency would say 20
     assert row["n_requests"] == 5 and row["n_warmup"] == 1
     assert row["window_s"] == 1.0
-    assert row["latency_p50_ms"] == 250.0
-    assert math.isclose(row["latency_mean_ms"], 400.0)
-    assert row["status"] == "ok"
+    assert math.isclose(row["latency_mean_ms"], 400.0) and row["latency_max_ms"] == 1000.0
+
+
+def test_sub_window_throughputs_count_completions() -> None:
+    end = np.array([0.125 * (i + 1) for i in range(100)])  # one completion per 0.125 s, window 12.5 s
+    per_window = window_throughputs(end, np.full(100, 4), 12.5)
+    assert len(per_window) == 5  # 100 requests / 20 per window
+    assert per_window.tolist() == [32.0] * 5  # 20 completions x 4 inferences / 2.5 s
+    assert len(window_throughputs(end[:99], np.full(99, 4), end[98])) == 0  # too few for 5 windows
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
+    values = np.array([9.0, 10.0, 11.0, 10.0, 10.0, 9.5, 10.5, 10.0])
+    low, high = bootstrap_mean_ci(values)
+    assert low < values.mean() < high
+    assert (low, high) == bootstrap_mean_ci(values)
+    assert bootstrap_mean_ci(np.full(8, 3.0)) == (3.0, 3.0)
+
+
+def test_steady_point_has_tight_intervals_and_no_notes() -> None:
+    row = summarize_point(records_of(0, steady_run(400), batch_size=2))
+    assert row["throughput_per_s"] == 256.0
+    assert row["throughput_ci_low_per_s"] == 256.0 and row["throughput_ci_high_per_s"] == 256.0
+    assert row["throughput_cv"] == 0.0
+    assert row["latency_p99_ms"] == 7.8125
+    assert row["latency_p99_ci_low_ms"] == 7.8125 and row["latency_p99_ci_high_ms"] == 7.8125
+    assert row["notes"] == ""
+
+
+def test_small_sample_says_which_percentiles_it_cannot_give() -> None:
+    row = summarize_point(records_of(0, steady_run(50)))
+    assert row["latency_p50_ms"] == 7.8125 and row["latency_p90_ms"] == 7.8125
+    assert math.isnan(row["latency_p95_ms"]) and math.isnan(row["latency_p99_ms"])
+    assert "p95 needs >= 72 requests (has 50)" in row["notes"]
+    assert "p99 needs >= 368 requests (has 50)" in row["notes"]
+    assert "no throughput CI: 50 requests < 100" in row["notes"]
+    assert math.isnan(row["throughput_ci_low_per_s"]) and row["throughput_per_s"] == 1024.0
+
+
+def test_a_stall_in_the_window_is_flagged_as_noisy() -> None:
+    # 200 requests of 10 ms, but one in the middle takes 1 s: a fifth of the window starves.
+    records, t = [], 0.0
+    for i in range(200):
+        latency = 1.0 if i == 100 else 0.01
+        records.append(RequestRecord(0, i, False, t, t + latency))
+        t += latency
+    row = summarize_point(records_of(0, PointRun(records=records)))
+    assert row["throughput_cv"] > NOISY_CV
+    assert "noisy: throughput varies" in row["notes"]
+    assert row["throughput_ci_low_per_s"] < row["throughput_per_s"] < row["throughput_ci_high_per_s"]
 
 
 def test_fake_clock_run_summarizes_exactly() -> None:
@@ -51,7 +145,8 @@ def test_fake_clock_run_summarizes_exactly() -> None:
                     min_requests=1, clock=clock)
     row = summarize_point(records_of(0, run, batch_size=4))
     assert row["throughput_per_s"] == 16.0
-    assert row["latency_p99_ms"] == 250.0
+    assert row["latency_p50_ms"] is not None and math.isnan(row["latency_p50_ms"])  # 4 requests < 6
+    assert row["latency_max_ms"] == 250.0
     assert row["n_warmup"] == 2
 
 
@@ -62,14 +157,13 @@ def test_oom_point_has_status_and_no_figures() -> None:
 
 
 def test_summary_has_one_row_per_point_in_run_order() -> None:
-    ok = PointRun(records=[RequestRecord(0, 0, False, 0.0, 0.5)])
     records = pd.concat([
-        records_of(0, ok, batch_size=1),
+        records_of(0, steady_run(10), batch_size=1),
         records_of(1, PointRun(status="oom"), batch_size=64),
-        records_of(2, ok, batch_size=2, threads=1),
+        records_of(2, steady_run(10), batch_size=2, threads=1),
     ])
     summary = summarize(records)
     assert summary["batch_size"].tolist() == [1, 64, 2]
     assert summary["status"].tolist() == ["ok", "oom", "ok"]
-    assert summary["throughput_per_s"].iloc[2] == 4.0
+    assert summary["throughput_per_s"].iloc[2] == 256.0
     assert list(summary.columns[:7]) == ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]

@@ -37,30 +37,38 @@ def bench_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        assert main(["bench", str(params_path), "--out", str(out), "--quiet"]) == 0
+        assert main(["bench", str(params_path), "--out", str(out), "--quiet",
+                     "--latency-budget-ms", "1000", "--percentile", "p50", "--target-per-s", "100"]) == 0
     return out, stdout.getvalue()
 
 
 def test_writes_every_file(bench_run) -> None:
     out, stdout = bench_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "accuracy.csv", "env.json", "params.yaml", "records.parquet", "summary.csv"]
+        "accuracy.csv", "env.json", "knees.csv", "params.yaml", "recommendation.csv", "records.parquet",
+        "summary.csv"]
     assert "throughput_per_s" in stdout and f"wrote {out}" in stdout
+    assert "knees of throughput vs batch size" in stdout and "cheapest configuration with p50" in stdout
 
 
 def test_summary_has_one_row_per_grid_point(bench_run) -> None:
     summary = read_summary(bench_run[0])
     assert len(summary) == 2 * 2 * 2 * 2
-    assert list(summary.columns[:16]) == [
-        "instance", "model", "weights", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
-        "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms",
-        "n_requests", "n_warmup", "window_s"]
+    for column in ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads",
+                   "throughput_per_s", "throughput_ci_low_per_s", "throughput_cv", "latency_p50_ms",
+                   "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p95_ci_high_ms", "n_requests",
+                   "n_warmup", "window_s", "status", "notes", "usd_per_hour", "usd_per_million"]:
+        assert column in summary.columns, column
     assert set(summary["status"]) == {"ok"}
     assert set(summary["instance"]) == {"test-cpu"} and set(summary["weights"]) == {"random"}
     assert set(zip(summary["precision"], summary["dtype"])) == {("fp32", "float32"), ("amp", "bfloat16")}
     assert (summary["throughput_per_s"] > 0).all()
-    assert (summary["latency_p50_ms"] <= summary["latency_p95_ms"]).all()
-    assert (summary["latency_p95_ms"] <= summary["latency_p99_ms"]).all()
+    # 3+ requests per point: P50 needs 6, so the tiny points say what they cannot give
+    small = summary[summary["n_requests"] < 6]
+    assert small["latency_p50_ms"].isna().all() and small["notes"].str.contains("p50 needs >= 6").all()
+    assert summary["notes"].str.contains("p99 needs >= 368").all()
+    # the test instance has no price: no cost, not a made-up one
+    assert summary["usd_per_million"].isna().all()
 
 
 def test_window_respects_duration_and_min_requests(bench_run) -> None:
@@ -80,7 +88,8 @@ def test_records_are_raw_and_the_summary_derives_from_them(bench_run) -> None:
     assert (records.loc[~records["warmup"], "start_s"] >= 0).all()
     recomputed = summarize(records)
     stored = read_summary(out)
-    pd.testing.assert_frame_equal(recomputed, stored[recomputed.columns], check_dtype=False)
+    pd.testing.assert_frame_equal(recomputed.fillna({"notes": ""}), stored[recomputed.columns].fillna({"notes": ""}),
+                                  check_dtype=False)
     # Throughput is inferences over the window, recomputed by hand for one point:
     point = records[(records["point"] == 3) & ~records["warmup"]]
     expected = point["batch_size"].sum() / point["end_s"].max()
@@ -114,6 +123,39 @@ def test_env_records_versions_threads_and_params(bench_run) -> None:
     assert env["params"]["batch_sizes"] == [1, 4]
     assert [m["weights"] for m in env["models"]] == ["random", "random"]
     assert parse_params(yaml.safe_load((out / "params.yaml").read_text())).grid_size == 16
+
+
+def test_knees_and_recommendation_files(bench_run) -> None:
+    out = bench_run[0]
+    knee_table = pd.read_csv(out / "knees.csv")
+    assert len(knee_table) == 2 * 2 * 2  # one per model x precision x threads curve
+    assert knee_table["reason"].str.contains("too few points: 2 batch size").all()  # batch sizes [1, 4]
+    recommendation = pd.read_csv(out / "recommendation.csv")
+    assert sorted(recommendation["model"]) == sorted([TINY_BERT["name"], TINY_RESNET["name"]])
+    assert recommendation["reason"].str.contains("no price").all()
+
+
+def test_price_override_prices_every_point(tmp_path: Path) -> None:
+    params = parse_params(tiny_params(batch_sizes=[1], price_usd_per_hour=0.36))
+    result = run_sweep(params, tmp_path, progress=None)
+    row = result.summary.iloc[0]
+    assert row["usd_per_hour"] == 0.36
+    assert row["usd_per_million"] == pytest.approx(0.36 / (row["throughput_per_s"] * 3600) * 1e6)
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["price"] == {"usd_per_hour": 0.36, "source": "price_usd_per_hour in the params file"}
+
+
+def test_recommend_command_across_runs(tmp_path: Path, capsys) -> None:
+    for instance, price in (("cheap", 0.1), ("dear", 10.0)):
+        params = parse_params(tiny_params(instance=instance, batch_sizes=[1], min_requests=8, price_usd_per_hour=price))
+        run_sweep(params, tmp_path / instance, progress=None)
+    capsys.readouterr()
+    code = main(["recommend", str(tmp_path / "cheap"), str(tmp_path / "dear"), "--latency-budget-ms", "10000",
+                 "--percentile", "p50"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "cheap" in out.split("cheapest configuration")[1] and "dear" not in out.split("cheapest configuration")[1]
+    assert main(["recommend", str(tmp_path / "nothing-here"), "--latency-budget-ms", "10"]) == 2
 
 
 def test_intra_op_threads_are_set_for_the_sweep_and_restored_even_on_error() -> None:

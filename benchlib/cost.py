@@ -1,0 +1,150 @@
+"""Prices, $ per million inferences, comparisons between instances, recommendations.
+
+A price table (``params/prices.yaml``) gives each instance type's hourly price with
+its region, date and source; a params file may override it (spot, reserved, a
+machine of your own) with ``price_usd_per_hour``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from benchlib.errors import InputError
+
+#: The repository's price table; `benchlib ... --prices FILE` points elsewhere.
+DEFAULT_PRICES = Path(__file__).resolve().parents[1] / "params" / "prices.yaml"
+SECONDS_PER_HOUR = 3600.0
+#: A grid point is identified by these; cost comparisons pair points on them.
+CONFIG_KEYS = ["model", "precision", "batch_size", "threads"]
+PERCENTILE_COLUMNS = {"p50": "latency_p50_ms", "p90": "latency_p90_ms", "p95": "latency_p95_ms",
+                      "p99": "latency_p99_ms"}
+
+
+class PriceError(InputError):
+    """The price table is malformed or lacks an instance."""
+
+
+@dataclass(frozen=True)
+class Price:
+    instance: str
+    usd_per_hour: float
+    region: str
+    date: str
+    source: str
+
+
+def load_prices(path: str | Path | None = None) -> dict[str, Price]:
+    """Read a price table: ``instances: {name: {usd_per_hour, region, date, source}}``."""
+    path = Path(path) if path is not None else DEFAULT_PRICES
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PriceError(f"{path}: cannot read the price table ({exc})") from None
+    entries = data.get("instances") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise PriceError(f"{path}: expected a mapping `instances: {{<type>: {{usd_per_hour: ...}}}}`")
+    prices = {}
+    for name, entry in entries.items():
+        fields = {"usd_per_hour", "region", "date", "source"}
+        if not isinstance(entry, dict) or set(entry) != fields:
+            raise PriceError(f"{path}: instances.{name}: give exactly {sorted(fields)}")
+        usd = entry["usd_per_hour"]
+        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd <= 0:
+            raise PriceError(f"{path}: instances.{name}.usd_per_hour: a positive number, got {usd!r}")
+        prices[name] = Price(name, float(usd), str(entry["region"]), str(entry["date"]), str(entry["source"]))
+    return prices
+
+
+def usd_per_million(throughput_per_s: float, usd_per_hour: float) -> float:
+    """Dollars per million inferences at a sustained throughput on an instance at a price."""
+    if not throughput_per_s > 0:
+        return math.nan
+    return usd_per_hour / (throughput_per_s * SECONDS_PER_HOUR) * 1e6
+
+
+def hourly_price(instance: str, prices: dict[str, Price], override: float | None = None) -> float | None:
+    """The params' override, else the table's price, else None (cost unknown)."""
+    if override is not None:
+        return override
+    price = prices.get(instance)
+    return price.usd_per_hour if price else None
+
+
+def add_cost(summary: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
+    """Per-point `usd_per_hour` and `usd_per_million`, with the interval from throughput's."""
+    usd = math.nan if usd_per_hour is None else usd_per_hour
+    out = summary.assign(usd_per_hour=usd)
+    out["usd_per_million"] = [usd_per_million(t, usd) for t in out["throughput_per_s"]]
+    if "throughput_ci_low_per_s" in out.columns:
+        # Higher throughput is lower cost: the interval's ends swap.
+        out["usd_per_million_ci_low"] = [usd_per_million(t, usd) for t in out["throughput_ci_high_per_s"]]
+        out["usd_per_million_ci_high"] = [usd_per_million(t, usd) for t in out["throughput_ci_low_per_s"]]
+    return out
+
+
+def cost_ratio(summary: pd.DataFrame, baseline: str, other: str, keys: list[str] | None = None) -> pd.DataFrame:
+    """Pair `baseline` and `other` instance points on `keys` and divide their $ per million.
+
+    ``cost_benefit`` = baseline $/M / other $/M: how many times cheaper `other` is.
+    """
+    keys = keys or [k for k in CONFIG_KEYS if k in summary.columns]
+    columns = [*keys, "throughput_per_s", "usd_per_million"]
+    left = summary.loc[summary["instance"] == baseline, columns]
+    right = summary.loc[summary["instance"] == other, columns]
+    paired = left.merge(right, on=keys, suffixes=(f"_{baseline}", f"_{other}"))
+    paired["cost_benefit"] = paired[f"usd_per_million_{baseline}"] / paired[f"usd_per_million_{other}"]
+    return paired
+
+
+def recommend(
+    summary: pd.DataFrame,
+    latency_budget_ms: float,
+    percentile: str = "p95",
+    target_per_s: float | None = None,
+) -> pd.DataFrame:
+    """Per model, the cheapest configuration whose latency percentile meets the budget.
+
+    Candidates are points that ran (`status` ok), have a price, and whose percentile
+    is known (a too-small sample cannot show that it meets a budget). With a target
+    load, `instances_needed` is how many such instances serve it. A model for which
+    nothing qualifies gets a row that says why.
+    """
+    if percentile not in PERCENTILE_COLUMNS:
+        raise InputError(f"percentile {percentile!r} is not one of {sorted(PERCENTILE_COLUMNS)}")
+    latency = PERCENTILE_COLUMNS[percentile]
+    rows: list[dict[str, Any]] = []
+    for model, points in summary.groupby("model", sort=False):
+        ran = points[(points["status"] == "ok") & points["usd_per_million"].notna()]
+        known = ran[ran[latency].notna()]
+        meets = known[known[latency] <= latency_budget_ms]
+        row: dict[str, Any] = {"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile}
+        if meets.empty:
+            row["reason"] = _why_nothing(points, ran, known, latency, latency_budget_ms, percentile)
+            rows.append(row)
+            continue
+        best = meets.sort_values(["usd_per_million", latency]).iloc[0]
+        row.update({k: best[k] for k in ["instance", "precision", "batch_size", "threads"] if k in best})
+        row.update(usd_per_million=best["usd_per_million"], throughput_per_s=best["throughput_per_s"],
+                   latency_ms=best[latency], usd_per_hour=best["usd_per_hour"], reason="")
+        if target_per_s is not None:
+            row["target_per_s"] = target_per_s
+            row["instances_needed"] = math.ceil(target_per_s / best["throughput_per_s"])
+            row["usd_per_hour_total"] = row["instances_needed"] * best["usd_per_hour"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _why_nothing(points: pd.DataFrame, ran: pd.DataFrame, known: pd.DataFrame, latency: str,
+                 budget_ms: float, percentile: str) -> str:
+    if (points["status"] == "ok").sum() == 0:
+        return "no point ran (all out of memory)"
+    if ran.empty:
+        return "no price for these instances: add them to the price table or set price_usd_per_hour"
+    if known.empty:
+        return f"no point has enough requests to know its {percentile}: raise min_requests"
+    return f"nothing meets {percentile} <= {budget_ms:g} ms; the lowest is {known[latency].min():.1f} ms"

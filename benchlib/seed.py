@@ -1,0 +1,69 @@
+"""The study this project started from: its published G5 vs G4dn table, reproduced.
+
+The post ("Achieve four times higher ML inference throughput at three times lower
+cost per inference with Amazon EC2 G5 instances ...") publishes throughputs
+rounded to whole inferences/s, $ per million rounded to $0.1, and a cost benefit
+of G5 over G4dn rounded to 0.1x. Its instance table lists G5.4xlarge at
+$1.204/h and G4dn.4xlarge at $1.624/h; its $/million column only follows from the
+opposite (g5.4xlarge $1.624/h, g4dn.4xlarge $1.204/h, the real us-east-1
+on-demand prices), so the instance table has the two prices swapped.
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from benchlib.cost import Price, cost_ratio, usd_per_million
+
+#: The prices as the post's instance table prints them (swapped, see above).
+POST_TABLE_USD_PER_HOUR = {"g5.4xlarge": 1.204, "g4dn.4xlarge": 1.624}
+BASELINE, CANDIDATE = "g4dn.4xlarge", "g5.4xlarge"
+
+
+def published_table() -> pd.DataFrame:
+    """The post's table: one row per model, batch size, precision and instance."""
+    data = resources.files("benchlib") / "data"
+    with (data / "seed_g5_vs_g4dn.csv").open() as f:
+        table = pd.read_csv(f)
+    with (data / "seed_cost_benefit.csv").open() as f:
+        benefit = pd.read_csv(f)
+    return table.merge(benefit, on=["model", "batch_size", "precision"], how="left")
+
+
+def reproduce_costs(usd_per_hour: dict[str, float]) -> pd.DataFrame:
+    """$ per million from the published throughputs at `usd_per_hour`, checked against the post.
+
+    A published throughput T stands for anything in [T - 0.5, T + 0.5]; the
+    published $/million is consistent when some throughput in that range gives
+    a cost that rounds to it.
+    """
+    table = published_table()
+    price = table["instance"].map(usd_per_hour)
+    table["usd_per_hour"] = price
+    table["usd_per_million"] = [usd_per_million(t, p) for t, p in zip(table["throughput_per_s"], price)]
+    # Cost falls as throughput rises: the range's ends swap.
+    low = [usd_per_million(t + 0.5, p) for t, p in zip(table["throughput_per_s"], price)]
+    high = [usd_per_million(t - 0.5, p) for t, p in zip(table["throughput_per_s"], price)]
+    published = table["usd_per_million_published"]
+    table["matches_published"] = (np.round(low, 1) <= published) & (published <= np.round(high, 1))
+    return table
+
+
+def reproduce_cost_benefit(usd_per_hour: dict[str, float]) -> pd.DataFrame:
+    """G5 over G4dn cost benefit, from the exact figures and from the post's rounded $/million."""
+    table = reproduce_costs(usd_per_hour)
+    exact = cost_ratio(table, BASELINE, CANDIDATE, keys=["model", "batch_size", "precision"])
+    rounded = cost_ratio(
+        table.assign(usd_per_million=table["usd_per_million_published"]), BASELINE, CANDIDATE,
+        keys=["model", "batch_size", "precision"],
+    )
+    out = exact.assign(cost_benefit_from_rounded=rounded["cost_benefit"].to_numpy())
+    published = published_table().drop_duplicates(["model", "batch_size", "precision"])
+    return out.merge(published[["model", "batch_size", "precision", "cost_benefit_published"]],
+                     on=["model", "batch_size", "precision"])
+
+
+def study_prices(prices: dict[str, Price]) -> dict[str, float]:
+    return {name: prices[name].usd_per_hour for name in (BASELINE, CANDIDATE)}

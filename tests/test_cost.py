@@ -1,0 +1,163 @@
+"""Prices, $ per million, instance comparisons, the recommendation, and the study's table."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchlib.cost import (
+    PriceError,
+    add_cost,
+    cost_ratio,
+    hourly_price,
+    load_prices,
+    recommend,
+    usd_per_million,
+)
+from benchlib.errors import InputError
+from benchlib.seed import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_usd_per_million_exact() -> None:
+    # 1000 inferences/s for an hour is 3.6 M inferences; at $3.60/h that is $1 per million.
+    assert usd_per_million(1000.0, 3.6) == pytest.approx(1.0)
+    assert usd_per_million(723.0, 1.624) == pytest.approx(1.624 / (723 * 3600) * 1e6)
+    assert math.isnan(usd_per_million(0.0, 1.0)) and math.isnan(usd_per_million(float("nan"), 1.0))
+
+
+def test_price_table_has_sourced_entries_for_common_inference_instances() -> None:
+    prices = load_prices()
+    for family in ("g4dn", "g5", "g6", "p3", "p4d", "inf2"):
+        assert any(name.startswith(family + ".") for name in prices), family
+    assert prices["g5.4xlarge"].usd_per_hour == 1.624 and prices["g4dn.4xlarge"].usd_per_hour == 1.204
+    for price in prices.values():
+        assert price.region and price.date and price.source
+
+
+def test_params_override_beats_the_table_and_unknown_instances_have_no_price() -> None:
+    prices = load_prices()
+    assert hourly_price("g5.4xlarge", prices) == 1.624
+    assert hourly_price("g5.4xlarge", prices, override=0.55) == 0.55  # e.g. spot
+    assert hourly_price("my-desktop", prices) is None
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("instances: [1, 2]", "expected a mapping"),
+        ("instances:\n  g5.4xlarge: {usd_per_hour: 1.6}", "give exactly"),
+        ("instances:\n  x: {usd_per_hour: -1, region: r, date: d, source: s}", "positive number"),
+        ("instances:\n  x: {usd_per_hour: '1', region: r, date: d, source: s}", "positive number"),
+        ("instances: {x: [unclosed", "cannot read"),
+    ],
+)
+def test_malformed_price_tables(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(text)
+    with pytest.raises(PriceError, match=fragment):
+        load_prices(path)
+
+
+def test_add_cost_with_interval_and_without_price() -> None:
+    summary = pd.DataFrame({"throughput_per_s": [1000.0, np.nan], "throughput_ci_low_per_s": [800.0, np.nan],
+                            "throughput_ci_high_per_s": [1250.0, np.nan]})
+    priced = add_cost(summary, 3.6)
+    assert priced["usd_per_million"].iloc[0] == pytest.approx(1.0)
+    assert priced["usd_per_million_ci_low"].iloc[0] == pytest.approx(0.8)  # from the high throughput
+    assert priced["usd_per_million_ci_high"].iloc[0] == pytest.approx(1.25)
+    assert add_cost(summary, None)["usd_per_million"].isna().all()
+
+
+def summary_rows() -> pd.DataFrame:
+    rows = [
+        # instance, model, precision, batch, threads, throughput, p95 ms, price
+        ("g5.4xlarge", "bert", "fp32", 1, 1, 160.0, 6.0, 1.624),
+        ("g5.4xlarge", "bert", "fp32", 8, 1, 642.0, 13.0, 1.624),
+        ("g5.4xlarge", "bert", "fp32", 32, 1, 723.0, 44.0, 1.624),
+        ("g4dn.4xlarge", "bert", "fp32", 1, 1, 116.0, 9.0, 1.204),
+        ("g4dn.4xlarge", "bert", "fp32", 8, 1, 142.0, 57.0, 1.204),
+        ("g4dn.4xlarge", "bert", "fp32", 32, 1, 154.0, 208.0, 1.204),
+        ("g4dn.4xlarge", "bert", "fp32", 64, 1, np.nan, np.nan, 1.204),
+    ]
+    frame = pd.DataFrame(rows, columns=["instance", "model", "precision", "batch_size", "threads",
+                                        "throughput_per_s", "latency_p95_ms", "usd_per_hour"])
+    frame["status"] = np.where(frame["throughput_per_s"].isna(), "oom", "ok")
+    frame["latency_p99_ms"] = np.nan  # too few requests everywhere
+    frame["usd_per_million"] = [usd_per_million(t, p) for t, p in zip(frame["throughput_per_s"], frame["usd_per_hour"])]
+    return frame
+
+
+def test_cost_ratio_pairs_points_of_two_instances() -> None:
+    ratio = cost_ratio(summary_rows(), "g4dn.4xlarge", "g5.4xlarge")
+    assert ratio["batch_size"].tolist() == [1, 8, 32]
+    bs32 = ratio[ratio["batch_size"] == 32].iloc[0]
+    assert bs32["cost_benefit"] == pytest.approx((1.204 / 154) / (1.624 / 723))
+    assert bs32["cost_benefit"] == pytest.approx(3.48, abs=0.005)
+
+
+def test_recommend_picks_the_cheapest_point_within_budget() -> None:
+    rec = recommend(summary_rows(), latency_budget_ms=50.0).iloc[0]
+    assert (rec["instance"], rec["batch_size"], rec["threads"]) == ("g5.4xlarge", 32, 1)
+    assert rec["usd_per_million"] == pytest.approx(usd_per_million(723.0, 1.624))
+    tight = recommend(summary_rows(), latency_budget_ms=10.0).iloc[0]
+    assert (tight["instance"], tight["batch_size"]) == ("g5.4xlarge", 1)  # 160/s at $1.624 beats 116/s at $1.204
+
+
+def test_recommend_sizes_a_fleet_for_a_target_load() -> None:
+    rec = recommend(summary_rows(), latency_budget_ms=50.0, target_per_s=5000.0).iloc[0]
+    assert rec["instances_needed"] == 7  # ceil(5000 / 723)
+    assert rec["usd_per_hour_total"] == pytest.approx(7 * 1.624)
+
+
+def test_recommend_says_when_nothing_meets_the_budget() -> None:
+    rec = recommend(summary_rows(), latency_budget_ms=5.0).iloc[0]
+    assert pd.isna(rec.get("instance")) and "nothing meets p95 <= 5 ms; the lowest is 6.0 ms" in rec["reason"]
+    unknown = recommend(summary_rows(), latency_budget_ms=500.0, percentile="p99").iloc[0]
+    assert "enough requests to know its p99" in unknown["reason"]
+    unpriced = recommend(summary_rows().assign(usd_per_million=np.nan), 50.0).iloc[0]
+    assert "no price" in unpriced["reason"]
+    with pytest.raises(InputError, match="p97"):
+        recommend(summary_rows(), 50.0, percentile="p97")
+
+
+# --- the study's table ----------------------------------------------------------------------
+
+
+def test_packaged_study_table_is_the_shared_reference() -> None:
+    shared = REPO.parent / "shared" / "reference" / "seed_g5_vs_g4dn.csv"
+    if not shared.exists():
+        pytest.skip("the shared reference folder is not beside this checkout")
+    packaged = published_table().drop(columns="cost_benefit_published")
+    pd.testing.assert_frame_equal(packaged, pd.read_csv(shared))
+
+
+def test_price_table_reproduces_every_published_cost() -> None:
+    prices = load_prices()
+    costs = reproduce_costs({k: prices[k].usd_per_hour for k in ("g5.4xlarge", "g4dn.4xlarge")})
+    assert len(costs) == 32 and costs["matches_published"].all()
+
+
+def test_the_posts_instance_table_has_the_two_prices_swapped() -> None:
+    costs = reproduce_costs(POST_TABLE_USD_PER_HOUR)
+    assert not costs["matches_published"].any()  # 0 of 32 rows follow from the printed prices
+
+
+def test_published_cost_benefit_is_a_ratio_of_rounded_costs() -> None:
+    prices = load_prices()
+    benefit = reproduce_cost_benefit({k: prices[k].usd_per_hour for k in ("g5.4xlarge", "g4dn.4xlarge")})
+    assert len(benefit) == 16
+    # Every published figure is the ratio of the two $/million values *after* rounding them to $0.1 ...
+    assert (benefit["cost_benefit_from_rounded"].round(1) == benefit["cost_benefit_published"]).all()
+    # ... which is not what the throughputs and prices give in 7 of 16 rows:
+    wrong = benefit[benefit["cost_benefit"].round(1) != benefit["cost_benefit_published"]]
+    assert sorted(zip(wrong["model"], wrong["batch_size"], wrong["precision"])) == [
+        ("bert-base-uncased", 8, "fp32"), ("bert-base-uncased", 16, "fp32"), ("bert-base-uncased", 32, "fp32"),
+        ("resnet50", 8, "amp"), ("resnet50", 8, "fp32"), ("resnet50", 16, "fp32"), ("resnet50", 32, "fp32"),
+    ]
+    headline = benefit.set_index(["model", "batch_size", "precision"]).loc[("bert-base-uncased", 32, "fp32")]
+    assert headline["cost_benefit_published"] == 3.7 and headline["cost_benefit"] == pytest.approx(3.48, abs=0.01)
