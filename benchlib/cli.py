@@ -1,4 +1,4 @@
-"""Command line: ``benchlib validate | bench | recommend | study``.
+"""Command line: ``benchlib validate | bench | run | report | recommend | study``.
 
 Exit status: 0 success, 1 a failure while measuring, 2 bad input (params, device,
 weights, prices): the message says what to fix, without a traceback.
@@ -16,6 +16,7 @@ from benchlib.errors import InputError
 from benchlib.params import load_params
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -44,6 +45,38 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(result.knees, KNEES_SHOWN))
     _print_recommendation(result.summary, args, Path(args.out))
     print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml)")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchlib.runner import run_benchmarks
+
+    outcomes = run_benchmarks(args.params, args.out)
+    print("\nruns:")
+    for outcome in outcomes:
+        where = f" -> {outcome.run_dir}" if outcome.run_dir else ""
+        print(f"  {'ok    ' if outcome.ok else 'FAILED'} {outcome.params_path}{where}"
+              + (f"\n         {outcome.error.splitlines()[0]}" if outcome.error else ""))
+    failed = sum(not o.ok for o in outcomes)
+    print(f"{len(outcomes) - failed} of {len(outcomes)} params files ran")
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _report(args: argparse.Namespace) -> int:
+    from benchlib.runner import run_report
+
+    if args.example == "seed":
+        from benchlib.cost import load_prices
+        from benchlib.seed import import_runs, study_prices
+
+        import_runs(args.out, study_prices(load_prices(args.prices)))
+    elif not any(Path(args.out).glob("*/*/summary.csv")):
+        raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
+                         "or try `benchlib report --example seed --out outputs/seed`")
+    parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile,
+                  "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
+    html = run_report(args.out, {k: v for k, v in parameters.items() if v is not None})
+    print(f"report: {html}")
     return EXIT_OK
 
 
@@ -132,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     _add_budget_options(bench, required=False)
     bench.set_defaults(func=_bench)
+
+    run = commands.add_parser("run", help="execute the benchmark notebook once per params file (papermill)")
+    run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
+    run.add_argument("--out", default="outputs", help="outputs folder: <out>/<instance>/<run_id>/ (default outputs)")
+    run.set_defaults(func=_run)
+
+    report = commands.add_parser("report", help="merge every run under --out into report.ipynb/.html")
+    report.add_argument("--out", default="outputs", help="outputs folder holding the runs (default outputs)")
+    report.add_argument("--example", choices=["seed"], help="first import the G5-vs-G4dn study's published runs")
+    report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
+    report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
+    _add_budget_options(report, required=False)
+    report.set_defaults(func=_report, latency_budget_ms=50.0)
 
     recommend = commands.add_parser("recommend", help="cheapest configuration over one or more runs")
     recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")

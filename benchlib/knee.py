@@ -141,6 +141,6 @@ def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION) -> pd.DataF
     ok = summary[summary["status"] == "ok"] if "status" in summary.columns else summary
     rows = [
         {**dict(zip(keys, values)), **find_knee(group["batch_size"], group["throughput_per_s"], fraction).as_row()}
-        for values, group in ok.groupby(keys, sort=False)
+        for values, group in ok.groupby(keys, sort=False, dropna=False)  # unpublished threads stay NaN
     ]
     return pd.DataFrame(rows)

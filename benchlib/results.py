@@ -19,15 +19,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 
 from benchlib.cost import add_cost
 from benchlib.knee import knees
-from benchlib.load import PointRun
 from benchlib.stats import POINT_KEYS, summarize
+
+if TYPE_CHECKING:  # the report reads runs without importing torch
+    from benchlib.load import PointRun
 
 RECORDS = "records.parquet"
 SUMMARY = "summary.csv"
@@ -134,3 +136,8 @@ def read_summary(run_dir: str | Path) -> pd.DataFrame:
 
 def read_env(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / ENV).read_text(encoding="utf-8"))
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run folders under `root` (``<instance>/<run_id>/summary.csv``), oldest first."""
+    return sorted((p.parent for p in Path(root).glob("*/*/" + SUMMARY)), key=lambda p: (p.name, p.parent.name))

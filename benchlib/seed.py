@@ -10,12 +10,15 @@ on-demand prices), so the instance table has the two prices swapped.
 """
 from __future__ import annotations
 
+import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchlib.cost import Price, cost_ratio, usd_per_million
+from benchlib.results import ENV, SUMMARY, write_atomic
 
 #: The prices as the post's instance table prints them (swapped, see above).
 POST_TABLE_USD_PER_HOUR = {"g5.4xlarge": 1.204, "g4dn.4xlarge": 1.624}
@@ -67,3 +70,43 @@ def reproduce_cost_benefit(usd_per_hour: dict[str, float]) -> pd.DataFrame:
 
 def study_prices(prices: dict[str, Price]) -> dict[str, float]:
     return {name: prices[name].usd_per_hour for name in (BASELINE, CANDIDATE)}
+
+
+#: What the post says about each instance's GPU, for env.json.
+STUDY_DEVICES = {"g5.4xlarge": "NVIDIA A10G (24 GiB)", "g4dn.4xlarge": "NVIDIA T4 (16 GiB)"}
+PUBLISHED_RUN_ID = "published"
+
+
+def import_runs(root: str | Path, usd_per_hour: dict[str, float]) -> list[Path]:
+    """Write the post's numbers as run folders (``<root>/<instance>/published/``) for the report.
+
+    Only what the post publishes is filled in: throughput, latency (its table's
+    latency, which its charts plot as P95) and the cost from `usd_per_hour`; the
+    client thread count and request counts were not published and stay empty.
+    """
+    table = reproduce_costs(usd_per_hour)
+    written = []
+    for instance, rows in table.groupby("instance"):
+        summary = pd.DataFrame({
+            "instance": instance,
+            "model": rows["model"],
+            "weights": "published",
+            "precision": rows["precision"],
+            "dtype": rows["precision"].map({"fp32": "float32", "amp": "float16"}),
+            "batch_size": rows["batch_size"],
+            "threads": pd.NA,
+            "throughput_per_s": rows["throughput_per_s"].astype(float),
+            "latency_p95_ms": rows["latency_ms"].astype(float),
+            "status": "ok",
+            "notes": "published figures; latency is the post's table value",
+            "usd_per_hour": rows["usd_per_hour"],
+            "usd_per_million": rows["usd_per_million"],
+        })
+        run_dir = Path(root) / str(instance) / PUBLISHED_RUN_ID
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / SUMMARY, lambda p, s=summary: s.to_csv(p, index=False))
+        env = {"device_name": STUDY_DEVICES.get(str(instance), ""), "source": __doc__.splitlines()[0],
+               "price": {"usd_per_hour": usd_per_hour[str(instance)], "source": "params/prices.yaml"}}
+        write_atomic(run_dir / ENV, lambda p, e=env: p.write_text(json.dumps(e, indent=2) + "\n"))
+        written.append(run_dir)
+    return written

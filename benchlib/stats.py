@@ -102,13 +102,16 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
         if n:
             notes.append(f"no throughput CI: {n} requests < {MIN_WINDOWS * REQUESTS_PER_WINDOW}")
 
+    unbounded = []
     for p in PERCENTILES:
         value, low, high = percentile_with_ci(latencies_ms, p)
         row[f"latency_p{p}_ms"] = value
         if p in (95, 99):
             row[f"latency_p{p}_ci_low_ms"], row[f"latency_p{p}_ci_high_ms"] = low, high
         if n and math.isnan(value):
-            notes.append(f"p{p} needs >= {min_samples_for_percentile(p / 100)} requests (has {n})")
+            unbounded.append(f"p{p} needs {min_samples_for_percentile(p / 100)}")
+    if unbounded:
+        notes.append(f"too few requests ({n}): {', '.join(unbounded)}")
     row.update({
         "latency_mean_ms": float(latencies_ms.mean()) if n else nan,
         "latency_max_ms": float(latencies_ms.max()) if n else nan,

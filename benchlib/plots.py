@@ -1,0 +1,168 @@
+"""Charts both notebooks show: one function per chart, each returning a Figure.
+
+Every chart has one panel per model, units in its axis labels, batch sizes on a
+log2 axis, and its legend outside the data.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+PERCENTILE_LABELS = {"p50": "P50", "p90": "P90", "p95": "P95", "p99": "P99"}
+
+
+def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """One legend label per curve, e.g. ``g5.4xlarge · amp · 2 threads``; blank parts left out."""
+
+    def label(row: pd.Series) -> str:
+        parts = []
+        for column in columns:
+            value = row[column]
+            if pd.isna(value):
+                continue
+            parts.append(f"{int(value)} thread{'s' if int(value) != 1 else ''}" if column == "threads" else str(value))
+        return " · ".join(parts)
+
+    return summary.apply(label, axis=1) if len(summary) else pd.Series(dtype=str)
+
+
+def varying(summary: pd.DataFrame, candidates: Sequence[str] = ("instance", "precision", "threads")) -> list[str]:
+    """The curve-defining columns that take more than one value (the others need no legend)."""
+    chosen = [c for c in candidates if c in summary.columns and summary[c].nunique(dropna=False) > 1]
+    return chosen or [c for c in candidates if c in summary.columns][:1]
+
+
+def _panels(summary: pd.DataFrame, rows: int = 1) -> tuple[Figure, np.ndarray, list[str]]:
+    models = list(dict.fromkeys(summary["model"]))
+    fig, axes = plt.subplots(rows, max(len(models), 1), figsize=(6.2 * max(len(models), 1), 4.4 * rows),
+                             squeeze=False, layout="constrained")
+    return fig, axes, models
+
+
+def _legend(fig: Figure, axes: np.ndarray) -> None:
+    handles, labels = [], []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+
+
+def _batch_axis(ax: plt.Axes, batches: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(b) for b in batches})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size")
+
+
+def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], dict]:
+    """Points that ran, each with its curve's label, the label columns and a colour per curve."""
+    data = summary[summary["status"] == "ok"] if "status" in summary.columns else summary
+    columns = list(curves or varying(summary))
+    data = data.assign(curve=curve_labels(data, columns)).sort_values("batch_size")
+    names = sorted(data["curve"].unique())
+    return data, columns, dict(zip(names, sns.color_palette("colorblind", len(names))))
+
+
+def throughput_vs_latency(summary: pd.DataFrame, percentile: str = "p95",
+                          curves: Sequence[str] | None = None) -> Figure:
+    """Throughput against a latency percentile; one line per curve, points labelled by batch size."""
+    latency = f"latency_{percentile}_ms"
+    data, _, palette = _curves(summary.dropna(subset=[latency, "throughput_per_s"]), curves)
+    fig, axes, models = _panels(summary)
+    # Each curve puts its batch-size labels on a different side of its points, so that
+    # the small-batch corner, where all curves meet, stays readable.
+    offsets = [(5, 4), (5, -11), (-14, 4), (-14, -11)]
+    for ax, model in zip(axes[0], models):
+        subset = data[data["model"] == model]
+        for index, (curve, points) in enumerate(subset.groupby("curve", sort=True)):
+            ax.plot(points[latency], points["throughput_per_s"], marker="o", color=palette[curve], label=curve)
+            for _, point in points.iterrows():
+                ax.annotate(f"{int(point['batch_size'])}", (point[latency], point["throughput_per_s"]),
+                            textcoords="offset points", xytext=offsets[index % len(offsets)], fontsize=8,
+                            color=palette[curve])
+        ax.set_title(model)
+        ax.set_xlabel(f"{PERCENTILE_LABELS[percentile]} latency (ms)")
+        ax.set_ylabel("throughput (inferences/s)")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        if subset.empty:
+            _empty(ax, f"no point has a known {PERCENTILE_LABELS[percentile]}")
+    _legend(fig, axes)
+    fig.suptitle(f"Throughput vs {PERCENTILE_LABELS[percentile]} latency (labels: batch size)")
+    return fig
+
+
+def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame | None = None,
+                                    percentile: str = "p95", curves: Sequence[str] | None = None) -> Figure:
+    """Throughput (top) and latency (bottom) against batch size, each curve's knee dashed."""
+    latency = f"latency_{percentile}_ms"
+    data, columns, palette = _curves(summary, curves)
+    fig, axes, models = _panels(summary, rows=2)
+    knee_rows = knees.assign(curve=curve_labels(knees, columns)) if knees is not None and len(knees) else None
+    for column, model in enumerate(models):
+        top, bottom = axes[0, column], axes[1, column]
+        subset = data[data["model"] == model]
+        for curve, points in subset.groupby("curve", sort=True):
+            top.plot(points["batch_size"], points["throughput_per_s"], marker="o", color=palette[curve], label=curve)
+            bottom.plot(points["batch_size"], points[latency], marker="o", color=palette[curve], label=curve)
+            if knee_rows is not None:
+                match = knee_rows[(knee_rows["model"] == model) & (knee_rows["curve"] == curve)]
+                for knee_batch in match["knee_batch"].dropna():
+                    top.axvline(knee_batch, color=palette[curve], linestyle="--", linewidth=1)
+        top.set_title(model)
+        top.set_ylabel("throughput (inferences/s)")
+        bottom.set_ylabel(f"{PERCENTILE_LABELS[percentile]} latency (ms)")
+        for ax in (top, bottom):
+            _batch_axis(ax, summary["batch_size"])
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+    _legend(fig, axes)
+    fig.suptitle("Throughput and latency vs batch size (dashed: knee, where the fit reaches 90 % of its ceiling)")
+    return fig
+
+
+def cost_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
+    """$ per million inferences against batch size."""
+    data, _, palette = _curves(summary, curves)
+    fig, axes, models = _panels(summary)
+    for ax, model in zip(axes[0], models):
+        subset = data[(data["model"] == model) & data["usd_per_million"].notna()]
+        for curve, points in subset.groupby("curve", sort=True):
+            ax.plot(points["batch_size"], points["usd_per_million"], marker="o", color=palette[curve], label=curve)
+        ax.set_title(model)
+        ax.set_ylabel("$ per million inferences")
+        _batch_axis(ax, summary["batch_size"])
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if subset.empty:
+            _empty(ax, "no price for this instance:\nadd it to params/prices.yaml\nor set price_usd_per_hour")
+    _legend(fig, axes)
+    fig.suptitle("Cost per million inferences vs batch size (lower is better)")
+    return fig
+
+
+def _empty(ax: plt.Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def save(fig: Figure, directory: str | Path | None, name: str) -> Path | None:
+    """Write the figure as PNG into `directory` (nothing when it is None)."""
+    if directory is None:
+        return None
+    path = Path(directory) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,167 @@
+"""Merging runs and the tables people read: the study-style comparison and friends.
+
+Stored data keep seconds and raw column names; tables here put units in the
+headers and round for reading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from benchlib.results import find_runs, read_env, read_summary
+
+PERCENTILE_NAMES = {"p50": "P50", "p90": "P90", "p95": "P95", "p99": "P99"}
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Every run under an outputs folder: one row per run, and all their summaries."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+
+    @property
+    def latest(self) -> pd.DataFrame:
+        """The summary rows of each instance's most recent run (what comparisons use)."""
+        newest = self.runs.sort_values("Run").groupby("Instance").tail(1)["Run"]
+        return self.summary[self.summary["run_id"].isin(newest)]
+
+
+def load_runs(root: str | Path) -> Runs:
+    """Read every ``<instance>/<run_id>/`` folder with a summary under `root`."""
+    rows, summaries = [], []
+    for run_dir in find_runs(root):
+        env = read_env(run_dir) if (run_dir / "env.json").is_file() else {}
+        summary = read_summary(run_dir).assign(run_id=run_dir.name)
+        summaries.append(summary)
+        rows.append({
+            "Instance": run_dir.parent.name,
+            "Run": run_dir.name,
+            "Device": env.get("device_name", ""),
+            "torch": env.get("torch", "–"),
+            "Points": len(summary),
+            "Measured": int((summary["status"] == "ok").sum()),
+            "Folder": str(run_dir),
+        })
+    if not summaries:
+        raise FileNotFoundError(f"no runs under {root}: expected <instance>/<run_id>/summary.csv")
+    return Runs(pd.DataFrame(rows), pd.concat(summaries, ignore_index=True))
+
+
+def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per instance, model, batch size and precision, the thread count with the highest throughput."""
+    ok = summary[summary["status"] == "ok"].copy()
+    ok["_rank"] = ok["throughput_per_s"].fillna(-1)
+    keys = ["instance", "model", "batch_size", "precision"]
+    return ok.sort_values("_rank").groupby(keys, dropna=False).tail(1).drop(columns="_rank")
+
+
+def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: str = "p95") -> pd.DataFrame:
+    """The study's table: per model, batch size and precision, each instance side by side.
+
+    Columns: throughput, latency percentile, $ per million, and the cost benefit of
+    each instance over `baseline` (baseline $/M over its $/M; default: the cheapest
+    instance per hour, as the study priced G5 against G4dn).
+    """
+    best = best_threads(summary)
+    latency = f"latency_{percentile}_ms"
+    instances = sorted(best["instance"].unique())
+    if baseline is None:
+        prices = best.groupby("instance")["usd_per_hour"].max().dropna()
+        baseline = prices.idxmin() if len(prices) else instances[0]
+    wide = best.pivot_table(index=["model", "batch_size", "precision"], columns="instance",
+                            values=["throughput_per_s", latency, "usd_per_million", "threads"], dropna=False)
+    table = pd.DataFrame(index=wide.index)
+    names = {"throughput_per_s": "Throughput (inferences/s)", latency: f"{PERCENTILE_NAMES[percentile]} latency (ms)",
+             "usd_per_million": "$ per million inferences", "threads": "Client threads"}
+    for column, title in names.items():
+        for instance in instances:
+            if (column, instance) in wide.columns and wide[(column, instance)].notna().any():
+                table[(title, instance)] = wide[(column, instance)]
+    for instance in instances:
+        if instance != baseline and ("usd_per_million", baseline) in wide.columns:
+            table[(f"Cost benefit over {baseline} (x)", instance)] = (
+                wide[("usd_per_million", baseline)] / wide[("usd_per_million", instance)])
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    table.index = table.index.set_names(["Model", "Batch size", "Precision"])
+    return table.sort_index(level=["Model", "Batch size", "Precision"], ascending=[True, False, True])
+
+
+def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
+    """Round each column by its unit for reading; missing values show as an en dash.
+
+    A table with a plain 0..n-1 index shows no index column.
+    """
+    default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
+               "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
+               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}"}
+    default.update(formats or {})
+
+    def pick(column: Any) -> str | None:
+        text = " ".join(map(str, column)) if isinstance(column, tuple) else str(column)
+        for key, fmt in default.items():
+            if key.lower() in text.lower():
+                return fmt
+        return None
+
+    formatter = {c: pick(c) for c in table.columns if pick(c)}
+    style = table.style.format(formatter, na_rep="–")
+    if "Notes" in table.columns:  # wide enough to read, not a narrow tower of words
+        style = style.set_properties(subset=["Notes"], **{"min-width": "24em", "text-align": "left"})
+    if isinstance(table.index, pd.RangeIndex):
+        style = style.hide(axis="index")
+    return style
+
+
+def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = ("p50", "p95", "p99")) -> pd.DataFrame:
+    """One run's summary with readable headers: configuration, throughput with CI, latencies, cost."""
+    table = pd.DataFrame({
+        "Model": summary["model"],
+        "Precision": summary["precision"] + " (" + summary["dtype"].astype(str) + ")",
+        "Batch size": summary["batch_size"],
+        "Client threads": summary["threads"],
+        "Throughput (inferences/s)": summary["throughput_per_s"],
+        "Throughput 95% CI low (inferences/s)": summary.get("throughput_ci_low_per_s"),
+        "Throughput 95% CI high (inferences/s)": summary.get("throughput_ci_high_per_s"),
+    })
+    for p in percentile_columns:
+        table[f"{PERCENTILE_NAMES[p]} latency (ms)"] = summary.get(f"latency_{p}_ms")
+    table["$ per million inferences"] = summary.get("usd_per_million")
+    table["Requests"] = summary.get("n_requests")
+    table["Status"] = summary["status"]
+    table["Notes"] = summary.get("notes", pd.Series("", index=summary.index)).fillna("")
+    return table
+
+
+def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
+    columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "threads": "Client threads",
+               "knee_batch": "Knee (batch size)", "recommended_batch_size": "Recommended batch size",
+               "asymptote_per_s": "Fitted ceiling (inferences/s)", "r_squared": "Fit R²", "reason": "No knee because"}
+    return knees[[c for c in columns if c in knees.columns]].rename(columns=columns)
+
+
+def people_recommendation(table: pd.DataFrame) -> pd.DataFrame:
+    columns = {"model": "Model", "instance": "Instance", "precision": "Precision", "batch_size": "Batch size",
+               "threads": "Client threads", "throughput_per_s": "Throughput (inferences/s)",
+               "latency_ms": "Latency (ms)", "usd_per_million": "$ per million inferences",
+               "instances_needed": "Instances for the target", "usd_per_hour_total": "Fleet cost ($/h)",
+               "reason": "Nothing qualifies because"}
+    return table[[c for c in columns if c in table.columns]].rename(columns=columns)
+
+
+def env_table(env: dict[str, Any]) -> pd.DataFrame:
+    """What a run ran on, as a two-column table."""
+    keys = ["created_utc", "device", "device_name", "cpu_model", "torch", "cuda_build", "cudnn", "transformers",
+            "torchvision", "torch_intra_op_threads", "torch_inter_op_threads", "python", "platform"]
+    rows = [(k, env.get(k)) for k in keys if k in env]
+    git = env.get("git") or {}
+    rows.append(("benchlib commit", f"{git.get('commit')}{' (with local changes)' if git.get('dirty') else ''}"))
+    price = env.get("price") or {}
+    rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
+    for model in env.get("models", []):
+        rows.append((f"weights of {model['name']}", model["weights_source"]))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")

@@ -1,0 +1,123 @@
+"""Papermill execution of the notebooks, and their rendering to offline HTML.
+
+``benchlib run`` executes ``notebooks/benchmark.ipynb`` once per params file into
+``<out>/<instance>/<run_id>/benchmark.ipynb`` beside that run's records, summary
+and env; ``benchlib report`` executes ``notebooks/report.ipynb`` over every run
+into ``<out>/report.ipynb``, ``report.html`` and ``figures/*.png``. Runs are
+independent: a failing params file is reported and the others still run.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from benchlib.errors import InputError
+from benchlib.params import load_params, params_to_dict
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+BENCHMARK_NOTEBOOK = NOTEBOOKS / "benchmark.ipynb"
+REPORT_NOTEBOOK = NOTEBOOKS / "report.ipynb"
+#: The kernel `make` registers in .venv, with the venv's interpreter as an absolute path.
+KERNEL_NAME = "benchlib"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    params_path: Path
+    run_dir: Path | None
+    ok: bool
+    error: str = ""
+
+
+def kernel_name() -> str:
+    """The project's kernel when registered, else the kernel of this very interpreter."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def new_run_id(params_text: str) -> str:
+    """Sortable and unique per params: ``20261129T034500Z-1a2b3c``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{hashlib.sha256(params_text.encode()).hexdigest()[:6]}"
+
+
+def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
+    """Execute `notebook` with `parameters` into `output` (kept, with its outputs, even if it fails)."""
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=parameters, kernel_name=kernel_name(), cwd=str(cwd),
+        progress_bar=False, log_output=False,
+    )
+
+
+def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: TextIO = sys.stderr) -> list[RunOutcome]:
+    """Execute the benchmark notebook once per params file; return how each went."""
+    out_root = Path(out_root).resolve()
+    outcomes = []
+    for raw_path in params_paths:
+        path = Path(raw_path)
+        try:
+            params = load_params(path)
+        except InputError as exc:
+            outcomes.append(RunOutcome(path, None, False, str(exc)))
+            print(f"{path}: invalid params, skipped:\n{exc}", file=log)
+            continue
+        run_dir = out_root / params.instance / new_run_id(path.read_text(encoding="utf-8"))
+        run_dir.mkdir(parents=True, exist_ok=False)
+        parameters = {**params_to_dict(params), "out_dir": str(run_dir)}
+        print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
+        try:
+            execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir)
+            outcomes.append(RunOutcome(path, run_dir, True))
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+            outcomes.append(RunOutcome(path, run_dir, False, _notebook_error(exc)))
+            print(f"{path}: failed: {_notebook_error(exc)}", file=log)
+        if (run_dir / "benchmark.ipynb").exists():
+            render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
+    return outcomes
+
+
+def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:
+    """Execute the report notebook over every run under `out_root`; return the HTML's path."""
+    out_root = Path(out_root).resolve()
+    notebook = out_root / "report.ipynb"
+    parameters = {"outputs_dir": str(out_root), "figures_dir": str(out_root / "figures"), **parameters}
+    execute(REPORT_NOTEBOOK, notebook, parameters, cwd=out_root)
+    return render_html(notebook, out_root / "report.html", hide_code=True)
+
+
+def render_html(notebook: Path, output: Path, hide_code: bool = False) -> Path:
+    """HTML that reads offline: figures embedded, no script, style or font fetched from the web."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=hide_code, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True)
+    title = {"metadata": {"name": output.stem.replace("_", " ").capitalize()}}
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4), resources=title)
+    output.write_text(strip_scripts(body), encoding="utf-8")
+    return output
+
+
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.IGNORECASE | re.DOTALL)
+_REMOTE_LINK = re.compile(r"""<link\b[^>]*\bhref\s*=\s*["']?(?:https?:)?//[^>]*>""", re.IGNORECASE)
+
+
+def strip_scripts(html: str) -> str:
+    """Drop every script (the pages are static: tables and embedded PNGs; nbconvert's
+    templates would fetch require.js, MathJax and mermaid from a CDN) and remote stylesheets."""
+    return _REMOTE_LINK.sub("", _SCRIPT.sub("", html))
+
+
+def _notebook_error(exc: BaseException) -> str:
+    # papermill's error names the cell's exception; keep its first meaningful line.
+    name = getattr(exc, "ename", type(exc).__name__)
+    value = getattr(exc, "evalue", str(exc))
+    return f"{name}: {value}".strip()
