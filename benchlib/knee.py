@@ -23,8 +23,10 @@ measured batch size whose measured throughput reaches ``fraction * T_max``
 (failing that, the smallest measured one at or above ``b_knee``).
 
 There is no knee, and the result says why, when there are fewer than three batch
-sizes, when throughput does not increase with batch size, when the fit fails, or
-when the curve is still rising: ``b_knee`` lies beyond the largest batch measured.
+sizes, when throughput does not increase with batch size, when the fit fails or
+explains less than half of the variation (R² < 0.5: noise, not a curve), when the
+curve is already flat at the smallest batch (``b_knee`` below it), or when it is
+still rising (``b_knee`` beyond the largest batch measured).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ import pandas as pd
 from scipy.optimize import curve_fit
 
 DEFAULT_FRACTION = 0.9
+#: Below this the "curve" is mostly noise around a flat line.
+MIN_R_SQUARED = 0.5
 MAX_SHARPNESS = 50.0
 
 
@@ -104,6 +108,12 @@ def find_knee(
     details = dict(asymptote_per_s=asymptote, corner_batch=corner, sharpness=sharpness,
                    r_squared=1 - residual / spread if spread > 0 else math.nan,
                    rmse_per_s=math.sqrt(residual / len(b)), n_points=n, fraction=fraction)
+    if not details["r_squared"] >= MIN_R_SQUARED:
+        return Knee(None, None, f"no saturating shape: the fit explains too little (R² {details['r_squared']:.2f} "
+                    f"< {MIN_R_SQUARED}); throughput is about flat, or too noisy to tell", **details)
+    if knee < b[0]:
+        return Knee(None, None, f"already flat: the fit reaches {fraction:.0%} of its asymptote at batch {knee:.2g}, "
+                    f"below the smallest measured ({b[0]:g}); the smallest batch is as good", **details)
     if knee > b[-1]:
         return Knee(None, None, f"still rising: the fit reaches {fraction:.0%} of its asymptote "
                     f"({asymptote:.4g}/s) only at batch {knee:.3g}, beyond the largest measured ({b[-1]:g})",

@@ -53,6 +53,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the group and from sync tools
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

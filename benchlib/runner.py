@@ -69,8 +69,7 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
             outcomes.append(RunOutcome(path, None, False, str(exc)))
             print(f"{path}: invalid params, skipped:\n{exc}", file=log)
             continue
-        run_dir = out_root / params.instance / new_run_id(path.read_text(encoding="utf-8"))
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
         parameters = {**params_to_dict(params), "out_dir": str(run_dir)}
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
         try:
@@ -82,6 +81,19 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
         if (run_dir / "benchmark.ipynb").exists():
             render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
     return outcomes
+
+
+def _make_run_dir(parent: Path, run_id: str) -> Path:
+    """A fresh folder: the same params started twice in one second get -2, -3, ..."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        run_dir = parent / (run_id if attempt == 1 else f"{run_id}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot make a new run folder under {parent}")
 
 
 def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:

@@ -69,8 +69,10 @@ def test_three_points_fit_the_linear_latency_shape() -> None:
         ([1, 2, 4, 8], [100, 90, 95, 80], "does not increase"),
         ([1, 2, 4, 8, 16], [100, 200, 400, 800, 1600], "still rising"),
         ([1, 2, 4, 8, 16], [100, 199, 390, 760, 1400], "still rising"),
+        ([1, 2, 4, 8], [11.1, 9.6, 11.7, 11.2], "fit explains too little"),
+        ([4, 8, 16, 32], [1000 * (1 - 0.5 ** (b / 0.5)) for b in (4, 8, 16, 32)], "already flat"),
     ],
-    ids=["two-points", "one-batch", "flat-decreasing", "linear", "slightly-bending"],
+    ids=["two-points", "one-batch", "flat-decreasing", "linear", "slightly-bending", "flat-noise", "saturated"],
 )
 def test_no_knee_says_why(batches, throughputs, reason) -> None:
     knee = find_knee(batches, throughputs)

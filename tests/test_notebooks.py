@@ -161,3 +161,10 @@ def test_seed_example_reproduces_the_study_table(tmp_path: Path) -> None:
     assert len(list((tmp_path / "figures").glob("*.png"))) == 3
     html = assert_reads_offline(tmp_path / "report.html")
     assert "g5.4xlarge" in html and "g4dn.4xlarge" in html and "NVIDIA A10G" in html
+
+
+def test_run_folders_never_collide(tmp_path: Path) -> None:
+    from benchlib.runner import _make_run_dir
+
+    first, second = (_make_run_dir(tmp_path / "x", "20261129T000000Z-abcdef") for _ in range(2))
+    assert first.name == "20261129T000000Z-abcdef" and second.name == "20261129T000000Z-abcdef-2"
