@@ -21,13 +21,17 @@ EXIT_BAD_INPUT = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from benchlib.cost import load_prices, require_price
+
+    prices = load_prices(args.prices)
     for path in args.params:
         params = load_params(path)
+        usd = require_price(params.instance, prices, params.price_usd_per_hour)
         print(
             f"{path}: ok: instance {params.instance}, device {params.device}, "
             f"{len(params.models)} model(s) x {len(params.precisions)} precision(s) x "
             f"{len(params.batch_sizes)} batch size(s) x {len(params.threads)} thread count(s) "
-            f"= {params.grid_size} points"
+            f"= {params.grid_size} points, ${usd:g}/h"
         )
     return EXIT_OK
 
@@ -39,7 +43,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     prices = load_prices(args.prices)
-    result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices)
+    result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
+                       resume=args.resume)
     print(format_table(result.summary, SUMMARY_SHOWN))
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
@@ -51,7 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from benchlib.runner import run_benchmarks
 
-    outcomes = run_benchmarks(args.params, args.out)
+    outcomes = run_benchmarks(args.params, args.out, resume=args.resume)
     print("\nruns:")
     for outcome in outcomes:
         where = f" -> {outcome.run_dir}" if outcome.run_dir else ""
@@ -156,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check params files without loading anything")
     validate.add_argument("params", nargs="+", help="params YAML file(s)")
+    validate.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     validate.set_defaults(func=_validate)
 
     bench = commands.add_parser("bench", help="run one params file's sweep in this process")
     bench.add_argument("params", help="params YAML file")
     bench.add_argument("--out", required=True, help="directory for records, summary and env")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
+    bench.add_argument("--resume", action="store_true",
+                       help="finish an interrupted run in --out: keep its points, measure the rest")
     bench.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     _add_budget_options(bench, required=False)
     bench.set_defaults(func=_bench)
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="execute the benchmark notebook once per params file (papermill)")
     run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
     run.add_argument("--out", default="outputs", help="outputs folder: <out>/<instance>/<run_id>/ (default outputs)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue each params file's newest unfinished run (same params and code)")
     run.set_defaults(func=_run)
 
     report = commands.add_parser("report", help="merge every run under --out into report.ipynb/.html")

@@ -75,6 +75,18 @@ def hourly_price(instance: str, prices: dict[str, Price], override: float | None
     return price.usd_per_hour if price else None
 
 
+def require_price(instance: str, prices: dict[str, Price], override: float | None) -> float:
+    """The hourly price, or a clear error before anything is measured."""
+    usd = hourly_price(instance, prices, override)
+    if usd is None:
+        raise PriceError(
+            f"instance: {instance!r} has no price in the price table and the params set no "
+            "price_usd_per_hour; add `price_usd_per_hour: <USD per hour>` to the params file (for a machine "
+            f"of your own, what an hour of it costs you), or add {instance!r} to params/prices.yaml"
+        )
+    return usd
+
+
 def add_cost(summary: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
     """Per-point `usd_per_hour` and `usd_per_million`, with the interval from throughput's."""
     usd = math.nan if usd_per_hour is None else usd_per_hour

@@ -1,18 +1,20 @@
 """What a run ran on: versions, device, threads, code commit. Written to env.json."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import benchlib
-from benchlib.models import cpu_model, device_name
+
+if TYPE_CHECKING:
+    import torch
 
 
 def git_commit(path: Path | None = None) -> dict[str, Any]:
@@ -31,9 +33,19 @@ def git_commit(path: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
+def fingerprint(params: dict[str, Any]) -> str:
+    """Identifies params and code: a run resumes only under the same fingerprint."""
+    code = {"benchlib": benchlib.__version__, "commit": git_commit().get("commit")}
+    text = json.dumps({"params": params, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
+    import torch
     import torchvision
     import transformers
+
+    from benchlib.models import cpu_model, device_name
 
     cuda = device.type == "cuda"
     return {

@@ -33,6 +33,8 @@ ClientFactory = Callable[[int], AbstractContextManager[Callable[[], object]]]
 
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
+#: Not measured: a smaller batch of the same model and precision ran out of memory.
+STATUS_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)

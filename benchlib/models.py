@@ -253,6 +253,16 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_sources(spec: ModelSpec) -> None:
+    """Every local file or folder `spec` names exists: checked for all models before any loads."""
+    if spec.kind == "torchscript":
+        _check_local_path(spec.target, spec, must_be_local=True)
+    elif spec.kind == "hf":
+        _check_local_path(spec.source if spec.weights == "pretrained" and spec.source else spec.target, spec)
+    elif spec.source:
+        _check_local_path(spec.source, spec, must_be_local=spec.kind == "torchvision")
+
+
 def _check_local_path(target: str, spec: ModelSpec, must_be_local: bool = False) -> None:
     # Hub ids contain "/" too, so only explicit paths are checked here.
     looks_local = must_be_local or target.startswith((".", "/"))

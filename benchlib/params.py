@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -34,6 +35,8 @@ WEIGHTS: tuple[str, ...] = ("random", "pretrained")
 #: Models known by name; anything else goes through one of the prefixes.
 ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "resnet50")
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:")
+#: Larger grids need `allow_large_grid: true`: a typo in a list should not cost a day.
+MAX_GRID_POINTS = 200
 ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>"])
 
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -161,6 +164,8 @@ class Params(_Strict):
     accuracy_samples: PositiveInt = 8
     #: Overrides the price table's hourly price (spot, reserved, your own machine).
     price_usd_per_hour: PositiveFloat | None = None
+    #: Grids above MAX_GRID_POINTS are refused unless this says they are meant.
+    allow_large_grid: StrictBool = False
 
     @field_validator("instance")
     @classmethod
@@ -179,6 +184,18 @@ class Params(_Strict):
         if dupes:
             raise ValueError(f"duplicate values {dupes}; list each once")
         return values
+
+    @model_validator(mode="after")
+    def _grid_not_accidentally_huge(self) -> Params:
+        if self.grid_size > MAX_GRID_POINTS and not self.allow_large_grid:
+            hours = self.grid_size * self.duration_s / 3600
+            raise ValueError(
+                f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
+                f"x {len(self.batch_sizes)} batch sizes x {len(self.threads)} thread counts), at least "
+                f"{hours:.1f} h of measuring at duration_s {self.duration_s:g}; shrink it to {MAX_GRID_POINTS} points "
+                "or fewer, or set `allow_large_grid: true` if you mean it"
+            )
+        return self
 
     @property
     def grid_size(self) -> int:

@@ -5,24 +5,32 @@ headers and round for reading.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from pandas.io.formats.style import Styler
 
-from benchlib.results import find_runs, read_env, read_summary
+from benchlib.errors import InputError
+from benchlib.params import parse_params
+from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
 
 PERCENTILE_NAMES = {"p50": "P50", "p90": "P90", "p95": "P95", "p99": "P99"}
 
 
+REQUIRED_COLUMNS = {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"}
+
+
 @dataclass(frozen=True)
 class Runs:
-    """Every run under an outputs folder: one row per run, and all their summaries."""
+    """Every readable, finished run under an outputs folder, and what was skipped and why."""
 
     runs: pd.DataFrame
     summary: pd.DataFrame
+    skipped: tuple[str, ...] = ()
 
     @property
     def latest(self) -> pd.DataFrame:
@@ -31,12 +39,46 @@ class Runs:
         return self.summary[self.summary["run_id"].isin(newest)]
 
 
+def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's summary and env, or ValueError saying why the folder cannot be used."""
+    try:
+        summary = read_summary(run_dir)
+        env = read_env(run_dir) if (run_dir / ENV).is_file() else {}
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    missing = REQUIRED_COLUMNS - set(summary.columns)
+    if missing:
+        raise ValueError(f"summary.csv lacks {sorted(missing)}")
+    if (run_dir / PARAMS).is_file():
+        try:
+            expected = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8"))).grid_size
+        except (InputError, yaml.YAMLError) as exc:
+            raise ValueError(f"params.yaml is not valid ({str(exc).splitlines()[0]})") from None
+        if len(summary) < expected:
+            raise ValueError(f"partial: {len(summary)} of {expected} points; finish it with "
+                             "`benchlib run --resume` (or `benchlib bench --resume`)")
+    if summary["instance"].nunique() != 1 or summary["instance"].iloc[0] != run_dir.parent.name:
+        raise ValueError(f"its summary's instance {sorted(set(summary['instance']))} is not the folder's "
+                         f"{run_dir.parent.name!r}")
+    return summary, env
+
+
 def load_runs(root: str | Path) -> Runs:
-    """Read every ``<instance>/<run_id>/`` folder with a summary under `root`."""
-    rows, summaries = [], []
+    """Read every ``<instance>/<run_id>/`` folder with a summary under `root`.
+
+    A corrupted, partial or mislabelled folder is skipped with a warning that names
+    it; only the newest run of each instance is compared, so runs of different
+    params never mix under one instance's label.
+    """
+    rows, summaries, skipped = [], [], []
     for run_dir in find_runs(root):
-        env = read_env(run_dir) if (run_dir / "env.json").is_file() else {}
-        summary = read_summary(run_dir).assign(run_id=run_dir.name)
+        try:
+            summary, env = check_run(run_dir)
+        except ValueError as exc:
+            skipped.append(f"{run_dir}: {exc}")
+            warnings.warn(f"skipping run folder {run_dir}: {exc}", stacklevel=2)
+            continue
+        summary = summary.assign(run_id=run_dir.name)
         summaries.append(summary)
         rows.append({
             "Instance": run_dir.parent.name,
@@ -48,8 +90,9 @@ def load_runs(root: str | Path) -> Runs:
             "Folder": str(run_dir),
         })
     if not summaries:
-        raise FileNotFoundError(f"no runs under {root}: expected <instance>/<run_id>/summary.csv")
-    return Runs(pd.DataFrame(rows), pd.concat(summaries, ignore_index=True))
+        raise InputError(f"no usable runs under {root} (expected <instance>/<run_id>/summary.csv)"
+                         + "".join(f"\n  skipped {s}" for s in skipped))
+    return Runs(pd.DataFrame(rows), pd.concat(summaries, ignore_index=True), tuple(skipped))
 
 
 def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
@@ -135,6 +178,20 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
     table["Status"] = summary["status"]
     table["Notes"] = summary.get("notes", pd.Series("", index=summary.index)).fillna("")
     return table
+
+
+def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per instance, model and precision: the largest batch that ran and the smallest that did not fit."""
+    rows = []
+    for (instance, model, precision), points in summary.groupby(["instance", "model", "precision"], sort=True):
+        ran = points.loc[points["status"] == "ok", "batch_size"]
+        oom = points.loc[points["status"] == "oom", "batch_size"]
+        skipped = points.loc[points["status"] == "skipped", "batch_size"]
+        rows.append({"Instance": instance, "Model": model, "Precision": precision,
+                     "Largest batch measured": ran.max() if len(ran) else None,
+                     "Smallest batch out of memory": oom.min() if len(oom) else None,
+                     "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
+    return pd.DataFrame(rows)
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ sees half a file; records and summary are rewritten after every grid point.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -25,6 +26,7 @@ import pandas as pd
 import yaml
 
 from benchlib.cost import add_cost
+from benchlib.errors import InputError
 from benchlib.knee import knees
 from benchlib.stats import POINT_KEYS, summarize
 
@@ -39,6 +41,7 @@ KNEES = "knees.csv"
 PARAMS = "params.yaml"
 
 RECORD_COLUMNS = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
+DONE_KEYS = ["model", "precision", "batch_size", "threads"]
 ACCURACY_COLUMNS = ["model", "weights", "precision", "dtype", "n_samples", "max_abs_error", "mean_abs_error",
                     "reference_max_abs", "argmax_agreement", "status"]
 ACCURACY_KEYS = ["model", "precision"]
@@ -60,7 +63,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFrame:
-    """The records of one grid point as rows; an OOM point leaves one marker row."""
+    """The records of one grid point as rows; an OOM or skipped point leaves one marker row."""
     if run.records:
         rows = [
             {"point": point, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
@@ -74,15 +77,76 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFra
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
-class RunWriter:
-    """Accumulates a run's points and keeps its files on disk current after each one."""
+#: Grid points with one of these statuses are done: a resumed run does not measure them again.
+DONE_STATUSES = ("ok", "oom", "skipped")
+LOCK = ".lock"
 
-    def __init__(self, out_dir: str | Path, usd_per_hour: float | None = None) -> None:
+
+class RunWriter:
+    """Accumulates a run's points and keeps its files on disk current after each one.
+
+    It holds an exclusive lock on the folder while open: a second writer fails at
+    once instead of interleaving its points. A new run needs an empty folder;
+    ``resume=True`` reopens a run of the same `fingerprint` (params and code) and
+    keeps its points.
+    """
+
+    def __init__(self, out_dir: str | Path, usd_per_hour: float | None = None, fingerprint: str = "",
+                 resume: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.usd_per_hour = usd_per_hour
+        self.fingerprint = fingerprint
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []
+        if (self.out_dir / RECORDS).exists():
+            if not resume:
+                self.close()
+                raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose another "
+                                 "output folder")
+            self._reopen()
+
+    def _reopen(self) -> None:
+        previous = read_env(self.out_dir).get("fingerprint") if (self.out_dir / ENV).exists() else None
+        if previous != self.fingerprint:
+            self.close()
+            raise InputError(f"{self.out_dir} holds a run of other params or code (fingerprint {previous} here, "
+                             f"{self.fingerprint} now); resume only with the same params file and benchlib "
+                             "version, or start a new run")
+        self._records = [read_records(self.out_dir)]
+        if (self.out_dir / ACCURACY).exists():
+            self._accuracy = read_accuracy(self.out_dir).to_dict("records")
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the lock
+            self._lock = None
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def done(self) -> set[tuple[Any, ...]]:
+        """(model, precision, batch_size, threads) of every point already measured."""
+        if not self._records:
+            return set()
+        records = pd.concat(self._records, ignore_index=True)
+        finished = records[records["status"].isin(DONE_STATUSES)]
+        return set(finished[DONE_KEYS].drop_duplicates().itertuples(index=False, name=None))
+
+    def smallest_oom_batch(self, model: str, precision: str) -> int | None:
+        """The smallest batch size of `model` at `precision` that ran out of memory so far."""
+        if not self._records:
+            return None
+        records = pd.concat(self._records, ignore_index=True)
+        oom = records[(records["model"] == model) & (records["precision"] == precision) & (records["status"] == "oom")]
+        return int(oom["batch_size"].min()) if len(oom) else None
+
+    def has_accuracy(self, model: str, precision: str) -> bool:
+        return any(r["model"] == model and r["precision"] == precision for r in self._accuracy)
 
     def write_params(self, params: dict[str, Any]) -> None:
         text = yaml.safe_dump(params, sort_keys=False)
@@ -102,7 +166,10 @@ class RunWriter:
 
     @property
     def n_points(self) -> int:
-        return len(self._records)
+        """The next point's number (points are numbered in the order they ran)."""
+        if not self._records:
+            return 0
+        return int(max(frame["point"].max() for frame in self._records)) + 1
 
     def add_point(self, records: pd.DataFrame) -> pd.Series:
         """Keep one point's records, rewrite records and summary; return its summary row."""
@@ -125,6 +192,21 @@ def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame
     if accuracy.empty:
         return summary.assign(**{c: float("nan") for c in ACCURACY_IN_SUMMARY})
     return summary.merge(accuracy[ACCURACY_KEYS + ACCURACY_IN_SUMMARY], on=ACCURACY_KEYS, how="left")
+
+
+def _lock(directory: Path) -> Any:
+    handle = (directory / LOCK).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(f"another benchlib process is writing to {directory}; wait for it, or choose another "
+                         "output folder") from None
+    return handle
+
+
+def read_accuracy(run_dir: str | Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / ACCURACY)
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:

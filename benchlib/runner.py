@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from benchlib.environment import fingerprint
 from benchlib.errors import InputError
-from benchlib.params import load_params, params_to_dict
+from benchlib.params import Params, load_params, params_to_dict
+from benchlib.results import ENV, SUMMARY, read_env, read_summary
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 BENCHMARK_NOTEBOOK = NOTEBOOKS / "benchmark.ipynb"
@@ -57,8 +59,13 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path)
     )
 
 
-def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: TextIO = sys.stderr) -> list[RunOutcome]:
-    """Execute the benchmark notebook once per params file; return how each went."""
+def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: TextIO = sys.stderr,
+                   resume: bool = False) -> list[RunOutcome]:
+    """Execute the benchmark notebook once per params file; return how each went.
+
+    With `resume`, a params file whose newest unfinished run has the same params and
+    code continues in that run's folder; otherwise it gets a new one.
+    """
     out_root = Path(out_root).resolve()
     outcomes = []
     for raw_path in params_paths:
@@ -69,8 +76,9 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
             outcomes.append(RunOutcome(path, None, False, str(exc)))
             print(f"{path}: invalid params, skipped:\n{exc}", file=log)
             continue
-        run_dir = _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
-        parameters = {**params_to_dict(params), "out_dir": str(run_dir)}
+        unfinished = _unfinished_run(out_root / params.instance, params) if resume else None
+        run_dir = unfinished or _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
+        parameters = {**params_to_dict(params), "out_dir": str(run_dir), "resume": unfinished is not None}
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
         try:
             execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir)
@@ -81,6 +89,18 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
         if (run_dir / "benchmark.ipynb").exists():
             render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
     return outcomes
+
+
+def _unfinished_run(instance_dir: Path, params: Params) -> Path | None:
+    """The newest run folder of these params and code that has not measured every point."""
+    wanted = fingerprint(params_to_dict(params))
+    for run_dir in sorted(instance_dir.glob("*/"), reverse=True):
+        if not (run_dir / ENV).is_file() or read_env(run_dir).get("fingerprint") != wanted:
+            continue
+        measured = len(read_summary(run_dir)) if (run_dir / SUMMARY).is_file() else 0
+        if measured < params.grid_size:
+            return run_dir
+    return None
 
 
 def _make_run_dir(parent: Path, run_id: str) -> Path:

@@ -83,7 +83,8 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     last completion; warm-up records (negative times) are counted, not used.
     """
     nan = math.nan
-    status = "oom" if (records["status"] == "oom").any() else "ok"
+    statuses = set(records["status"])
+    status = "oom" if "oom" in statuses else "skipped" if "skipped" in statuses else "ok"
     measured = records[(~records["warmup"]) & (records["status"] == "ok")]
     latencies_ms = (measured["end_s"] - measured["start_s"]).to_numpy() * 1e3
     n = len(measured)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,15 +19,16 @@ import torch
 from tqdm import tqdm
 
 from benchlib.accuracy import compare_outputs
-from benchlib.cost import Price, hourly_price, load_prices
-from benchlib.environment import collect_env
-from benchlib.load import STATUS_OOM, Clock, PointRun, run_point
+from benchlib.cost import Price, load_prices, require_price
+from benchlib.environment import collect_env, fingerprint
+from benchlib.load import STATUS_OOM, STATUS_SKIPPED, Clock, PointRun, run_point
 from benchlib.memory import is_out_of_memory, release_memory
 from benchlib.models import (
     LoadedModel,
     Precision,
     Workload,
     check_client_threads,
+    check_sources,
     load_model,
     resolve_device,
     resolve_precision,
@@ -61,42 +62,55 @@ def run_sweep(
     progress: TextIO | None = sys.stderr,
     clock: Clock = time.perf_counter,
     prices: dict[str, Price] | None = None,
+    resume: bool = False,
 ) -> SweepResult:
     """Measure every grid point of `params` and write the run into `out_dir`.
 
     Costs use `params.price_usd_per_hour`, else `prices` (default: the price table).
+    With `resume`, a run of the same params and code in `out_dir` keeps the points
+    it finished and measures only the rest.
     """
     device = resolve_device(params.device)
-    # Check everything that needs no model first: a bad precision fails in seconds.
+    # Check everything that needs no model first: a bad precision or path fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]
     check_client_threads(device, params.threads)
+    for spec in params.models:
+        check_sources(spec)
     prices = load_prices() if prices is None else prices
-    usd_per_hour = hourly_price(params.instance, prices, params.price_usd_per_hour)
-    writer = RunWriter(out_dir, usd_per_hour)
+    usd_per_hour = require_price(params.instance, prices, params.price_usd_per_hour)
     params_dict = params_to_dict(params)
-    writer.write_params(params_dict)
-    with intra_op_threads(params.intra_op_threads), _Progress(params.grid_size, progress) as report:
+    with (
+        RunWriter(out_dir, usd_per_hour, fingerprint(params_dict), resume) as writer,
+        intra_op_threads(params.intra_op_threads),
+        _Progress(params.grid_size, progress) as report,
+    ):
+        writer.write_params(params_dict)
         env = collect_env(device, params_dict)  # inside: records the thread count in force
-        env["price"] = _price_record(params, prices, usd_per_hour)
-        env["models"] = []
+        env.update(fingerprint=writer.fingerprint, price=_price_record(params, prices, usd_per_hour), models=[])
         writer.write_env(env)
+        done = writer.done()
         for spec in params.models:
+            todo = _grid(params, spec.name, precisions) - done
+            if not todo:
+                report.skip(len(_grid(params, spec.name, precisions)))
+                continue
             loaded = load_model(spec, device, params.seed)
             env["models"].append({"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source})
             writer.write_env(env)
-            _sweep_model(loaded, precisions, params, writer, report, clock)
+            _sweep_model(loaded, precisions, params, writer, report, clock, todo)
             del loaded
             release_memory(device)
-    knee_table = writer.write_knees()
+        knee_table = writer.write_knees()
     return SweepResult(Path(out_dir), read_summary(out_dir), knee_table)
 
 
-def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float | None) -> dict[str, Any]:
+def _grid(params: Params, model: str, precisions: list[Precision]) -> set[tuple[Any, ...]]:
+    return {(model, p.name, b, t) for p in precisions for b in params.batch_sizes for t in params.threads}
+
+
+def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float) -> dict[str, Any]:
     if params.price_usd_per_hour is not None:
         return {"usd_per_hour": usd_per_hour, "source": "price_usd_per_hour in the params file"}
-    if usd_per_hour is None:
-        return {"usd_per_hour": None, "source": f"no price for {params.instance!r}: costs are not computed; "
-                "add it to params/prices.yaml or set price_usd_per_hour"}
     return asdict(prices[params.instance])
 
 
@@ -105,29 +119,42 @@ def _sweep_model(
     precisions: list[Precision],
     params: Params,
     writer: RunWriter,
-    report: Callable[[pd.Series, PointRun], None],
+    report: _Progress,
     clock: Clock,
+    todo: set[tuple[Any, ...]],
 ) -> None:
+    """Measure the points of `todo` for one model; after an OOM, larger batches are infeasible."""
     reference = None
+    name = loaded.spec.name
     for precision in precisions:
         workload = Workload(loaded, precision)
-        if precision.name != "fp32":
+        if precision.name != "fp32" and not writer.has_accuracy(name, precision.name):
             if reference is None:
                 reference = _accuracy_outputs(Workload(loaded, resolve_precision("fp32", loaded.device)), params)
             writer.add_accuracy(_accuracy_row(workload, reference, params))
+        oom_batch = writer.smallest_oom_batch(name, precision.name)
         for batch_size in params.batch_sizes:
-            inputs, oom = _build_inputs(workload, batch_size, params.seed)
-            for threads in params.threads:
-                run = oom or run_point(
-                    workload.client_factory(inputs, threads),
-                    threads=threads,
-                    warmup_requests=params.warmup_requests,
-                    duration_s=params.duration_s,
-                    min_requests=params.min_requests,
-                    clock=clock,
-                )
+            wanted = [t for t in params.threads if (name, precision.name, batch_size, t) in todo]
+            report.skip(len(params.threads) - len(wanted))
+            if not wanted:
+                continue
+            infeasible = oom_batch is not None and batch_size > oom_batch
+            inputs, oom = (None, None) if infeasible else _build_inputs(workload, batch_size, params.seed)
+            for threads in wanted:
+                if infeasible:
+                    run = PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {oom_batch} ran out of memory")
+                else:
+                    run = oom or run_point(
+                        workload.client_factory(inputs, threads),
+                        threads=threads,
+                        warmup_requests=params.warmup_requests,
+                        duration_s=params.duration_s,
+                        min_requests=params.min_requests,
+                        clock=clock,
+                    )
                 if run.status == STATUS_OOM:
                     release_memory(loaded.device)
+                    oom_batch = batch_size if oom_batch is None else min(oom_batch, batch_size)
                 keys = _point_keys(params, loaded, precision, batch_size, threads)
                 report(writer.add_point(point_records(writer.n_points, keys, run)), run)
             del inputs
@@ -143,17 +170,25 @@ class _Progress:
         self.bar = tqdm(total=total, file=stream, disable=not live, unit="point", dynamic_ncols=True)
         self.done = 0
 
-    def __enter__(self) -> Callable[[pd.Series, PointRun], None]:
-        return self.report
+    def __enter__(self) -> _Progress:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
 
-    def report(self, row: pd.Series, run: PointRun) -> None:
+    def __call__(self, row: pd.Series, run: PointRun) -> None:
         self.done += 1
         self.bar.update()
         if self.stream is not None:
             self.bar.write(f"[{self.done}/{self.total}] {_describe(row, run)}", file=self.stream)
+
+    def skip(self, count: int) -> None:
+        """Points a resumed run already has."""
+        if count:
+            self.done += count
+            self.bar.update(count)
+            if self.stream is not None:
+                self.bar.write(f"[{self.done}/{self.total}] {count} point(s) already measured", file=self.stream)
 
 
 def _build_inputs(workload: Workload, batch_size: int, seed: int) -> tuple[Any, PointRun | None]:
@@ -208,6 +243,8 @@ def _describe(row: pd.Series, run: PointRun) -> str:
     point = f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}"
     if run.status == STATUS_OOM:
         return f"{point}: out of memory ({run.error})"
+    if run.status == STATUS_SKIPPED:
+        return f"{point}: skipped ({run.error})"
     p50, p95 = (f"{row[c]:.1f} ms" if pd.notna(row[c]) else "n/a" for c in ("latency_p50_ms", "latency_p95_ms"))
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
     return f"{point}: {row['throughput_per_s']:.1f} inf/s, p50 {p50}, p95 {p95}{cost} ({row['n_requests']} requests)"

@@ -46,6 +46,7 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "warmup_requests": 1,
         "duration_s": 0.05,
         "min_requests": 3,
+        "price_usd_per_hour": 0.5,
     }
     params.update(overrides)
     return params

@@ -108,6 +108,11 @@ BAD_INPUTS = {
         ["cannot apply to pretrained"],
     ),
     "models not a list": ({"models": "resnet50"}, ["models", "should be a list"]),
+    "huge grid": (
+        {"batch_sizes": list(range(1, 21)), "threads": list(range(1, 11)), "precisions": ["fp32", "amp"]},
+        ["400 points", "1 models x 2 precisions x 20 batch sizes x 10 thread counts", "allow_large_grid: true"],
+    ),
+    "allow_large_grid not a bool": ({"allow_large_grid": "yes"}, ["allow_large_grid", "valid boolean"]),
 }
 
 
@@ -180,3 +185,8 @@ def test_price_override_must_be_a_positive_number() -> None:
     for bad in (0, -1, "cheap"):
         with pytest.raises(ParamsError, match="price_usd_per_hour"):
             parse_params(tiny_params(price_usd_per_hour=bad))
+
+
+def test_a_large_grid_runs_when_asked_for() -> None:
+    big = tiny_params(batch_sizes=list(range(1, 21)), threads=list(range(1, 11)), precisions=["fp32", "amp"])
+    assert parse_params({**big, "allow_large_grid": True}).grid_size == 400

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from benchlib.cli import main
+from benchlib.errors import WorkloadError
 from benchlib.params import parse_params
 from benchlib.results import RECORD_COLUMNS, read_records, read_summary
 from benchlib.stats import summarize
@@ -44,7 +45,7 @@ def bench_run(tmp_path_factory) -> tuple[Path, str]:
 
 def test_writes_every_file(bench_run) -> None:
     out, stdout = bench_run
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "accuracy.csv", "env.json", "knees.csv", "params.yaml", "recommendation.csv", "records.parquet",
         "summary.csv"]
     assert "throughput_per_s" in stdout and f"wrote {out}" in stdout
@@ -67,8 +68,9 @@ def test_summary_has_one_row_per_grid_point(bench_run) -> None:
     small = summary[summary["n_requests"] < 6]
     assert small["latency_p50_ms"].isna().all() and small["notes"].str.contains("p50 needs 6").all()
     assert summary["notes"].str.contains("p99 needs 368").all()
-    # the test instance has no price: no cost, not a made-up one
-    assert summary["usd_per_million"].isna().all()
+    # priced from the params' override
+    assert (summary["usd_per_hour"] == 0.5).all()
+    assert summary["usd_per_million"].to_numpy() == pytest.approx(0.5 / (summary["throughput_per_s"] * 3600) * 1e6)
 
 
 def test_window_respects_duration_and_min_requests(bench_run) -> None:
@@ -132,7 +134,11 @@ def test_knees_and_recommendation_files(bench_run) -> None:
     assert knee_table["reason"].str.contains("too few points: 2 batch size").all()  # batch sizes [1, 4]
     recommendation = pd.read_csv(out / "recommendation.csv")
     assert sorted(recommendation["model"]) == sorted([TINY_BERT["name"], TINY_RESNET["name"]])
-    assert recommendation["reason"].str.contains("no price").all()
+    summary = read_summary(out)
+    for _, rec in recommendation.iterrows():
+        candidates = summary[(summary["model"] == rec["model"]) & (summary["latency_p50_ms"] <= 1000)]
+        assert rec["usd_per_million"] == pytest.approx(candidates["usd_per_million"].min())
+        assert rec["instances_needed"] >= 1
 
 
 def test_price_override_prices_every_point(tmp_path: Path) -> None:
@@ -156,6 +162,27 @@ def test_recommend_command_across_runs(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "cheap" in out.split("cheapest configuration")[1] and "dear" not in out.split("cheapest configuration")[1]
     assert main(["recommend", str(tmp_path / "nothing-here"), "--latency-budget-ms", "10"]) == 2
+
+
+def test_an_instance_without_a_price_is_refused_before_anything_loads(tmp_path: Path, write_params, capsys) -> None:
+    data = tiny_params(instance="my-desktop")
+    del data["price_usd_per_hour"]
+    assert main(["bench", str(write_params(data)), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'my-desktop' has no price" in err and "price_usd_per_hour" in err
+    assert not (tmp_path / "o" / "records.parquet").exists()
+    assert main(["validate", str(write_params(data))]) == 2
+
+
+def test_a_missing_weights_path_is_refused_before_any_model_loads(tmp_path: Path, monkeypatch) -> None:
+    import benchlib.sweep as sweep
+
+    loaded = []
+    monkeypatch.setattr(sweep, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
+    params = parse_params(tiny_params(models=[TINY_BERT, {"name": "torchscript:./missing.pt", "input_shape": [3]}]))
+    with pytest.raises(WorkloadError, match="does not exist"):
+        run_sweep(params, tmp_path, progress=None)
+    assert loaded == []
 
 
 def test_intra_op_threads_are_set_for_the_sweep_and_restored_even_on_error() -> None:
