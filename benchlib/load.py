@@ -98,6 +98,7 @@ def _client_thread(
     shared: _Shared,
     barrier: threading.Barrier,
     out: list[RequestRecord],
+    finished: threading.Event,
 ) -> None:
     clock = shared.clock
     try:
@@ -126,6 +127,8 @@ def _client_thread(
     except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread
         shared.fail(exc)
         barrier.abort()
+    finally:
+        finished.set()
 
 
 def run_point(
@@ -144,19 +147,32 @@ def run_point(
     shared = _Shared(clock, duration_s, min_requests)
     barrier = threading.Barrier(threads, action=shared.start_window)
     per_thread: list[list[RequestRecord]] = [[] for _ in range(threads)]
+    finished = [threading.Event() for _ in range(threads)]
     workers = [
         threading.Thread(
             target=_client_thread,
-            args=(i, make_client, warmup_requests, shared, barrier, per_thread[i]),
+            args=(i, make_client, warmup_requests, shared, barrier, per_thread[i], finished[i]),
             name=f"benchlib-client-{i}",
             daemon=True,
         )
         for i in range(threads)
     ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        # Let every client finish its request before the interpreter unwinds: torch ops
+        # still running in threads at exit abort the process and lose the clean exit.
+        # (Thread.join interrupted once returns at once ever after on CPython < 3.13, so wait
+        # on each client's own event.)
+        shared.stop.set()
+        barrier.abort()
+        for worker, done in zip(workers, finished):
+            if worker.ident is not None:  # started
+                done.wait()
+        raise
     if shared.failure is not None:
         if is_out_of_memory(shared.failure):
             return PointRun(records=[], status=STATUS_OOM, error=_first_line(shared.failure))
