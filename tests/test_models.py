@@ -251,3 +251,13 @@ def test_more_cuda_client_threads_than_streams_is_refused() -> None:
     check_client_threads(CPU, (64,))  # CPU threads need no streams
     with pytest.raises(WorkloadError, match="at most 32"):
         check_client_threads(torch.device("cuda"), (4, 33))
+
+
+def test_a_precision_the_gpu_cannot_run_is_refused(monkeypatch) -> None:
+    # A T4 (the study's G4dn) has no native bfloat16.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    for name in ("bf16", "amp-bf16"):
+        with pytest.raises(WorkloadError, match="Tesla T4 does not support natively; use fp32, amp or fp16"):
+            resolve_precision(name, torch.device("cuda"))
+    assert resolve_precision("amp", torch.device("cuda")).dtype == "float16"
