@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,8 +56,22 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from benchlib.runner import run_benchmarks
+    from benchlib.storage import is_url, upload_tree
 
-    outcomes = run_benchmarks(args.params, args.out, resume=args.resume)
+    if args.cluster:
+        from benchlib.cluster import run_on_cluster
+
+        if args.resume:
+            raise InputError("--resume works on local runs; on a cluster each task starts a fresh run")
+        outcomes = run_on_cluster(args.params, args.out, args.cluster, worker_wait_s=args.worker_wait_s)
+    elif is_url(args.out):
+        if args.resume:
+            raise InputError(f"--resume needs a local --out, not {args.out}")
+        with tempfile.TemporaryDirectory(prefix="benchlib-run-") as scratch:
+            outcomes = run_benchmarks(args.params, scratch)
+            upload_tree(Path(scratch), args.out)
+    else:
+        outcomes = run_benchmarks(args.params, args.out, resume=args.resume)
     print("\nruns:")
     for outcome in outcomes:
         where = f" -> {outcome.run_dir}" if outcome.run_dir else ""
@@ -68,21 +83,33 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from benchlib.storage import download_runs, is_url, upload_tree
+
+    if not is_url(args.out):
+        print(f"report: {_local_report(args, Path(args.out))}")
+        return EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="benchlib-report-") as scratch:
+        download_runs(args.out, Path(scratch))
+        _local_report(args, Path(scratch))
+        upload_tree(Path(scratch), args.out)
+    print(f"report: {args.out.rstrip('/')}/report.html")
+    return EXIT_OK
+
+
+def _local_report(args: argparse.Namespace, out: Path) -> Path:
     from benchlib.runner import run_report
 
     if args.example == "seed":
         from benchlib.cost import load_prices
         from benchlib.seed import import_runs, study_prices
 
-        import_runs(args.out, study_prices(load_prices(args.prices)))
-    elif not any(Path(args.out).glob("*/*/summary.csv")):
+        import_runs(out, study_prices(load_prices(args.prices)))
+    elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
     parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile,
                   "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
-    html = run_report(args.out, {k: v for k, v in parameters.items() if v is not None})
-    print(f"report: {html}")
-    return EXIT_OK
+    return run_report(out, {k: v for k, v in parameters.items() if v is not None})
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -176,13 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="execute the benchmark notebook once per params file (papermill)")
     run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
-    run.add_argument("--out", default="outputs", help="outputs folder: <out>/<instance>/<run_id>/ (default outputs)")
+    run.add_argument("--out", default="outputs",
+                     help="outputs folder or fsspec URL (s3://bucket/prefix): <out>/<instance>/<run_id>/")
+    run.add_argument("--cluster", metavar="tcp://HOST:8786",
+                     help="run each params file as a task on a Dask worker advertising its instance as a resource")
+    run.add_argument("--worker-wait-s", type=float, default=60.0,
+                     help="with --cluster: how long a task may wait with no worker of its kind (default 60)")
     run.add_argument("--resume", action="store_true",
                      help="continue each params file's newest unfinished run (same params and code)")
     run.set_defaults(func=_run)
 
     report = commands.add_parser("report", help="merge every run under --out into report.ipynb/.html")
-    report.add_argument("--out", default="outputs", help="outputs folder holding the runs (default outputs)")
+    report.add_argument("--out", default="outputs", help="outputs folder or fsspec URL holding the runs")
     report.add_argument("--example", choices=["seed"], help="first import the G5-vs-G4dn study's published runs")
     report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
     report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")

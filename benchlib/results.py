@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow
 import yaml
 
 from benchlib.cost import add_cost
@@ -97,6 +98,9 @@ class RunWriter:
         self.usd_per_hour = usd_per_hour
         self.fingerprint = fingerprint
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Arrow swaps in its own SIGINT handler while it reads or writes, and a Ctrl-C that
+        # lands in a write it cannot cancel is lost: the sweep then ignores the user.
+        pyarrow.enable_signal_handlers(False)
         self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []

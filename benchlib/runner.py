@@ -78,17 +78,25 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
             continue
         unfinished = _unfinished_run(out_root / params.instance, params) if resume else None
         run_dir = unfinished or _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
-        parameters = {**params_to_dict(params), "out_dir": str(run_dir), "resume": unfinished is not None}
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
-        try:
-            execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir)
-            outcomes.append(RunOutcome(path, run_dir, True))
-        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
-            outcomes.append(RunOutcome(path, run_dir, False, _notebook_error(exc)))
-            print(f"{path}: failed: {_notebook_error(exc)}", file=log)
-        if (run_dir / "benchmark.ipynb").exists():
-            render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
+        error = benchmark_into(params, run_dir, resume=unfinished is not None)
+        outcomes.append(RunOutcome(path, run_dir, not error, error))
+        if error:
+            print(f"{path}: failed: {error}", file=log)
     return outcomes
+
+
+def benchmark_into(params: Params, run_dir: Path, resume: bool = False) -> str:
+    """Execute and render the benchmark notebook in `run_dir`; return the error, or "" if it ran."""
+    parameters = {**params_to_dict(params), "out_dir": str(run_dir), "resume": resume}
+    error = ""
+    try:
+        execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir)
+    except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+        error = _notebook_error(exc)
+    if (run_dir / "benchmark.ipynb").exists():
+        render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
+    return error
 
 
 def _unfinished_run(instance_dir: Path, params: Params) -> Path | None:
