@@ -26,9 +26,9 @@ from typing import Any, TextIO
 import yaml
 
 from benchlib.errors import InputError
-from benchlib.params import Params, load_params, parse_params
+from benchlib.params import Params, parse_params
 from benchlib.results import ENV
-from benchlib.runner import RunOutcome, benchmark_into, new_run_id
+from benchlib.runner import RunOutcome, benchmark_into, load_each, new_run_id
 from benchlib.storage import write_files
 
 
@@ -73,14 +73,7 @@ def run_on_cluster(
     with client:
         available = worker_resources(client)
         tasks: dict[Any, tuple[Path, Params, str]] = {}
-        for raw_path in params_paths:
-            path = Path(raw_path)
-            try:
-                params = load_params(path)
-            except InputError as exc:
-                outcomes.append(RunOutcome(path, None, False, str(exc)))
-                print(f"{path}: invalid params, skipped:\n{exc}", file=log)
-                continue
+        for path, params in load_each(params_paths, outcomes, log):
             if not available[params.instance]:
                 error = (f"no worker advertises the resource {params.instance!r}; start one with "
                          f"`dask worker {address} --resources \"{params.instance}=1\" --nthreads 1`")

@@ -12,6 +12,7 @@ import hashlib
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,15 +68,8 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
     code continues in that run's folder; otherwise it gets a new one.
     """
     out_root = Path(out_root).resolve()
-    outcomes = []
-    for raw_path in params_paths:
-        path = Path(raw_path)
-        try:
-            params = load_params(path)
-        except InputError as exc:
-            outcomes.append(RunOutcome(path, None, False, str(exc)))
-            print(f"{path}: invalid params, skipped:\n{exc}", file=log)
-            continue
+    outcomes: list[RunOutcome] = []
+    for path, params in load_each(params_paths, outcomes, log):
         unfinished = _unfinished_run(out_root / params.instance, params) if resume else None
         run_dir = unfinished or _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
@@ -84,6 +78,19 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
         if error:
             print(f"{path}: failed: {error}", file=log)
     return outcomes
+
+
+def load_each(params_paths: list[str | Path], outcomes: list[RunOutcome], log: TextIO) -> Iterator[tuple[Path, Params]]:
+    """Each params file that validates; an invalid one is reported and added to `outcomes` as failed."""
+    for raw_path in params_paths:
+        path = Path(raw_path)
+        try:
+            params = load_params(path)
+        except InputError as exc:
+            outcomes.append(RunOutcome(path, None, False, str(exc)))
+            print(f"{path}: invalid params, skipped:\n{exc}", file=log)
+            continue
+        yield path, params
 
 
 def benchmark_into(params: Params, run_dir: Path, resume: bool = False) -> str:
