@@ -7,7 +7,9 @@ thread count is measured with them. Each point is written as soon as it ends.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -42,6 +44,38 @@ class SweepResult:
     out_dir: Path
     summary: pd.DataFrame
     knees: pd.DataFrame
+
+
+class _Interrupt:
+    """Remembers a Ctrl-C as well as raising it.
+
+    CPython runs signal handlers wherever the main thread happens to be, garbage
+    collector finalizers included, and a KeyboardInterrupt raised inside a finalizer
+    is printed and dropped. The sweep checks this flag between points, so a Ctrl-C
+    still stops it after the point in progress.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @contextlib.contextmanager
@@ -80,6 +114,7 @@ def run_sweep(
     usd_per_hour = require_price(params.instance, prices, params.price_usd_per_hour)
     params_dict = params_to_dict(params)
     with (
+        _Interrupt() as interrupt,
         RunWriter(out_dir, usd_per_hour, fingerprint(params_dict), resume) as writer,
         intra_op_threads(params.intra_op_threads),
         _Progress(params.grid_size, progress) as report,
@@ -97,7 +132,7 @@ def run_sweep(
             loaded = load_model(spec, device, params.seed)
             env["models"].append({"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source})
             writer.write_env(env)
-            _sweep_model(loaded, precisions, params, writer, report, clock, todo)
+            _sweep_model(loaded, precisions, params, writer, report, clock, todo, interrupt)
             del loaded
             release_memory(device)
         knee_table = writer.write_knees()
@@ -122,6 +157,7 @@ def _sweep_model(
     report: _Progress,
     clock: Clock,
     todo: set[tuple[Any, ...]],
+    interrupt: _Interrupt,
 ) -> None:
     """Measure the points of `todo` for one model; after an OOM, larger batches are infeasible."""
     reference = None
@@ -157,6 +193,7 @@ def _sweep_model(
                     oom_batch = batch_size if oom_batch is None else min(oom_batch, batch_size)
                 keys = _point_keys(params, loaded, precision, batch_size, threads)
                 report(writer.add_point(point_records(writer.n_points, keys, run)), run)
+                interrupt.check()
             del inputs
 
 

@@ -53,7 +53,7 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicate
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     if sig == signal.SIGINT:
-        assert process.returncode == 130 and "interrupted" in err
+        assert process.returncode == 130 and "interrupted" in err, (process.returncode, err[-2000:])
     else:
         assert process.returncode == -sig
 
