@@ -58,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     from benchlib.runner import run_benchmarks
     from benchlib.storage import is_url, upload_tree
 
+    locations: dict[Path, str] = {}
     if args.cluster:
         from benchlib.cluster import run_on_cluster
 
@@ -70,11 +71,15 @@ def _run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="benchlib-run-") as scratch:
             outcomes = run_benchmarks(args.params, scratch)
             upload_tree(Path(scratch), args.out)
+        # Show where the runs are now, not the scratch folder they were made in.
+        locations = {o.params_path: f"{args.out.rstrip('/')}/{o.run_dir.relative_to(Path(scratch).resolve())}"
+                     for o in outcomes if o.run_dir is not None}
     else:
         outcomes = run_benchmarks(args.params, args.out, resume=args.resume)
     print("\nruns:")
     for outcome in outcomes:
-        where = f" -> {outcome.run_dir}" if outcome.run_dir else ""
+        location = locations.get(outcome.params_path, outcome.run_dir)
+        where = f" -> {location}" if location else ""
         print(f"  {'ok    ' if outcome.ok else 'FAILED'} {outcome.params_path}{where}"
               + (f"\n         {outcome.error.splitlines()[0]}" if outcome.error else ""))
     failed = sum(not o.ok for o in outcomes)

@@ -192,6 +192,7 @@ def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) 
     url = "s3://bench/study"
     code, log = run_cli("run", str(write_params(tmp_path, "tiny-s")), "--out", url)
     assert code == 0, log
+    assert "-> s3://bench/study/tiny-s/" in log
     (run_dir,) = s3.ls("bench/study/tiny-s")
     names = {Path(p).name for p in s3.ls(run_dir)}
     assert {"summary.csv", "records.parquet", "benchmark.ipynb", "benchmark.html", "env.json"} <= names

@@ -47,8 +47,11 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicate
     params_path = tmp_path / "p.yaml"
     params_path.write_text(yaml.safe_dump(SLOW))
     out = tmp_path / "run"
+    # A shell's background job (CI may be one) ignores SIGINT, and children inherit that:
+    # give the sweep the default disposition, as in a terminal.
     process = subprocess.Popen([sys.executable, "-m", "benchlib", "bench", str(params_path), "--out", str(out),
-                                "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_points(out / "summary.csv", 3, process)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
