@@ -104,6 +104,8 @@ class RunWriter:
         self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []
+        #: The env.json of the run being resumed (empty for a new run).
+        self.previous_env: dict[str, Any] = {}
         if (self.out_dir / RECORDS).exists():
             if not resume:
                 self.close()
@@ -112,7 +114,8 @@ class RunWriter:
             self._reopen()
 
     def _reopen(self) -> None:
-        previous = read_env(self.out_dir).get("fingerprint") if (self.out_dir / ENV).exists() else None
+        self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
+        previous = self.previous_env.get("fingerprint")
         if previous != self.fingerprint:
             self.close()
             raise InputError(f"{self.out_dir} holds a run of other params or code (fingerprint {previous} here, "

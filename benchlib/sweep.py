@@ -121,7 +121,9 @@ def run_sweep(
     ):
         writer.write_params(params_dict)
         env = collect_env(device, params_dict)  # inside: records the thread count in force
-        env.update(fingerprint=writer.fingerprint, price=_price_record(params, prices, usd_per_hour), models=[])
+        # A resumed run keeps the weights record of models it does not load again.
+        env.update(fingerprint=writer.fingerprint, price=_price_record(params, prices, usd_per_hour),
+                   models=list(writer.previous_env.get("models", [])))
         writer.write_env(env)
         done = writer.done()
         for spec in params.models:
@@ -130,7 +132,8 @@ def run_sweep(
                 report.skip(len(_grid(params, spec.name, precisions)))
                 continue
             loaded = load_model(spec, device, params.seed)
-            env["models"].append({"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source})
+            env["models"] = [m for m in env["models"] if m["name"] != spec.name] + [
+                {"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source}]
             writer.write_env(env)
             _sweep_model(loaded, precisions, params, writer, report, clock, todo, interrupt)
             del loaded

@@ -1,6 +1,7 @@
 """Faults provoked for real: killed sweeps resumed, OOM, concurrent writers, broken run folders."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,9 +83,11 @@ def test_resume_refuses_other_params(tmp_path: Path) -> None:
     run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None)
     with pytest.raises(InputError, match="other params or code"):
         run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path, progress=None, resume=True)
-    # and resuming a finished run measures nothing again
+    # and resuming a finished run measures nothing again, and keeps what env.json said of its models
     summary = run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None, resume=True).summary
     assert len(summary) == 1 and read_records(tmp_path)["point"].nunique() == 1
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert [m["name"] for m in env["models"]] == [TINY_BERT["name"]]
 
 
 def test_out_of_memory_skips_larger_batches_of_that_model_and_precision(tmp_path: Path, monkeypatch) -> None:
