@@ -14,7 +14,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-PERCENTILE_LABELS = {"p50": "P50", "p90": "P90", "p95": "P95", "p99": "P99"}
+from benchlib.stats import PERCENTILE_NAMES
+
 
 
 def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -93,15 +94,15 @@ def throughput_vs_latency(summary: pd.DataFrame, percentile: str = "p95",
                             textcoords="offset points", xytext=offsets[index % len(offsets)], fontsize=8,
                             color=palette[curve])
         ax.set_title(model)
-        ax.set_xlabel(f"{PERCENTILE_LABELS[percentile]} latency (ms)")
+        ax.set_xlabel(f"{PERCENTILE_NAMES[percentile]} latency (ms)")
         ax.set_ylabel("throughput (inferences/s)")
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         if subset.empty:
-            _empty(ax, f"no point has a known {PERCENTILE_LABELS[percentile]}")
+            _empty(ax, f"no point has a known {PERCENTILE_NAMES[percentile]}")
     _legend(fig, axes)
-    fig.suptitle(f"Throughput vs {PERCENTILE_LABELS[percentile]} latency (labels: batch size)")
+    fig.suptitle(f"Throughput vs {PERCENTILE_NAMES[percentile]} latency (labels: batch size)")
     return fig
 
 
@@ -124,7 +125,7 @@ def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame |
                     top.axvline(knee_batch, color=palette[curve], linestyle="--", linewidth=1)
         top.set_title(model)
         top.set_ylabel("throughput (inferences/s)")
-        bottom.set_ylabel(f"{PERCENTILE_LABELS[percentile]} latency (ms)")
+        bottom.set_ylabel(f"{PERCENTILE_NAMES[percentile]} latency (ms)")
         for ax in (top, bottom):
             _batch_axis(ax, summary["batch_size"])
             ax.set_ylim(bottom=0)

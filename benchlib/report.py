@@ -17,8 +17,8 @@ from pandas.io.formats.style import Styler
 from benchlib.errors import InputError
 from benchlib.params import parse_params
 from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
+from benchlib.stats import PERCENTILE_NAMES
 
-PERCENTILE_NAMES = {"p50": "P50", "p90": "P90", "p95": "P95", "p99": "P99"}
 
 
 REQUIRED_COLUMNS = {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"}

@@ -24,6 +24,8 @@ import pandas as pd
 from scipy.stats import binom
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+#: How tables and charts name them: "p95" -> "P95".
+PERCENTILE_NAMES = {f"p{p}": f"P{p}" for p in PERCENTILES}
 #: Columns that identify a grid point, in the order summaries show them.
 POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]
 CONFIDENCE = 0.95
