@@ -151,7 +151,7 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
                 return fmt
         return None
 
-    formatter = {c: pick(c) for c in table.columns if pick(c)}
+    formatter = {c: fmt for c in table.columns if (fmt := pick(c))}
     style = table.style.format(formatter, na_rep="–")
     if "Notes" in table.columns:  # wide enough to read, not a narrow tower of words
         style = style.set_properties(subset=["Notes"], **{"min-width": "24em", "text-align": "left"})

@@ -138,19 +138,20 @@ class RunWriter:
 
     def done(self) -> set[tuple[Any, ...]]:
         """(model, precision, batch_size, threads) of every point already measured."""
-        if not self._records:
-            return set()
-        records = pd.concat(self._records, ignore_index=True)
+        records = self._all_records()
         finished = records[records["status"].isin(DONE_STATUSES)]
         return set(finished[DONE_KEYS].drop_duplicates().itertuples(index=False, name=None))
 
     def smallest_oom_batch(self, model: str, precision: str) -> int | None:
         """The smallest batch size of `model` at `precision` that ran out of memory so far."""
-        if not self._records:
-            return None
-        records = pd.concat(self._records, ignore_index=True)
+        records = self._all_records()
         oom = records[(records["model"] == model) & (records["precision"] == precision) & (records["status"] == "oom")]
         return int(oom["batch_size"].min()) if len(oom) else None
+
+    def _all_records(self) -> pd.DataFrame:
+        if not self._records:
+            return pd.DataFrame(columns=RECORD_COLUMNS)
+        return pd.concat(self._records, ignore_index=True)
 
     def has_accuracy(self, model: str, precision: str) -> bool:
         return any(r["model"] == model and r["precision"] == precision for r in self._accuracy)
@@ -181,7 +182,7 @@ class RunWriter:
     def add_point(self, records: pd.DataFrame) -> pd.Series:
         """Keep one point's records, rewrite records and summary; return its summary row."""
         self._records.append(records)
-        all_records = pd.concat(self._records, ignore_index=True)
+        all_records = self._all_records()
         summary = add_cost(with_accuracy(summarize(all_records), self._accuracy_frame()), self.usd_per_hour)
         write_atomic(self.out_dir / RECORDS, lambda p: all_records.to_parquet(p, index=False))
         write_atomic(self.out_dir / SUMMARY, lambda p: summary.to_csv(p, index=False))

@@ -15,7 +15,7 @@ import yaml
 from benchlib.cli import main
 from benchlib.params import Params, parse_params
 from benchlib.runner import BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK, strip_scripts
-from tests.conftest import TINY_BERT, tiny_params
+from tests.conftest import tiny_params
 
 NOTEBOOK_ONLY = {"out_dir", "resume", "latency_budget_ms", "percentile"}
 REPORT_PARAMETERS = {"outputs_dir", "latency_budget_ms", "percentile", "target_per_s", "baseline_instance",
