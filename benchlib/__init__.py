@@ -2,7 +2,7 @@
 
 Measures (throughput, latency) = f(batch size, client threads, precision) with
 closed-loop client threads, keeps every request as a raw record, and derives
-summaries from them. Start at :func:`benchlib.sweep.run_sweep` or the ``benchlib``
+summaries from them. Start at :func:`benchlib.measure.sweep.run_sweep` or the ``benchlib``
 command line.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from benchlib.cost import load_prices, require_price
+    from benchlib.derive.cost import load_prices, require_price
 
     prices = load_prices(args.prices)
     for path in args.params:
@@ -39,8 +39,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     # torch is imported here, not at start-up, so `validate` answers in a blink.
-    from benchlib.cost import load_prices
-    from benchlib.sweep import run_sweep
+    from benchlib.derive.cost import load_prices
+    from benchlib.measure.sweep import run_sweep
 
     params = load_params(args.params)
     prices = load_prices(args.prices)
@@ -55,12 +55,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from benchlib.runner import run_benchmarks
-    from benchlib.storage import is_url, upload_tree
+    from benchlib.present.runner import run_benchmarks
+    from benchlib.scale.storage import is_url, upload_tree
 
     locations: dict[Path, str] = {}
     if args.cluster:
-        from benchlib.cluster import run_on_cluster
+        from benchlib.scale.cluster import run_on_cluster
 
         if args.resume:
             raise InputError("--resume works on local runs; on a cluster each task starts a fresh run")
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from benchlib.storage import download_runs, is_url, upload_tree
+    from benchlib.scale.storage import download_runs, is_url, upload_tree
 
     if not is_url(args.out):
         print(f"report: {_local_report(args, Path(args.out))}")
@@ -102,11 +102,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _local_report(args: argparse.Namespace, out: Path) -> Path:
-    from benchlib.runner import run_report
+    from benchlib.present.runner import run_report
 
     if args.example == "seed":
-        from benchlib.cost import load_prices
-        from benchlib.seed import import_runs, study_prices
+        from benchlib.derive.cost import load_prices
+        from benchlib.present.study import import_runs, study_prices
 
         import_runs(out, study_prices(load_prices(args.prices)))
     elif not any(out.glob("*/*/summary.csv")):
@@ -129,7 +129,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: Path | None) -> None:
-    from benchlib.cost import recommend
+    from benchlib.derive.cost import recommend
     from benchlib.results import write_atomic
 
     if args.latency_budget_ms is None:
@@ -142,10 +142,10 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
 
 
 def _study(args: argparse.Namespace) -> int:
-    from benchlib.cost import load_prices
-    from benchlib.knee import knees
-    from benchlib.seed import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
-    from benchlib.seed import study_prices
+    from benchlib.derive.cost import load_prices
+    from benchlib.derive.knee import knees
+    from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
+    from benchlib.present.study import study_prices
 
     prices = study_prices(load_prices(args.prices))
     costs = reproduce_costs(prices)

@@ -26,13 +26,13 @@ import pandas as pd
 import pyarrow
 import yaml
 
-from benchlib.cost import add_cost
+from benchlib.derive.cost import add_cost
 from benchlib.errors import InputError
-from benchlib.knee import knees
-from benchlib.stats import POINT_KEYS, summarize
+from benchlib.derive.knee import knees
+from benchlib.derive.stats import POINT_KEYS, summarize
 
 if TYPE_CHECKING:  # the report reads runs without importing torch
-    from benchlib.load import PointRun
+    from benchlib.measure.load import PointRun
 
 RECORDS = "records.parquet"
 SUMMARY = "summary.csv"

@@ -3,7 +3,7 @@
 For each batch size, alternate `--rounds` times between
   bare:    time N forward passes in a tight loop (same workload, same inputs,
            same inference_mode/autocast context), throughput = N * batch / time
-  harness: benchlib.load.run_point with 1 client thread, throughput as the
+  harness: benchlib.measure.load.run_point with 1 client thread, throughput as the
            summary computes it (completed inferences / measured window)
 and print the median of the per-round ratios harness/bare (each pair ran back to
 back, so it shares the machine's conditions) with their spread. Alternating short
@@ -27,11 +27,13 @@ import time
 
 import torch
 
-from benchlib.load import run_point
-from benchlib.models import Workload, load_model, resolve_precision
+from benchlib.measure.load import run_point
+from benchlib.measure.precision import resolve_precision
+from benchlib.measure.workload import Workload
+from benchlib.measure.zoo import load_model
 from benchlib.params import ModelSpec
 from benchlib.results import point_records
-from benchlib.stats import summarize_point
+from benchlib.derive.stats import summarize_point
 
 TARGET = 0.98
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchlib.cost import (
+from benchlib.derive.cost import (
     PriceError,
     add_cost,
     cost_ratio,
@@ -18,7 +18,7 @@ from benchlib.cost import (
     usd_per_million,
 )
 from benchlib.errors import InputError
-from benchlib.seed import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
+from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
 
 REPO = Path(__file__).resolve().parents[1]
 

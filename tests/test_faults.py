@@ -17,10 +17,10 @@ import yaml
 from benchlib.cli import main
 from benchlib.errors import InputError
 from benchlib.params import parse_params
-from benchlib.report import load_runs
+from benchlib.present.report import load_runs
 from benchlib.results import RunWriter, read_records, read_summary
-from benchlib.seed import import_runs
-from benchlib.sweep import run_sweep
+from benchlib.present.study import import_runs
+from benchlib.measure.sweep import run_sweep
 from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_resume_refuses_other_params(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_skips_larger_batches_of_that_model_and_precision(tmp_path: Path, monkeypatch) -> None:
-    from benchlib.models import Workload
+    from benchlib.measure.workload import Workload
 
     real_forward = Workload.forward
 
@@ -108,7 +108,7 @@ def test_out_of_memory_skips_larger_batches_of_that_model_and_precision(tmp_path
     assert status == {(1, 1): "ok", (1, 2): "ok", (4, 1): "oom", (4, 2): "oom", (8, 1): "skipped",
                       (8, 2): "skipped", (2, 1): "ok", (2, 2): "ok"}
     assert summary.loc[summary["status"] == "skipped", "throughput_per_s"].isna().all()
-    from benchlib.report import memory_limits
+    from benchlib.present.report import memory_limits
 
     limits = memory_limits(summary).iloc[0]
     assert (limits["Largest batch measured"], limits["Smallest batch out of memory"],
@@ -149,8 +149,8 @@ def test_concurrent_runs_into_one_outputs_folder_do_not_clobber(tmp_path: Path) 
 
 
 def test_report_skips_broken_and_partial_runs_with_a_warning_naming_them(tmp_path: Path) -> None:
-    from benchlib.cost import load_prices
-    from benchlib.seed import study_prices
+    from benchlib.derive.cost import load_prices
+    from benchlib.present.study import study_prices
 
     import_runs(tmp_path, study_prices(load_prices()))
     corrupted = tmp_path / "g5.4xlarge" / "zz-corrupted"

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchlib.knee import find_knee, knee_of, knees, saturating_throughput
-from benchlib.seed import published_table
+from benchlib.derive.knee import find_knee, knee_of, knees, saturating_throughput
+from benchlib.present.study import published_table
 
 BATCHES = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=float)
 

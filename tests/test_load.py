@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from benchlib.load import STATUS_OK, STATUS_OOM, run_point
+from benchlib.measure.load import STATUS_OK, STATUS_OOM, run_point
 from tests.conftest import FakeClock
 
 
@@ -160,6 +160,6 @@ def test_other_errors_propagate() -> None:
     ],
 )
 def test_out_of_memory_is_recognised(exc: BaseException, oom: bool) -> None:
-    from benchlib.memory import is_out_of_memory
+    from benchlib.measure.memory import is_out_of_memory
 
     assert is_out_of_memory(exc) is oom

@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchlib.accuracy import compare_outputs, output_tensors
+from benchlib.derive.accuracy import compare_outputs, output_tensors
 from benchlib.errors import WorkloadError
-from benchlib.models import Workload, load_model, resolve_device, resolve_precision
+from benchlib.measure.device import resolve_device
+from benchlib.measure.precision import resolve_precision
+from benchlib.measure.workload import Workload
+from benchlib.measure.zoo import load_model
 from benchlib.params import ModelSpec
 from tests.conftest import TINY_BERT, TINY_RESNET
 
@@ -245,7 +248,7 @@ def test_loaded_models_need_no_gradients() -> None:
 
 
 def test_more_cuda_client_threads_than_streams_is_refused() -> None:
-    from benchlib.models import check_client_threads
+    from benchlib.measure.device import check_client_threads
 
     check_client_threads(torch.device("cuda"), (1, 32))
     check_client_threads(CPU, (64,))  # CPU threads need no streams

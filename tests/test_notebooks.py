@@ -14,7 +14,7 @@ import yaml
 
 from benchlib.cli import main
 from benchlib.params import Params, parse_params
-from benchlib.runner import BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK, strip_scripts
+from benchlib.present.runner import BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK, strip_scripts
 from tests.conftest import tiny_params
 
 NOTEBOOK_ONLY = {"out_dir", "resume", "latency_budget_ms", "percentile"}
@@ -57,7 +57,7 @@ def test_benchmark_parameters_are_the_params_schema() -> None:
     defaults = {name: ast.literal_eval(p["default"]) for name, p in parameters.items()}
     params = parse_params({k: v for k, v in defaults.items() if k not in NOTEBOOK_ONLY})
     # The notebook's defaults are the local experiment of `make run`.
-    local = yaml.safe_load((BENCHMARK_NOTEBOOK.parents[1] / "params" / "local.yaml").read_text())
+    local = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / "local.yaml").read_text())
     assert params.batch_sizes == tuple(local["batch_sizes"]) and params.threads == tuple(local["threads"])
 
 
@@ -164,7 +164,7 @@ def test_seed_example_reproduces_the_study_table(tmp_path: Path) -> None:
 
 
 def test_run_folders_never_collide(tmp_path: Path) -> None:
-    from benchlib.runner import _make_run_dir
+    from benchlib.present.runner import _make_run_dir
 
     first, second = (_make_run_dir(tmp_path / "x", "20261129T000000Z-abcdef") for _ in range(2))
     assert first.name == "20261129T000000Z-abcdef" and second.name == "20261129T000000Z-abcdef-2"

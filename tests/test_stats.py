@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from benchlib.load import PointRun, RequestRecord, run_point
+from benchlib.measure.load import PointRun, RequestRecord, run_point
 from benchlib.results import point_records
-from benchlib.stats import (
+from benchlib.derive.stats import (
     NOISY_CV,
     bootstrap_mean_ci,
     min_samples_for_percentile,

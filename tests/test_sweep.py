@@ -15,8 +15,8 @@ from benchlib.cli import main
 from benchlib.errors import WorkloadError
 from benchlib.params import parse_params
 from benchlib.results import RECORD_COLUMNS, read_records, read_summary
-from benchlib.stats import summarize
-from benchlib.sweep import intra_op_threads, run_sweep
+from benchlib.derive.stats import summarize
+from benchlib.measure.sweep import intra_op_threads, run_sweep
 from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
 
 SWEEP = tiny_params(
@@ -175,7 +175,7 @@ def test_an_instance_without_a_price_is_refused_before_anything_loads(tmp_path: 
 
 
 def test_a_missing_weights_path_is_refused_before_any_model_loads(tmp_path: Path, monkeypatch) -> None:
-    import benchlib.sweep as sweep
+    import benchlib.measure.sweep as sweep
 
     loaded = []
     monkeypatch.setattr(sweep, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
@@ -243,7 +243,7 @@ def test_cuda_sweep_with_per_thread_streams(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_in_the_accuracy_check_is_recorded(tmp_path: Path, monkeypatch) -> None:
-    import benchlib.sweep as sweep
+    import benchlib.measure.sweep as sweep
 
     real = sweep._accuracy_outputs
 

@@ -20,21 +20,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchlib.accuracy import compare_outputs
-from benchlib.cost import Price, load_prices, require_price
-from benchlib.environment import collect_env, fingerprint
-from benchlib.load import STATUS_OOM, STATUS_SKIPPED, Clock, PointRun, run_point
-from benchlib.memory import is_out_of_memory, release_memory
-from benchlib.models import (
-    LoadedModel,
-    Precision,
-    Workload,
-    check_client_threads,
-    check_sources,
-    load_model,
-    resolve_device,
-    resolve_precision,
-)
+from benchlib.derive.accuracy import compare_outputs
+from benchlib.derive.cost import Price, load_prices, require_price
+from benchlib.measure.environment import collect_env, fingerprint
+from benchlib.measure.load import STATUS_OOM, STATUS_SKIPPED, Clock, PointRun, run_point
+from benchlib.measure.memory import is_out_of_memory, release_memory
+from benchlib.measure.device import check_client_threads, resolve_device
+from benchlib.measure.precision import Precision, resolve_precision
+from benchlib.measure.workload import Workload
+from benchlib.measure.zoo import LoadedModel, check_sources, load_model
 from benchlib.params import Params, params_to_dict
 from benchlib.results import RunWriter, point_records, read_summary
 

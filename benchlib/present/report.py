@@ -17,7 +17,7 @@ from pandas.io.formats.style import Styler
 from benchlib.errors import InputError
 from benchlib.params import parse_params
 from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
-from benchlib.stats import PERCENTILE_NAMES
+from benchlib.derive.stats import PERCENTILE_NAMES
 
 
 

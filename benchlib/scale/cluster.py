@@ -28,8 +28,8 @@ import yaml
 from benchlib.errors import InputError
 from benchlib.params import Params, parse_params
 from benchlib.results import ENV
-from benchlib.runner import RunOutcome, benchmark_into, load_each, new_run_id
-from benchlib.storage import write_files
+from benchlib.present.runner import RunOutcome, benchmark_into, load_each, new_run_id
+from benchlib.scale.storage import write_files
 
 
 def remote_benchmark(params_text: str, source: str) -> dict[str, Any]:

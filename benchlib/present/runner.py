@@ -9,6 +9,7 @@ independent: a failing params file is reported and the others still run.
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 import re
 import sys
 import time
@@ -17,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchlib.environment import fingerprint
+from benchlib.measure.environment import fingerprint
 from benchlib.errors import InputError
 from benchlib.params import Params, load_params, params_to_dict
 from benchlib.results import ENV, SUMMARY, read_env, read_summary
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+#: Shipped in the package: benchlib/notebooks is a symlink to the repository's notebooks/.
+NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
 BENCHMARK_NOTEBOOK = NOTEBOOKS / "benchmark.ipynb"
 REPORT_NOTEBOOK = NOTEBOOKS / "report.ipynb"
 #: The kernel `make` registers in .venv, with the venv's interpreter as an absolute path.

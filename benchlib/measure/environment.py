@@ -45,7 +45,7 @@ def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
     import torchvision
     import transformers
 
-    from benchlib.models import cpu_model, device_name
+    from benchlib.measure.device import cpu_model, device_name
 
     cuda = device.type == "cuda"
     return {

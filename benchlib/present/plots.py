@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from benchlib.stats import PERCENTILE_NAMES
+from benchlib.derive.stats import PERCENTILE_NAMES
 
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from benchlib.memory import is_out_of_memory
+from benchlib.measure.memory import is_out_of_memory
 
 Clock = Callable[[], float]
 #: Called once per client thread, in that thread; yields the thread's `send`.

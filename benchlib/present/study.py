@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchlib.cost import Price, cost_ratio, usd_per_million
+from benchlib.derive.cost import Price, cost_ratio, usd_per_million
 from benchlib.results import ENV, SUMMARY, write_atomic
 
 #: The prices as the post's instance table prints them (swapped, see above).

@@ -7,6 +7,7 @@ machine of your own) with ``price_usd_per_hour``.
 from __future__ import annotations
 
 import math
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import yaml
 
 from benchlib.errors import InputError
 
-#: The repository's price table; `benchlib ... --prices FILE` points elsewhere.
-DEFAULT_PRICES = Path(__file__).resolve().parents[1] / "params" / "prices.yaml"
+#: The price table shipped in the package: a symlink to the repository's params/prices.yaml,
+#: the one copy people edit. `benchlib ... --prices FILE` points elsewhere.
+DEFAULT_PRICES = Path(str(resources.files("benchlib") / "data" / "prices.yaml"))
 SECONDS_PER_HOUR = 3600.0
 #: A grid point is identified by these; cost comparisons pair points on them.
 CONFIG_KEYS = ["model", "precision", "batch_size", "threads"]

@@ -1,0 +1,52 @@
+"""The device a sweep runs on, what it is called, and how many client streams it can give."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from benchlib.errors import WorkloadError
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without CUDA is an error, never a fallback."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise WorkloadError(
+            "device: cuda was asked for but torch sees no CUDA device "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            "run on a GPU machine, or set `device: cpu` or `device: auto`"
+        )
+    return torch.device(requested)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+#: PyTorch hands out CUDA streams from a pool of 32 per device; more client threads
+#: would share streams and wait for each other's work.
+MAX_CUDA_CLIENT_THREADS = 32
+
+
+def check_client_threads(device: torch.device, threads: tuple[int, ...]) -> None:
+    """Every client thread needs a stream of its own on CUDA."""
+    if device.type == "cuda" and max(threads) > MAX_CUDA_CLIENT_THREADS:
+        raise WorkloadError(
+            f"threads: {max(threads)} client threads on CUDA would share streams; "
+            f"use at most {MAX_CUDA_CLIENT_THREADS} (or several processes)"
+        )

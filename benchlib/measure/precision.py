@@ -1,0 +1,48 @@
+"""Precision names of the params and the concrete dtypes they run in on a device."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchlib.errors import WorkloadError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a precision name runs: autocast, a whole-model cast, or neither."""
+
+    name: str
+    autocast_dtype: torch.dtype | None
+    cast_dtype: torch.dtype | None
+
+    @property
+    def dtype(self) -> str:
+        """The concrete compute dtype that results record (e.g. ``float16``)."""
+        dtype = self.cast_dtype or self.autocast_dtype or torch.float32
+        return str(dtype).removeprefix("torch.")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """Map a params precision to its concrete dtype on `device`; reject what it cannot run."""
+    half = torch.float16
+    bf16 = torch.bfloat16
+    table: dict[str, tuple[torch.dtype | None, torch.dtype | None]] = {
+        "fp32": (None, None),
+        # The study's torch.cuda.amp is float16; CPU autocast's native type is bfloat16.
+        "amp": (half if device.type == "cuda" else bf16, None),
+        "amp-fp16": (half, None),
+        "amp-bf16": (bf16, None),
+        "fp16": (None, half),
+        "bf16": (None, bf16),
+    }
+    if name not in table:
+        raise WorkloadError(f"precision {name!r} is unknown; allowed: {', '.join(table)}")
+    precision = Precision(name, *table[name])
+    if device.type == "cuda" and bf16 in (precision.autocast_dtype, precision.cast_dtype):
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise WorkloadError(
+                f"precision {name!r} needs bfloat16, which {torch.cuda.get_device_name(device)} "
+                "does not support natively; use fp32, amp or fp16"
+            )
+    return precision

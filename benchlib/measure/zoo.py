@@ -1,0 +1,188 @@
+"""The model zoo: build or load a model in float32 on its device, and say which weights it has."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchlib.errors import WorkloadError
+from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
+from benchlib.params import ModelSpec
+
+#: The study's checkpoint for the NLP model (used when `weights: pretrained`).
+BERT_SQUAD2_HUB_ID = "twmkn9/bert-base-uncased-squad2"
+
+
+@dataclass
+class LoadedModel:
+    """A model in float32 on its device, with what built it and how to feed it."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    device: torch.device
+    #: Where the weights came from, in words (results record it).
+    weights_source: str
+    make_inputs: InputMaker
+
+    @property
+    def weights(self) -> str:
+        return self.spec.weights_kind
+
+
+def load_model(spec: ModelSpec, device: torch.device, seed: int) -> LoadedModel:
+    """Build or load the model of `spec` in float32, in eval mode, on `device`."""
+    loaders = {"zoo": _load_zoo, "hf": _load_hf, "torchvision": _load_torchvision, "torchscript": _load_torchscript}
+    torch.manual_seed(seed)  # random weights are the same for the same seed
+    module, source, make_inputs = loaders[spec.kind](spec)
+    # No gradients in inference. This also keeps autocast's weight-cast cache (which is
+    # process-wide, shared by all client threads) out of play: every request casts the
+    # weights it uses on its own stream, as the study's per-request autocast did.
+    module = module.to(device).eval()
+    for parameter in module.parameters():  # (ScriptModules lack requires_grad_)
+        parameter.requires_grad_(False)
+    return LoadedModel(spec, module, device, source, make_inputs)
+
+
+def _load_zoo(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    if spec.name == "resnet50":
+        return _load_torchvision(spec.model_copy(update={"name": "torchvision:resnet50"}))
+    # bert-base-uncased-squad2: BertConfig's defaults are exactly bert-base-uncased.
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    if spec.weights == "pretrained":
+        module, source = _hf_pretrained(BertForQuestionAnswering, spec.source or BERT_SQUAD2_HUB_ID)
+    else:
+        config = BertConfig(**spec.config)
+        module, source = BertForQuestionAnswering(config), _random_source(spec)
+    return module, source, text_inputs(module, spec.seq_len)
+
+
+def _load_hf(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    import transformers
+
+    target = spec.source if spec.weights == "pretrained" and spec.source else spec.target
+    _check_local_path(target, spec)
+    try:
+        config = transformers.AutoConfig.from_pretrained(target, **spec.config)
+    except (OSError, ValueError) as exc:
+        raise WorkloadError(
+            f"{spec.name}: cannot read the model config from {target!r} ({_first_line(exc)}); "
+            "give a local directory that holds config.json, or a hub id on a machine that can reach the hub"
+        ) from None
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    cls = cls or transformers.AutoModel
+    if spec.weights == "pretrained":
+        module, source = _hf_pretrained(cls, target)
+    elif cls is transformers.AutoModel:
+        module, source = transformers.AutoModel.from_config(config), _random_source(spec)
+    else:
+        module, source = cls(config), _random_source(spec)
+    if getattr(module, "main_input_name", "input_ids") == "pixel_values":
+        channels = getattr(config, "num_channels", 3)
+        return module, source, image_inputs(spec.image_size, channels, key="pixel_values")
+    return module, source, text_inputs(module, spec.seq_len)
+
+
+def _hf_pretrained(cls: Any, target: str) -> tuple[torch.nn.Module, str]:
+    try:
+        module = cls.from_pretrained(target)
+    except (OSError, ValueError) as exc:
+        raise WorkloadError(
+            f"cannot load pretrained weights from {target!r} ({_first_line(exc)}); "
+            "give a local directory with `source:`, or use `weights: random` to build the "
+            "same architecture with random weights (throughput does not depend on weight values)"
+        ) from None
+    return module, f"pretrained: {target}"
+
+
+def _load_torchvision(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    import torchvision
+
+    name = spec.target
+    if name not in torchvision.models.list_models():
+        raise WorkloadError(f"{spec.name}: torchvision has no model {name!r}; see torchvision.models.list_models()")
+    if spec.weights == "pretrained":
+        if spec.source:
+            _check_local_path(spec.source, spec, must_be_local=True)
+            module = torchvision.models.get_model(name, weights=None)
+            state = _load_state_dict(Path(spec.source))
+            module.load_state_dict(state)
+            source = f"pretrained: {spec.source} (sha256 {_sha256(Path(spec.source))[:12]})"
+        else:
+            try:
+                module = torchvision.models.get_model(name, weights="DEFAULT")
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise WorkloadError(
+                    f"{spec.name}: cannot fetch torchvision's pretrained weights ({_first_line(exc)}); "
+                    "give a state_dict file with `source:`, or use `weights: random`"
+                ) from None
+            source = f"pretrained: torchvision {name} DEFAULT weights"
+    else:
+        module = torchvision.models.get_model(name, weights=None, **spec.config)
+        source = _random_source(spec)
+    return module, source, image_inputs(spec.image_size, 3, key=None)
+
+
+def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    path = Path(spec.target)
+    _check_local_path(spec.target, spec, must_be_local=True)
+    try:
+        # TorchScript archives are read by torch's own restricted unpickler, not pickle.
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise WorkloadError(f"{spec.name}: not a loadable TorchScript file ({_first_line(exc)})") from None
+    shape = tuple(spec.input_shape or ())
+    if spec.input_dtype == "int64":
+        return module, f"file: {path} (sha256 {_sha256(path)[:12]})", int_inputs(shape)
+    return module, f"file: {path} (sha256 {_sha256(path)[:12]})", float_inputs(shape)
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # weights_only: tensors and plain containers, never arbitrary pickled objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise WorkloadError(f"{path}: not a loadable state_dict ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise WorkloadError(f"{path}: holds a {type(state).__name__}, expected a state_dict mapping")
+    return state
+
+
+def check_sources(spec: ModelSpec) -> None:
+    """Every local file or folder `spec` names exists: checked for all models before any loads."""
+    if spec.kind == "torchscript":
+        _check_local_path(spec.target, spec, must_be_local=True)
+    elif spec.kind == "hf":
+        _check_local_path(spec.source if spec.weights == "pretrained" and spec.source else spec.target, spec)
+    elif spec.source:
+        _check_local_path(spec.source, spec, must_be_local=spec.kind == "torchvision")
+
+
+def _check_local_path(target: str, spec: ModelSpec, must_be_local: bool = False) -> None:
+    # Hub ids contain "/" too, so only explicit paths are checked here.
+    looks_local = must_be_local or target.startswith((".", "/"))
+    if looks_local and not Path(target).exists():
+        raise WorkloadError(f"{spec.name}: the local path {target!r} does not exist; fix the path in the params file")
+
+
+def _random_source(spec: ModelSpec) -> str:
+    overrides = f", config overrides {spec.config}" if spec.config else ""
+    return f"random: architecture of {spec.name} built with a fixed seed{overrides}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,3 @@
+"""Present: the notebooks' runner (papermill, HTML), tables for people, charts, and the
+seed study's published table.
+"""

@@ -1,0 +1,70 @@
+"""The shared vocabulary: statuses, percentiles, the key of a grid point, and column names.
+
+Every module that writes or reads records, summaries or knees spells these names
+from here, so a new status or grid dimension is added in one place.
+"""
+from __future__ import annotations
+
+# --- statuses -----------------------------------------------------------------
+
+#: A point (or request) that was measured.
+STATUS_OK = "ok"
+#: The point ran out of memory; it leaves one marker record.
+STATUS_OOM = "oom"
+#: Not measured: a smaller batch of the same model and precision ran out of memory.
+STATUS_SKIPPED = "skipped"
+#: Points with one of these statuses are done: a resumed run does not measure them again.
+DONE_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_OOM, STATUS_SKIPPED)
+
+# --- percentiles --------------------------------------------------------------
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+#: Percentiles whose summary carries a confidence interval.
+PERCENTILES_WITH_CI: tuple[int, ...] = (95, 99)
+#: The names users type (``p95``) and the summary column of each.
+PERCENTILE_COLUMNS: dict[str, str] = {f"p{p}": f"latency_p{p}_ms" for p in PERCENTILES}
+#: How tables and charts show them: ``p95`` -> ``P95``.
+PERCENTILE_NAMES: dict[str, str] = {f"p{p}": f"P{p}" for p in PERCENTILES}
+DEFAULT_PERCENTILE = "p95"
+#: The latency budget of a recommendation when none is given (both notebooks, the CLI).
+DEFAULT_LATENCY_BUDGET_MS = 50.0
+
+
+def latency_column(percentile: str) -> str:
+    """``p95`` -> ``latency_p95_ms``."""
+    return PERCENTILE_COLUMNS[percentile]
+
+
+# --- grid points --------------------------------------------------------------
+
+#: What identifies a grid point within a run: its configuration. Resume, cost
+#: comparisons and the recommendation match points on these.
+GRID_KEYS: list[str] = ["model", "precision", "batch_size", "threads"]
+#: The columns that describe a point in records and summaries, in the order shown.
+POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]
+#: A knee is fitted per curve: everything but the batch size fixed.
+CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "threads"]
+
+# --- columns ------------------------------------------------------------------
+
+#: records.parquet: one row per request.
+RECORD_COLUMNS: list[str] = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
+#: What stats derives per point from its records.
+STATS_COLUMNS: list[str] = [
+    "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
+    *PERCENTILE_COLUMNS.values(),
+    *[f"latency_p{p}_ci_{end}_ms" for p in PERCENTILES_WITH_CI for end in ("low", "high")],
+    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "window_s", "status", "notes",
+]
+#: accuracy.csv: each reduced precision against fp32.
+ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "n_samples", "max_abs_error",
+                               "mean_abs_error", "reference_max_abs", "argmax_agreement", "status"]
+ACCURACY_KEYS: list[str] = ["model", "precision"]
+#: The accuracy figures a summary row carries.
+ACCURACY_IN_SUMMARY: list[str] = ["max_abs_error", "argmax_agreement"]
+COST_COLUMNS: list[str] = ["usd_per_hour", "usd_per_million", "usd_per_million_ci_low", "usd_per_million_ci_high"]
+#: summary.csv: one row per grid point.
+SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS]
+#: The least a summary needs to be compared in a report.
+REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
+    {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"})
