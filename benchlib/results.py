@@ -9,8 +9,10 @@ A run directory holds::
     env.json          versions, device, threads, git commit, params
     params.yaml       the validated params the run used
 
-Every file is written to a temporary name and renamed into place, so a reader never
-sees half a file; records and summary are rewritten after every grid point.
+This is the only module that writes a run folder. It writes what it is given: the
+summary and knees are derived elsewhere, by pure functions of the records. Every
+file is written to a temporary name and renamed into place, so a reader never sees
+half a file; records and summary are rewritten after every grid point.
 """
 from __future__ import annotations
 
@@ -23,13 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow
 import yaml
 
-from benchlib.derive.cost import add_cost
 from benchlib.errors import InputError
-from benchlib.derive.knee import knees
-from benchlib.derive.stats import POINT_KEYS, summarize
+from benchlib.vocabulary import (
+    ACCURACY_COLUMNS,
+    DONE_STATUSES,
+    GRID_KEYS,
+    RECORD_COLUMNS,
+    STATUS_OOM,
+)
 
 if TYPE_CHECKING:  # the report reads runs without importing torch
     from benchlib.measure.load import PointRun
@@ -40,13 +45,9 @@ ACCURACY = "accuracy.csv"
 ENV = "env.json"
 KNEES = "knees.csv"
 PARAMS = "params.yaml"
+RECOMMENDATION = "recommendation.csv"
 
-RECORD_COLUMNS = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
-DONE_KEYS = ["model", "precision", "batch_size", "threads"]
-ACCURACY_COLUMNS = ["model", "weights", "precision", "dtype", "n_samples", "max_abs_error", "mean_abs_error",
-                    "reference_max_abs", "argmax_agreement", "status"]
-ACCURACY_KEYS = ["model", "precision"]
-ACCURACY_IN_SUMMARY = ["max_abs_error", "argmax_agreement"]
+LOCK = ".lock"
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -78,49 +79,39 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFra
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
-#: Grid points with one of these statuses are done: a resumed run does not measure them again.
-DONE_STATUSES = ("ok", "oom", "skipped")
-LOCK = ".lock"
-
 
 class RunWriter:
-    """Accumulates a run's points and keeps its files on disk current after each one.
+    """Keeps a run's records and accuracy rows, and its files on disk current after each point.
 
     It holds an exclusive lock on the folder while open: a second writer fails at
     once instead of interleaving its points. A new run needs an empty folder;
-    ``resume=True`` reopens a run of the same `fingerprint` (params and code) and
-    keeps its points.
+    ``resume=True`` reopens a run of the same params and keeps its points, and only
+    of the same code unless ``force=True`` (see :func:`check_resumable`).
     """
 
-    def __init__(self, out_dir: str | Path, usd_per_hour: float | None = None, fingerprint: str = "",
-                 resume: bool = False) -> None:
+    def __init__(self, out_dir: str | Path, fingerprint: dict[str, str] | None = None, resume: bool = False,
+                 force: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        self.usd_per_hour = usd_per_hour
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint or {}
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # Arrow swaps in its own SIGINT handler while it reads or writes, and a Ctrl-C that
-        # lands in a write it cannot cancel is lost: the sweep then ignores the user.
-        pyarrow.enable_signal_handlers(False)
         self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []
         #: The env.json of the run being resumed (empty for a new run).
         self.previous_env: dict[str, Any] = {}
-        if (self.out_dir / RECORDS).exists():
-            if not resume:
-                self.close()
-                raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose another "
-                                 "output folder")
-            self._reopen()
-
-    def _reopen(self) -> None:
-        self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
-        previous = self.previous_env.get("fingerprint")
-        if previous != self.fingerprint:
+        try:
+            if (self.out_dir / RECORDS).exists():
+                if not resume:
+                    raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose "
+                                     "another output folder")
+                self._reopen(force)
+        except BaseException:
             self.close()
-            raise InputError(f"{self.out_dir} holds a run of other params or code (fingerprint {previous} here, "
-                             f"{self.fingerprint} now); resume only with the same params file and benchlib "
-                             "version, or start a new run")
+            raise
+
+    def _reopen(self, force: bool) -> None:
+        self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
+        check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
         self._records = [read_records(self.out_dir)]
         if (self.out_dir / ACCURACY).exists():
             self._accuracy = read_accuracy(self.out_dir).to_dict("records")
@@ -136,41 +127,30 @@ class RunWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def done(self) -> set[tuple[Any, ...]]:
-        """(model, precision, batch_size, threads) of every point already measured."""
-        records = self._all_records()
-        finished = records[records["status"].isin(DONE_STATUSES)]
-        return set(finished[DONE_KEYS].drop_duplicates().itertuples(index=False, name=None))
-
-    def smallest_oom_batch(self, model: str, precision: str) -> int | None:
-        """The smallest batch size of `model` at `precision` that ran out of memory so far."""
-        records = self._all_records()
-        oom = records[(records["model"] == model) & (records["precision"] == precision) & (records["status"] == "oom")]
-        return int(oom["batch_size"].min()) if len(oom) else None
-
-    def _all_records(self) -> pd.DataFrame:
+    @property
+    def records(self) -> pd.DataFrame:
+        """Every record of the run so far (resumed ones first)."""
         if not self._records:
             return pd.DataFrame(columns=RECORD_COLUMNS)
         return pd.concat(self._records, ignore_index=True)
 
+    @property
+    def accuracy(self) -> pd.DataFrame:
+        return pd.DataFrame(self._accuracy, columns=ACCURACY_COLUMNS)
+
+    def done(self) -> set[tuple[Any, ...]]:
+        """The grid keys (in GRID_KEYS order) of every point already measured."""
+        records = self.records
+        finished = records[records["status"].isin(DONE_STATUSES)]
+        return set(finished[GRID_KEYS].drop_duplicates().itertuples(index=False, name=None))
+
+    def smallest_oom_batches(self) -> dict[tuple[str, str], int]:
+        """Per (model, precision), the smallest batch size that ran out of memory so far."""
+        oom = self.records[self.records["status"] == STATUS_OOM]
+        return {(str(m), str(p)): int(b) for (m, p), b in oom.groupby(["model", "precision"])["batch_size"].min().items()}
+
     def has_accuracy(self, model: str, precision: str) -> bool:
         return any(r["model"] == model and r["precision"] == precision for r in self._accuracy)
-
-    def write_params(self, params: dict[str, Any]) -> None:
-        text = yaml.safe_dump(params, sort_keys=False)
-        write_atomic(self.out_dir / PARAMS, lambda p: p.write_text(text, encoding="utf-8"))
-
-    def write_env(self, env: dict[str, Any]) -> None:
-        text = json.dumps(env, indent=2, sort_keys=True, default=str)
-        write_atomic(self.out_dir / ENV, lambda p: p.write_text(text + "\n", encoding="utf-8"))
-
-    def add_accuracy(self, row: dict[str, Any]) -> None:
-        self._accuracy.append(row)
-        frame = self._accuracy_frame()
-        write_atomic(self.out_dir / ACCURACY, lambda p: frame.to_csv(p, index=False))
-
-    def _accuracy_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self._accuracy, columns=ACCURACY_COLUMNS)
 
     @property
     def n_points(self) -> int:
@@ -179,27 +159,58 @@ class RunWriter:
             return 0
         return int(max(frame["point"].max() for frame in self._records)) + 1
 
-    def add_point(self, records: pd.DataFrame) -> pd.Series:
-        """Keep one point's records, rewrite records and summary; return its summary row."""
+    def write_params(self, params: dict[str, Any]) -> None:
+        text = yaml.safe_dump(params, sort_keys=False)
+        write_atomic(self.out_dir / PARAMS, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        write_env(self.out_dir, env)
+
+    def add_accuracy(self, row: dict[str, Any]) -> None:
+        self._accuracy.append(row)
+        frame = self.accuracy
+        write_atomic(self.out_dir / ACCURACY, lambda p: frame.to_csv(p, index=False))
+
+    def add_records(self, records: pd.DataFrame) -> None:
+        """Keep one point's records and rewrite records.parquet."""
         self._records.append(records)
-        all_records = self._all_records()
-        summary = add_cost(with_accuracy(summarize(all_records), self._accuracy_frame()), self.usd_per_hour)
-        write_atomic(self.out_dir / RECORDS, lambda p: all_records.to_parquet(p, index=False))
-        write_atomic(self.out_dir / SUMMARY, lambda p: summary.to_csv(p, index=False))
-        return summary.iloc[-1]
+        everything = self.records
+        write_atomic(self.out_dir / RECORDS, lambda p: everything.to_parquet(p, index=False))
 
-    def write_knees(self) -> pd.DataFrame:
-        """The knee of every curve of the summary as it stands."""
-        table = knees(read_summary(self.out_dir))
-        write_atomic(self.out_dir / KNEES, lambda p: table.to_csv(p, index=False))
-        return table
+    def write_summary(self, summary: pd.DataFrame) -> None:
+        write_summary(self.out_dir, summary)
+
+    def write_knees(self, knees: pd.DataFrame) -> None:
+        write_atomic(self.out_dir / KNEES, lambda p: knees.to_csv(p, index=False))
 
 
-def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Join each point with its precision's agreement with fp32 (empty for fp32 itself)."""
-    if accuracy.empty:
-        return summary.assign(**{c: float("nan") for c in ACCURACY_IN_SUMMARY})
-    return summary.merge(accuracy[ACCURACY_KEYS + ACCURACY_IN_SUMMARY], on=ACCURACY_KEYS, how="left")
+def check_resumable(run_dir: Path, previous: Any, current: dict[str, str], force: bool) -> None:
+    """Resume only the same params; across a change of benchlib's code only with `force`."""
+    if not isinstance(previous, dict) or previous.get("params") != current.get("params"):
+        raise InputError(f"{run_dir} holds a run of other params (or of an older benchlib); resume it only "
+                         "with the same params file, or start a new run")
+    if previous.get("code") != current.get("code") and not force:
+        raise InputError(f"{run_dir} was measured by other code: benchlib's source changed since (code "
+                         f"fingerprint {previous.get('code')} there, {current.get('code')} now), so resuming would "
+                         "mix two versions in one run; start a new run, or pass --force to resume anyway")
+
+
+def write_env(run_dir: str | Path, env: dict[str, Any]) -> None:
+    text = json.dumps(env, indent=2, sort_keys=True, default=str)
+    write_atomic(Path(run_dir) / ENV, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+
+
+def update_env(run_dir: str | Path, **fields: Any) -> None:
+    """Add `fields` to a run's env.json (atomically, like every write here)."""
+    write_env(run_dir, {**read_env(run_dir), **fields})
+
+
+def write_summary(run_dir: str | Path, summary: pd.DataFrame) -> None:
+    write_atomic(Path(run_dir) / SUMMARY, lambda p: summary.to_csv(p, index=False))
+
+
+def write_recommendation(run_dir: str | Path, table: pd.DataFrame) -> None:
+    write_atomic(Path(run_dir) / RECOMMENDATION, lambda p: table.to_csv(p, index=False))
 
 
 def _lock(directory: Path) -> Any:

@@ -67,7 +67,7 @@ def overhead_per_request_s(duration_s: float = 0.5) -> float:
     run = run_point(empty_client, threads=1, warmup_requests=0, duration_s=duration_s, min_requests=1)
     n = len(run.records)
     window = run.records[-1].end_s
-    send = lambda: None  # noqa: E731 - the same empty request
+    send = lambda: None
     start = time.perf_counter()
     for _ in range(n):
         send()

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from benchlib.measure.load import STATUS_OK, STATUS_OOM, run_point
+from benchlib.measure.load import run_point
+from benchlib.vocabulary import STATUS_OK, STATUS_OOM
 from tests.conftest import FakeClock
 
 

@@ -16,15 +16,12 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
+from benchlib.vocabulary import DEFAULT_PERCENTILE, GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK
 
 #: The price table shipped in the package: a symlink to the repository's params/prices.yaml,
 #: the one copy people edit. `benchlib ... --prices FILE` points elsewhere.
 DEFAULT_PRICES = Path(str(resources.files("benchlib") / "data" / "prices.yaml"))
 SECONDS_PER_HOUR = 3600.0
-#: A grid point is identified by these; cost comparisons pair points on them.
-CONFIG_KEYS = ["model", "precision", "batch_size", "threads"]
-PERCENTILE_COLUMNS = {"p50": "latency_p50_ms", "p90": "latency_p90_ms", "p95": "latency_p95_ms",
-                      "p99": "latency_p99_ms"}
 
 
 class PriceError(InputError):
@@ -42,11 +39,15 @@ class Price:
 
 def load_prices(path: str | Path | None = None) -> dict[str, Price]:
     """Read a price table: ``instances: {name: {usd_per_hour, region, date, source}}``."""
+    from benchlib.textfiles import read_text
+
     path = Path(path) if path is not None else DEFAULT_PRICES
+    text = read_text(path, "price table", "give `instances: {<type>: {usd_per_hour, region, date, source}}`",
+                     error=PriceError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PriceError(f"{path}: cannot read the price table ({exc})") from None
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PriceError(f"{path}: cannot read the price table, not valid YAML ({exc})") from None
     entries = data.get("instances") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise PriceError(f"{path}: expected a mapping `instances: {{<type>: {{usd_per_hour: ...}}}}`")
@@ -56,7 +57,8 @@ def load_prices(path: str | Path | None = None) -> dict[str, Price]:
         if not isinstance(entry, dict) or set(entry) != fields:
             raise PriceError(f"{path}: instances.{name}: give exactly {sorted(fields)}")
         usd = entry["usd_per_hour"]
-        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd <= 0:
+        # math.isfinite: YAML's .inf and .nan are floats too, and no price.
+        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd <= 0:
             raise PriceError(f"{path}: instances.{name}.usd_per_hour: a positive number, got {usd!r}")
         prices[name] = Price(name, float(usd), str(entry["region"]), str(entry["date"]), str(entry["source"]))
     return prices
@@ -106,7 +108,7 @@ def cost_ratio(summary: pd.DataFrame, baseline: str, other: str, keys: list[str]
 
     ``cost_benefit`` = baseline $/M / other $/M: how many times cheaper `other` is.
     """
-    keys = keys or [k for k in CONFIG_KEYS if k in summary.columns]
+    keys = keys or [k for k in GRID_KEYS if k in summary.columns]
     columns = [*keys, "throughput_per_s", "usd_per_million"]
     left = summary.loc[summary["instance"] == baseline, columns]
     right = summary.loc[summary["instance"] == other, columns]
@@ -118,7 +120,7 @@ def cost_ratio(summary: pd.DataFrame, baseline: str, other: str, keys: list[str]
 def recommend(
     summary: pd.DataFrame,
     latency_budget_ms: float,
-    percentile: str = "p95",
+    percentile: str = DEFAULT_PERCENTILE,
     target_per_s: float | None = None,
 ) -> pd.DataFrame:
     """Per model, the cheapest configuration whose latency percentile meets the budget.
@@ -133,7 +135,7 @@ def recommend(
     latency = PERCENTILE_COLUMNS[percentile]
     rows: list[dict[str, Any]] = []
     for model, points in summary.groupby("model", sort=False):
-        ran = points[(points["status"] == "ok") & points["usd_per_million"].notna()]
+        ran = points[(points["status"] == STATUS_OK) & points["usd_per_million"].notna()]
         known = ran[ran[latency].notna()]
         meets = known[known[latency] <= latency_budget_ms]
         row: dict[str, Any] = {"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile}
@@ -155,7 +157,7 @@ def recommend(
 
 def _why_nothing(points: pd.DataFrame, ran: pd.DataFrame, known: pd.DataFrame, latency: str,
                  budget_ms: float, percentile: str) -> str:
-    if (points["status"] == "ok").sum() == 0:
+    if (points["status"] == STATUS_OK).sum() == 0:
         return "no point ran (all out of memory)"
     if ran.empty:
         return "no price for these instances: add them to the price table or set price_usd_per_hour"

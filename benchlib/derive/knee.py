@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
+from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
+
 DEFAULT_FRACTION = 0.9
 #: Below this the "curve" is mostly noise around a flat line.
 MIN_R_SQUARED = 0.5
@@ -141,14 +143,10 @@ def _fit(b: np.ndarray, t: np.ndarray, free_shape: bool) -> tuple[float, float, 
     return float(params[0]), float(params[1]), 1.0
 
 
-#: A knee is found per curve: everything but the batch size fixed.
-CURVE_KEYS = ["instance", "model", "weights", "precision", "threads"]
-
-
 def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION) -> pd.DataFrame:
     """One knee per curve (instance, model, weights, precision, threads) of a summary table."""
     keys = [c for c in CURVE_KEYS if c in summary.columns]
-    ok = summary[summary["status"] == "ok"] if "status" in summary.columns else summary
+    ok = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
     rows = [
         {**dict(zip(keys, values)), **find_knee(group["batch_size"], group["throughput_per_s"], fraction).as_row()}
         for values, group in ok.groupby(keys, sort=False, dropna=False)  # unpublished threads stay NaN

@@ -23,11 +23,17 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
-PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
-#: How tables and charts name them: "p95" -> "P95".
-PERCENTILE_NAMES = {f"p{p}": f"P{p}" for p in PERCENTILES}
-#: Columns that identify a grid point, in the order summaries show them.
-POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]
+from benchlib.vocabulary import (
+    PERCENTILES,
+    PERCENTILES_WITH_CI,
+    POINT_KEYS,
+    STATS_COLUMNS,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    latency_column,
+)
+
 CONFIDENCE = 0.95
 #: Sub-windows for the throughput interval: at most this many ...
 MAX_WINDOWS = 20
@@ -86,8 +92,8 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     """
     nan = math.nan
     statuses = set(records["status"])
-    status = "oom" if "oom" in statuses else "skipped" if "skipped" in statuses else "ok"
-    measured = records[(~records["warmup"]) & (records["status"] == "ok")]
+    status = STATUS_OOM if STATUS_OOM in statuses else STATUS_SKIPPED if STATUS_SKIPPED in statuses else STATUS_OK
+    measured = records[(~records["warmup"]) & (records["status"] == STATUS_OK)]
     latencies_ms = (measured["end_s"] - measured["start_s"]).to_numpy() * 1e3
     n = len(measured)
     window_s = float(measured["end_s"].max()) if n else nan
@@ -108,8 +114,8 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     unbounded = []
     for p in PERCENTILES:
         value, low, high = percentile_with_ci(latencies_ms, p)
-        row[f"latency_p{p}_ms"] = value
-        if p in (95, 99):
+        row[latency_column(f"p{p}")] = value
+        if p in PERCENTILES_WITH_CI:
             row[f"latency_p{p}_ci_low_ms"], row[f"latency_p{p}_ci_high_ms"] = low, high
         if n and math.isnan(value):
             unbounded.append(f"p{p} needs {min_samples_for_percentile(p / 100)}")
@@ -127,18 +133,10 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     return row
 
 
-SUMMARY_COLUMNS = [
-    "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
-    *[f"latency_p{p}_ms" for p in PERCENTILES],
-    "latency_p95_ci_low_ms", "latency_p95_ci_high_ms", "latency_p99_ci_low_ms", "latency_p99_ci_high_ms",
-    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "window_s", "status", "notes",
-]
-
-
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """One row per grid point, in the order the points ran."""
     rows = []
     for _, group in records.groupby("point", sort=True):
         keys = {k: group[k].iloc[0] for k in POINT_KEYS}
         rows.append({**keys, **summarize_point(group)})
-    return pd.DataFrame(rows, columns=[*POINT_KEYS, *SUMMARY_COLUMNS])
+    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS])

@@ -25,16 +25,13 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from benchlib.measure.memory import is_out_of_memory
+from benchlib.measure.memory import first_line, is_out_of_memory
+from benchlib.vocabulary import STATUS_OK, STATUS_OOM
 
 Clock = Callable[[], float]
 #: Called once per client thread, in that thread; yields the thread's `send`.
 ClientFactory = Callable[[int], AbstractContextManager[Callable[[], object]]]
 
-STATUS_OK = "ok"
-STATUS_OOM = "oom"
-#: Not measured: a smaller batch of the same model and precision ran out of memory.
-STATUS_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ def run_point(
         raise
     if shared.failure is not None:
         if is_out_of_memory(shared.failure):
-            return PointRun(records=[], status=STATUS_OOM, error=_first_line(shared.failure))
+            return PointRun(records=[], status=STATUS_OOM, error=first_line(shared.failure))
         raise shared.failure
     return PointRun(records=sorted(_flatten(per_thread), key=lambda r: (r.start_s, r.thread)))
 
@@ -183,8 +180,3 @@ def run_point(
 def _flatten(per_thread: list[list[RequestRecord]]) -> Iterator[RequestRecord]:
     for records in per_thread:
         yield from records
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

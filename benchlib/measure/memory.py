@@ -18,6 +18,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(p in str(exc).lower() for p in _OOM_PHRASES)
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for notes and progress lines."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def release_memory(device: torch.device) -> None:
     """Drop unreachable tensors and return cached device memory after a failed point."""
     gc.collect()

@@ -1,17 +1,22 @@
-"""The sweep: every model x precision x batch size x client threads of one params file.
+"""The sweep: every grid point of one params file, measured and written as it ends.
 
-Order: a model is loaded once; for each precision its accuracy against fp32 is
-checked, then for each batch size the inputs are built once on the device and every
-thread count is measured with them. Each point is written as soon as it ends.
+The grid is one description (:func:`grid`): the product of its dimensions, from
+the slowest-changing (model) to the fastest (client threads). What consecutive
+points share is built once and kept while they share it (:class:`_Shared`): a
+model is loaded once, a precision's workload and its accuracy check are made once
+per model, and the inputs of a batch size once per workload. Adding a dimension
+means adding it to :class:`GridPoint` and :func:`grid`, and saying what it shares.
+
+A point that runs out of memory is recorded as ``oom``; its memory is released and
+larger batches of the same model and precision are recorded as ``skipped``.
 """
 from __future__ import annotations
 
 import contextlib
-import signal
+import itertools
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,15 +27,27 @@ from tqdm import tqdm
 
 from benchlib.derive.accuracy import compare_outputs
 from benchlib.derive.cost import Price, load_prices, require_price
-from benchlib.measure.environment import collect_env, fingerprint
-from benchlib.measure.load import STATUS_OOM, STATUS_SKIPPED, Clock, PointRun, run_point
-from benchlib.measure.memory import is_out_of_memory, release_memory
+from benchlib.derive.knee import knees
+from benchlib.derive.summary import summary_table
+from benchlib.interrupts import Interrupts
 from benchlib.measure.device import check_client_threads, resolve_device
+from benchlib.measure.environment import collect_env, fingerprint
+from benchlib.measure.inputs import Inputs
+from benchlib.measure.load import Clock, PointRun, run_point
+from benchlib.measure.memory import first_line, is_out_of_memory, release_memory
 from benchlib.measure.precision import Precision, resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, check_sources, load_model
-from benchlib.params import Params, params_to_dict
-from benchlib.results import RunWriter, point_records, read_summary
+from benchlib.params import ModelSpec, Params, params_to_dict
+from benchlib.results import RunWriter, point_records
+from benchlib.vocabulary import (
+    DEFAULT_PERCENTILE,
+    GRID_KEYS,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    latency_column,
+)
 
 
 @dataclass(frozen=True)
@@ -40,36 +57,28 @@ class SweepResult:
     knees: pd.DataFrame
 
 
-class _Interrupt:
-    """Remembers a Ctrl-C as well as raising it.
+@dataclass(frozen=True)
+class GridPoint:
+    """One configuration to measure."""
 
-    CPython runs signal handlers wherever the main thread happens to be, garbage
-    collector finalizers included, and a KeyboardInterrupt raised inside a finalizer
-    is printed and dropped. The sweep checks this flag between points, so a Ctrl-C
-    still stops it after the point in progress.
-    """
+    model: ModelSpec
+    precision: Precision
+    batch_size: int
+    threads: int
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The point's identity, in GRID_KEYS order (records and resume use it)."""
+        values = {"model": self.model.label, "precision": self.precision.name, "batch_size": self.batch_size,
+                  "threads": self.threads}
+        return tuple(values[k] for k in GRID_KEYS)
 
-    def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
+    """Every point of `params` in the order it is measured: the first dimension changes slowest."""
+    dimensions = {"model": params.models, "precision": precisions, "batch_size": params.batch_sizes,
+                  "threads": params.threads}
+    return [GridPoint(**dict(zip(dimensions, values))) for values in itertools.product(*dimensions.values())]
 
 
 @contextlib.contextmanager
@@ -91,12 +100,15 @@ def run_sweep(
     clock: Clock = time.perf_counter,
     prices: dict[str, Price] | None = None,
     resume: bool = False,
+    force: bool = False,
+    percentile: str = DEFAULT_PERCENTILE,
 ) -> SweepResult:
     """Measure every grid point of `params` and write the run into `out_dir`.
 
     Costs use `params.price_usd_per_hour`, else `prices` (default: the price table).
-    With `resume`, a run of the same params and code in `out_dir` keeps the points
-    it finished and measures only the rest.
+    With `resume`, a run of the same params in `out_dir` keeps the points it
+    finished and measures only the rest; if benchlib's code changed since, only with
+    `force`. Progress lines show `percentile`.
     """
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.
@@ -108,36 +120,38 @@ def run_sweep(
     usd_per_hour = require_price(params.instance, prices, params.price_usd_per_hour)
     params_dict = params_to_dict(params)
     with (
-        _Interrupt() as interrupt,
-        RunWriter(out_dir, usd_per_hour, fingerprint(params_dict), resume) as writer,
+        Interrupts() as interrupts,
+        RunWriter(out_dir, fingerprint(params_dict), resume, force) as writer,
         intra_op_threads(params.intra_op_threads),
-        _Progress(params.grid_size, progress) as report,
+        _Progress(params.grid_size, progress, percentile) as report,
     ):
         writer.write_params(params_dict)
         env = collect_env(device, params_dict)  # inside: records the thread count in force
         # A resumed run keeps the weights record of models it does not load again.
         env.update(fingerprint=writer.fingerprint, price=_price_record(params, prices, usd_per_hour),
                    models=list(writer.previous_env.get("models", [])))
+        previous_code = writer.previous_env.get("fingerprint", {})
+        if resume and isinstance(previous_code, dict) and previous_code.get("code") != writer.fingerprint["code"]:
+            env["resumed_across_code"] = [*writer.previous_env.get("resumed_across_code", []),
+                                          previous_code.get("code")]
         writer.write_env(env)
+        shared = _Shared(device, params, writer, env)
         done = writer.done()
-        for spec in params.models:
-            todo = _grid(params, spec.name, precisions) - done
-            if not todo:
-                report.skip(len(_grid(params, spec.name, precisions)))
+        summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+        for point in grid(params, precisions):
+            if point.key in done:
+                report.skip()
                 continue
-            loaded = load_model(spec, device, params.seed)
-            env["models"] = [m for m in env["models"] if m["name"] != spec.name] + [
-                {"name": spec.name, "weights": loaded.weights, "weights_source": loaded.weights_source}]
-            writer.write_env(env)
-            _sweep_model(loaded, precisions, params, writer, report, clock, todo, interrupt)
-            del loaded
-            release_memory(device)
-        knee_table = writer.write_knees()
-    return SweepResult(Path(out_dir), read_summary(out_dir), knee_table)
-
-
-def _grid(params: Params, model: str, precisions: list[Precision]) -> set[tuple[Any, ...]]:
-    return {(model, p.name, b, t) for p in precisions for b in params.batch_sizes for t in params.threads}
+            run = shared.measure(point, clock)
+            writer.add_records(point_records(writer.n_points, _record_keys(params, point), run))
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+            writer.write_summary(summary)
+            report(summary.iloc[-1], run)
+            interrupts.check()
+        shared.release()
+        knee_table = knees(summary)
+        writer.write_knees(knee_table)
+    return SweepResult(Path(out_dir), summary, knee_table)
 
 
 def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float) -> dict[str, Any]:
@@ -146,139 +160,176 @@ def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float)
     return asdict(prices[params.instance])
 
 
-def _sweep_model(
-    loaded: LoadedModel,
-    precisions: list[Precision],
-    params: Params,
-    writer: RunWriter,
-    report: _Progress,
-    clock: Clock,
-    todo: set[tuple[Any, ...]],
-    interrupt: _Interrupt,
-) -> None:
-    """Measure the points of `todo` for one model; after an OOM, larger batches are infeasible."""
-    reference = None
-    name = loaded.spec.name
-    for precision in precisions:
-        workload = Workload(loaded, precision)
-        if precision.name != "fp32" and not writer.has_accuracy(name, precision.name):
-            if reference is None:
-                reference = _accuracy_outputs(Workload(loaded, resolve_precision("fp32", loaded.device)), params)
-            writer.add_accuracy(_accuracy_row(workload, reference, params))
-        oom_batch = writer.smallest_oom_batch(name, precision.name)
-        for batch_size in params.batch_sizes:
-            wanted = [t for t in params.threads if (name, precision.name, batch_size, t) in todo]
-            report.skip(len(params.threads) - len(wanted))
-            if not wanted:
-                continue
-            infeasible = oom_batch is not None and batch_size > oom_batch
-            inputs, oom = (None, None) if infeasible else _build_inputs(workload, batch_size, params.seed)
-            for threads in wanted:
-                if infeasible:
-                    run = PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {oom_batch} ran out of memory")
-                else:
-                    run = oom or run_point(
-                        workload.client_factory(inputs, threads),
-                        threads=threads,
-                        warmup_requests=params.warmup_requests,
-                        duration_s=params.duration_s,
-                        min_requests=params.min_requests,
-                        clock=clock,
-                    )
-                if run.status == STATUS_OOM:
-                    release_memory(loaded.device)
-                    oom_batch = batch_size if oom_batch is None else min(oom_batch, batch_size)
-                keys = _point_keys(params, loaded, precision, batch_size, threads)
-                report(writer.add_point(point_records(writer.n_points, keys, run)), run)
-                interrupt.check()
-            del inputs
+def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
+    """The columns that describe the point in its records (POINT_KEYS)."""
+    return {
+        "instance": params.instance,
+        "model": point.model.label,
+        "weights": point.model.weights_kind,
+        "precision": point.precision.name,
+        "dtype": point.precision.dtype,
+        "batch_size": point.batch_size,
+        "threads": point.threads,
+    }
+
+
+class _Cached:
+    """One value kept while its key stays the same, built anew (the old one dropped first) when it changes."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key != self.key:
+            self.clear()
+            self.value, self.key = build(), key
+        return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+
+class _Shared:
+    """What consecutive grid points share, and what out-of-memory points rule out."""
+
+    def __init__(self, device: torch.device, params: Params, writer: RunWriter, env: dict[str, Any]) -> None:
+        self.device = device
+        self.params = params
+        self.writer = writer
+        self.env = env
+        self.model = _Cached()
+        self.reference = _Cached()  # fp32 outputs on the accuracy samples, per model
+        self.workload = _Cached()
+        self.inputs = _Cached()
+        #: (model, precision) -> the smallest batch size that ran out of memory.
+        self.oom_batch = writer.smallest_oom_batches()
+
+    def measure(self, point: GridPoint, clock: Clock) -> PointRun:
+        """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one."""
+        limit = self.oom_batch.get((point.model.label, point.precision.name))
+        if limit is not None and point.batch_size > limit:
+            return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
+        try:
+            workload = self._workload(point)
+            inputs = self.inputs.get((point.model.label, point.precision.name, point.batch_size),
+                                     lambda: workload.inputs(point.batch_size, self.params.seed))
+            run = run_point(workload.client_factory(inputs, point.threads), threads=point.threads,
+                            warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
+                            min_requests=self.params.min_requests, clock=clock)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            run = PointRun(status=STATUS_OOM, error=first_line(exc))
+        if run.status == STATUS_OOM:
+            self._out_of_memory(point)
+        return run
+
+    def _out_of_memory(self, point: GridPoint) -> None:
+        """Release what the point held and mark larger batches of its model and precision as infeasible."""
+        self.inputs.clear()
+        release_memory(self.device)
+        key = (point.model.label, point.precision.name)
+        self.oom_batch[key] = min(self.oom_batch.get(key, point.batch_size), point.batch_size)
+
+    def _workload(self, point: GridPoint) -> Workload:
+        loaded = self.model.get(point.model.label, lambda: self._load(point.model))
+        workload = self.workload.get((point.model.label, point.precision.name),
+                                     lambda: Workload(loaded, point.precision))
+        if point.precision.name != "fp32" and not self.writer.has_accuracy(point.model.label, point.precision.name):
+            self.writer.add_accuracy(self._accuracy_row(loaded, workload))
+        return workload
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        # Drop what the previous model held before loading the next one.
+        self.inputs.clear()
+        self.workload.clear()
+        release_memory(self.device)
+        loaded = load_model(spec, self.device, self.params.seed)
+        self.env["models"] = [m for m in self.env["models"] if m.get("label", m.get("name")) != spec.label] + [
+            {"label": spec.label, "model": spec.name, "weights": loaded.weights,
+             "weights_source": loaded.weights_source}]
+        self.writer.write_env(self.env)
+        return loaded
+
+    def _accuracy_row(self, loaded: LoadedModel, workload: Workload) -> dict[str, Any]:
+        row = {"model": loaded.spec.label, "weights": loaded.weights, "precision": workload.precision.name,
+               "dtype": workload.precision.dtype}
+        try:
+            reference = self.reference.get(loaded.spec.label, lambda: _accuracy_outputs(
+                Workload(loaded, resolve_precision("fp32", loaded.device)), self.params))
+            agreement = compare_outputs(reference, _accuracy_outputs(workload, self.params))
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(self.device)
+            return {**row, "status": STATUS_OOM}
+        return {**row, **agreement.as_row(), "status": STATUS_OK}
+
+    def release(self) -> None:
+        for cached in (self.inputs, self.workload, self.reference, self.model):
+            cached.clear()
+        release_memory(self.device)
+
+
+def _accuracy_outputs(workload: Workload, params: Params) -> Any:
+    """Outputs on the accuracy samples (the same inputs for every precision)."""
+    inputs: Inputs = workload.inputs(params.accuracy_samples, params.seed + 1)
+    with workload.precision_context():
+        return workload.forward(inputs)
 
 
 class _Progress:
     """A live bar on a terminal; one plain line per point in logs and notebooks."""
 
-    def __init__(self, total: int, stream: TextIO | None) -> None:
+    def __init__(self, total: int, stream: TextIO | None, percentile: str) -> None:
         self.total = total
         self.stream = stream
+        self.percentile = percentile
         live = stream is not None and stream.isatty()
         self.bar = tqdm(total=total, file=stream, disable=not live, unit="point", dynamic_ncols=True)
         self.done = 0
+        self.already = 0
 
     def __enter__(self) -> _Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._flush_skipped()
         self.bar.close()
 
     def __call__(self, row: pd.Series, run: PointRun) -> None:
+        self._flush_skipped()
         self.done += 1
         self.bar.update()
+        self._write(describe(row, run, self.percentile))
+
+    def skip(self) -> None:
+        """A point a resumed run already has: counted, and said in one line per stretch."""
+        self.done += 1
+        self.already += 1
+        self.bar.update()
+
+    def _flush_skipped(self) -> None:
+        if self.already:
+            self._write(f"{self.already} point(s) already measured")
+            self.already = 0
+
+    def _write(self, text: str) -> None:
         if self.stream is not None:
-            self.bar.write(f"[{self.done}/{self.total}] {_describe(row, run)}", file=self.stream)
-
-    def skip(self, count: int) -> None:
-        """Points a resumed run already has."""
-        if count:
-            self.done += count
-            self.bar.update(count)
-            if self.stream is not None:
-                self.bar.write(f"[{self.done}/{self.total}] {count} point(s) already measured", file=self.stream)
+            self.bar.write(f"[{self.done}/{self.total}] {text}", file=self.stream)
+            self.stream.flush()
 
 
-def _build_inputs(workload: Workload, batch_size: int, seed: int) -> tuple[Any, PointRun | None]:
-    """Inputs for a batch size, or an OOM run when even they do not fit."""
-    try:
-        return workload.inputs(batch_size, seed), None
-    except (RuntimeError, MemoryError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        release_memory(workload.device)
-        return None, PointRun(status=STATUS_OOM, error=str(exc).splitlines()[0])
-
-
-def _accuracy_outputs(workload: Workload, params: Params) -> Any:
-    """Outputs on the accuracy samples (the same inputs for every precision)."""
-    inputs = workload.inputs(params.accuracy_samples, params.seed + 1)
-    with workload.precision_context():
-        return workload.forward(inputs)
-
-
-def _accuracy_row(workload: Workload, reference: Any, params: Params) -> dict[str, Any]:
-    row = {
-        "model": workload.loaded.spec.name,
-        "weights": workload.loaded.weights,
-        "precision": workload.precision.name,
-        "dtype": workload.precision.dtype,
-    }
-    try:
-        return {**row, **compare_outputs(reference, _accuracy_outputs(workload, params)).as_row(), "status": "ok"}
-    except (RuntimeError, MemoryError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        release_memory(workload.device)
-        return {**row, "status": STATUS_OOM}
-
-
-def _point_keys(
-    params: Params, loaded: LoadedModel, precision: Precision, batch_size: int, threads: int
-) -> dict[str, Any]:
-    return {
-        "instance": params.instance,
-        "model": loaded.spec.name,
-        "weights": loaded.weights,
-        "precision": precision.name,
-        "dtype": precision.dtype,
-        "batch_size": batch_size,
-        "threads": threads,
-    }
-
-
-def _describe(row: pd.Series, run: PointRun) -> str:
+def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE) -> str:
+    """One line for a finished point: what it is, its throughput and latency, its status."""
     point = f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}"
     if run.status == STATUS_OOM:
-        return f"{point}: out of memory ({run.error})"
+        return f"{point}: oom, out of memory ({run.error})"
     if run.status == STATUS_SKIPPED:
         return f"{point}: skipped ({run.error})"
-    p50, p95 = (f"{row[c]:.1f} ms" if pd.notna(row[c]) else "n/a" for c in ("latency_p50_ms", "latency_p95_ms"))
+    figures = {p: row[latency_column(p)] for p in dict.fromkeys(["p50", percentile])}
+    latency = ", ".join(f"{p} {v:.1f} ms" if pd.notna(v) else f"{p} n/a" for p, v in figures.items())
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
-    return f"{point}: {row['throughput_per_s']:.1f} inf/s, p50 {p50}, p95 {p95}{cost} ({row['n_requests']} requests)"
+    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost} ({row['n_requests']} requests), "
+            f"{row['status']}")

@@ -14,9 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from benchlib.derive.stats import PERCENTILE_NAMES
-
-
+from benchlib.vocabulary import DEFAULT_PERCENTILE, PERCENTILE_NAMES, STATUS_OK, latency_column
 
 def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     """One legend label per curve, e.g. ``g5.4xlarge · amp · 2 threads``; blank parts left out."""
@@ -69,17 +67,17 @@ def _batch_axis(ax: plt.Axes, batches: Sequence[int]) -> None:
 
 def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], dict]:
     """Points that ran, each with its curve's label, the label columns and a colour per curve."""
-    data = summary[summary["status"] == "ok"] if "status" in summary.columns else summary
+    data = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
     columns = list(curves or varying(summary))
     data = data.assign(curve=curve_labels(data, columns)).sort_values("batch_size")
     names = sorted(data["curve"].unique())
     return data, columns, dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
-def throughput_vs_latency(summary: pd.DataFrame, percentile: str = "p95",
+def throughput_vs_latency(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
                           curves: Sequence[str] | None = None) -> Figure:
     """Throughput against a latency percentile; one line per curve, points labelled by batch size."""
-    latency = f"latency_{percentile}_ms"
+    latency = latency_column(percentile)
     data, _, palette = _curves(summary.dropna(subset=[latency, "throughput_per_s"]), curves)
     fig, axes, models = _panels(summary)
     # Each curve puts its batch-size labels on a different side of its points, so that
@@ -107,9 +105,9 @@ def throughput_vs_latency(summary: pd.DataFrame, percentile: str = "p95",
 
 
 def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame | None = None,
-                                    percentile: str = "p95", curves: Sequence[str] | None = None) -> Figure:
+                                    percentile: str = DEFAULT_PERCENTILE, curves: Sequence[str] | None = None) -> Figure:
     """Throughput (top) and latency (bottom) against batch size, each curve's knee dashed."""
-    latency = f"latency_{percentile}_ms"
+    latency = latency_column(percentile)
     data, columns, palette = _curves(summary, curves)
     fig, axes, models = _panels(summary, rows=2)
     knee_rows = knees.assign(curve=curve_labels(knees, columns)) if knees is not None and len(knees) else None

@@ -10,7 +10,6 @@ on-demand prices), so the instance table has the two prices swapped.
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive.cost import Price, cost_ratio, usd_per_million
-from benchlib.results import ENV, SUMMARY, write_atomic
+from benchlib.results import write_env, write_summary
+from benchlib.vocabulary import STATUS_OK, latency_column
 
 #: The prices as the post's instance table prints them (swapped, see above).
 POST_TABLE_USD_PER_HOUR = {"g5.4xlarge": 1.204, "g4dn.4xlarge": 1.624}
@@ -96,17 +96,15 @@ def import_runs(root: str | Path, usd_per_hour: dict[str, float]) -> list[Path]:
             "batch_size": rows["batch_size"],
             "threads": pd.NA,
             "throughput_per_s": rows["throughput_per_s"].astype(float),
-            "latency_p95_ms": rows["latency_ms"].astype(float),
-            "status": "ok",
+            latency_column("p95"): rows["latency_ms"].astype(float),
+            "status": STATUS_OK,
             "notes": "published figures; latency is the post's table value",
             "usd_per_hour": rows["usd_per_hour"],
             "usd_per_million": rows["usd_per_million"],
         })
         run_dir = Path(root) / str(instance) / PUBLISHED_RUN_ID
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / SUMMARY, lambda p, s=summary: s.to_csv(p, index=False))
-        env = {"device_name": STUDY_DEVICES.get(str(instance), ""), "source": __doc__.splitlines()[0],
-               "price": {"usd_per_hour": usd_per_hour[str(instance)], "source": "params/prices.yaml"}}
-        write_atomic(run_dir / ENV, lambda p, e=env: p.write_text(json.dumps(e, indent=2) + "\n"))
+        write_summary(run_dir, summary)
+        write_env(run_dir, {"device_name": STUDY_DEVICES.get(str(instance), ""), "source": __doc__.splitlines()[0],
+                            "price": {"usd_per_hour": usd_per_hour[str(instance)], "source": "params/prices.yaml"}})
         written.append(run_dir)
     return written

@@ -15,7 +15,6 @@ kind is reported, not left waiting forever.
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.params import Params, parse_params
-from benchlib.results import ENV
+from benchlib.results import ENV, update_env
 from benchlib.present.runner import RunOutcome, benchmark_into, load_each, new_run_id
 from benchlib.scale.storage import write_files
 
@@ -43,9 +42,7 @@ def remote_benchmark(params_text: str, source: str) -> dict[str, Any]:
         run_dir.mkdir()
         error = benchmark_into(params, run_dir)
         if (run_dir / ENV).is_file():  # say where it ran
-            env = json.loads((run_dir / ENV).read_text())
-            env["dask_worker"] = worker
-            (run_dir / ENV).write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+            update_env(run_dir, dask_worker=worker)
         files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
     return {"error": error, "worker": worker, "files": files}
 

@@ -1,0 +1,50 @@
+"""One home for the shared names: statuses, percentile columns and grid keys are spelled once."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from benchlib.measure.precision import resolve_precision
+from benchlib.measure.sweep import GridPoint, grid
+from benchlib.params import parse_params
+from benchlib.vocabulary import GRID_KEYS, POINT_KEYS, RECORD_COLUMNS, SUMMARY_COLUMNS, latency_column
+from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+
+PACKAGE = Path(__file__).resolve().parents[1] / "benchlib"
+# Literals that belong to the vocabulary: statuses and summary column names.
+SPELLED_ELSEWHERE = re.compile(r"""["'](oom|skipped)["']|==\s*["']ok["']|["']latency_p\d+_ms["']""")
+
+
+@pytest.mark.parametrize("module", sorted(p for p in PACKAGE.rglob("*.py") if p.name != "vocabulary.py"),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_statuses_and_latency_columns_are_spelled_only_in_the_vocabulary(module: Path) -> None:
+    found = [m.group(0) for m in SPELLED_ELSEWHERE.finditer(module.read_text(encoding="utf-8"))]
+    assert not found, f"{module.name} spells {found}; import the name from benchlib.vocabulary"
+
+
+def test_column_lists_agree() -> None:
+    assert set(GRID_KEYS) <= set(POINT_KEYS) and RECORD_COLUMNS[1:1 + len(POINT_KEYS)] == POINT_KEYS
+    assert SUMMARY_COLUMNS[:len(POINT_KEYS)] == POINT_KEYS and len(set(SUMMARY_COLUMNS)) == len(SUMMARY_COLUMNS)
+    assert latency_column("p95") == "latency_p95_ms" and latency_column("p95") in SUMMARY_COLUMNS
+
+
+def test_the_grid_is_one_product_with_the_model_changing_slowest() -> None:
+    params = parse_params(tiny_params(models=[TINY_BERT, TINY_RESNET], precisions=["fp32", "bf16"],
+                                      batch_sizes=[1, 4], threads=[1, 2]))
+    import torch
+
+    precisions = [resolve_precision(p, torch.device("cpu")) for p in params.precisions]
+    points = grid(params, precisions)
+    assert len(points) == params.grid_size == 16
+    keys = [p.key for p in points]
+    assert len(set(keys)) == 16
+    assert keys[:5] == [(TINY_BERT["name"], "fp32", 1, 1), (TINY_BERT["name"], "fp32", 1, 2),
+                        (TINY_BERT["name"], "fp32", 4, 1), (TINY_BERT["name"], "fp32", 4, 2),
+                        (TINY_BERT["name"], "bf16", 1, 1)]
+    assert keys[-1] == (TINY_RESNET["name"], "bf16", 4, 2)
+    # the key follows GRID_KEYS, which resume matches against the records' columns
+    point: GridPoint = points[5]
+    assert dict(zip(GRID_KEYS, point.key)) == {"model": point.model.label, "precision": point.precision.name,
+                                               "batch_size": point.batch_size, "threads": point.threads}
