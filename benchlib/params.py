@@ -7,7 +7,10 @@ it; callers catch :class:`ParamsError` and never see a pydantic traceback.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -23,8 +27,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from benchlib.errors import ParamsError
+from benchlib.textfiles import read_text
 
 #: Precisions a params file may ask for. ``amp`` is float16 autocast on CUDA (as in
 #: the study) and bfloat16 autocast on CPU; the others say exactly what they do.
@@ -37,12 +43,35 @@ ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "resnet50")
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:")
 #: Larger grids need `allow_large_grid: true`: a typo in a list should not cost a day.
 MAX_GRID_POINTS = 200
+#: Longer windows need `allow_long_window: true`: a slipped digit should not cost a day per point.
+MAX_DURATION_S = 86_400.0
+MAX_MIN_REQUESTS = 10_000_000
+#: A fast model's request rate, to say how long `min_requests` alone takes at the least.
+FAST_REQUESTS_PER_S = 1_000
+#: Labels name models in tables and charts: one short line.
+MAX_LABEL_CHARS = 64
+#: Path parts that say nothing about which model it is; default labels look past them.
+GENERIC_PATH_NAMES = frozenset({
+    "model", "models", "checkpoint", "checkpoints", "ckpt", "weights", "snapshot", "snapshots", "main",
+    "latest", "final", "best", "export", "exported", "output", "outputs", "pretrained", "hf", "pytorch_model",
+    "~", "..",
+})
+#: Settings that tell two entries of one model apart, in the order a default label shows them.
+LABEL_SETTINGS = ("seq_len", "image_size", "weights", "source", "input_shape", "input_dtype")
+#: What an empty params file should hold.
+PARAMS_FILE_FIX = "write at least `instance`, `models` and `batch_sizes` in it (see the README, section Params)"
 ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>"])
 
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The HF cache keeps a hub model at models--<org>--<name>/snapshots/<40-hex commit>.
+_SNAPSHOT_HASH = re.compile(r"[0-9a-f]{40}")
+_HF_CACHE_REPO = re.compile(r"models--(.+)")
+#: Unicode categories that do not print as one line: control, format, line and paragraph separators.
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0, strict=True)]  # strict: ints pass, strings do not
+# strict: ints pass, strings do not; YAML's .inf and .nan are refused (an endless window, a NaN price).
+PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -69,6 +98,9 @@ class ModelSpec(_Strict):
     """One model of the sweep and how to build it and its inputs."""
 
     name: StrictStr
+    #: What tables and charts call this entry; by default a short, unique form of the name
+    #: (see ``_model_labels``). Every ModelSpec in a validated Params has it filled.
+    label: StrictStr | None = None
     #: ``random`` builds the architecture with a fixed seed (offline); ``pretrained``
     #: loads real weights. TorchScript files carry their own weights (leave unset).
     weights: Literal["random", "pretrained"] | None = None
@@ -85,6 +117,8 @@ class ModelSpec(_Strict):
     input_shape: tuple[PositiveInt, ...] | None = None
     #: TorchScript only: the dtype of the input tensor.
     input_dtype: Literal["float32", "int64"] = "float32"
+    #: True when Params made the label up (so params_to_dict leaves it out and it round-trips).
+    _label_is_default: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +135,30 @@ class ModelSpec(_Strict):
             if name.startswith(prefix) and len(name) > len(prefix):
                 return name
         raise ValueError(f"{name!r} is not a known model; allowed: {ALLOWED_MODEL_NAMES}")
+
+    @field_validator("label")
+    @classmethod
+    def _readable_label(cls, label: str | None) -> str | None:
+        if label is None:
+            return None
+        if not 1 <= len(label) <= MAX_LABEL_CHARS:
+            raise ValueError(f"a label has 1 to {MAX_LABEL_CHARS} characters, this one {len(label)}; shorten it")
+        if any(unicodedata.category(char) in _UNPRINTABLE for char in label):
+            raise ValueError("a label is one line of text: remove newlines, tabs and other control characters")
+        if label != label.strip():
+            raise ValueError("remove the spaces at the start and end of the label")
+        return label
+
+    @field_validator("config")
+    @classmethod
+    def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        problem = _config_problem(config)
+        if problem is not None:
+            loc, value, kind = problem
+            if kind == "finite_number":
+                raise _error_at(loc, value, kind, "Input should be a finite number")
+            raise _error_at(loc, value, kind, "refers to itself through a YAML alias; write the value out")
+        return config
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -166,6 +224,9 @@ class Params(_Strict):
     price_usd_per_hour: PositiveFloat | None = None
     #: Grids above MAX_GRID_POINTS are refused unless this says they are meant.
     allow_large_grid: StrictBool = False
+    #: duration_s over MAX_DURATION_S or min_requests over MAX_MIN_REQUESTS are refused
+    #: unless this says they are meant.
+    allow_long_window: StrictBool = False
 
     @field_validator("instance")
     @classmethod
@@ -186,6 +247,41 @@ class Params(_Strict):
         return values
 
     @model_validator(mode="after")
+    def _window_not_accidentally_long(self) -> Params:
+        if self.allow_long_window:
+            return self
+        problems = []
+        if self.duration_s > MAX_DURATION_S:
+            problems.append(_problem(
+                ("duration_s",), self.duration_s, "window_too_long",
+                f"a window of {self.duration_s:g} s is {self.duration_s / 3600:.1f} h for each of the "
+                f"{self.grid_size} grid points; use at most {MAX_DURATION_S:g} s ({MAX_DURATION_S / 3600:g} h), "
+                "or set `allow_long_window: true` if you mean it",
+            ))
+        if self.min_requests > MAX_MIN_REQUESTS:
+            hours = self.min_requests / FAST_REQUESTS_PER_S / 3600
+            problems.append(_problem(
+                ("min_requests",), self.min_requests, "window_too_long",
+                f"{self.min_requests:,} requests take {hours:.1f} h even at {FAST_REQUESTS_PER_S:,} requests/s, "
+                f"for each of the {self.grid_size} grid points; use at most {MAX_MIN_REQUESTS:,} (P99 needs 368), "
+                "or set `allow_long_window: true` if you mean it",
+            ))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @model_validator(mode="after")
+    def _label_models(self) -> Params:
+        labels = _model_labels(self.models)
+        labelled = tuple(
+            spec if spec.label is not None else _with_default_label(spec, label)
+            for spec, label in zip(self.models, labels, strict=True)
+        )
+        # Params is frozen; this validator is where it is still being made.
+        object.__setattr__(self, "models", labelled)
+        return self
+
+    @model_validator(mode="after")
     def _grid_not_accidentally_huge(self) -> Params:
         if self.grid_size > MAX_GRID_POINTS and not self.allow_large_grid:
             hours = self.grid_size * self.duration_s / 3600
@@ -202,20 +298,216 @@ class Params(_Strict):
         return len(self.models) * len(self.precisions) * len(self.batch_sizes) * len(self.threads)
 
 
+def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> InitErrorDetails:
+    # PydanticCustomError formats `{name}` from its context; with none, the message stays as written.
+    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+
+
+def _error_at(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> ValidationError:
+    """An error that pydantic reports at `loc` below what is being validated, e.g. models.0.config.eps."""
+    return ValidationError.from_exception_data("params", [_problem(loc, value, kind, message)])
+
+
+def _config_problem(config: dict[str, Any]) -> tuple[tuple[Any, ...], Any, str] | None:
+    """Where a `config:` mapping holds a non-finite number or refers to itself, and which."""
+    walked: set[int] = set()  # YAML aliases share one object: walk it once
+    open_now: set[int] = set()  # containers on the current path: meeting one again is a cycle
+    # A stack, not recursion: a deeply nested value must not raise RecursionError.
+    stack: list[tuple[Any, tuple[Any, ...], bool]] = [(config, (), False)]
+    while stack:
+        value, loc, leaving = stack.pop()
+        if leaving:
+            open_now.discard(id(value))
+            walked.add(id(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            return loc, value, "finite_number"
+        elif isinstance(value, (dict, list)):
+            if id(value) in open_now:
+                return loc, "<itself>", "self_reference"
+            if id(value) not in walked:
+                open_now.add(id(value))
+                stack.append((value, loc, True))
+                items = list(value.items() if isinstance(value, dict) else enumerate(value))
+                stack.extend((item, (*loc, key), False) for key, item in reversed(items))
+    return None
+
+
+def _model_labels(models: tuple[ModelSpec, ...]) -> list[str]:
+    """Each entry's label: its own `label:`, else a short, unique form of its name.
+
+    Zoo names, torchvision names and hub ids are their own labels. Local paths become
+    their shortest tail that is not all generic parts (``model``, ``snapshots/<hash>``)
+    and no other entry's label. Entries of one model that still share a label get the
+    settings in which they differ appended (``seq_len=64``). Entries listed twice and
+    labels used twice are errors at the entry.
+    """
+    _refuse_repeats(models)
+    candidates = {i: _label_candidates(spec) for i, spec in enumerate(models) if spec.label is None}
+    chosen = _with_differing_settings(models, _shortest_distinct(models, candidates))
+    labels = [spec.label if spec.label is not None else chosen[i] for i, spec in enumerate(models)]
+    _refuse_shared_labels(models, labels)
+    return labels
+
+
+def _entry(index: int, spec: ModelSpec) -> str:
+    return f"models.{index} ({spec.name})"
+
+
+def _identity(spec: ModelSpec) -> dict[str, Any]:
+    # Unset weights are random weights (or the file's own): `weights: random` is no new setting.
+    return {**spec.model_dump(exclude={"label"}), "weights": spec.weights_kind}
+
+
+def _refuse_repeats(models: tuple[ModelSpec, ...]) -> None:
+    seen: list[tuple[int, dict[str, Any]]] = []
+    for j, spec in enumerate(models):
+        identity = _identity(spec)
+        for i, earlier in seen:
+            if earlier == identity:
+                raise _error_at(
+                    ("models", j), spec.name, "listed_twice",
+                    f"the same model with the same settings as {_entry(i, models[i])} (listed twice); remove one",
+                )
+        seen.append((j, identity))
+
+
+def _is_local_path(spec: ModelSpec) -> bool:
+    return spec.kind == "torchscript" or (spec.kind == "hf" and spec.target.startswith(("/", ".", "~")))
+
+
+def _path_parts(path: str) -> list[str]:
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    # The HF cache's models--org--name/snapshots/<hash> is the hub model org/name.
+    for i in range(len(parts) - 2):
+        repo = _HF_CACHE_REPO.fullmatch(parts[i])
+        if repo and parts[i + 1] == "snapshots" and _SNAPSHOT_HASH.fullmatch(parts[i + 2]):
+            return [*parts[:i], repo.group(1).replace("--", "/"), *parts[i + 3:]]
+    return parts
+
+
+def _is_generic(part: str) -> bool:
+    name = part.lower()
+    stem = name.rsplit(".", 1)[0]  # model.pt says no more than model
+    return name in GENERIC_PATH_NAMES or stem in GENERIC_PATH_NAMES or bool(_SNAPSHOT_HASH.fullmatch(name))
+
+
+def _label_candidates(spec: ModelSpec) -> list[str]:
+    """Default labels for one entry, shortest first; the last, its full name, is always distinct."""
+    if not _is_local_path(spec):
+        return [spec.name]
+    parts = _path_parts(spec.target)
+    tails = ["/".join(parts[-n:]) for n in range(1, len(parts) + 1) if not all(map(_is_generic, parts[-n:]))]
+    return list(dict.fromkeys([*tails, spec.target, spec.name]))
+
+
+def _shortest_distinct(models: tuple[ModelSpec, ...], candidates: dict[int, list[str]]) -> dict[int, str]:
+    """Lengthen the labels that another model's label or a given `label:` also has, while they can grow."""
+    level = dict.fromkeys(candidates, 0)
+    given = {spec.label for spec in models if spec.label is not None}
+    while True:
+        chosen = {i: candidates[i][level[i]] for i in candidates}
+        growing = [i for i in candidates if level[i] + 1 < len(candidates[i]) and _clashes(i, chosen, given, models)]
+        if not growing:
+            return chosen
+        for i in growing:
+            level[i] += 1
+
+
+def _clashes(i: int, chosen: dict[int, str], given: set[str | None], models: tuple[ModelSpec, ...]) -> bool:
+    # Entries of the same model cannot be told apart by their path; their settings do that.
+    return chosen[i] in given or any(
+        j != i and chosen[j] == chosen[i] and models[j].name != models[i].name for j in chosen
+    )
+
+
+def _with_differing_settings(models: tuple[ModelSpec, ...], chosen: dict[int, str]) -> dict[int, str]:
+    by_label: dict[str, list[int]] = {}
+    for i, label in chosen.items():
+        by_label.setdefault(label, []).append(i)
+    labels = dict(chosen)
+    for label, members in by_label.items():
+        if len(members) > 1:
+            for i, settings in zip(members, _differing_settings([models[i] for i in members]), strict=True):
+                labels[i] = " ".join([label, *settings])
+    return labels
+
+
+def _differing_settings(specs: list[ModelSpec]) -> list[list[str]]:
+    """For each spec, `key=value` for each setting in which the specs are not all alike."""
+    shown: list[list[str]] = [[] for _ in specs]
+    columns = [[(key, _setting(spec, key)) for spec in specs] for key in LABEL_SETTINGS]
+    config_keys = dict.fromkeys(key for spec in specs for key in spec.config)
+    columns += [[(key, _config_value(spec, key)) for spec in specs] for key in config_keys]
+    for column in columns:
+        if len({value for _, value in column}) > 1:
+            for settings, (key, value) in zip(shown, column, strict=True):
+                settings.append(f"{key}={value}")
+    return shown
+
+
+def _setting(spec: ModelSpec, key: str) -> str:
+    if key == "weights":
+        return spec.weights_kind
+    if key == "input_shape":
+        return "x".join(map(str, spec.input_shape or ()))
+    value = getattr(spec, key)
+    return "default" if value is None else str(value)
+
+
+def _config_value(spec: ModelSpec, key: str) -> str:
+    if key not in spec.config:
+        return "default"
+    value = spec.config[key]
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _refuse_shared_labels(models: tuple[ModelSpec, ...], labels: list[str]) -> None:
+    first: dict[str, int] = {}
+    for j, label in enumerate(labels):
+        i = first.setdefault(label, j)
+        if i == j:
+            continue
+        by_default = " (by default)" if models[i].label is None else ""
+        if models[j].label is not None:
+            raise _error_at(
+                ("models", j, "label"), label, "label_taken",
+                f"{_entry(i, models[i])} has this label too{by_default}; give each model its own `label:`",
+            )
+        raise _error_at(
+            ("models", j), models[j].name, "label_taken",
+            f"its default label {label!r} is also the label of {_entry(i, models[i])}{by_default}; "
+            "give one of them a `label:`",
+        )
+
+
+def _with_default_label(spec: ModelSpec, label: str) -> ModelSpec:
+    labelled = spec.model_copy(update={"label": label})
+    labelled._label_is_default = True
+    return labelled
+
+
 def _format_error(source: str, err: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
     # YAML has lists, not tuples.
     message = err["msg"].removeprefix("Value error, ").replace("valid tuple", "list").replace("Tuple", "List")
     if err["type"] == "missing":
         return f"{source}: {key}: required key is missing; add it"
+    if err["type"] == "finite_number":
+        message += "; .inf, -.inf and .nan are not allowed here, write a number"
     shown = err.get("input")
     if isinstance(shown, dict):
         return f"{source}: {key}: {message}"
     return f"{source}: {key}: {message} (got {shown!r})"
 
 
+def _has_error_inside(loc: tuple[Any, ...], errors: list[Any]) -> bool:
+    return any(len(err["loc"]) > len(loc) and err["loc"][: len(loc)] == loc for err in errors)
+
+
 def parse_params(data: Any, source: str = "params") -> Params:
     """Validate an already-loaded mapping; raise :class:`ParamsError` on any problem."""
+    if data is None:
+        raise ParamsError(f"{source}: holds only comments or blank lines; {PARAMS_FILE_FIX}")
     if not isinstance(data, dict):
         raise ParamsError(
             f"{source}: the file must be a YAML mapping of keys (instance, models, batch_sizes, ...), "
@@ -225,9 +517,8 @@ def parse_params(data: Any, source: str = "params") -> Params:
         return Params.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        # An invalid item also makes its list "too short"; the item's error says it all.
-        failed_items = {err["loc"][:-1] for err in errors if err["type"] != "too_short"}
-        errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"] in failed_items)]
+        # An invalid item also makes its list "too short"; the item's error (at a longer loc) says it all.
+        errors = [e for e in errors if not (e["type"] == "too_short" and _has_error_inside(e["loc"], errors))]
         lines = [_format_error(source, err) for err in errors]
         raise ParamsError("\n".join(lines)) from None
 
@@ -235,17 +526,42 @@ def parse_params(data: Any, source: str = "params") -> Params:
 def load_params(path: str | Path) -> Params:
     """Read and validate one params YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    text = read_text(path, "params file", PARAMS_FILE_FIX, error=ParamsError)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML recurses once per level of [ or {
+        raise ParamsError(f"{path}: not valid YAML: lists or mappings nested too deeply; check the brackets") from None
     return parse_params(data, source=str(path))
 
 
 def params_to_dict(params: Params) -> dict[str, Any]:
-    """Plain data for env.json and the copy of the params written next to results."""
-    return params.model_dump(mode="json", exclude_none=True)
+    """Plain data for env.json and the copy of the params written next to results.
+
+    Labels the params did not give are left out, as in the file: parsing the dict again
+    derives the same ones, so ``parse_params(params_to_dict(p)) == p``.
+    """
+    data = params.model_dump(mode="json", exclude_none=True)
+    for spec, entry in zip(params.models, data["models"], strict=True):
+        if spec._label_is_default:
+            del entry["label"]
+    return data
+
+
+def params_from_namespace(namespace: dict[str, Any], params_file: str | Path | None = None,
+                          source: str = "notebook parameters") -> Params:
+    """Params from a notebook's variables (its ``globals()``), or from `params_file` when given.
+
+    Every key of the schema is taken from `namespace`; one that is not there is an error
+    naming it, so a parameter left out of the notebook cannot silently take its default.
+    With `params_file` the file is loaded as :func:`load_params` does, strictly (an unknown
+    key fails with a suggestion), and `namespace` is not consulted.
+    """
+    if params_file is not None:
+        return load_params(params_file)
+    missing = [key for key in Params.model_fields if key not in namespace]
+    if missing:
+        raise ParamsError(f"{source}: {', '.join(missing)}: not defined; every params key must be a notebook "
+                          f"parameter (add `{missing[0]} = ...` to the parameters cell)")
+    return parse_params({key: namespace[key] for key in Params.model_fields}, source=source)

@@ -7,11 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pytest
+import yaml
 
 #: A 2-layer BERT QA config: the real architecture, small enough for CI.
 TINY_BERT = {
@@ -62,6 +62,18 @@ def write_params(tmp_path: Path):
         return path
 
     return write
+
+
+def deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """Make opening `denied` fail with EACCES. Injected, not chmod: CI runs as root, who may read anything."""
+    real_open = Path.open
+
+    def open_or_deny(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == denied:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_or_deny)
 
 
 @pytest.fixture

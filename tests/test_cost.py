@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchlib.cli import main
 from benchlib.derive.cost import (
     PriceError,
     add_cost,
@@ -19,6 +20,7 @@ from benchlib.derive.cost import (
 )
 from benchlib.errors import InputError
 from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
+from tests.conftest import deny_reading
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +63,51 @@ def test_malformed_price_tables(tmp_path: Path, text: str, fragment: str) -> Non
     path.write_text(text)
     with pytest.raises(PriceError, match=fragment):
         load_prices(path)
+
+
+@pytest.mark.parametrize("spelling,shown", [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan")])
+def test_a_price_must_be_finite(tmp_path: Path, spelling: str, shown: str) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(f"instances:\n  x: {{usd_per_hour: {spelling}, region: r, date: d, source: s}}\n")
+    with pytest.raises(PriceError) as err:
+        load_prices(path)
+    assert str(err.value) == f"{path}: instances.x.usd_per_hour: a positive number, got {shown}"
+
+
+@pytest.mark.parametrize(
+    "contents,expected",
+    [
+        (None, ": cannot read the price table (No such file or directory); check the path"),
+        (b"", ": the price table is empty; give `instances: {<type>: {usd_per_hour, region, date, source}}`"),
+        (b"\x00\x01binary", ": the price table looks like a binary file, not YAML (NUL byte at offset 0); "
+                            "give the path of the YAML text file"),
+        (b"instances:\n  caf\xe9: {}\n", ": the price table is not valid UTF-8: byte 0xe9 at offset 16 (line 2); "
+                                         "save it as UTF-8"),
+    ],
+    ids=["missing", "empty", "binary", "latin-1"],
+)
+def test_unreadable_price_tables_are_price_errors(tmp_path: Path, contents: bytes | None, expected: str,
+                                                  capsys) -> None:
+    path = tmp_path / "prices.yaml"
+    if contents is not None:
+        path.write_bytes(contents)
+    with pytest.raises(PriceError) as err:
+        load_prices(path)
+    assert str(err.value) == f"{path}{expected}"
+    params = tmp_path / "p.yaml"
+    params.write_text("instance: x\nmodels: [resnet50]\nbatch_sizes: [1]\nprice_usd_per_hour: 1\n")
+    assert main(["validate", "--prices", str(path), str(params)]) == 2
+    assert capsys.readouterr().err == f"error: {path}{expected}\n"
+
+
+def test_a_price_table_without_read_permission(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text("instances: {}\n")
+    deny_reading(monkeypatch, path)
+    with pytest.raises(PriceError) as err:
+        load_prices(path)
+    assert str(err.value) == (f"{path}: cannot read the price table (Permission denied); make it readable for this "
+                              "user (e.g. chmod a+r), or copy it somewhere readable")
 
 
 def test_add_cost_with_interval_and_without_price() -> None:

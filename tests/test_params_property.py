@@ -6,7 +6,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchlib.params import Params, ParamsError, parse_params
+from benchlib.params import Params, ParamsError, params_to_dict, parse_params
 from tests.conftest import tiny_params
 
 scalars = st.one_of(
@@ -47,3 +47,78 @@ def test_anything_at_the_top_level(data) -> None:
         parse_params(data)
     except ParamsError:
         pass
+
+
+# Models as people write them: zoo and hub names, local folders and files whose paths
+# share parts, generic parts (model, snapshots/<hash>) and HF cache folders.
+path_parts = st.sampled_from(["model", "models", "snapshots", "0" * 40, "models--org--m", "a", "b", "bert", "net.pt",
+                              "model.pt", "resnet50", "~", ".."])
+paths = st.tuples(st.sampled_from(["/", "./", "~/", ""]), st.lists(path_parts, min_size=1, max_size=4)).map(
+    lambda start_parts: start_parts[0] + "/".join(start_parts[1]))
+model_names = st.one_of(
+    st.sampled_from(["resnet50", "bert-base-uncased-squad2", "torchvision:resnet18", "hf:org/name", "hf:a/net.pt"]),
+    paths.filter(lambda path: path.startswith(("/", ".", "~"))).map(lambda path: "hf:" + path),
+)
+model_entries = st.one_of(
+    st.fixed_dictionaries({"name": model_names}, optional={
+        "seq_len": st.sampled_from([64, 128]), "image_size": st.sampled_from([64, 224]),
+        "weights": st.sampled_from(["random", "pretrained"]),
+        "label": st.sampled_from(["a", "b", "resnet50", "net.pt", "a/net.pt", "bert seq_len=64"]),
+    }),
+    st.fixed_dictionaries({"name": paths.map(lambda path: "torchscript:" + path), "input_shape": st.just([3])},
+                          optional={"label": st.sampled_from(["a", "net.pt"])}),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(model_entries, min_size=1, max_size=5))
+def test_labels_are_filled_unique_as_given_and_round_trip(models) -> None:
+    try:
+        params = parse_params(tiny_params(models=models))
+    except ParamsError as exc:
+        # Only a model listed twice or a label used twice stops a list of valid entries.
+        assert "listed twice" in str(exc) or "has this label too" in str(exc) or "is also the label of" in str(exc)
+    else:
+        labels = [spec.label for spec in params.models]
+        assert all(isinstance(label, str) and label for label in labels)
+        assert len(set(labels)) == len(labels)
+        given = [spec.label for spec, entry in zip(params.models, models, strict=True) if "label" in entry]
+        assert given == [entry["label"] for entry in models if "label" in entry]
+        assert parse_params(params_to_dict(params)) == params
+
+
+finite_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                           st.text(string.printable, max_size=5))
+finite_values = st.recursive(finite_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(string.ascii_letters, min_size=1, max_size=5), inner, max_size=3), max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(string.ascii_letters, min_size=1, max_size=5), finite_values, min_size=1, max_size=4),
+       st.sampled_from([float("inf"), float("-inf"), float("nan")]), st.data())
+def test_a_non_finite_number_anywhere_in_a_config_is_named_by_its_path(config, bad, data) -> None:
+    assert parse_params(tiny_params(models=[{"name": "resnet50", "config": config}])).models[0].config == config
+    # Walk down to a random mapping or list and put the bad number there.
+    loc: list = []
+    here = config
+    while True:
+        keys = list(here) if isinstance(here, dict) else list(range(len(here)))
+        step = data.draw(st.sampled_from([None, *(k for k in keys if isinstance(here[k], (dict, list)))]))
+        if step is None:
+            break
+        loc.append(step)
+        here = here[step]
+    if isinstance(here, dict):
+        here["not_a_number"] = bad
+        loc.append("not_a_number")
+    else:
+        loc.append(len(here))
+        here.append(bad)
+    try:
+        parse_params(tiny_params(models=[{"name": "resnet50", "config": config}]))
+    except ParamsError as exc:
+        where = ".".join(map(str, ["models", 0, "config", *loc]))
+        assert str(exc) == (f"params: {where}: Input should be a finite number; .inf, -.inf and .nan are not "
+                            f"allowed here, write a number (got {bad!r})")
+    else:
+        raise AssertionError(f"{bad} at {loc} was accepted")
