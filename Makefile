@@ -1,14 +1,17 @@
 # Two commands for a fresh machine: `make run` and `make test`.
 # Both create .venv when missing and install the project into it (editable, with
 # the test extra), re-installing whenever pyproject.toml changes, and register the
-# venv's Jupyter kernel (absolute interpreter path) so notebooks run in it.
+# venv's Jupyter kernel `benchlib` (absolute interpreter path) for JupyterLab and papermill -k benchlib.
+# `make lab` opens JupyterLab on notebooks/ with that kernel, on 127.0.0.1 only.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
+# Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --ServerApp.port=8899"
+LAB_ARGS ?=
 
-.PHONY: run test clean
+.PHONY: run test lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +26,13 @@ run: $(STAMP)
 	@echo "open $(OUT)/report.html"
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The notebooks' metadata name the `benchlib` kernel; new notebooks get it too.
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 \
+		--MappingKernelManager.default_kernel_name=benchlib $(LAB_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

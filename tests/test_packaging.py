@@ -1,15 +1,26 @@
 """The project installs itself: one dependency list, mirrored in environment.yml."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+#: make's flags so that nothing is (re)installed: the stamp counts as up to date, and the tools
+#: are this interpreter's (.venv's under make, a conda environment's otherwise).
+MAKE_AS_IS = ["make", "-C", str(REPO), "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}"]
 
 
 def normalize(requirement: str) -> str:
@@ -38,8 +49,65 @@ def test_torch_is_pinned_to_the_cuda_build_that_works_with_torchvision() -> None
 
 def test_readme_and_ci_use_the_two_make_commands() -> None:
     readme = (REPO / "README.md").read_text()
-    assert "make run" in readme and "make test" in readme
+    assert "make run" in readme and "make test" in readme and "make lab" in readme
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+@needs_make
+def test_make_test_lints_with_ruff_before_the_tests() -> None:
+    commands = subprocess.run([*MAKE_AS_IS, "-n", "test"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"ruff check \.\n.*-m pytest", commands)
+    ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert {"F", "E9", "B", "RUF100"} <= set(ruff["lint"]["select"]) and "outputs" in ruff["extend-exclude"]
+
+
+@needs_make
+@pytest.mark.slow
+def test_make_lab_serves_the_notebooks_with_the_benchlib_kernel_on_localhost() -> None:
+    pytest.importorskip("jupyterlab")
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = f"--no-browser --ServerApp.port={port} --ServerApp.port_retries=0 --IdentityProvider.token=t"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers
+        extra += " --allow-root"
+    lab = subprocess.Popen([*MAKE_AS_IS, "lab", f"LAB_ARGS={extra}"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token=t", timeout=5) as r:
+                    kernelspecs = json.load(r)
+                break
+            except OSError:
+                assert lab.poll() is None and time.monotonic() < deadline, "JupyterLab did not start"
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token=t", timeout=5) as r:
+            contents = {item["name"] for item in json.load(r)["content"]}
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
+    assert kernelspecs["default"] == "benchlib" and "benchlib" in kernelspecs["kernelspecs"]
+    assert {"benchmark.ipynb", "report.ipynb"} <= contents
+    for notebook in ("benchmark.ipynb", "report.ipynb"):
+        assert json.loads((REPO / "notebooks" / notebook).read_text())["metadata"]["kernelspec"]["name"] == "benchlib"
+    # It listened on the loopback interface only.
+    with pytest.raises(OSError), socket.create_connection((_outward_address(), port), timeout=2):
+        pass
+
+
+def _outward_address() -> str:
+    """This machine's address on its network (not loopback), or a loopback one there is none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
+            return s.getsockname()[0]
+        except OSError:
+            pytest.skip("no network interface besides loopback")
 
 
 def test_console_script_and_module_entry_point() -> None:

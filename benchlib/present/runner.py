@@ -5,18 +5,32 @@
 and env; ``benchlib report`` executes ``notebooks/report.ipynb`` over every run
 into ``<out>/report.ipynb``, ``report.html`` and ``figures/*.png``. Runs are
 independent: a failing params file is reported and the others still run.
+
+Notebooks run in a kernel of the interpreter running benchlib (``sys.executable``),
+started from a kernel spec built here rather than looked up by name, so an
+installed wheel runs its notebooks on its own code in its own environment; the
+``benchlib`` kernel that ``make`` registers is for JupyterLab and for people who
+drive papermill themselves (``-k benchlib``). While a benchmark notebook runs, its
+``[i/N]`` progress lines are forwarded to the terminal as they arrive.
 """
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
+
+import zmq
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 from benchlib.measure.environment import fingerprint
 from benchlib.errors import InputError
@@ -27,7 +41,9 @@ from benchlib.results import ENV, SUMMARY, read_env, read_summary
 NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
 BENCHMARK_NOTEBOOK = NOTEBOOKS / "benchmark.ipynb"
 REPORT_NOTEBOOK = NOTEBOOKS / "report.ipynb"
-#: The kernel `make` registers in .venv, with the venv's interpreter as an absolute path.
+#: The kernel the notebooks' metadata name: `make` registers it in .venv (for JupyterLab and
+#: `papermill -k benchlib`). `benchlib run` and `benchlib report` do not look it up: see
+#: ThisInterpreterKernelManager.
 KERNEL_NAME = "benchlib"
 
 
@@ -39,11 +55,77 @@ class RunOutcome:
     error: str = ""
 
 
-def kernel_name() -> str:
-    """The project's kernel when registered, else the kernel of this very interpreter."""
-    from jupyter_client.kernelspec import KernelSpecManager
+def this_interpreter_kernel_spec() -> KernelSpec:
+    """An IPython kernel run by this very interpreter, as `ipykernel install` would describe it."""
+    return KernelSpec(
+        argv=[sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        name=KERNEL_NAME, display_name=f"benchlib ({sys.executable})", language="python",
+        metadata={"debugger": True},
+    )
 
-    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+class ThisInterpreterKernelManager(AsyncKernelManager):
+    """Starts notebooks' kernels with ``sys.executable``, whatever kernel name they ask for.
+
+    A registered kernel spec holds an absolute interpreter path (make's ``benchlib``
+    points at .venv), so an installed benchlib in another environment would run its
+    notebooks on that interpreter, with whatever benchlib it imports. This manager
+    needs no registration: the kernel is this process's interpreter, so it imports the
+    same benchlib and dependencies as the command that started it.
+
+    The kernel talks over IPC sockets in a private temporary folder where the
+    platform has them (no TCP port, hence no "running over TCP without encryption"
+    warning from ipykernel for every notebook); elsewhere it keeps TCP on localhost.
+    """
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc" if zmq.has("ipc") else "tcp"
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        if self.transport != "ipc":
+            return super()._ip_default()
+        # Socket paths are short (Unix limits them to ~100 bytes) and private to this user.
+        self._ipc_dir = tempfile.mkdtemp(prefix="benchlib-kernel-")
+        return str(Path(self._ipc_dir) / "kernel")
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        if self._kernel_spec is None:
+            self._kernel_spec = this_interpreter_kernel_spec()
+        return self._kernel_spec
+
+    @property
+    def ipykernel(self) -> bool:
+        # nbclient then keeps the kernel's IPython history in memory, not in a shared SQLite file.
+        return True
+
+    async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
+        await super().cleanup_resources(restart=restart)
+        if not restart and getattr(self, "_ipc_dir", None):
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+
+class ProgressLines:
+    """A file for papermill's `stdout_file`: forwards the notebook's ``[i/N] ...`` lines to
+    `stream` as the kernel sends them, and nothing else the notebook prints."""
+
+    POINT_LINE = re.compile(r"\[\d+/\d+\] ")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if self.POINT_LINE.match(line):
+                print(line, file=self.stream, flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are forwarded as soon as they are complete."""
 
 
 def new_run_id(params_text: str) -> str:
@@ -52,30 +134,36 @@ def new_run_id(params_text: str) -> str:
     return f"{stamp}-{hashlib.sha256(params_text.encode()).hexdigest()[:6]}"
 
 
-def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
-    """Execute `notebook` with `parameters` into `output` (kept, with its outputs, even if it fails)."""
+def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path,
+            progress: TextIO | None = None) -> None:
+    """Execute `notebook` with `parameters` into `output` (kept, with its outputs, even if it fails),
+    in a kernel of this interpreter; with `progress`, its ``[i/N]`` lines go there as they come."""
     import papermill
 
     papermill.execute_notebook(
-        str(notebook), str(output), parameters=parameters, kernel_name=kernel_name(), cwd=str(cwd),
-        progress_bar=False, log_output=False,
+        str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, cwd=str(cwd),
+        progress_bar=False, log_output=False, stdout_file=ProgressLines(progress) if progress else None,
+        kernel_manager_class=ThisInterpreterKernelManager,
     )
 
 
-def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: TextIO = sys.stderr,
-                   resume: bool = False) -> list[RunOutcome]:
+def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: TextIO | None = None,
+                   resume: bool = False, force: bool = False) -> list[RunOutcome]:
     """Execute the benchmark notebook once per params file; return how each went.
 
-    With `resume`, a params file whose newest unfinished run has the same params and
-    code continues in that run's folder; otherwise it gets a new one.
+    Progress goes to `log` (default: stderr), one line per grid point as it finishes.
+    With `resume`, a params file whose newest unfinished run has the same params
+    continues in that run's folder (the sweep refuses it if benchlib's code changed
+    since, unless `force`); otherwise it gets a new one.
     """
+    log = sys.stderr if log is None else log
     out_root = Path(out_root).resolve()
     outcomes: list[RunOutcome] = []
     for path, params in load_each(params_paths, outcomes, log):
         unfinished = _unfinished_run(out_root / params.instance, params) if resume else None
         run_dir = unfinished or _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
-        error = benchmark_into(params, run_dir, resume=unfinished is not None)
+        error = benchmark_into(params, run_dir, resume=unfinished is not None, force=force, progress=log)
         outcomes.append(RunOutcome(path, run_dir, not error, error))
         if error:
             print(f"{path}: failed: {error}", file=log)
@@ -95,12 +183,18 @@ def load_each(params_paths: list[str | Path], outcomes: list[RunOutcome], log: T
         yield path, params
 
 
-def benchmark_into(params: Params, run_dir: Path, resume: bool = False) -> str:
-    """Execute and render the benchmark notebook in `run_dir`; return the error, or "" if it ran."""
-    parameters = {**params_to_dict(params), "out_dir": str(run_dir), "resume": resume}
+def benchmark_into(params: Params, run_dir: Path, resume: bool = False, force: bool = False,
+                   progress: TextIO | None = None) -> str:
+    """Execute and render the benchmark notebook in `run_dir`; return the error, or "" if it ran.
+
+    Every params key is injected, unset ones as None, so no notebook default stands in for
+    what the params say. With `progress`, a line per grid point goes there as it finishes.
+    """
+    parameters = {**dict.fromkeys(Params.model_fields), **params_to_dict(params),
+                  "out_dir": str(run_dir), "resume": resume, "force": force}
     error = ""
     try:
-        execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir)
+        execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir, progress=progress)
     except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
         error = _notebook_error(exc)
     if (run_dir / "benchmark.ipynb").exists():
@@ -109,10 +203,14 @@ def benchmark_into(params: Params, run_dir: Path, resume: bool = False) -> str:
 
 
 def _unfinished_run(instance_dir: Path, params: Params) -> Path | None:
-    """The newest run folder of these params and code that has not measured every point."""
-    wanted = fingerprint(params_to_dict(params))
+    """The newest run folder of these params that has not measured every point (whether its code
+    differs is the sweep's to judge: it refuses to resume across a change of code without --force)."""
+    wanted = fingerprint(params_to_dict(params))["params"]
     for run_dir in sorted(instance_dir.glob("*/"), reverse=True):
-        if not (run_dir / ENV).is_file() or read_env(run_dir).get("fingerprint") != wanted:
+        if not (run_dir / ENV).is_file():
+            continue
+        previous = read_env(run_dir).get("fingerprint")
+        if not isinstance(previous, dict) or previous.get("params") != wanted:
             continue
         measured = len(read_summary(run_dir)) if (run_dir / SUMMARY).is_file() else 0
         if measured < params.grid_size:
