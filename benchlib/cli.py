@@ -6,6 +6,7 @@ weights, prices): the message says what to fix, without a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import pandas as pd
 
 from benchlib.errors import InputError
 from benchlib.params import load_params
+from benchlib.vocabulary import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PERCENTILE, PERCENTILE_COLUMNS, latency_column
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -42,10 +44,11 @@ def _bench(args: argparse.Namespace) -> int:
     from benchlib.derive.cost import load_prices
     from benchlib.measure.sweep import run_sweep
 
+    _check_force(args)
     params = load_params(args.params)
     prices = load_prices(args.prices)
     result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
-                       resume=args.resume)
+                       resume=args.resume, force=args.force, percentile=args.percentile)
     print(format_table(result.summary, SUMMARY_SHOWN))
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
@@ -58,16 +61,17 @@ def _run(args: argparse.Namespace) -> int:
     from benchlib.present.runner import run_benchmarks
     from benchlib.scale.storage import is_url, upload_tree
 
+    _check_force(args)
     locations: dict[Path, str] = {}
     if args.cluster:
         from benchlib.scale.cluster import run_on_cluster
 
-        if args.resume:
-            raise InputError("--resume works on local runs; on a cluster each task starts a fresh run")
+        if args.resume or args.force:
+            raise InputError("--resume and --force work on local runs; on a cluster each task starts a fresh run")
         outcomes = run_on_cluster(args.params, args.out, args.cluster, worker_wait_s=args.worker_wait_s)
     elif is_url(args.out):
-        if args.resume:
-            raise InputError(f"--resume needs a local --out, not {args.out}")
+        if args.resume or args.force:
+            raise InputError(f"--resume and --force need a local --out, not {args.out}")
         with tempfile.TemporaryDirectory(prefix="benchlib-run-") as scratch:
             outcomes = run_benchmarks(args.params, scratch)
             upload_tree(Path(scratch), args.out)
@@ -75,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         locations = {o.params_path: f"{args.out.rstrip('/')}/{o.run_dir.relative_to(Path(scratch).resolve())}"
                      for o in outcomes if o.run_dir is not None}
     else:
-        outcomes = run_benchmarks(args.params, args.out, resume=args.resume)
+        outcomes = run_benchmarks(args.params, args.out, resume=args.resume, force=args.force)
     print("\nruns:")
     for outcome in outcomes:
         location = locations.get(outcome.params_path, outcome.run_dir)
@@ -85,6 +89,11 @@ def _run(args: argparse.Namespace) -> int:
     failed = sum(not o.ok for o in outcomes)
     print(f"{len(outcomes) - failed} of {len(outcomes)} params files ran")
     return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _check_force(args: argparse.Namespace) -> None:
+    if args.force and not args.resume:
+        raise InputError("--force only goes with --resume (it lets a run resume across a change of benchlib's code)")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -118,19 +127,26 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from benchlib.results import read_summary
+    from benchlib.present.report import read_run
+    from benchlib.results import SUMMARY
 
-    missing = [d for d in args.runs if not (Path(d) / "summary.csv").is_file()]
-    if missing:
-        raise InputError(f"no summary.csv in {', '.join(missing)}; give run folders written by `benchlib bench`")
-    summary = pd.concat([read_summary(d) for d in args.runs], ignore_index=True)
+    summaries = []
+    for run_dir in map(Path, args.runs):
+        if not (run_dir / SUMMARY).is_file():
+            raise InputError(f"{run_dir}: no {SUMMARY} here; give run folders written by `benchlib bench` or "
+                             "`benchlib run` (<out>/<instance>/<run_id>/)")
+        try:
+            summaries.append(read_run(run_dir)[0])
+        except ValueError as exc:
+            raise InputError(f"{run_dir}: cannot use this run folder: {exc}") from None
+    summary = pd.concat(summaries, ignore_index=True)
     _print_recommendation(summary, args, None)
     return EXIT_OK
 
 
 def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: Path | None) -> None:
     from benchlib.derive.cost import recommend
-    from benchlib.results import write_atomic
+    from benchlib.results import write_recommendation
 
     if args.latency_budget_ms is None:
         return
@@ -138,7 +154,7 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     print(f"\ncheapest configuration with {args.percentile} <= {args.latency_budget_ms:g} ms:")
     print(format_table(table, list(table.columns)))
     if out is not None:
-        write_atomic(out / "recommendation.csv", lambda p: table.to_csv(p, index=False))
+        write_recommendation(out, table)
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -166,7 +182,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 SUMMARY_SHOWN = ["model", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
-                 "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "usd_per_million", "n_requests", "status"]
+                 *(latency_column(p) for p in ("p50", "p95", "p99")), "usd_per_million", "n_requests", "status"]
 KNEES_SHOWN = ["model", "precision", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
                "r_squared", "reason"]
 
@@ -179,12 +195,40 @@ def format_table(table: pd.DataFrame, columns: list[str], digits: int = 1) -> st
     return shown.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}")
 
 
+def positive_number(text: str) -> float:
+    """A finite number above zero (budgets, rates, waits); argparse exits 2 with the message otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number above 0")
+    return value
+
+
+def local_folder(text: str) -> str:
+    """A local folder that exists or can be made: not a URL, not a file."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL; this command writes a local folder (`benchlib run --out s3://...` writes to "
+            "object stores)")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder; give a folder")
+    return text
+
+
+def folder_or_url(text: str) -> str:
+    """An fsspec URL, or a local folder (see :func:`local_folder`)."""
+    return text if "://" in text else local_folder(text)
+
+
 def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--latency-budget-ms", type=float, required=required,
+    parser.add_argument("--latency-budget-ms", type=positive_number, required=required,
                         help="recommend the cheapest point within this latency")
-    parser.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99"],
-                        help="the latency percentile the budget applies to (default p95)")
-    parser.add_argument("--target-per-s", type=float, help="target load in inferences/s: how many instances")
+    parser.add_argument("--percentile", default=DEFAULT_PERCENTILE, choices=list(PERCENTILE_COLUMNS),
+                        help=f"the latency percentile the budget applies to (default {DEFAULT_PERCENTILE})")
+    parser.add_argument("--target-per-s", type=positive_number,
+                        help="target load in inferences/s: how many instances")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,33 +242,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run one params file's sweep in this process")
     bench.add_argument("params", help="params YAML file")
-    bench.add_argument("--out", required=True, help="directory for records, summary and env")
+    bench.add_argument("--out", required=True, type=local_folder, help="directory for records, summary and env")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
     bench.add_argument("--resume", action="store_true",
                        help="finish an interrupted run in --out: keep its points, measure the rest")
+    bench.add_argument("--force", action="store_true",
+                       help="with --resume: resume even though benchlib's code changed since the run started")
     bench.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     _add_budget_options(bench, required=False)
     bench.set_defaults(func=_bench)
 
     run = commands.add_parser("run", help="execute the benchmark notebook once per params file (papermill)")
     run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
-    run.add_argument("--out", default="outputs",
+    run.add_argument("--out", default="outputs", type=folder_or_url,
                      help="outputs folder or fsspec URL (s3://bucket/prefix): <out>/<instance>/<run_id>/")
     run.add_argument("--cluster", metavar="tcp://HOST:8786",
                      help="run each params file as a task on a Dask worker advertising its instance as a resource")
-    run.add_argument("--worker-wait-s", type=float, default=60.0,
+    run.add_argument("--worker-wait-s", type=positive_number, default=60.0,
                      help="with --cluster: how long a task may wait with no worker of its kind (default 60)")
     run.add_argument("--resume", action="store_true",
                      help="continue each params file's newest unfinished run (same params and code)")
+    run.add_argument("--force", action="store_true",
+                     help="with --resume: resume even though benchlib's code changed since the run started")
     run.set_defaults(func=_run)
 
     report = commands.add_parser("report", help="merge every run under --out into report.ipynb/.html")
-    report.add_argument("--out", default="outputs", help="outputs folder or fsspec URL holding the runs")
+    report.add_argument("--out", default="outputs", type=folder_or_url,
+                        help="outputs folder or fsspec URL holding the runs")
     report.add_argument("--example", choices=["seed"], help="first import the G5-vs-G4dn study's published runs")
     report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
     report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     _add_budget_options(report, required=False)
-    report.set_defaults(func=_report, latency_budget_ms=50.0)
+    report.set_defaults(func=_report, latency_budget_ms=DEFAULT_LATENCY_BUDGET_MS)
 
     recommend = commands.add_parser("recommend", help="cheapest configuration over one or more runs")
     recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")

@@ -81,13 +81,13 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicate
 
 def test_resume_refuses_other_params(tmp_path: Path) -> None:
     run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None)
-    with pytest.raises(InputError, match="other params or code"):
+    with pytest.raises(InputError, match="other params"):
         run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path, progress=None, resume=True)
     # and resuming a finished run measures nothing again, and keeps what env.json said of its models
     summary = run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None, resume=True).summary
     assert len(summary) == 1 and read_records(tmp_path)["point"].nunique() == 1
     env = json.loads((tmp_path / "env.json").read_text())
-    assert [m["name"] for m in env["models"]] == [TINY_BERT["name"]]
+    assert [(m["label"], m["model"]) for m in env["models"]] == [(TINY_BERT["name"], TINY_BERT["name"])]
 
 
 def test_out_of_memory_skips_larger_batches_of_that_model_and_precision(tmp_path: Path, monkeypatch) -> None:
@@ -123,10 +123,10 @@ def test_a_real_allocation_failure_is_an_oom_point(tmp_path: Path) -> None:
 
 
 def test_one_writer_per_run_folder(tmp_path: Path) -> None:
-    with RunWriter(tmp_path, 1.0, "fp"):
+    with RunWriter(tmp_path):
         with pytest.raises(InputError, match="another benchlib process is writing"):
-            RunWriter(tmp_path, 1.0, "fp")
-    RunWriter(tmp_path, 1.0, "fp").close()  # free again once the first closed
+            RunWriter(tmp_path)
+    RunWriter(tmp_path).close()  # free again once the first closed
 
 
 def test_concurrent_runs_into_one_outputs_folder_do_not_clobber(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """What a run ran on: versions, device, threads, code commit. Written to env.json."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,11 +34,32 @@ def git_commit(path: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-def fingerprint(params: dict[str, Any]) -> str:
-    """Identifies params and code: a run resumes only under the same fingerprint."""
-    code = {"benchlib": benchlib.__version__, "commit": git_commit().get("commit")}
-    text = json.dumps({"params": params, "code": code}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+#: The package files whose content is benchlib's code: a change to any of them is a change of code.
+CODE_SUFFIXES = (".py", ".ipynb", ".yaml", ".csv")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of benchlib's own source files (and notebooks and data), as installed.
+
+    Unlike a git commit it sees uncommitted edits, and it works for a wheel install
+    without git.
+    """
+    root = Path(benchlib.__file__).resolve().parent
+    digest = hashlib.sha256()
+    # os.walk, since benchlib/notebooks is a symlink in a checkout and rglob would not enter it.
+    files = sorted(Path(folder, name) for folder, _, names in os.walk(root, followlinks=True) for name in names
+                   if name.endswith(CODE_SUFFIXES) and "__pycache__" not in folder)
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(params: dict[str, Any]) -> dict[str, str]:
+    """What a run may be resumed under: the same params, and (unless forced) the same code."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return {"params": hashlib.sha256(text.encode()).hexdigest()[:16], "code": code_fingerprint()}
 
 
 def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +75,9 @@ def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
         "benchlib_version": benchlib.__version__,
         "git": git_commit(),
         "python": sys.version.split()[0],
+        # Which installation ran: a wheel in one venv and a checkout in another can share a version.
+        "python_executable": sys.executable,
+        "benchlib_path": str(Path(benchlib.__file__).resolve().parent),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -17,11 +17,15 @@ from pandas.io.formats.style import Styler
 from benchlib.errors import InputError
 from benchlib.params import parse_params
 from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
-from benchlib.derive.stats import PERCENTILE_NAMES
-
-
-
-REQUIRED_COLUMNS = {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"}
+from benchlib.vocabulary import (
+    DEFAULT_PERCENTILE,
+    PERCENTILE_NAMES,
+    REQUIRED_SUMMARY_COLUMNS,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    latency_column,
+)
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,22 @@ class Runs:
         return self.summary[self.summary["run_id"].isin(newest)]
 
 
-def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A run's summary and env, or ValueError saying why the folder cannot be used."""
+def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's summary and env, or ValueError saying why they cannot be read."""
     try:
         summary = read_summary(run_dir)
         env = read_env(run_dir) if (run_dir / ENV).is_file() else {}
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
-    missing = REQUIRED_COLUMNS - set(summary.columns)
+    missing = REQUIRED_SUMMARY_COLUMNS - set(summary.columns)
     if missing:
         raise ValueError(f"summary.csv lacks {sorted(missing)}")
+    return summary, env
+
+
+def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A finished run in the outputs layout (``<instance>/<run_id>/``), or ValueError saying why not."""
+    summary, env = read_run(run_dir)
     if (run_dir / PARAMS).is_file():
         try:
             expected = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8"))).grid_size
@@ -86,7 +96,7 @@ def load_runs(root: str | Path) -> Runs:
             "Device": env.get("device_name", ""),
             "torch": env.get("torch", "–"),
             "Points": len(summary),
-            "Measured": int((summary["status"] == "ok").sum()),
+            "Measured": int((summary["status"] == STATUS_OK).sum()),
             "Folder": str(run_dir),
         })
     if not summaries:
@@ -97,13 +107,13 @@ def load_runs(root: str | Path) -> Runs:
 
 def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
     """Per instance, model, batch size and precision, the thread count with the highest throughput."""
-    ok = summary[summary["status"] == "ok"].copy()
+    ok = summary[summary["status"] == STATUS_OK].copy()
     ok["_rank"] = ok["throughput_per_s"].fillna(-1)
     keys = ["instance", "model", "batch_size", "precision"]
     return ok.sort_values("_rank").groupby(keys, dropna=False).tail(1).drop(columns="_rank")
 
 
-def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: str = "p95") -> pd.DataFrame:
+def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
     """The study's table: per model, batch size and precision, each instance side by side.
 
     Columns: throughput, latency percentile, $ per million, and the cost benefit of
@@ -111,7 +121,7 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
     instance per hour, as the study priced G5 against G4dn).
     """
     best = best_threads(summary)
-    latency = f"latency_{percentile}_ms"
+    latency = latency_column(percentile)
     instances = sorted(best["instance"].unique())
     if baseline is None:
         prices = best.groupby("instance")["usd_per_hour"].max().dropna()
@@ -172,7 +182,7 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
         "Throughput 95% CI high (inferences/s)": summary.get("throughput_ci_high_per_s"),
     })
     for p in percentile_columns:
-        table[f"{PERCENTILE_NAMES[p]} latency (ms)"] = summary.get(f"latency_{p}_ms")
+        table[f"{PERCENTILE_NAMES[p]} latency (ms)"] = summary.get(latency_column(p))
     table["$ per million inferences"] = summary.get("usd_per_million")
     table["Requests"] = summary.get("n_requests")
     table["Status"] = summary["status"]
@@ -184,9 +194,9 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
     """Per instance, model and precision: the largest batch that ran and the smallest that did not fit."""
     rows = []
     for (instance, model, precision), points in summary.groupby(["instance", "model", "precision"], sort=True):
-        ran = points.loc[points["status"] == "ok", "batch_size"]
-        oom = points.loc[points["status"] == "oom", "batch_size"]
-        skipped = points.loc[points["status"] == "skipped", "batch_size"]
+        ran = points.loc[points["status"] == STATUS_OK, "batch_size"]
+        oom = points.loc[points["status"] == STATUS_OOM, "batch_size"]
+        skipped = points.loc[points["status"] == STATUS_SKIPPED, "batch_size"]
         rows.append({"Instance": instance, "Model": model, "Precision": precision,
                      "Largest batch measured": ran.max() if len(ran) else None,
                      "Smallest batch out of memory": oom.min() if len(oom) else None,
@@ -220,5 +230,8 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
     price = env.get("price") or {}
     rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
     for model in env.get("models", []):
-        rows.append((f"weights of {model['name']}", model["weights_source"]))
+        label = model.get("label", model.get("name"))  # runs before labels recorded only the name
+        if model.get("model", label) != label:
+            rows.append((f"model {label}", model["model"]))
+        rows.append((f"weights of {label}", model["weights_source"]))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
