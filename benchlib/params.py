@@ -7,6 +7,7 @@ it; callers catch :class:`ParamsError` and never see a pydantic traceback.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 import unicodedata
@@ -36,6 +37,12 @@ from benchlib.textfiles import read_text
 #: the study) and bfloat16 autocast on CPU; the others say exactly what they do.
 PRECISIONS: tuple[str, ...] = ("fp32", "amp", "amp-fp16", "amp-bf16", "fp16", "bf16")
 DEVICES: tuple[str, ...] = ("cuda", "cpu", "auto")
+#: How a model is prepared and called (benchlib.measure.runtimes has one module each).
+RUNTIMES: tuple[str, ...] = ("eager", "trace", "compile", "compile-max-autotune", "cuda-graphs", "onnxruntime")
+#: Runtimes that need a CUDA device, and the Python packages other runtimes need.
+CUDA_ONLY_RUNTIMES: tuple[str, ...] = ("cuda-graphs",)
+RUNTIME_PACKAGES: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript")}
+MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "high", "medium")
 WEIGHTS: tuple[str, ...] = ("random", "pretrained")
 
 #: Models known by name; anything else goes through one of the prefixes.
@@ -106,6 +113,8 @@ class ModelSpec(_Strict):
     input_shape: tuple[PositiveInt, ...] | None = None
     #: TorchScript only: the dtype of the input tensor.
     input_dtype: Literal["float32", "int64"] = "float32"
+    #: NHWC memory format for a CNN's weights and image inputs; unset follows the params' own.
+    channels_last: StrictBool | None = None
     #: True when Params made the label up (so params_to_dict leaves it out and it round-trips).
     _label_is_default: bool = PrivateAttr(default=False)
 
@@ -207,8 +216,18 @@ class Params(_Strict):
     #: torch intra-op threads (``torch.set_num_threads``); unset keeps torch's default.
     intra_op_threads: PositiveInt | None = None
     seed: NonNegativeInt = 0
-    #: Checks reduced precisions against fp32 on this many samples.
-    accuracy_samples: PositiveInt = 8
+    #: How each model is prepared and called: a grid dimension, like precision.
+    runtimes: Annotated[tuple[Literal[RUNTIMES], ...], Field(min_length=1)] = ("eager",)  # type: ignore[valid-type]
+    #: NHWC memory format for CNNs (a model's own `channels_last` wins).
+    channels_last: StrictBool = False
+    #: torch.set_float32_matmul_precision during the sweep: TF32 on Ampere is a measured choice.
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    #: Samples for the accuracy checks: a reduced precision against fp32, and each runtime
+    #: against eager at the same precision (its gate).
+    accuracy_samples: PositiveInt = 32
+    #: The gate's tolerance: the largest error allowed, as a fraction of the largest output
+    #: of the eager reference (default: by compute dtype, see benchlib.derive.accuracy).
+    accuracy_tolerance: Annotated[float, Field(gt=0, lt=1, strict=True, allow_inf_nan=False)] | None = None
     #: Overrides the price table's hourly price (spot, reserved, your own machine).
     price_usd_per_hour: PositiveFloat | None = None
     #: Grids above MAX_GRID_POINTS are refused unless this says they are meant.
@@ -227,7 +246,7 @@ class Params(_Strict):
             )
         return name
 
-    @field_validator("batch_sizes", "threads", "precisions")
+    @field_validator("batch_sizes", "threads", "precisions", "runtimes")
     @classmethod
     def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
         dupes = sorted({v for v in values if values.count(v) > 1})
@@ -274,12 +293,35 @@ class Params(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _runtimes_can_run_here(self) -> Params:
+        problems = []
+        for index, runtime in enumerate(self.runtimes):
+            if runtime in CUDA_ONLY_RUNTIMES and self.device == "cpu":
+                problems.append(_problem(("runtimes", index), runtime, "runtime_needs_cuda",
+                                         f"{runtime} needs `device: cuda` (or `auto` on a GPU machine); "
+                                         "remove it or change the device"))
+            missing = [name for name in RUNTIME_PACKAGES.get(runtime, ()) if importlib.util.find_spec(name) is None]
+            if missing:
+                problems.append(_problem(("runtimes", index), runtime, "runtime_not_installed",
+                                         f"{runtime} needs the package(s) {', '.join(missing)}; "
+                                         f"`pip install {' '.join(missing)}` (on a GPU machine `pip install "
+                                         "'benchlib[gpu]'` for onnxruntime-gpu), or remove it"))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def channels_last_for(self, spec: ModelSpec) -> bool:
+        """The model's own `channels_last`, else the params'."""
+        return self.channels_last if spec.channels_last is None else spec.channels_last
+
+    @model_validator(mode="after")
     def _grid_not_accidentally_huge(self) -> Params:
         if self.grid_size > MAX_GRID_POINTS and not self.allow_large_grid:
             hours = self.grid_size * self.duration_s / 3600
             raise ValueError(
                 f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
-                f"x {len(self.batch_sizes)} batch sizes x {len(self.threads)} thread counts), at least "
+                f"x {len(self.runtimes)} runtimes x {len(self.batch_sizes)} batch sizes x {len(self.threads)} "
+                "thread counts), at least "
                 f"{hours:.1f} h of measuring at duration_s {self.duration_s:g}; shrink it to {MAX_GRID_POINTS} points "
                 "or fewer, or set `allow_large_grid: true` if you mean it"
             )
@@ -287,7 +329,7 @@ class Params(_Strict):
 
     @property
     def grid_size(self) -> int:
-        return len(self.models) * len(self.precisions) * len(self.batch_sizes) * len(self.threads)
+        return len(self.models) * len(self.precisions) * len(self.runtimes) * len(self.batch_sizes) * len(self.threads)
 
 
 def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> InitErrorDetails:

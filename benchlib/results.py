@@ -69,13 +69,14 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFra
     if run.records:
         rows = [
             {"point": point, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
-             "start_s": r.start_s, "end_s": r.end_s, "status": run.status}
+             "start_s": r.start_s, "end_s": r.end_s, "status": run.status, "prepare_s": run.prepare_s,
+             "note": run.error}
             for r in run.records
         ]
     else:
         nan = float("nan")
         rows = [{"point": point, **keys, "thread": -1, "seq": -1, "warmup": False,
-                 "start_s": nan, "end_s": nan, "status": run.status}]
+                 "start_s": nan, "end_s": nan, "status": run.status, "prepare_s": run.prepare_s, "note": run.error}]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
@@ -149,8 +150,9 @@ class RunWriter:
         oom = self.records[self.records["status"] == STATUS_OOM]
         return {(str(m), str(p)): int(b) for (m, p), b in oom.groupby(["model", "precision"])["batch_size"].min().items()}
 
-    def has_accuracy(self, model: str, precision: str) -> bool:
-        return any(r["model"] == model and r["precision"] == precision for r in self._accuracy)
+    def has_accuracy(self, **keys: Any) -> bool:
+        """Whether an accuracy row with these values (e.g. model, precision, runtime, batch_size) exists."""
+        return any(all(row.get(k) == v for k, v in keys.items()) for row in self._accuracy)
 
     @property
     def n_points(self) -> int:

@@ -13,8 +13,20 @@ STATUS_OK = "ok"
 STATUS_OOM = "oom"
 #: Not measured: a smaller batch of the same model and precision ran out of memory.
 STATUS_SKIPPED = "skipped"
+#: Not measured: the runtime cannot run this model, precision or device; `notes` says why.
+STATUS_UNSUPPORTED = "unsupported"
 #: Points with one of these statuses are done: a resumed run does not measure them again.
-DONE_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_OOM, STATUS_SKIPPED)
+DONE_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED)
+
+# --- runtimes and their accuracy gate ----------------------------------------
+
+#: The runtime every other is checked against, at the same precision.
+REFERENCE_RUNTIME = "eager"
+#: accuracy.csv `reference`: what a row compares with.
+REFERENCE_FP32 = "fp32 eager"
+REFERENCE_EAGER = "eager, same precision"
+GATE_PASS = "pass"
+GATE_FAIL = "fail"
 
 # --- percentiles --------------------------------------------------------------
 
@@ -39,29 +51,36 @@ def latency_column(percentile: str) -> str:
 
 #: What identifies a grid point within a run: its configuration. Resume, cost
 #: comparisons and the recommendation match points on these.
-GRID_KEYS: list[str] = ["model", "precision", "batch_size", "threads"]
+GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads"]
 #: The columns that describe a point in records and summaries, in the order shown.
-POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]
+POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size", "threads"]
 #: A knee is fitted per curve: everything but the batch size fixed.
-CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "threads"]
+CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime", "threads"]
 
 # --- columns ------------------------------------------------------------------
 
-#: records.parquet: one row per request.
-RECORD_COLUMNS: list[str] = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status"]
+#: records.parquet: one row per request. `prepare_s` (the runtime's preparation of the
+#: point's artifact) and `note` (what the point's run said) repeat on each row of a point.
+RECORD_COLUMNS: list[str] = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status",
+                             "prepare_s", "note"]
 #: What stats derives per point from its records.
 STATS_COLUMNS: list[str] = [
     "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
     *PERCENTILE_COLUMNS.values(),
     *[f"latency_p{p}_ci_{end}_ms" for p in PERCENTILES_WITH_CI for end in ("low", "high")],
-    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "window_s", "status", "notes",
+    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "window_s", "prepare_s", "status", "notes",
 ]
-#: accuracy.csv: each reduced precision against fp32.
-ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "n_samples", "max_abs_error",
-                               "mean_abs_error", "reference_max_abs", "argmax_agreement", "status"]
-ACCURACY_KEYS: list[str] = ["model", "precision"]
-#: The accuracy figures a summary row carries.
-ACCURACY_IN_SUMMARY: list[str] = ["max_abs_error", "argmax_agreement"]
+#: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
+#: artifact (per batch size) against eager at the same precision (the gate).
+ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",
+                               "n_samples", "max_abs_error", "mean_abs_error", "reference_max_abs",
+                               "argmax_agreement", "tolerance", "gate", "status"]
+#: A precision's figures join its points on these ...
+PRECISION_ACCURACY_KEYS: list[str] = ["model", "precision"]
+#: ... and a runtime's gate joins its points on these.
+GATE_KEYS: list[str] = ["model", "precision", "runtime", "batch_size"]
+#: The accuracy figures a summary row carries: its precision's against fp32, its runtime's gate.
+ACCURACY_IN_SUMMARY: list[str] = ["max_abs_error", "argmax_agreement", "accuracy_gate"]
 COST_COLUMNS: list[str] = ["usd_per_hour", "usd_per_million", "usd_per_million_ci_low", "usd_per_million_ci_high"]
 #: summary.csv: one row per grid point.
 SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS]

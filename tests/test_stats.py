@@ -165,4 +165,5 @@ def test_summary_has_one_row_per_point_in_run_order() -> None:
     assert summary["batch_size"].tolist() == [1, 64, 2]
     assert summary["status"].tolist() == ["ok", "oom", "ok"]
     assert summary["throughput_per_s"].iloc[2] == 256.0
-    assert list(summary.columns[:7]) == ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads"]
+    assert list(summary.columns[:8]) == ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size",
+                                         "threads"]

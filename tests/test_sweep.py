@@ -210,8 +210,8 @@ def test_bench_reports_progress_per_point(tmp_path: Path, write_params, capsys) 
     path = write_params(tiny_params(batch_sizes=[1], threads=[1, 2]))
     assert main(["bench", str(path), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
-    assert "[1/2] bert-base-uncased-squad2 fp32 batch 1 x1:" in err
-    assert "[2/2] bert-base-uncased-squad2 fp32 batch 1 x2:" in err
+    assert "[1/2] bert-base-uncased-squad2 fp32 eager batch 1 x1:" in err
+    assert "[2/2] bert-base-uncased-squad2 fp32 eager batch 1 x2:" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
@@ -245,14 +245,14 @@ def test_cuda_sweep_with_per_thread_streams(tmp_path: Path) -> None:
 def test_out_of_memory_in_the_accuracy_check_is_recorded(tmp_path: Path, monkeypatch) -> None:
     import benchlib.measure.sweep as sweep
 
-    real = sweep._accuracy_outputs
+    real = sweep._outputs
 
-    def fail_for_reduced_precision(workload, params):
+    def fail_for_reduced_precision(workload, call, batches, matmul):
         if workload.precision.name != "fp32":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real(workload, params)
+        return real(workload, call, batches, matmul)
 
-    monkeypatch.setattr(sweep, "_accuracy_outputs", fail_for_reduced_precision)
+    monkeypatch.setattr(sweep, "_outputs", fail_for_reduced_precision)
     params = parse_params(tiny_params(batch_sizes=[1], precisions=["fp32", "bf16"]))
     summary = run_sweep(params, tmp_path, progress=None).summary
     assert summary["status"].tolist() == ["ok", "ok"]  # the timing still ran

@@ -32,19 +32,21 @@ def test_column_lists_agree() -> None:
 
 def test_the_grid_is_one_product_with_the_model_changing_slowest() -> None:
     params = parse_params(tiny_params(models=[TINY_BERT, TINY_RESNET], precisions=["fp32", "bf16"],
-                                      batch_sizes=[1, 4], threads=[1, 2]))
+                                      runtimes=["eager", "compile"], batch_sizes=[1, 4], threads=[1, 2]))
     import torch
 
     precisions = [resolve_precision(p, torch.device("cpu")) for p in params.precisions]
     points = grid(params, precisions)
-    assert len(points) == params.grid_size == 16
+    assert len(points) == params.grid_size == 32
     keys = [p.key for p in points]
-    assert len(set(keys)) == 16
-    assert keys[:5] == [(TINY_BERT["name"], "fp32", 1, 1), (TINY_BERT["name"], "fp32", 1, 2),
-                        (TINY_BERT["name"], "fp32", 4, 1), (TINY_BERT["name"], "fp32", 4, 2),
-                        (TINY_BERT["name"], "bf16", 1, 1)]
-    assert keys[-1] == (TINY_RESNET["name"], "bf16", 4, 2)
+    assert len(set(keys)) == 32
+    bert = TINY_BERT["name"]
+    assert keys[:5] == [(bert, "fp32", "eager", 1, 1), (bert, "fp32", "eager", 1, 2), (bert, "fp32", "eager", 4, 1),
+                        (bert, "fp32", "eager", 4, 2), (bert, "fp32", "compile", 1, 1)]
+    assert keys[8] == (bert, "bf16", "eager", 1, 1)
+    assert keys[-1] == (TINY_RESNET["name"], "bf16", "compile", 4, 2)
     # the key follows GRID_KEYS, which resume matches against the records' columns
     point: GridPoint = points[5]
     assert dict(zip(GRID_KEYS, point.key)) == {"model": point.model.label, "precision": point.precision.name,
-                                               "batch_size": point.batch_size, "threads": point.threads}
+                                               "runtime": point.runtime, "batch_size": point.batch_size,
+                                               "threads": point.threads}

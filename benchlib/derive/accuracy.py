@@ -1,4 +1,15 @@
-"""How far a reduced precision's outputs are from fp32 on the same inputs."""
+"""How far outputs are from a reference on the same inputs, and the runtimes' accuracy gate.
+
+Two questions, kept apart:
+
+- What does a reduced precision cost? Its outputs against fp32 eager: errors and
+  argmax agreement, reported for information. Random-weight models have tiny logit
+  margins, so an argmax gate on precision would fail on noise.
+- Does a runtime compute the same function as eager? Its outputs against eager at
+  the same precision, on inputs with real padding: the gate passes when the largest
+  error is within ``tolerance`` times the largest reference output. The default
+  tolerance is set by the compute dtype (:data:`GATE_TOLERANCE`).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -65,3 +76,31 @@ def compare_outputs(reference: Any, candidate: Any) -> Agreement:
         reference_max_abs=ref_max,
         argmax_agreement=agree / rows,
     )
+
+
+#: The gate's default tolerance per compute dtype, as a fraction of the largest reference
+#: output: fused kernels reorder sums, which float32 feels at about 1e-6, TF32 (float32
+#: matrix products at `matmul_precision` high or medium) at about 1e-3, and float16 and
+#: bfloat16 (8 bits of mantissa) at about 1e-2; a runtime that drops or changes a layer
+#: is off by far more.
+GATE_TOLERANCE: dict[str, float] = {"float32": 1e-3, "tf32": 2e-2, "float16": 2e-2, "bfloat16": 6e-2}
+
+
+def gate_tolerance(dtype: str, matmul_precision: str = "highest", override: float | None = None) -> float:
+    """The tolerance for a compute dtype (``float32``, ``float16``, ...), unless `override` is given."""
+    if override is not None:
+        return override
+    if dtype == "float32" and matmul_precision != "highest":
+        return GATE_TOLERANCE["tf32"]
+    return GATE_TOLERANCE[dtype]
+
+
+def gate(agreement: Agreement, tolerance: float) -> bool:
+    """Whether the candidate computes the reference's function within `tolerance` of its output range."""
+    return agreement.max_abs_error <= tolerance * max(agreement.reference_max_abs, 1e-12)
+
+
+def concat_outputs(outputs: list[Any]) -> list[torch.Tensor]:
+    """The floating tensors of several batches' outputs, joined along the batch dimension."""
+    per_batch = [output_tensors(output) for output in outputs]
+    return [torch.cat([t.detach().float().cpu() for t in tensors]) for tensors in zip(*per_batch)]

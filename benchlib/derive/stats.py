@@ -31,6 +31,7 @@ from benchlib.vocabulary import (
     STATUS_OK,
     STATUS_OOM,
     STATUS_SKIPPED,
+    STATUS_UNSUPPORTED,
     latency_column,
 )
 
@@ -92,12 +93,13 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     """
     nan = math.nan
     statuses = set(records["status"])
-    status = STATUS_OOM if STATUS_OOM in statuses else STATUS_SKIPPED if STATUS_SKIPPED in statuses else STATUS_OK
+    status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
     measured = records[(~records["warmup"]) & (records["status"] == STATUS_OK)]
     latencies_ms = (measured["end_s"] - measured["start_s"]).to_numpy() * 1e3
     n = len(measured)
     window_s = float(measured["end_s"].max()) if n else nan
-    notes: list[str] = []
+    # What the run itself said (an OOM's message, why a runtime is unsupported, a recompile).
+    notes: list[str] = [str(records["note"].iloc[0])] if records["note"].iloc[0] else []
     row: dict[str, Any] = {"throughput_per_s": int(measured["batch_size"].sum()) / window_s if n else nan}
 
     per_window = window_throughputs(measured["end_s"].to_numpy(), measured["batch_size"].to_numpy(), window_s)
@@ -127,6 +129,7 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
         "n_requests": n,
         "n_warmup": int(records["warmup"].sum()),
         "window_s": window_s,
+        "prepare_s": float(records["prepare_s"].iloc[0]),
         "status": status,
         "notes": "; ".join(notes),
     })

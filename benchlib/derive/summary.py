@@ -9,7 +9,13 @@ import pandas as pd
 
 from benchlib.derive.cost import add_cost
 from benchlib.derive.stats import summarize
-from benchlib.vocabulary import ACCURACY_IN_SUMMARY, ACCURACY_KEYS
+from benchlib.vocabulary import (
+    ACCURACY_IN_SUMMARY,
+    GATE_KEYS,
+    PRECISION_ACCURACY_KEYS,
+    REFERENCE_EAGER,
+    REFERENCE_FP32,
+)
 
 
 def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
@@ -18,7 +24,12 @@ def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: f
 
 
 def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Join each point with its precision's agreement with fp32 (empty for fp32 itself)."""
-    if accuracy.empty:
-        return summary.assign(**{c: float("nan") for c in ACCURACY_IN_SUMMARY})
-    return summary.merge(accuracy[ACCURACY_KEYS + ACCURACY_IN_SUMMARY], on=ACCURACY_KEYS, how="left")
+    """Join each point with its precision's agreement with fp32 (empty for fp32 itself) and
+    its runtime's accuracy gate (empty for eager)."""
+    precision = accuracy.loc[accuracy["reference"] == REFERENCE_FP32,
+                             [*PRECISION_ACCURACY_KEYS, "max_abs_error", "argmax_agreement"]]
+    gate = accuracy.loc[accuracy["reference"] == REFERENCE_EAGER, [*GATE_KEYS, "gate"]]
+    gate = gate.rename(columns={"gate": "accuracy_gate"}).astype({"batch_size": "int64"})
+    joined = summary.merge(precision, on=PRECISION_ACCURACY_KEYS, how="left")
+    joined = joined.merge(gate, on=GATE_KEYS, how="left")
+    return joined[[*summary.columns, *ACCURACY_IN_SUMMARY]]

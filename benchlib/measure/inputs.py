@@ -49,6 +49,16 @@ def int_inputs(shape: tuple[int, ...]) -> InputMaker:
     return lambda batch_size, generator: torch.randint(0, 100, (batch_size, *shape), generator=generator)
 
 
+def pad_attention_mask(inputs: Inputs, generator: torch.Generator) -> Inputs:
+    """Text inputs whose sequences end early: each keeps 1..seq_len tokens, the rest is padding."""
+    if not isinstance(inputs, dict) or "attention_mask" not in inputs:
+        return inputs
+    batch_size, seq_len = inputs["attention_mask"].shape
+    lengths = torch.randint(1, seq_len + 1, (batch_size, 1), generator=generator)
+    mask = (torch.arange(seq_len).unsqueeze(0) < lengths).to(inputs["attention_mask"].dtype)
+    return {**inputs, "attention_mask": mask}
+
+
 def map_tensors(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
     if isinstance(inputs, dict):
         return {k: fn(v) for k, v in inputs.items()}

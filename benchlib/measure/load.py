@@ -51,7 +51,10 @@ class PointRun:
 
     records: list[RequestRecord] = field(default_factory=list)
     status: str = STATUS_OK
+    #: Why the point did not run as asked (out of memory, unsupported), or what to know about how it ran.
     error: str = ""
+    #: Seconds the runtime took to prepare the point's artifact (0 for eager).
+    prepare_s: float = 0.0
 
     @property
     def n_warmup(self) -> int:

@@ -1,6 +1,8 @@
 """Precision names of the params and the concrete dtypes they run in on a device."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +48,19 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
                 "does not support natively; use fp32, amp or fp16"
             )
     return precision
+
+
+@contextlib.contextmanager
+def matmul_precision(value: str | None) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision(value)`` for a while (it is process-wide), then restored.
+
+    ``highest`` keeps float32 matrix products in float32; ``high`` allows TF32 on
+    Ampere and later GPUs; ``medium`` allows bfloat16. None leaves it as it is.
+    """
+    previous = torch.get_float32_matmul_precision()
+    if value is not None:
+        torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchlib.derive.accuracy import compare_outputs
+from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate_tolerance
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.knee import knees
 from benchlib.derive.summary import summary_table
@@ -35,17 +36,24 @@ from benchlib.measure.environment import collect_env, fingerprint
 from benchlib.measure.inputs import Inputs
 from benchlib.measure.load import Clock, PointRun, run_point
 from benchlib.measure.memory import first_line, is_out_of_memory, release_memory
-from benchlib.measure.precision import Precision, resolve_precision
+from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
+from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, check_sources, load_model
 from benchlib.params import ModelSpec, Params, params_to_dict
 from benchlib.results import RunWriter, point_records
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
+    GATE_FAIL,
+    GATE_PASS,
     GRID_KEYS,
+    REFERENCE_EAGER,
+    REFERENCE_FP32,
+    REFERENCE_RUNTIME,
     STATUS_OK,
     STATUS_OOM,
     STATUS_SKIPPED,
+    STATUS_UNSUPPORTED,
     latency_column,
 )
 
@@ -63,21 +71,22 @@ class GridPoint:
 
     model: ModelSpec
     precision: Precision
+    runtime: str
     batch_size: int
     threads: int
 
     @property
     def key(self) -> tuple[Any, ...]:
         """The point's identity, in GRID_KEYS order (records and resume use it)."""
-        values = {"model": self.model.label, "precision": self.precision.name, "batch_size": self.batch_size,
-                  "threads": self.threads}
+        values = {"model": self.model.label, "precision": self.precision.name, "runtime": self.runtime,
+                  "batch_size": self.batch_size, "threads": self.threads}
         return tuple(values[k] for k in GRID_KEYS)
 
 
 def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
     """Every point of `params` in the order it is measured: the first dimension changes slowest."""
-    dimensions = {"model": params.models, "precision": precisions, "batch_size": params.batch_sizes,
-                  "threads": params.threads}
+    dimensions = {"model": params.models, "precision": precisions, "runtime": params.runtimes,
+                  "batch_size": params.batch_sizes, "threads": params.threads}
     return [GridPoint(**dict(zip(dimensions, values))) for values in itertools.product(*dimensions.values())]
 
 
@@ -123,6 +132,7 @@ def run_sweep(
         Interrupts() as interrupts,
         RunWriter(out_dir, fingerprint(params_dict), resume, force) as writer,
         intra_op_threads(params.intra_op_threads),
+        matmul_precision(params.matmul_precision),
         _Progress(params.grid_size, progress, percentile) as report,
     ):
         writer.write_params(params_dict)
@@ -168,6 +178,7 @@ def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
         "weights": point.model.weights_kind,
         "precision": point.precision.name,
         "dtype": point.precision.dtype,
+        "runtime": point.runtime,
         "batch_size": point.batch_size,
         "threads": point.threads,
     }
@@ -190,6 +201,15 @@ class _Cached:
         self.key = self.value = None
 
 
+@dataclass
+class _Artifact:
+    """A runtime's preparation for one batch size: the prepared model, or why there is none."""
+
+    prepared: Prepared | None
+    prepare_s: float
+    unsupported: str = ""
+
+
 class _Shared:
     """What consecutive grid points share, and what out-of-memory points rule out."""
 
@@ -202,21 +222,36 @@ class _Shared:
         self.reference = _Cached()  # fp32 outputs on the accuracy samples, per model
         self.workload = _Cached()
         self.inputs = _Cached()
+        self.artifact = _Cached()
+        self.gate_reference = _Cached()  # eager outputs on the gate's batches, per workload and batch size
+        self.runtimes: dict[str, Runtime] = {}
         #: (model, precision) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
 
     def measure(self, point: GridPoint, clock: Clock) -> PointRun:
-        """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one."""
+        """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
+        or a runtime that cannot run it."""
         limit = self.oom_batch.get((point.model.label, point.precision.name))
         if limit is not None and point.batch_size > limit:
             return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
         try:
             workload = self._workload(point)
+            runtime = self.runtimes.setdefault(point.runtime, get_runtime(point.runtime))
+            reason = runtime.unsupported(workload)
+            if reason:
+                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
             inputs = self.inputs.get((point.model.label, point.precision.name, point.batch_size),
                                      lambda: workload.inputs(point.batch_size, self.params.seed))
-            run = run_point(workload.client_factory(inputs, point.threads), threads=point.threads,
+            artifact = self.artifact.get(point.key[:-1], lambda: self._prepare(runtime, workload, inputs, point))
+            if artifact.prepared is None:
+                return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported, prepare_s=artifact.prepare_s)
+            prepared = artifact.prepared
+            run = run_point(workload.client_factory(inputs, point.threads, prepared), threads=point.threads,
                             warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
                             min_requests=self.params.min_requests, clock=clock)
+            run.prepare_s = artifact.prepare_s
+            late = prepared.check_window() if prepared.check_window else None
+            run.error = "; ".join(filter(None, [run.error, *prepared.notes, late]))
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -227,6 +262,7 @@ class _Shared:
 
     def _out_of_memory(self, point: GridPoint) -> None:
         """Release what the point held and mark larger batches of its model and precision as infeasible."""
+        self.artifact.clear()
         self.inputs.clear()
         release_memory(self.device)
         key = (point.model.label, point.precision.name)
@@ -234,16 +270,17 @@ class _Shared:
 
     def _workload(self, point: GridPoint) -> Workload:
         loaded = self.model.get(point.model.label, lambda: self._load(point.model))
-        workload = self.workload.get((point.model.label, point.precision.name),
-                                     lambda: Workload(loaded, point.precision))
-        if point.precision.name != "fp32" and not self.writer.has_accuracy(point.model.label, point.precision.name):
-            self.writer.add_accuracy(self._accuracy_row(loaded, workload))
+        workload = self.workload.get((point.model.label, point.precision.name), lambda: Workload(
+            loaded, point.precision, channels_last=self.params.channels_last_for(point.model)))
+        if point.precision.name != "fp32" and not self.writer.has_accuracy(
+                model=point.model.label, precision=point.precision.name, reference=REFERENCE_FP32):
+            self.writer.add_accuracy(self._precision_row(loaded, workload))
         return workload
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         # Drop what the previous model held before loading the next one.
-        self.inputs.clear()
-        self.workload.clear()
+        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload):
+            cached.clear()
         release_memory(self.device)
         loaded = load_model(spec, self.device, self.params.seed)
         self.env["models"] = [m for m in self.env["models"] if m.get("label", m.get("name")) != spec.label] + [
@@ -252,13 +289,51 @@ class _Shared:
         self.writer.write_env(self.env)
         return loaded
 
-    def _accuracy_row(self, loaded: LoadedModel, workload: Workload) -> dict[str, Any]:
-        row = {"model": loaded.spec.label, "weights": loaded.weights, "precision": workload.precision.name,
-               "dtype": workload.precision.dtype}
+    def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint) -> _Artifact:
+        """Prepare (timed as prepare_s, never in a window), then hold the artifact to the gate."""
+        self.artifact.clear()  # the previous artifact's memory first
+        started = time.perf_counter()
         try:
-            reference = self.reference.get(loaded.spec.label, lambda: _accuracy_outputs(
-                Workload(loaded, resolve_precision("fp32", loaded.device)), self.params))
-            agreement = compare_outputs(reference, _accuracy_outputs(workload, self.params))
+            with workload.precision_context():
+                prepared = runtime.prepare(workload, inputs)
+        except Unsupported as exc:
+            return _Artifact(None, time.perf_counter() - started, f"{point.runtime}: {exc}")
+        except Exception as exc:  # a runtime that fails to prepare this model cannot run it here
+            if is_out_of_memory(exc):
+                raise
+            return _Artifact(None, time.perf_counter() - started, f"{point.runtime}: preparing failed: "
+                             f"{first_line(exc)}")
+        prepare_s = time.perf_counter() - started
+        if point.runtime != REFERENCE_RUNTIME and not self.writer.has_accuracy(
+                model=point.model.label, precision=point.precision.name, runtime=point.runtime,
+                batch_size=point.batch_size):
+            self.writer.add_accuracy(self._gate_row(workload, prepared, point))
+        return _Artifact(prepared, prepare_s)
+
+    def _gate_row(self, workload: Workload, prepared: Prepared, point: GridPoint) -> dict[str, Any]:
+        """The runtime's outputs against eager at the same precision, on padded inputs of the artifact's
+        batch size: ceil(accuracy_samples / batch size) batches, so each artifact is checked as it runs."""
+        batches = [workload.inputs(point.batch_size, self.params.seed + 1 + k, padded=True)
+                   for k in range(math.ceil(self.params.accuracy_samples / point.batch_size))]
+        tolerance = gate_tolerance(point.precision.dtype, self.params.matmul_precision,
+                                   self.params.accuracy_tolerance)
+        row = {**self._accuracy_keys(workload, point.runtime, point.batch_size, REFERENCE_EAGER),
+               "tolerance": tolerance}
+        reference = self.gate_reference.get((point.model.label, point.precision.name, point.batch_size),
+                                            lambda: _outputs(workload, workload.forward, batches, "highest"))
+        candidate = _outputs(workload, prepared.call, batches, self.params.matmul_precision)
+        agreement = compare_outputs(reference, candidate)
+        return {**row, **agreement.as_row(), "gate": GATE_PASS if gate(agreement, tolerance) else GATE_FAIL,
+                "status": STATUS_OK}
+
+    def _precision_row(self, loaded: LoadedModel, workload: Workload) -> dict[str, Any]:
+        """The precision's cost: its eager outputs against fp32 eager (informational, no gate)."""
+        row = self._accuracy_keys(workload, REFERENCE_RUNTIME, None, REFERENCE_FP32)
+        batches = [workload.inputs(self.params.accuracy_samples, self.params.seed + 1, padded=True)]
+        try:
+            reference = self.reference.get(loaded.spec.label, lambda: _outputs(
+                Workload(loaded, resolve_precision("fp32", loaded.device)), None, batches, "highest"))
+            agreement = compare_outputs(reference, _outputs(workload, workload.forward, batches, None))
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -266,17 +341,24 @@ class _Shared:
             return {**row, "status": STATUS_OOM}
         return {**row, **agreement.as_row(), "status": STATUS_OK}
 
+    @staticmethod
+    def _accuracy_keys(workload: Workload, runtime: str, batch_size: int | None, reference: str) -> dict[str, Any]:
+        return {"model": workload.loaded.spec.label, "weights": workload.loaded.weights,
+                "precision": workload.precision.name, "dtype": workload.precision.dtype, "runtime": runtime,
+                "batch_size": batch_size, "reference": reference}
+
     def release(self) -> None:
-        for cached in (self.inputs, self.workload, self.reference, self.model):
+        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload, self.reference, self.model):
             cached.clear()
         release_memory(self.device)
 
 
-def _accuracy_outputs(workload: Workload, params: Params) -> Any:
-    """Outputs on the accuracy samples (the same inputs for every precision)."""
-    inputs: Inputs = workload.inputs(params.accuracy_samples, params.seed + 1)
-    with workload.precision_context():
-        return workload.forward(inputs)
+def _outputs(workload: Workload, call: Callable[[Inputs], Any] | None, batches: list[Inputs],
+             matmul: str | None) -> list[torch.Tensor]:
+    """`call`'s outputs (default: the workload's forward) on `batches`, joined, at a matmul precision."""
+    call = call or workload.forward
+    with matmul_precision(matmul), workload.precision_context():
+        return concat_outputs([call(inputs) for inputs in batches])
 
 
 class _Progress:
@@ -323,11 +405,11 @@ class _Progress:
 
 def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE) -> str:
     """One line for a finished point: what it is, its throughput and latency, its status."""
-    point = f"{row['model']} {row['precision']} batch {row['batch_size']} x{row['threads']}"
+    point = f"{row['model']} {row['precision']} {row['runtime']} batch {row['batch_size']} x{row['threads']}"
     if run.status == STATUS_OOM:
         return f"{point}: oom, out of memory ({run.error})"
-    if run.status == STATUS_SKIPPED:
-        return f"{point}: skipped ({run.error})"
+    if run.status in (STATUS_SKIPPED, STATUS_UNSUPPORTED):
+        return f"{point}: {run.status} ({run.error})"
     figures = {p: row[latency_column(p)] for p in dict.fromkeys(["p50", percentile])}
     latency = ", ".join(f"{p} {v:.1f} ms" if pd.notna(v) else f"{p} n/a" for p, v in figures.items())
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""

@@ -8,36 +8,50 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from benchlib.measure.device import check_client_threads
-from benchlib.measure.inputs import Inputs, map_tensors
+from benchlib.measure.inputs import Inputs, map_tensors, pad_attention_mask
+from benchlib.measure.load import ClientFactory
 from benchlib.measure.precision import Precision
+from benchlib.measure.runtimes.base import Prepared
 from benchlib.measure.zoo import LoadedModel
 
 
 class Workload:
     """One loaded model at one precision: inputs on the device and per-thread clients."""
 
-    def __init__(self, loaded: LoadedModel, precision: Precision) -> None:
+    def __init__(self, loaded: LoadedModel, precision: Precision, channels_last: bool = False) -> None:
         self.loaded = loaded
         self.precision = precision
         self.device = loaded.device
+        self.channels_last = channels_last
         module = loaded.module
+        if precision.cast_dtype is not None or channels_last:
+            module = copy.deepcopy(module)
         if precision.cast_dtype is not None:
-            module = copy.deepcopy(module).to(precision.cast_dtype)
+            module = module.to(precision.cast_dtype)
+        if channels_last:  # NHWC weights for convolutions; 4-D inputs follow in _to_device
+            module = module.to(memory_format=torch.channels_last)
         self.module = module
         # One stream per client index, kept for the workload's life: the caching
         # allocator reuses blocks per stream, so new streams per point would grow memory.
         self._streams: list[torch.cuda.Stream] = []
 
-    def inputs(self, batch_size: int, seed: int) -> Inputs:
-        """Inputs for one batch, built on the CPU with `seed`, then moved to the device."""
+    def inputs(self, batch_size: int, seed: int, padded: bool = False) -> Inputs:
+        """Inputs for one batch, built on the CPU with `seed`, then moved to the device.
+
+        `padded` text inputs mask a random tail of each sequence, as real tokenised
+        text does; the accuracy checks use them, so a runtime that ignores the mask fails.
+        """
         generator = torch.Generator().manual_seed(seed)
         inputs = self.loaded.make_inputs(batch_size, generator)
+        if padded:
+            inputs = pad_attention_mask(inputs, generator)
         moved = map_tensors(inputs, self._to_device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # resident before any client stream reads them
@@ -45,7 +59,10 @@ class Workload:
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self.precision.cast_dtype if tensor.is_floating_point() and self.precision.cast_dtype else None
-        return tensor.to(self.device, dtype=dtype)
+        moved = tensor.to(self.device, dtype=dtype)
+        if self.channels_last and moved.dim() == 4 and moved.is_floating_point():
+            moved = moved.contiguous(memory_format=torch.channels_last)
+        return moved
 
     @contextlib.contextmanager
     def precision_context(self) -> Iterator[None]:
@@ -63,26 +80,31 @@ class Workload:
             return self.module(**inputs)
         return self.module(inputs)
 
-    def client_factory(
-        self, inputs: Inputs, threads: int
-    ) -> Callable[[int], contextlib.AbstractContextManager[Callable[[], object]]]:
-        """Per-thread `send`: on CUDA its own stream, and waits for that stream only."""
+    def client_factory(self, inputs: Inputs, threads: int, prepared: Prepared) -> ClientFactory:
+        """Per-thread `send` of one request with `prepared`: on CUDA on its own stream, waiting for it only.
+
+        Callables a runtime binds per client (CUDA graphs) are made here, one client
+        after another, before any client thread starts.
+        """
+        streams: list[torch.cuda.Stream | None] = [None] * threads
         if self.device.type == "cuda":
             check_client_threads(self.device, (threads,))
             while len(self._streams) < threads:  # created here, in order: distinct pool streams
                 self._streams.append(torch.cuda.Stream(self.device))
+            streams = list(self._streams[:threads])
+        calls = [self._bound(prepared, index, streams[index], inputs) for index in range(threads)]
 
         @contextlib.contextmanager
         def client(index: int) -> Iterator[Callable[[], object]]:
+            call, stream = calls[index], streams[index]
             with self.precision_context():
-                if self.device.type != "cuda":
-                    yield lambda: self.forward(inputs)
+                if stream is None:
+                    yield call
                     return
-                stream = self._streams[index]
                 with torch.cuda.stream(stream):
 
                     def send() -> object:
-                        out = self.forward(inputs)
+                        out = call()
                         stream.synchronize()
                         return out
 
@@ -90,3 +112,20 @@ class Workload:
 
         return client
 
+    def _bound(self, prepared: Prepared, index: int, stream: torch.cuda.Stream | None,
+               inputs: Inputs) -> Callable[[], object]:
+        if prepared.bind is not None:
+            with self.precision_context(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                call = prepared.bind(index, stream, inputs)
+        else:
+            run = prepared.call
+            call = functools.partial(run, inputs)
+        if prepared.lock is None:
+            return call
+        lock = prepared.lock
+
+        def serialised() -> object:
+            with lock:
+                return call()
+
+        return serialised
