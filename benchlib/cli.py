@@ -16,7 +16,13 @@ import pandas as pd
 
 from benchlib.errors import InputError
 from benchlib.params import load_params
-from benchlib.vocabulary import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PERCENTILE, PERCENTILE_COLUMNS, latency_column
+from benchlib.vocabulary import (
+    DEFAULT_LATENCY_BUDGET_MS,
+    DEFAULT_PERCENTILE,
+    PERCENTILE_COLUMNS,
+    SHOWN_PERCENTILES,
+    latency_column,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,7 +39,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(
             f"{path}: ok: instance {params.instance}, device {params.device}, "
             f"{len(params.models)} model(s) x {len(params.precisions)} precision(s) x "
-            f"{len(params.batch_sizes)} batch size(s) x {len(params.threads)} thread count(s) "
+            f"{len(params.runtimes)} runtime(s) x {len(params.batch_sizes)} batch size(s) x {len(params.threads)} thread count(s) "
             f"= {params.grid_size} points, ${usd:g}/h"
         )
     return EXIT_OK
@@ -182,7 +188,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 SUMMARY_SHOWN = ["model", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
-                 *(latency_column(p) for p in ("p50", "p95", "p99")), "usd_per_million", "n_requests", "status"]
+                 *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "n_requests", "status"]
 KNEES_SHOWN = ["model", "precision", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
                "r_squared", "reason"]
 

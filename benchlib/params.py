@@ -53,6 +53,12 @@ MAX_GRID_POINTS = 200
 #: Longer windows need `allow_long_window: true`: a slipped digit should not cost a day per point.
 MAX_DURATION_S = 86_400.0
 MAX_MIN_REQUESTS = 10_000_000
+MAX_WARMUP_REQUESTS = 100_000
+MAX_ACCURACY_SAMPLES = 10_000
+#: torch and numpy take seeds below 2**63; the accuracy checks add small offsets.
+MAX_SEED = 2**62
+#: torch.set_num_threads takes a C int.
+MAX_INTRA_OP_THREADS = 4096
 #: A fast model's request rate, to say how long `min_requests` alone takes at the least.
 FAST_REQUESTS_PER_S = 1_000
 #: Labels name models in tables and charts: one short line.
@@ -214,8 +220,8 @@ class Params(_Strict):
     #: ... and holds at least this many completed requests (all threads together).
     min_requests: PositiveInt = 100
     #: torch intra-op threads (``torch.set_num_threads``); unset keeps torch's default.
-    intra_op_threads: PositiveInt | None = None
-    seed: NonNegativeInt = 0
+    intra_op_threads: Annotated[StrictInt, Field(gt=0, le=MAX_INTRA_OP_THREADS)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, lt=MAX_SEED)] = 0
     #: How each model is prepared and called: a grid dimension, like precision.
     runtimes: Annotated[tuple[Literal[RUNTIMES], ...], Field(min_length=1)] = ("eager",)  # type: ignore[valid-type]
     #: NHWC memory format for CNNs (a model's own `channels_last` wins).
@@ -274,6 +280,14 @@ class Params(_Strict):
                 f"for each of the {self.grid_size} grid points; use at most {MAX_MIN_REQUESTS:,} (P99 needs 368), "
                 "or set `allow_long_window: true` if you mean it",
             ))
+        for key, limit in (("warmup_requests", MAX_WARMUP_REQUESTS), ("accuracy_samples", MAX_ACCURACY_SAMPLES)):
+            value = getattr(self, key)
+            if value > limit:
+                problems.append(_problem(
+                    (key,), value, "window_too_long",
+                    f"{value:,} is more than anyone needs (at most {limit:,}); lower it, or set "
+                    "`allow_long_window: true` if you mean it",
+                ))
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self

@@ -25,15 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow
 import yaml
+from pandas._libs.parsers import STR_NA_VALUES
 
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
     ACCURACY_COLUMNS,
     DONE_STATUSES,
     GRID_KEYS,
+    POINT_KEYS,
     RECORD_COLUMNS,
     STATUS_OOM,
+    TEXT_KEYS,
 )
 
 if TYPE_CHECKING:  # the report reads runs without importing torch
@@ -66,6 +70,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFrame:
     """The records of one grid point as rows; an OOM or skipped point leaves one marker row."""
+    missing = set(POINT_KEYS) - set(keys)
+    if missing:  # a grid dimension added without its column would leave it empty
+        raise ValueError(f"point keys lack {sorted(missing)}")
     if run.records:
         rows = [
             {"point": point, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
@@ -111,11 +118,18 @@ class RunWriter:
             raise
 
     def _reopen(self, force: bool) -> None:
-        self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
-        check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
-        self._records = [read_records(self.out_dir)]
-        if (self.out_dir / ACCURACY).exists():
-            self._accuracy = read_accuracy(self.out_dir).to_dict("records")
+        try:
+            self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
+            check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
+            self._records = [read_records(self.out_dir)]
+            if (self.out_dir / ACCURACY).exists():
+                self._accuracy = read_accuracy(self.out_dir).to_dict("records")
+        except (OSError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"cannot resume {self.out_dir}: its files are unreadable ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); start a new run in another "
+                             "folder") from None
 
     def close(self) -> None:
         if self._lock is not None:
@@ -133,7 +147,9 @@ class RunWriter:
         """Every record of the run so far (resumed ones first)."""
         if not self._records:
             return pd.DataFrame(columns=RECORD_COLUMNS)
-        return pd.concat(self._records, ignore_index=True)
+        if len(self._records) > 1:  # joined once, not again for every reader
+            self._records = [pd.concat(self._records, ignore_index=True)]
+        return self._records[0]
 
     @property
     def accuracy(self) -> pd.DataFrame:
@@ -173,11 +189,12 @@ class RunWriter:
         frame = self.accuracy
         write_atomic(self.out_dir / ACCURACY, lambda p: frame.to_csv(p, index=False))
 
-    def add_records(self, records: pd.DataFrame) -> None:
-        """Keep one point's records and rewrite records.parquet."""
+    def add_records(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Keep one point's records, rewrite records.parquet, and return every record so far."""
         self._records.append(records)
         everything = self.records
         write_atomic(self.out_dir / RECORDS, lambda p: everything.to_parquet(p, index=False))
+        return everything
 
     def write_summary(self, summary: pd.DataFrame) -> None:
         write_summary(self.out_dir, summary)
@@ -226,8 +243,16 @@ def _lock(directory: Path) -> Any:
     return handle
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV of ours, with the key columns read as text: a label `2024` or `NA` stays that label."""
+    header = pd.read_csv(path, nrows=0).columns
+    text = [c for c in header if c in TEXT_KEYS]
+    return pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False,
+                       na_values={c: list(STR_NA_VALUES) for c in header if c not in text})
+
+
 def read_accuracy(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / ACCURACY)
+    return read_table(Path(run_dir) / ACCURACY)
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:
@@ -235,7 +260,7 @@ def read_records(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_summary(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / SUMMARY)
+    return read_table(Path(run_dir) / SUMMARY)
 
 
 def read_env(run_dir: str | Path) -> dict[str, Any]:

@@ -20,8 +20,10 @@ DONE_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_OOM, STATUS_SKIPPED, STATUS_
 
 # --- runtimes and their accuracy gate ----------------------------------------
 
-#: The runtime every other is checked against, at the same precision.
+#: The runtime every other is checked against, at the same precision ...
 REFERENCE_RUNTIME = "eager"
+#: ... and the precision every other is compared with.
+REFERENCE_PRECISION = "fp32"
 #: accuracy.csv `reference`: what a row compares with.
 REFERENCE_FP32 = "fp32 eager"
 REFERENCE_EAGER = "eager, same precision"
@@ -38,6 +40,8 @@ PERCENTILE_COLUMNS: dict[str, str] = {f"p{p}": f"latency_p{p}_ms" for p in PERCE
 #: How tables and charts show them: ``p95`` -> ``P95``.
 PERCENTILE_NAMES: dict[str, str] = {f"p{p}": f"P{p}" for p in PERCENTILES}
 DEFAULT_PERCENTILE = "p95"
+#: The percentiles tables show side by side.
+SHOWN_PERCENTILES: tuple[str, ...] = ("p50", "p95", "p99")
 #: The latency budget of a recommendation when none is given (both notebooks, the CLI).
 DEFAULT_LATENCY_BUDGET_MS = 50.0
 
@@ -54,6 +58,8 @@ def latency_column(percentile: str) -> str:
 GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads"]
 #: The columns that describe a point in records and summaries, in the order shown.
 POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size", "threads"]
+#: Point keys that are names, read as text whatever they look like (a label "2024").
+TEXT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime"]
 #: A knee is fitted per curve: everything but the batch size fixed.
 CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime", "threads"]
 

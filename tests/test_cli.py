@@ -1,18 +1,11 @@
 """Command-line arguments are input too: checked like params keys, exit 2 with the fix."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-import benchlib.measure.environment as environment
 from benchlib.cli import main
-from benchlib.errors import InputError
-from benchlib.measure.environment import code_fingerprint, fingerprint
-from benchlib.measure.sweep import run_sweep
-from benchlib.params import parse_params
-from benchlib.results import read_records
 from tests.conftest import tiny_params
 
 
@@ -71,31 +64,3 @@ def test_recommend_refuses_a_truncated_summary(tmp_path: Path, capsys) -> None:
     assert main(["recommend", str(run), "--latency-budget-ms", "50"]) == 2
     err = capsys.readouterr().err
     assert str(run) in err and "cannot use this run folder" in err and "Traceback" not in err
-
-
-def test_the_code_fingerprint_sees_every_source_file_and_the_notebooks() -> None:
-    assert len(code_fingerprint()) == 16
-    first = fingerprint({"a": 1})
-    assert first == fingerprint({"a": 1}) and first["params"] != fingerprint({"a": 2})["params"]
-    assert first["code"] == code_fingerprint()
-    # The notebooks are reached through a symlink in a checkout: the walk must enter it.
-    assert environment.CODE_SUFFIXES[1] == ".ipynb"
-
-
-def test_resume_across_a_code_change_needs_force(tmp_path: Path, monkeypatch) -> None:
-    params = parse_params(tiny_params(batch_sizes=[1, 2]))
-    (tmp_path / "run").mkdir()
-    run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path / "run", progress=None)
-    records = read_records(tmp_path / "run")
-    # Drop the second point, as if the run had been killed, then change "the code".
-    records[records["point"] == 0].to_parquet(tmp_path / "run" / "records.parquet", index=False)
-    before = json.loads((tmp_path / "run" / "env.json").read_text())["fingerprint"]
-    monkeypatch.setattr(environment, "code_fingerprint", lambda: "another-version")
-    monkeypatch.setattr("benchlib.measure.sweep.fingerprint", environment.fingerprint)
-    with pytest.raises(InputError, match="benchlib's source changed since.*--force"):
-        run_sweep(params, tmp_path / "run", progress=None, resume=True)
-    summary = run_sweep(params, tmp_path / "run", progress=None, resume=True, force=True).summary
-    assert summary["batch_size"].tolist() == [1, 2]
-    env = json.loads((tmp_path / "run" / "env.json").read_text())
-    assert env["fingerprint"] == {"params": before["params"], "code": "another-version"}
-    assert env["resumed_across_code"] == [before["code"]]

@@ -121,8 +121,16 @@ BAD_INPUTS = {
     "models not a list": ({"models": "resnet50"}, ["models", "should be a list"]),
     "huge grid": (
         {"batch_sizes": list(range(1, 21)), "threads": list(range(1, 11)), "precisions": ["fp32", "amp"]},
-        ["400 points", "1 models x 2 precisions x 20 batch sizes x 10 thread counts", "allow_large_grid: true"],
+        ["400 points", "1 models x 2 precisions x 1 runtimes x 20 batch sizes x 10 thread counts", "allow_large_grid: true"],
     ),
+    "seed beyond what torch takes": ({"seed": 2**64}, ["seed", "less than 4611686018427387904"]),
+    "absurd intra-op threads": ({"intra_op_threads": 2**31}, ["intra_op_threads", "less than or equal to 4096"]),
+    "absurd warm-up": ({"warmup_requests": 10**6}, ["warmup_requests", "at most 100,000", "allow_long_window"]),
+    "absurd accuracy samples": ({"accuracy_samples": 10**5}, ["accuracy_samples", "at most 10,000"]),
+    "unknown runtime": ({"runtimes": ["tensorrt"]}, ["runtimes.0", "'eager'", "'onnxruntime'"]),
+    "unknown matmul precision": ({"matmul_precision": "low"}, ["matmul_precision", "'highest'", "'medium'"]),
+    "channels_last not a bool": ({"channels_last": "yes"}, ["channels_last", "valid boolean"]),
+    "tolerance out of range": ({"accuracy_tolerance": 2}, ["accuracy_tolerance", "less than 1"]),
     "allow_large_grid not a bool": ({"allow_large_grid": "yes"}, ["allow_large_grid", "valid boolean"]),
 }
 

@@ -22,7 +22,7 @@ from benchlib.derive.stats import (
 from tests.conftest import FakeClock
 from tests.test_load import fake_client
 
-KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",
+KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32", "runtime": "eager",
         "batch_size": 8, "threads": 2}
 
 

@@ -14,8 +14,9 @@ import yaml
 from benchlib.cli import main
 from benchlib.errors import WorkloadError
 from benchlib.params import parse_params
-from benchlib.results import RECORD_COLUMNS, read_records, read_summary
+from benchlib.results import read_records, read_summary
 from benchlib.derive.stats import summarize
+from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
 from benchlib.measure.sweep import intra_op_threads, run_sweep
 from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
 
@@ -55,6 +56,7 @@ def test_writes_every_file(bench_run) -> None:
 def test_summary_has_one_row_per_grid_point(bench_run) -> None:
     summary = read_summary(bench_run[0])
     assert len(summary) == 2 * 2 * 2 * 2
+    assert list(summary.columns) == SUMMARY_COLUMNS  # the vocabulary's list is what is written
     for column in ["instance", "model", "weights", "precision", "dtype", "batch_size", "threads",
                    "throughput_per_s", "throughput_ci_low_per_s", "throughput_cv", "latency_p50_ms",
                    "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "latency_p95_ci_high_ms", "n_requests",

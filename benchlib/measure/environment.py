@@ -1,7 +1,9 @@
 """What a run ran on: versions, device, threads, code commit. Written to env.json."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.metadata
 import hashlib
 import json
 import os
@@ -34,23 +36,30 @@ def git_commit(path: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-#: The package files whose content is benchlib's code: a change to any of them is a change of code.
-CODE_SUFFIXES = (".py", ".ipynb", ".yaml", ".csv")
+def code_files() -> list[Path]:
+    """What benchlib runs: its Python modules, its notebooks and its data, as installed.
+
+    Not the price table (a price is not code) and nothing a user may write beside the
+    notebooks (their outputs, JupyterLab's checkpoints). ``benchlib/notebooks`` is a
+    symlink in a checkout, so the notebooks are listed by name, not found by a walk.
+    """
+    root = Path(benchlib.__file__).resolve().parent
+    modules = [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+    notebooks = list((root / "notebooks").glob("*.ipynb"))
+    data = list((root / "data").glob("*.csv"))
+    return sorted(modules + notebooks + data)
 
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """A hash of benchlib's own source files (and notebooks and data), as installed.
+    """A hash of benchlib's own code (see :func:`code_files`), as installed.
 
     Unlike a git commit it sees uncommitted edits, and it works for a wheel install
     without git.
     """
     root = Path(benchlib.__file__).resolve().parent
     digest = hashlib.sha256()
-    # os.walk, since benchlib/notebooks is a symlink in a checkout and rglob would not enter it.
-    files = sorted(Path(folder, name) for folder, _, names in os.walk(root, followlinks=True) for name in names
-                   if name.endswith(CODE_SUFFIXES) and "__pycache__" not in folder)
-    for path in files:
+    for path in code_files():
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -60,6 +69,15 @@ def fingerprint(params: dict[str, Any]) -> dict[str, str]:
     """What a run may be resumed under: the same params, and (unless forced) the same code."""
     text = json.dumps(params, sort_keys=True, default=str)
     return {"params": hashlib.sha256(text.encode()).hexdigest()[:16], "code": code_fingerprint()}
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each package in `names` that is installed."""
+    versions = {}
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
 
 
 def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +109,9 @@ def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_intra_op_threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        # The runtimes' own libraries, where installed (read from metadata: importing costs seconds).
+        "runtime_packages": installed_versions(("onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript")),
         "torch_inter_op_threads": torch.get_num_interop_threads(),
         "params": params,
     }

@@ -18,10 +18,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(p in str(exc).lower() for p in _OOM_PHRASES)
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, for notes and progress lines."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def first_line(exc: BaseException, with_type: bool = True) -> str:
+    """``Type: first line of the message`` (or just the line), for notes and messages."""
+    lines = str(exc).strip().splitlines()
+    if not with_type:
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def release_memory(device: torch.device) -> None:

@@ -30,6 +30,7 @@ from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.knee import knees
 from benchlib.derive.summary import summary_table
+from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
 from benchlib.measure.device import check_client_threads, resolve_device
 from benchlib.measure.environment import collect_env, fingerprint
@@ -47,8 +48,10 @@ from benchlib.vocabulary import (
     GATE_FAIL,
     GATE_PASS,
     GRID_KEYS,
+    PERCENTILE_COLUMNS,
     REFERENCE_EAGER,
     REFERENCE_FP32,
+    REFERENCE_PRECISION,
     REFERENCE_RUNTIME,
     STATUS_OK,
     STATUS_OOM,
@@ -119,6 +122,8 @@ def run_sweep(
     finished and measures only the rest; if benchlib's code changed since, only with
     `force`. Progress lines show `percentile`.
     """
+    if percentile not in PERCENTILE_COLUMNS:
+        raise InputError(f"percentile {percentile!r} is not one of {', '.join(PERCENTILE_COLUMNS)}")
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]
@@ -140,28 +145,43 @@ def run_sweep(
         # A resumed run keeps the weights record of models it does not load again.
         env.update(fingerprint=writer.fingerprint, price=_price_record(params, prices, usd_per_hour),
                    models=list(writer.previous_env.get("models", [])))
-        previous_code = writer.previous_env.get("fingerprint", {})
-        if resume and isinstance(previous_code, dict) and previous_code.get("code") != writer.fingerprint["code"]:
-            env["resumed_across_code"] = [*writer.previous_env.get("resumed_across_code", []),
-                                          previous_code.get("code")]
+        # The code versions earlier parts of a resumed run were measured under, oldest first.
+        earlier = list(writer.previous_env.get("resumed_across_code", []))
+        previous = writer.previous_env.get("fingerprint", {})
+        if resume and previous.get("code") != writer.fingerprint["code"]:
+            earlier.append(previous.get("code"))
+        if earlier:
+            env["resumed_across_code"] = earlier
         writer.write_env(env)
+        points = grid(params, precisions)
+        done = _done_points(writer, points)
         shared = _Shared(device, params, writer, env)
-        done = writer.done()
-        summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
-        for point in grid(params, precisions):
+        for point in points:
             if point.key in done:
                 report.skip()
                 continue
             run = shared.measure(point, clock)
-            writer.add_records(point_records(writer.n_points, _record_keys(params, point), run))
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+            records = writer.add_records(point_records(writer.n_points, _record_keys(params, point), run))
+            summary = summary_table(records, writer.accuracy, usd_per_hour)
             writer.write_summary(summary)
             report(summary.iloc[-1], run)
             interrupts.check()
         shared.release()
+        summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+        writer.write_summary(summary)  # also when a resume found every point done
         knee_table = knees(summary)
         writer.write_knees(knee_table)
     return SweepResult(Path(out_dir), summary, knee_table)
+
+
+def _done_points(writer: RunWriter, points: list[GridPoint]) -> set[tuple[Any, ...]]:
+    """The grid keys a resumed run already has; every one must still be a point of the grid."""
+    done = writer.done()
+    strangers = done - {point.key for point in points}
+    if strangers:  # e.g. default labels that changed with the code: the points would be measured twice
+        raise InputError(f"{writer.out_dir} holds points this grid does not have ({sorted(map(str, strangers))[:3]} "
+                         "...), so resuming would measure them twice under other names; start a new run")
+    return done
 
 
 def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float) -> dict[str, Any]:
@@ -227,6 +247,8 @@ class _Shared:
         self.runtimes: dict[str, Runtime] = {}
         #: (model, precision) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
+        #: model label -> why loading it ran out of memory.
+        self.model_oom: dict[str, str] = {}
 
     def measure(self, point: GridPoint, clock: Clock) -> PointRun:
         """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
@@ -234,6 +256,16 @@ class _Shared:
         limit = self.oom_batch.get((point.model.label, point.precision.name))
         if limit is not None and point.batch_size > limit:
             return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
+        if point.model.label in self.model_oom:
+            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
+        try:
+            self.model.get(point.model.label, lambda: self._load(point.model))
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(self.device)  # the model itself does not fit: no batch of it is tried again
+            self.model_oom[point.model.label] = f"the model does not fit: {first_line(exc)}"
+            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
         try:
             workload = self._workload(point)
             runtime = self.runtimes.setdefault(point.runtime, get_runtime(point.runtime))
@@ -246,7 +278,14 @@ class _Shared:
             if artifact.prepared is None:
                 return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported, prepare_s=artifact.prepare_s)
             prepared = artifact.prepared
-            run = run_point(workload.client_factory(inputs, point.threads, prepared), threads=point.threads,
+            try:  # per-client preparation (a CUDA graph captured on each client's stream)
+                clients = workload.client_factory(inputs, point.threads, prepared)
+            except Exception as exc:  # a client that cannot be prepared: the point cannot run here
+                if is_out_of_memory(exc):
+                    raise
+                return PointRun(status=STATUS_UNSUPPORTED, prepare_s=artifact.prepare_s,
+                                error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
+            run = run_point(clients, threads=point.threads,
                             warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
                             min_requests=self.params.min_requests, clock=clock)
             run.prepare_s = artifact.prepare_s
@@ -270,20 +309,27 @@ class _Shared:
 
     def _workload(self, point: GridPoint) -> Workload:
         loaded = self.model.get(point.model.label, lambda: self._load(point.model))
-        workload = self.workload.get((point.model.label, point.precision.name), lambda: Workload(
-            loaded, point.precision, channels_last=self.params.channels_last_for(point.model)))
-        if point.precision.name != "fp32" and not self.writer.has_accuracy(
+        workload = self.workload.get((point.model.label, point.precision.name), lambda: self._new_workload(
+            loaded, point))
+        if point.precision.name != REFERENCE_PRECISION and not self.writer.has_accuracy(
                 model=point.model.label, precision=point.precision.name, reference=REFERENCE_FP32):
             self.writer.add_accuracy(self._precision_row(loaded, workload))
         return workload
 
+    def _new_workload(self, loaded: LoadedModel, point: GridPoint) -> Workload:
+        # The previous precision's inputs and artifact go first: near the memory limit they matter.
+        for cached in (self.artifact, self.inputs, self.gate_reference):
+            cached.clear()
+        release_memory(self.device)
+        return Workload(loaded, point.precision, channels_last=self.params.channels_last_for(point.model))
+
     def _load(self, spec: ModelSpec) -> LoadedModel:
         # Drop what the previous model held before loading the next one.
-        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload):
+        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload, self.reference):
             cached.clear()
         release_memory(self.device)
         loaded = load_model(spec, self.device, self.params.seed)
-        self.env["models"] = [m for m in self.env["models"] if m.get("label", m.get("name")) != spec.label] + [
+        self.env["models"] = [m for m in self.env["models"] if m["label"] != spec.label] + [
             {"label": spec.label, "model": spec.name, "weights": loaded.weights,
              "weights_source": loaded.weights_source}]
         self.writer.write_env(self.env)
@@ -329,10 +375,12 @@ class _Shared:
     def _precision_row(self, loaded: LoadedModel, workload: Workload) -> dict[str, Any]:
         """The precision's cost: its eager outputs against fp32 eager (informational, no gate)."""
         row = self._accuracy_keys(workload, REFERENCE_RUNTIME, None, REFERENCE_FP32)
-        batches = [workload.inputs(self.params.accuracy_samples, self.params.seed + 1, padded=True)]
+        fp32 = Workload(loaded, resolve_precision(REFERENCE_PRECISION, loaded.device))
+        seed = self.params.seed + 1  # the same samples, each workload casting them its own way
         try:
             reference = self.reference.get(loaded.spec.label, lambda: _outputs(
-                Workload(loaded, resolve_precision("fp32", loaded.device)), None, batches, "highest"))
+                fp32, None, [fp32.inputs(self.params.accuracy_samples, seed, padded=True)], "highest"))
+            batches = [workload.inputs(self.params.accuracy_samples, seed, padded=True)]
             agreement = compare_outputs(reference, _outputs(workload, workload.forward, batches, None))
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):

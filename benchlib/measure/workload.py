@@ -80,12 +80,14 @@ class Workload:
             return self.module(**inputs)
         return self.module(inputs)
 
-    def client_factory(self, inputs: Inputs, threads: int, prepared: Prepared) -> ClientFactory:
-        """Per-thread `send` of one request with `prepared`: on CUDA on its own stream, waiting for it only.
+    def client_factory(self, inputs: Inputs, threads: int, prepared: Prepared | None = None) -> ClientFactory:
+        """Per-thread `send` of one request with `prepared` (default: eager): on CUDA on its own
+        stream, waiting for it only.
 
         Callables a runtime binds per client (CUDA graphs) are made here, one client
         after another, before any client thread starts.
         """
+        prepared = prepared or Prepared(call=self.forward)
         streams: list[torch.cuda.Stream | None] = [None] * threads
         if self.device.type == "cuda":
             check_client_threads(self.device, (threads,))

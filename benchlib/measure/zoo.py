@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from benchlib.errors import WorkloadError
+from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.params import ModelSpec
 
@@ -69,7 +70,7 @@ def _load_hf(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
         config = transformers.AutoConfig.from_pretrained(target, **spec.config)
     except (OSError, ValueError) as exc:
         raise WorkloadError(
-            f"{spec.name}: cannot read the model config from {target!r} ({_first_line(exc)}); "
+            f"{spec.name}: cannot read the model config from {target!r} ({first_line(exc, with_type=False)}); "
             "give a local directory that holds config.json, or a hub id on a machine that can reach the hub"
         ) from None
     names = getattr(config, "architectures", None) or []
@@ -92,7 +93,7 @@ def _hf_pretrained(cls: Any, target: str) -> tuple[torch.nn.Module, str]:
         module = cls.from_pretrained(target)
     except (OSError, ValueError) as exc:
         raise WorkloadError(
-            f"cannot load pretrained weights from {target!r} ({_first_line(exc)}); "
+            f"cannot load pretrained weights from {target!r} ({first_line(exc, with_type=False)}); "
             "give a local directory with `source:`, or use `weights: random` to build the "
             "same architecture with random weights (throughput does not depend on weight values)"
         ) from None
@@ -117,7 +118,7 @@ def _load_torchvision(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
                 module = torchvision.models.get_model(name, weights="DEFAULT")
             except (OSError, RuntimeError, ValueError) as exc:
                 raise WorkloadError(
-                    f"{spec.name}: cannot fetch torchvision's pretrained weights ({_first_line(exc)}); "
+                    f"{spec.name}: cannot fetch torchvision's pretrained weights ({first_line(exc, with_type=False)}); "
                     "give a state_dict file with `source:`, or use `weights: random`"
                 ) from None
             source = f"pretrained: torchvision {name} DEFAULT weights"
@@ -134,7 +135,7 @@ def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
         # TorchScript archives are read by torch's own restricted unpickler, not pickle.
         module = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as exc:
-        raise WorkloadError(f"{spec.name}: not a loadable TorchScript file ({_first_line(exc)})") from None
+        raise WorkloadError(f"{spec.name}: not a loadable TorchScript file ({first_line(exc, with_type=False)})") from None
     shape = tuple(spec.input_shape or ())
     if spec.input_dtype == "int64":
         return module, f"file: {path} (sha256 {_sha256(path)[:12]})", int_inputs(shape)
@@ -146,7 +147,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         # weights_only: tensors and plain containers, never arbitrary pickled objects.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise WorkloadError(f"{path}: not a loadable state_dict ({_first_line(exc)})") from None
+        raise WorkloadError(f"{path}: not a loadable state_dict ({first_line(exc, with_type=False)})") from None
     if not isinstance(state, dict):
         raise WorkloadError(f"{path}: holds a {type(state).__name__}, expected a state_dict mapping")
     return state
@@ -180,8 +181,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+import pandas as pd
 import zmq
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
@@ -35,7 +36,7 @@ from traitlets import default
 from benchlib.measure.environment import fingerprint
 from benchlib.errors import InputError
 from benchlib.params import Params, load_params, params_to_dict
-from benchlib.results import ENV, SUMMARY, read_env, read_summary
+from benchlib.results import ENV, SUMMARY, check_resumable, read_env, read_summary
 
 #: Shipped in the package: benchlib/notebooks is a symlink to the repository's notebooks/.
 NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
@@ -160,7 +161,12 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
     out_root = Path(out_root).resolve()
     outcomes: list[RunOutcome] = []
     for path, params in load_each(params_paths, outcomes, log):
-        unfinished = _unfinished_run(out_root / params.instance, params) if resume else None
+        try:
+            unfinished = _unfinished_run(out_root / params.instance, params, force) if resume else None
+        except InputError as exc:  # refused before the notebook can overwrite that run's pages
+            outcomes.append(RunOutcome(path, None, False, str(exc)))
+            print(f"{path}: {exc}", file=log)
+            continue
         run_dir = unfinished or _make_run_dir(out_root / params.instance, new_run_id(path.read_text(encoding="utf-8")))
         print(f"{path}: running {params.grid_size} points into {run_dir}", file=log, flush=True)
         error = benchmark_into(params, run_dir, resume=unfinished is not None, force=force, progress=log)
@@ -202,18 +208,23 @@ def benchmark_into(params: Params, run_dir: Path, resume: bool = False, force: b
     return error
 
 
-def _unfinished_run(instance_dir: Path, params: Params) -> Path | None:
-    """The newest run folder of these params that has not measured every point (whether its code
-    differs is the sweep's to judge: it refuses to resume across a change of code without --force)."""
-    wanted = fingerprint(params_to_dict(params))["params"]
+def _unfinished_run(instance_dir: Path, params: Params, force: bool) -> Path | None:
+    """The newest run folder of these params that has not measured every point.
+
+    Folders that cannot be read are passed over. One whose code differs is refused here,
+    unless `force`, before the notebook would overwrite its pages (see check_resumable).
+    """
+    wanted = fingerprint(params_to_dict(params))
     for run_dir in sorted(instance_dir.glob("*/"), reverse=True):
-        if not (run_dir / ENV).is_file():
+        try:
+            previous = read_env(run_dir).get("fingerprint") if (run_dir / ENV).is_file() else None
+            measured = len(read_summary(run_dir)) if (run_dir / SUMMARY).is_file() else 0
+        except (OSError, ValueError, pd.errors.ParserError):
             continue
-        previous = read_env(run_dir).get("fingerprint")
-        if not isinstance(previous, dict) or previous.get("params") != wanted:
+        if not isinstance(previous, dict) or previous.get("params") != wanted["params"]:
             continue
-        measured = len(read_summary(run_dir)) if (run_dir / SUMMARY).is_file() else 0
         if measured < params.grid_size:
+            check_resumable(run_dir, previous, wanted, force)
             return run_dir
     return None
 
