@@ -172,6 +172,80 @@ def test_recommend_says_when_nothing_meets_the_budget() -> None:
         recommend(summary_rows(), 50.0, percentile="p97")
 
 
+
+# --- runtimes: part of the search, and the accuracy gate ----------------------------------
+
+
+def runtime_rows() -> pd.DataFrame:
+    """One instance at $3.60/h (1000 inferences/s is $1 per million), bert at batch 8, four runtimes."""
+    rows = [
+        # runtime, throughput, p95 ms, status, accuracy_gate
+        ("eager", 1000.0, 20.0, "ok", np.nan),
+        ("trace", 1500.0, 18.0, "ok", "pass"),
+        ("compile", 2000.0, 15.0, "ok", "fail"),  # the cheapest, but wrong
+        ("onnxruntime", np.nan, np.nan, "unsupported", np.nan),
+    ]
+    frame = pd.DataFrame(rows, columns=["runtime", "throughput_per_s", "latency_p95_ms", "status", "accuracy_gate"])
+    frame = frame.assign(instance="c7i.large", model="bert", precision="fp32", batch_size=8, threads=1,
+                         usd_per_hour=3.6)
+    frame["usd_per_million"] = [usd_per_million(t, 3.6) for t in frame["throughput_per_s"]]
+    return frame
+
+
+def test_recommend_skips_the_cheapest_point_when_it_fails_its_accuracy_gate() -> None:
+    rec = recommend(runtime_rows(), latency_budget_ms=50.0).iloc[0]
+    assert (rec["runtime"], rec["throughput_per_s"]) == ("trace", 1500.0)  # the next cheapest
+    assert rec["usd_per_million"] == pytest.approx(1000 / 1500)
+    # with trace failing too, eager (no gate: the reference) is what is left
+    both = runtime_rows().assign(accuracy_gate=["", "fail", "fail", ""])
+    assert recommend(both, latency_budget_ms=50.0).iloc[0]["runtime"] == "eager"
+
+
+def test_recommend_never_picks_an_unsupported_point() -> None:
+    # even one that (wrongly) carries a throughput and a cost
+    rows = runtime_rows()
+    rows.loc[rows["runtime"] == "onnxruntime", ["throughput_per_s", "latency_p95_ms", "usd_per_million"]] = [
+        1e6, 1.0, 1e-3]
+    assert recommend(rows, latency_budget_ms=50.0).iloc[0]["runtime"] == "trace"
+    only = recommend(rows[rows["status"] == "unsupported"], latency_budget_ms=50.0).iloc[0]
+    assert pd.isna(only.get("runtime")) and "unsupported" in only["reason"]
+
+
+def test_recommend_searches_runtimes_with_instances_and_batch_sizes() -> None:
+    cheaper = runtime_rows().assign(instance="c7i.xlarge", usd_per_hour=7.2)
+    cheaper["usd_per_million"] = [usd_per_million(t, 7.2) for t in cheaper["throughput_per_s"]]
+    cheaper.loc[cheaper["runtime"] == "eager", ["throughput_per_s", "usd_per_million"]] = [4000.0, 0.5]
+    rec = recommend(pd.concat([runtime_rows(), cheaper], ignore_index=True), latency_budget_ms=50.0).iloc[0]
+    assert (rec["instance"], rec["runtime"], rec["usd_per_million"]) == ("c7i.xlarge", "eager", 0.5)
+
+
+def test_recommend_says_why_when_every_point_failed_its_gate() -> None:
+    failing = runtime_rows()[lambda s: s["runtime"] == "compile"]
+    assert recommend(failing, 50.0).iloc[0]["reason"] == "every point that ran failed its runtime's accuracy gate"
+    tight = recommend(runtime_rows(), latency_budget_ms=16.0).iloc[0]
+    assert tight["reason"] == ("nothing meets p95 <= 16 ms; the lowest is 18.0 ms "
+                               "(points of compile within it failed the accuracy gate)")
+
+
+def test_recommend_on_summaries_from_before_runtimes_has_no_runtime() -> None:
+    rec = recommend(summary_rows(), latency_budget_ms=50.0)
+    assert "runtime" not in rec.columns and "accuracy_gate" not in summary_rows().columns
+    # mixed with a newer run, an old run's points count as eager
+    new = runtime_rows().assign(model="bert", instance="g5.4xlarge")
+    new["usd_per_million"] = 99.0
+    mixed = recommend(pd.concat([summary_rows(), new], ignore_index=True), latency_budget_ms=50.0).iloc[0]
+    assert (mixed["instance"], mixed["batch_size"], mixed["runtime"]) == ("g5.4xlarge", 32, "eager")
+
+
+def test_cost_ratio_pairs_points_of_the_same_runtime() -> None:
+    other = runtime_rows().assign(instance="c7i.xlarge", usd_per_hour=7.2)
+    other["usd_per_million"] = [usd_per_million(t, 7.2) for t in other["throughput_per_s"]]
+    ratio = cost_ratio(pd.concat([runtime_rows(), other], ignore_index=True), "c7i.large", "c7i.xlarge")
+    assert ratio["runtime"].tolist() == ["eager", "trace", "compile", "onnxruntime"]
+    assert ratio["cost_benefit"].iloc[:3].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    assert pd.isna(ratio["cost_benefit"].iloc[3])  # unsupported on both: no cost
+
+
 # --- the study's table ----------------------------------------------------------------------
 
 

@@ -16,7 +16,15 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
-from benchlib.vocabulary import DEFAULT_PERCENTILE, GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK
+from benchlib.vocabulary import (
+    DEFAULT_PERCENTILE,
+    GATE_FAIL,
+    GRID_KEYS,
+    PERCENTILE_COLUMNS,
+    REFERENCE_RUNTIME,
+    STATUS_OK,
+    STATUS_UNSUPPORTED,
+)
 
 #: The price table shipped in the package: a symlink to the repository's params/prices.yaml,
 #: the one copy people edit. `benchlib ... --prices FILE` points elsewhere.
@@ -103,11 +111,38 @@ def add_cost(summary: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
     return out
 
 
+def with_runtime(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summary` with a missing `runtime` filled in as ``eager``.
+
+    Runs from before runtimes were a grid dimension ran the model's own forward pass,
+    which is ``eager``; mixed with newer runs, their points then pair with eager points.
+    A summary without a `runtime` column at all is returned as it is.
+    """
+    if "runtime" not in summary.columns or summary["runtime"].notna().all():
+        return summary
+    return summary.assign(runtime=summary["runtime"].fillna(REFERENCE_RUNTIME))
+
+
+def eligible(points: pd.DataFrame) -> pd.DataFrame:
+    """The points that may be recommended: they ran, and their runtime did not fail its accuracy gate.
+
+    A point without an `accuracy_gate` (eager, the reference; runs from before the gate)
+    is eligible; a failing point is measured and shown, but never recommended.
+    """
+    ran = points[points["status"] == STATUS_OK]
+    if "accuracy_gate" in ran.columns:
+        ran = ran[ran["accuracy_gate"] != GATE_FAIL]  # NaN (no gate) is not "fail"
+    return ran
+
+
 def cost_ratio(summary: pd.DataFrame, baseline: str, other: str, keys: list[str] | None = None) -> pd.DataFrame:
     """Pair `baseline` and `other` instance points on `keys` and divide their $ per million.
 
     ``cost_benefit`` = baseline $/M / other $/M: how many times cheaper `other` is.
+    By default points pair on the grid keys the summary has, the runtime among them:
+    a traced model on one instance is compared with the traced model on the other.
     """
+    summary = with_runtime(summary)
     keys = keys or [k for k in GRID_KEYS if k in summary.columns]
     columns = [*keys, "throughput_per_s", "usd_per_million"]
     left = summary.loc[summary["instance"] == baseline, columns]
@@ -125,26 +160,34 @@ def recommend(
 ) -> pd.DataFrame:
     """Per model, the cheapest configuration whose latency percentile meets the budget.
 
-    Candidates are points that ran (`status` ok), have a price, and whose percentile
-    is known (a too-small sample cannot show that it meets a budget). With a target
-    load, `instances_needed` is how many such instances serve it. A model for which
-    nothing qualifies gets a row that says why.
+    The search runs over every configuration the summary holds: instance, precision,
+    runtime, batch size and client threads. Candidates are points that ran (`status`
+    ok; never an unsupported one), whose runtime did not fail its accuracy gate
+    (`accuracy_gate` "fail": measured and shown, never recommended), that have a price,
+    and whose percentile is known (a too-small sample cannot show that it meets a
+    budget). With a target load, `instances_needed` is how many such instances serve
+    it. A model for which nothing qualifies gets a row that says why. A summary
+    without `runtime` or `accuracy_gate` columns (runs from before runtimes) is
+    searched as before, and the output has no `runtime`.
     """
     if percentile not in PERCENTILE_COLUMNS:
         raise InputError(f"percentile {percentile!r} is not one of {sorted(PERCENTILE_COLUMNS)}")
     latency = PERCENTILE_COLUMNS[percentile]
+    summary = with_runtime(summary)
     rows: list[dict[str, Any]] = []
     for model, points in summary.groupby("model", sort=False):
-        ran = points[(points["status"] == STATUS_OK) & points["usd_per_million"].notna()]
-        known = ran[ran[latency].notna()]
+        passed = eligible(points)
+        priced = passed[passed["usd_per_million"].notna()]
+        known = priced[priced[latency].notna()]
         meets = known[known[latency] <= latency_budget_ms]
         row: dict[str, Any] = {"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile}
         if meets.empty:
-            row["reason"] = _why_nothing(points, ran, known, latency, latency_budget_ms, percentile)
+            row["reason"] = _why_nothing(points, passed, priced, known, latency, latency_budget_ms, percentile)
             rows.append(row)
             continue
-        best = meets.sort_values(["usd_per_million", latency]).iloc[0]
-        row.update({k: best[k] for k in ["instance", "precision", "batch_size", "threads"] if k in best})
+        # Ties in cost and latency go to the point measured first (a stable sort).
+        best = meets.sort_values(["usd_per_million", latency], kind="stable").iloc[0]
+        row.update({k: best[k] for k in ["instance", "precision", "runtime", "batch_size", "threads"] if k in best})
         row.update(usd_per_million=best["usd_per_million"], throughput_per_s=best["throughput_per_s"],
                    latency_ms=best[latency], usd_per_hour=best["usd_per_hour"], reason="")
         if target_per_s is not None:
@@ -155,12 +198,23 @@ def recommend(
     return pd.DataFrame(rows)
 
 
-def _why_nothing(points: pd.DataFrame, ran: pd.DataFrame, known: pd.DataFrame, latency: str,
-                 budget_ms: float, percentile: str) -> str:
-    if (points["status"] == STATUS_OK).sum() == 0:
+def _why_nothing(points: pd.DataFrame, passed: pd.DataFrame, priced: pd.DataFrame, known: pd.DataFrame,
+                 latency: str, budget_ms: float, percentile: str) -> str:
+    ran = points["status"] == STATUS_OK
+    if not ran.any():
+        if (points["status"] == STATUS_UNSUPPORTED).any():
+            return "no point ran (out of memory, or the runtime was unsupported here)"
         return "no point ran (all out of memory)"
-    if ran.empty:
+    if passed.empty:
+        return "every point that ran failed its runtime's accuracy gate"
+    if priced.empty:
         return "no price for these instances: add them to the price table or set price_usd_per_hour"
     if known.empty:
         return f"no point has enough requests to know its {percentile}: raise min_requests"
-    return f"nothing meets {percentile} <= {budget_ms:g} ms; the lowest is {known[latency].min():.1f} ms"
+    reason = f"nothing meets {percentile} <= {budget_ms:g} ms; the lowest is {known[latency].min():.1f} ms"
+    failed = points[ran & ~points.index.isin(passed.index)]
+    within = failed[failed[latency] <= budget_ms]
+    if len(within) and "runtime" in within.columns:
+        runtimes = ", ".join(sorted(map(str, within["runtime"].unique())))
+        reason += f" (points of {runtimes} within it failed the accuracy gate)"
+    return reason

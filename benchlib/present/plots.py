@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from benchlib.derive.cost import with_runtime
 from benchlib.vocabulary import DEFAULT_PERCENTILE, PERCENTILE_NAMES, STATUS_OK, latency_column
 
 def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -31,8 +32,15 @@ def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     return summary.apply(label, axis=1) if len(summary) else pd.Series(dtype=str)
 
 
-def varying(summary: pd.DataFrame, candidates: Sequence[str] = ("instance", "precision", "threads")) -> list[str]:
-    """The curve-defining columns that take more than one value (the others need no legend)."""
+#: The columns that define a curve (everything but the batch size), in the order a legend label names them.
+CURVE_COLUMNS: tuple[str, ...] = ("instance", "precision", "runtime", "threads")
+
+
+def varying(summary: pd.DataFrame, candidates: Sequence[str] = CURVE_COLUMNS) -> list[str]:
+    """The curve-defining columns that take more than one value (the others need no legend).
+
+    Runtime is one of them: with several runtimes each gets its own colour (hue) and legend entry.
+    """
     chosen = [c for c in candidates if c in summary.columns and summary[c].nunique(dropna=False) > 1]
     return chosen or [c for c in candidates if c in summary.columns][:1]
 
@@ -67,6 +75,7 @@ def _batch_axis(ax: plt.Axes, batches: Sequence[int]) -> None:
 
 def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], dict]:
     """Points that ran, each with its curve's label, the label columns and a colour per curve."""
+    summary = with_runtime(summary)  # runs from before runtimes, mixed with newer ones: eager
     data = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
     columns = list(curves or varying(summary))
     data = data.assign(curve=curve_labels(data, columns)).sort_values("batch_size")
@@ -110,7 +119,9 @@ def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame |
     latency = latency_column(percentile)
     data, columns, palette = _curves(summary, curves)
     fig, axes, models = _panels(summary, rows=2)
-    knee_rows = knees.assign(curve=curve_labels(knees, columns)) if knees is not None and len(knees) else None
+    knee_rows = with_runtime(knees) if knees is not None and len(knees) else None
+    if knee_rows is not None:
+        knee_rows = knee_rows.assign(curve=curve_labels(knee_rows, columns))
     for column, model in enumerate(models):
         top, bottom = axes[0, column], axes[1, column]
         subset = data[data["model"] == model]

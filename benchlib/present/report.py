@@ -14,18 +14,28 @@ import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
 
+from benchlib.derive.cost import eligible, with_runtime
 from benchlib.errors import InputError
-from benchlib.params import parse_params
+from benchlib.params import RUNTIMES, parse_params
 from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
+    GATE_FAIL,
     PERCENTILE_NAMES,
+    REFERENCE_RUNTIME,
     REQUIRED_SUMMARY_COLUMNS,
     STATUS_OK,
     STATUS_OOM,
     STATUS_SKIPPED,
+    STATUS_UNSUPPORTED,
     latency_column,
 )
+
+#: The runtime of the study this project started from (TorchScript's trace): the best
+#: runtime table shows how much faster than it each best runtime is, where it ran.
+STUDY_RUNTIME = "trace"
+#: What the best runtime table says for a summary that has no `runtime` column.
+RUNTIME_NOT_RECORDED = "not recorded"
 
 
 @dataclass(frozen=True)
@@ -106,11 +116,32 @@ def load_runs(root: str | Path) -> Runs:
 
 
 def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per instance, model, batch size and precision, the thread count with the highest throughput."""
+    """Per instance, model, batch size, precision and runtime, the thread count with the highest throughput.
+
+    A summary without a `runtime` column (runs from before runtimes) groups as before.
+    """
+    summary = with_runtime(summary)
     ok = summary[summary["status"] == STATUS_OK].copy()
     ok["_rank"] = ok["throughput_per_s"].fillna(-1)
-    keys = ["instance", "model", "batch_size", "precision"]
+    keys = [k for k in ["instance", "model", "batch_size", "precision", "runtime"] if k in ok.columns]
     return ok.sort_values("_rank").groupby(keys, dropna=False).tail(1).drop(columns="_rank")
+
+
+def several_runtimes(summary: pd.DataFrame) -> bool:
+    """Whether points of more than one runtime are in `summary` (tables then show a Runtime column)."""
+    return "runtime" in summary.columns and with_runtime(summary)["runtime"].nunique() > 1
+
+
+def _runtime_rank(runtime: Any) -> int:
+    """A runtime's place in the params' list (eager first); unknown names last."""
+    return RUNTIMES.index(runtime) if runtime in RUNTIMES else len(RUNTIMES)
+
+
+def _runtime_order(index: pd.Index) -> pd.Index:
+    """Sort key of a Runtime level or column: the params' order; other levels and columns as they are."""
+    if index.name != "Runtime":
+        return index
+    return index.map(_runtime_rank)
 
 
 def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
@@ -118,15 +149,19 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
 
     Columns: throughput, latency percentile, $ per million, and the cost benefit of
     each instance over `baseline` (baseline $/M over its $/M; default: the cheapest
-    instance per hour, as the study priced G5 against G4dn).
+    instance per hour, as the study priced G5 against G4dn). When points of several
+    runtimes ran, the index gains Runtime: each instance is compared at the same runtime.
     """
     best = best_threads(summary)
+    index, levels = ["model", "batch_size", "precision"], ["Model", "Batch size", "Precision"]
+    if several_runtimes(best):
+        index, levels = [*index, "runtime"], [*levels, "Runtime"]
     latency = latency_column(percentile)
     instances = sorted(best["instance"].unique())
     if baseline is None:
         prices = best.groupby("instance")["usd_per_hour"].max().dropna()
         baseline = prices.idxmin() if len(prices) else instances[0]
-    wide = best.pivot_table(index=["model", "batch_size", "precision"], columns="instance",
+    wide = best.pivot_table(index=index, columns="instance",
                             values=["throughput_per_s", latency, "usd_per_million", "threads"], dropna=False)
     table = pd.DataFrame(index=wide.index)
     names = {"throughput_per_s": "Throughput (inferences/s)", latency: f"{PERCENTILE_NAMES[percentile]} latency (ms)",
@@ -140,8 +175,95 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
             table[(f"Cost benefit over {baseline} (x)", instance)] = (
                 wide[("usd_per_million", baseline)] / wide[("usd_per_million", instance)])
     table.columns = pd.MultiIndex.from_tuples(table.columns)
-    table.index = table.index.set_names(["Model", "Batch size", "Precision"])
-    return table.sort_index(level=["Model", "Batch size", "Precision"], ascending=[True, False, True])
+    table.index = table.index.set_names(levels)
+    ascending = [True, False, True, True][:len(levels)]
+    return table.sort_index(level=levels, ascending=ascending, key=_runtime_order)
+
+
+def best_runtimes(summary: pd.DataFrame, reference: str = REFERENCE_RUNTIME,
+                  study_runtime: str = STUDY_RUNTIME) -> pd.DataFrame:
+    """Per instance, model and precision: the best runtime, its cost, and how much faster it is.
+
+    - **Best runtime** is the runtime of the cheapest eligible point: it ran (status ok)
+      and its runtime did not fail its accuracy gate. On one instance the cheapest point
+      is the one with the highest throughput; its batch size, client threads, throughput,
+      $ per million and preparation time (the runtime's `prepare_s` for that batch size)
+      are shown.
+    - **Speed-up over eager (x)** is the best throughput of that runtime divided by the
+      best throughput of eager, both taken over the (batch size, client threads) points
+      where both ran and are eligible: the same batch sizes and threads, so a runtime that
+      ran only small batches is not compared with eager's large ones.
+    - **Speed-up over trace (x)** is the same ratio against `trace`, the study's runtime,
+      where it ran (else empty).
+    - **Notes** names the runtimes that cannot be recommended here and why: a failed
+      accuracy gate (at which batch sizes) or unsupported.
+
+    A summary without a `runtime` column (the study's published runs, runs from before
+    runtimes) does not say which runtime ran: its best runtime reads ``not recorded`` and
+    its speed-ups are empty. Within a summary that has the column, a missing runtime is eager.
+    """
+    if "runtime" in summary.columns:
+        summary = with_runtime(summary)
+    else:
+        summary = summary.assign(runtime=RUNTIME_NOT_RECORDED)
+    rows = []
+    for (instance, model, precision), points in summary.groupby(["instance", "model", "precision"], sort=True):
+        row: dict[str, Any] = {"Instance": instance, "Model": model, "Precision": precision, "Best runtime": ""}
+        candidates = eligible(points)
+        if len(candidates):
+            # The cheapest; without a price, the fastest (on one instance, the same point).
+            ranked = candidates.assign(_cost=candidates.get("usd_per_million", float("nan")),
+                                       _speed=-candidates["throughput_per_s"])
+            best = ranked.sort_values(["_cost", "_speed"], kind="stable").iloc[0]
+            runtime = best["runtime"]
+            row.update({
+                "Best runtime": runtime,
+                "Batch size": best["batch_size"],
+                "Client threads": best["threads"],
+                "Throughput (inferences/s)": best["throughput_per_s"],
+                "$ per million inferences": best.get("usd_per_million", float("nan")),
+                f"Speed-up over {reference} (x)": _speedup(candidates, runtime, reference),
+                f"Speed-up over {study_runtime} (x)": _speedup(candidates, runtime, study_runtime),
+                "Prepare (s)": best.get("prepare_s", float("nan")),
+            })
+        row["Notes"] = _not_recommended(points) or ("" if len(candidates) else "no point ran")
+        rows.append(row)
+    columns = ["Instance", "Model", "Precision", "Best runtime", "Batch size", "Client threads",
+               "Throughput (inferences/s)", "$ per million inferences", f"Speed-up over {reference} (x)",
+               f"Speed-up over {study_runtime} (x)", "Prepare (s)", "Notes"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _speedup(points: pd.DataFrame, runtime: str, baseline: str) -> float:
+    """Best throughput of `runtime` over best throughput of `baseline`, over the (batch size, threads) both ran."""
+    keys = ["batch_size", "threads"]
+    mine = points.loc[points["runtime"] == runtime, [*keys, "throughput_per_s"]]
+    theirs = points.loc[points["runtime"] == baseline, [*keys, "throughput_per_s"]]
+    both = mine.merge(theirs, on=keys, suffixes=("", "_baseline"))  # NaN threads (published runs) pair too
+    if both.empty:
+        return float("nan")
+    return float(both["throughput_per_s"].max() / both["throughput_per_s_baseline"].max())
+
+
+def _not_recommended(points: pd.DataFrame) -> str:
+    """Which runtimes of these points cannot be recommended, and why."""
+    notes = []
+    for runtime, rows in points.groupby("runtime", sort=False):
+        if "accuracy_gate" in rows.columns:
+            failed = rows.loc[(rows["status"] == STATUS_OK) & (rows["accuracy_gate"] == GATE_FAIL), "batch_size"]
+            if len(failed):
+                batches = ", ".join(str(int(b)) for b in sorted(set(failed)))
+                notes.append(f"{runtime}: failed its accuracy gate (batch {batches})")
+        unsupported = rows["status"] == STATUS_UNSUPPORTED
+        if unsupported.all():
+            why = rows["notes"].dropna().astype(str) if "notes" in rows.columns else pd.Series(dtype=str)
+            # the sweep's note names the runtime first: "onnxruntime: cannot export ..."
+            why = why.str.removeprefix(f"{runtime}: ").str.split("\n").str[0]
+            notes.append(f"{runtime}: unsupported" + (f" ({why.iloc[0]})" if len(why) and why.iloc[0] else ""))
+        elif unsupported.any():
+            batches = ", ".join(str(int(b)) for b in sorted(set(rows.loc[unsupported, "batch_size"])))
+            notes.append(f"{runtime}: unsupported at batch {batches}")
+    return "; ".join(notes)
 
 
 def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
@@ -151,7 +273,7 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     """
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
-               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}"}
+               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "(s)": "{:,.2f}"}
     default.update(formats or {})
 
     def pick(column: Any) -> str | None:
@@ -171,10 +293,18 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
 
 
 def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = ("p50", "p95", "p99")) -> pd.DataFrame:
-    """One run's summary with readable headers: configuration, throughput with CI, latencies, cost."""
+    """One run's summary with readable headers: configuration, throughput with CI, latencies, cost,
+    and each point's runtime, its preparation time and its accuracy gate (where the summary has them).
+
+    The gate of an eager point reads ``reference``: eager is what the other runtimes are checked against.
+    """
     table = pd.DataFrame({
         "Model": summary["model"],
         "Precision": summary["precision"] + " (" + summary["dtype"].astype(str) + ")",
+    })
+    if "runtime" in summary.columns:
+        table["Runtime"] = with_runtime(summary)["runtime"]
+    table = table.assign(**{
         "Batch size": summary["batch_size"],
         "Client threads": summary["threads"],
         "Throughput (inferences/s)": summary["throughput_per_s"],
@@ -184,6 +314,13 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
     for p in percentile_columns:
         table[f"{PERCENTILE_NAMES[p]} latency (ms)"] = summary.get(latency_column(p))
     table["$ per million inferences"] = summary.get("usd_per_million")
+    if "prepare_s" in summary.columns:
+        table["Prepare (s)"] = summary["prepare_s"]
+    if "accuracy_gate" in summary.columns:
+        gate = summary["accuracy_gate"].fillna("").astype(str)
+        if "runtime" in summary.columns:
+            gate = gate.where(with_runtime(summary)["runtime"] != REFERENCE_RUNTIME, "reference")
+        table["Accuracy gate"] = gate
     table["Requests"] = summary.get("n_requests")
     table["Status"] = summary["status"]
     table["Notes"] = summary.get("notes", pd.Series("", index=summary.index)).fillna("")
@@ -191,29 +328,38 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
 
 
 def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per instance, model and precision: the largest batch that ran and the smallest that did not fit."""
+    """Per instance, model and precision (and runtime, when several ran): the largest batch that ran
+    and the smallest that did not fit."""
+    keys, names = ["instance", "model", "precision"], ["Instance", "Model", "Precision"]
+    if several_runtimes(summary):
+        summary = with_runtime(summary)
+        keys, names = [*keys, "runtime"], [*names, "Runtime"]
     rows = []
-    for (instance, model, precision), points in summary.groupby(["instance", "model", "precision"], sort=True):
+    for values, points in summary.groupby(keys, sort=True):
         ran = points.loc[points["status"] == STATUS_OK, "batch_size"]
         oom = points.loc[points["status"] == STATUS_OOM, "batch_size"]
         skipped = points.loc[points["status"] == STATUS_SKIPPED, "batch_size"]
-        rows.append({"Instance": instance, "Model": model, "Precision": precision,
+        rows.append({**dict(zip(names, values)),
                      "Largest batch measured": ran.max() if len(ran) else None,
                      "Smallest batch out of memory": oom.min() if len(oom) else None,
                      "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "Runtime" in names:  # eager first, as the params list them
+        table = table.sort_values(names, key=_runtime_order, kind="stable", ignore_index=True)
+    return table
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
-    columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "threads": "Client threads",
-               "knee_batch": "Knee (batch size)", "recommended_batch_size": "Recommended batch size",
-               "asymptote_per_s": "Fitted ceiling (inferences/s)", "r_squared": "Fit R²", "reason": "No knee because"}
+    columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "runtime": "Runtime",
+               "threads": "Client threads", "knee_batch": "Knee (batch size)",
+               "recommended_batch_size": "Recommended batch size", "asymptote_per_s": "Fitted ceiling (inferences/s)",
+               "r_squared": "Fit R²", "reason": "No knee because"}
     return knees[[c for c in columns if c in knees.columns]].rename(columns=columns)
 
 
 def people_recommendation(table: pd.DataFrame) -> pd.DataFrame:
-    columns = {"model": "Model", "instance": "Instance", "precision": "Precision", "batch_size": "Batch size",
-               "threads": "Client threads", "throughput_per_s": "Throughput (inferences/s)",
+    columns = {"model": "Model", "instance": "Instance", "precision": "Precision", "runtime": "Runtime",
+               "batch_size": "Batch size", "threads": "Client threads", "throughput_per_s": "Throughput (inferences/s)",
                "latency_ms": "Latency (ms)", "usd_per_million": "$ per million inferences",
                "instances_needed": "Instances for the target", "usd_per_hour_total": "Fleet cost ($/h)",
                "reason": "Nothing qualifies because"}
@@ -223,10 +369,18 @@ def people_recommendation(table: pd.DataFrame) -> pd.DataFrame:
 def env_table(env: dict[str, Any]) -> pd.DataFrame:
     """What a run ran on, as a two-column table."""
     keys = ["created_utc", "device", "device_name", "cpu_model", "torch", "cuda_build", "cudnn", "transformers",
-            "torchvision", "torch_intra_op_threads", "torch_inter_op_threads", "python", "platform"]
+            "torchvision", "torch_intra_op_threads", "torch_inter_op_threads", "float32_matmul_precision", "python",
+            "python_executable", "benchlib_path", "platform"]
     rows = [(k, env.get(k)) for k in keys if k in env]
     git = env.get("git") or {}
-    rows.append(("benchlib commit", f"{git.get('commit')}{' (with local changes)' if git.get('dirty') else ''}"))
+    if git.get("commit"):  # a wheel install has no git
+        rows.append(("benchlib commit", f"{git['commit']}{' (with local changes)' if git.get('dirty') else ''}"))
+    code = (env.get("fingerprint") or {}).get("code") if isinstance(env.get("fingerprint"), dict) else None
+    if code:
+        rows.append(("benchlib code fingerprint", code))
+    if env.get("resumed_across_code"):  # say it plainly: this run mixes code versions
+        rows.append(("resumed across code changes (--force); earlier code",
+                     ", ".join(map(str, env["resumed_across_code"]))))
     price = env.get("price") or {}
     rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
     for model in env.get("models", []):

@@ -1,0 +1,79 @@
+"""The benchmark scripts under benchmarks/ run, and print what they promise."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNTIMES_SCRIPT = REPO / "benchmarks" / "runtimes.py"
+#: Why a runtime is a row without figures (its module not written yet, its package missing, ...).
+REASONS = ("not available: ", "unsupported: ", "preparing failed: ")
+
+
+def load_script(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def runtimes_script() -> ModuleType:
+    return load_script(RUNTIMES_SCRIPT)
+
+
+@pytest.mark.slow
+def test_runtimes_quick_prints_a_row_per_runtime_relative_to_eager(runtimes_script) -> None:
+    done = subprocess.run([sys.executable, str(RUNTIMES_SCRIPT), "--quick"], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = lines.index(runtimes_script.HEADER)
+    rows = lines[header + 1:lines.index("", header)]
+    models, runtimes = list(runtimes_script.QUICK_MODELS), list(runtimes_script.QUICK_RUNTIMES)
+    assert len(rows) == len(models) * len(runtimes)
+    for row, (model, runtime) in zip(rows, [(m, r) for m in models for r in runtimes]):
+        label, batch, name, rest = row.split(maxsplit=3)
+        assert (label, batch, name) == (model, "2", runtime), row
+        if rest.startswith(REASONS):  # a runtime that cannot run here says why
+            assert runtime != "eager", row
+            continue
+        prepare_s, per_s, ratio, spread, gate = rest.split(maxsplit=4)
+        assert float(prepare_s) >= 0 and float(per_s) > 0 and float(ratio) > 0, row
+        assert re.fullmatch(r"[\d.]+-[\d.]+", spread), row
+        assert gate in ("–", "pass", "FAIL") or gate.startswith("not checked ("), row
+        if runtime == "eager":
+            assert ratio == "1.00" and gate == "–", row
+    for model in models:
+        assert re.search(rf"^best at {model} batch 2: [\w-]+, [\d.]+x eager", done.stdout, re.MULTILINE)
+
+
+def test_a_runtime_that_cannot_be_imported_is_a_row_not_a_crash(runtimes_script, monkeypatch) -> None:
+    def missing(name: str):
+        raise ModuleNotFoundError(f"No module named 'benchlib.measure.runtimes.{name}'")
+
+    monkeypatch.setattr(runtimes_script, "get_runtime", missing)
+    contender = runtimes_script.prepare("trace", workload=None, inputs=None)
+    assert contender.call is None
+    assert contender.reason == "not available: ModuleNotFoundError: No module named 'benchlib.measure.runtimes.trace'"
+    assert runtimes_script.row("m", 8, contender) == (
+        "m                  8 trace                 not available: ModuleNotFoundError: No module named "
+        "'benchlib.measure.runtimes.trace'")
+
+
+def test_the_best_runtime_never_failed_its_gate(runtimes_script) -> None:
+    contender = runtimes_script.Contender
+    eager = contender("eager", call=print, ratios=[1.0, 1.0])
+    fast_but_wrong = contender("compile", call=print, ratios=[3.0, 3.1], gate="FAIL")
+    right = contender("trace", call=print, ratios=[1.4, 1.5], gate="pass")
+    unavailable = contender("onnxruntime", reason="not available: x")
+    assert runtimes_script.best([eager, fast_but_wrong, right, unavailable]) is right
+    assert runtimes_script.best([eager, fast_but_wrong]) is eager
+    assert runtimes_script.best([unavailable]) is None
