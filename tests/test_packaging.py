@@ -28,15 +28,26 @@ def normalize(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower() + spec.replace(" ", "")
 
 
+#: Extras that environment.yml does not install but lists in comments, `# extra <name>: <requirement>`.
+COMMENTED_EXTRAS = ("gpu",)
+
+
 def test_environment_yml_lists_the_same_dependencies_as_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert set(COMMENTED_EXTRAS) <= set(extras)
     declared = {normalize(r) for r in project["dependencies"]}
-    for extra in project["optional-dependencies"].values():
-        declared |= {normalize(r) for r in extra}
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    for name, extra in extras.items():
+        if name not in COMMENTED_EXTRAS:
+            declared |= {normalize(r) for r in extra}
+    text = (REPO / "environment.yml").read_text()
+    env = yaml.safe_load(text)
     pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
     assert len(pip_lists) == 1
     assert {normalize(r) for r in pip_lists[0]} == declared
+    for name in COMMENTED_EXTRAS:
+        commented = re.findall(rf"^\s*#\s*extra {name}:\s*(\S.*?)\s*$", text, flags=re.MULTILINE)
+        assert {normalize(r) for r in commented} == {normalize(r) for r in extras[name]}, name
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     minimum = project["requires-python"].removeprefix(">=")
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
