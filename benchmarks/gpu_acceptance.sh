@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# The GPU acceptance check: one prepared script for a machine with one CUDA GPU, run
+# from the repository root, that ends within 8 minutes (BUDGET_S) and writes a
+# one-screen verdict.
+#
+#     bash benchmarks/gpu_wheels.sh        # once, on a machine with pip: the wheels -> .whl/
+#     bash benchmarks/gpu_acceptance.sh    # on the GPU machine (the device tool: carry [".whl"])
+#
+# What it runs, with benchlib from this source tree (PYTHONPATH, nothing pip-installed
+# but the wheels of .whl/, into a folder under /tmp):
+#   1. params/gpu-acceptance.yaml: BERT-base QA (seq 128) and ResNet50, batch 1, 8, 32,
+#      fp32 and amp, 1 and 2 client threads, eager and cuda-graphs, 1 s windows;
+#   2. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+# The verdict gives per model, precision, runtime and thread count the throughput at
+# each batch size, the statuses, the accuracy gates, cuda-graphs against eager, the
+# throughput of 2 client threads against 1 at batch 1 (eager, fp32; reported, not
+# asserted: it shows whether per-thread streams overlap) and the versions.
+#
+# Writes into $OUT when set (the device tool brings back at most 8 files from there),
+# else outputs/gpu-acceptance/: verdict.txt, log.txt, env.json, main-summary.csv,
+# main-accuracy.csv, compile-summary.csv, compile-accuracy.csv. The run folders
+# themselves go to /tmp with $OUT, else to outputs/gpu-acceptance/runs/<time>/.
+#
+# Exit status: 0 every point ran and every gate passed; 1 something failed (the
+# verdict says what); 2 this machine cannot run it, said in one line: no CUDA (checked
+# with the machine's own torch before anything is installed or written), or benchlib's
+# bench path cannot be imported even with the wheels.
+#
+#   bash benchmarks/gpu_acceptance.sh --verdict RUNS DEST   # only write the verdict of runs made before
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 2
+PYTHON=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-480}       # the whole script, installing and the verdict included
+MAIN_MAX_S=${MAIN_MAX_S:-300}   # the eager and cuda-graphs sweep at most
+VERDICT_S=30                    # kept for the verdict
+KILL_S=15                       # after a step's time is up: SIGTERM, then SIGKILL this much later
+SITE=${SITE:-/tmp/benchlib-site}
+started=$SECONDS
+
+say() { echo "[gpu_acceptance $((SECONDS - started))s] $*"; }
+
+write_verdict() {  # RUNS DEST: the verdict of the runs in RUNS, into DEST/verdict.txt; its status
+    local runs=$1 dest=$2
+    mkdir -p "$dest"
+    timeout -k 5 "$VERDICT_S" "$PYTHON" - "$runs" "$dest" <<'PYTHON'
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import pandas as pd
+
+runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
+STEPS = {"main": "eager and cuda-graphs", "compile": "torch.compile"}
+SHOWN = 12  # problems listed: one screen
+
+
+def step_status(name):
+    """What the shell recorded of a step (rc, seconds, limit, or skipped); None if nothing."""
+    path = runs / f"{name}.status"
+    if not path.is_file():
+        return None
+    return dict(item.split("=", 1) for item in path.read_text().split())
+
+
+def table(name, file):
+    path = runs / name / file
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except pd.errors.EmptyDataError:
+        return None
+
+
+def steps(problems, notes, out):
+    """Each step's outcome, its points that did not run and its failed gates; the summaries."""
+    summaries = {}
+    for name, what in STEPS.items():
+        status, summary = step_status(name), table(name, "summary.csv")
+        if status is None or status.get("skipped"):
+            why = status["skipped"].replace("_", " ") if status else "the script stopped before it"
+            (problems if name == "main" else notes).append(f"{name} ({what}): not run, {why}")
+            continue
+        rc = int(status["rc"])
+        n_ok = 0 if summary is None else int((summary["status"] == "ok").sum())
+        line = (f"{name} ({what}): {n_ok}/{0 if summary is None else len(summary)} points ok in "
+                f"{status['seconds']} s (limit {status['limit']} s), exit {rc}")
+        if rc in (124, 137):
+            (problems if name == "main" else notes).append(f"{line}: timed out, the points it finished are shown")
+        elif rc != 0:
+            log = runs / f"{name}.log"
+            said = [t for t in log.read_text(errors="replace").splitlines() if t.strip()] if log.is_file() else []
+            problems.append(f"{line}: {said[-1].strip() if said else 'nothing said'} (log.txt has the rest)")
+        else:
+            out.append(line)
+        if summary is not None:
+            summaries[name] = summary
+            for row in summary[summary["status"] != "ok"].itertuples():
+                why = f" ({row.notes})" if isinstance(row.notes, str) and row.notes else ""
+                problems.append(f"{name}: {row.model} {row.precision} {row.runtime} batch {row.batch_size} "
+                                f"x{row.threads}: {row.status}{why}")
+        accuracy = table(name, "accuracy.csv")
+        if accuracy is not None and "gate" in accuracy:
+            for row in accuracy[accuracy["gate"].eq("fail")].itertuples():
+                problems.append(f"{name}: gate FAILED: {row.model} {row.precision} {row.runtime} batch "
+                                f"{int(row.batch_size)}: max error {row.max_abs_error:.3g} > {row.tolerance:g} x "
+                                f"{row.reference_max_abs:.3g}")
+    return summaries
+
+
+def versions():
+    lines = []
+    env_path = runs / "main" / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    if env:
+        lines.append(f"device: {env.get('device_name')} (compute capability {env.get('compute_capability')}), "
+                     f"torch {env.get('torch')}, CUDA {env.get('cuda_build')}, cuDNN {env.get('cudnn')}, "
+                     f"transformers {env.get('transformers')}, torchvision {env.get('torchvision')}, "
+                     f"python {env.get('python')}, fp32 matmul {env.get('float32_matmul_precision')}")
+    smi = runs / "nvidia-smi.txt"
+    if smi.is_file() and smi.read_text().strip():
+        lines.append(f"nvidia-smi: {smi.read_text().strip().splitlines()[0]}")
+    return lines
+
+
+def throughput_table(summaries):
+    every = pd.concat(summaries.values(), ignore_index=True)
+    every["cell"] = [f"{t:,.0f}" if s == "ok" else s for t, s in zip(every["throughput_per_s"], every["status"])]
+    keys = ["model", "precision", "runtime", "threads"]
+    grid = every.pivot_table(index=keys, columns="batch_size", values="cell", aggfunc="first", sort=False)
+    grid.columns = [f"b{b}" for b in grid.columns]
+    grid = grid.fillna("")
+    grid["prep_s"] = [f"{v:.1f}" for v in every.groupby(keys, sort=False)["prepare_s"].max().reindex(grid.index)]
+    gates = every.groupby(keys, sort=False)["accuracy_gate"].agg(
+        lambda g: "-" if g.isna().all() else "/".join(str(v) for v in g.fillna("-")))
+    grid["gate"] = gates.reindex(grid.index)
+    return ["", "throughput in inferences/s per batch size (a status where the point did not run); "
+            "prep_s: preparation; gate: each batch's outputs against eager's", grid.reset_index().to_string(index=False)]
+
+
+def comparisons(main):
+    lines = []
+    ok = main[main["status"] == "ok"]
+    speed = ok.pivot_table(index=["model", "precision", "threads", "batch_size"], columns="runtime",
+                           values="throughput_per_s", aggfunc="first")
+    if {"eager", "cuda-graphs"} <= set(speed.columns):
+        ratio = (speed["cuda-graphs"] / speed["eager"]).unstack("batch_size")
+        ratio.columns = [f"b{b}" for b in ratio.columns]
+        shown = ratio.apply(lambda column: column.map(lambda v: f"x{v:.2f}" if pd.notna(v) else ""))
+        lines += ["", "cuda-graphs / eager throughput", shown.reset_index().to_string(index=False)]
+    streams = ok[(ok["runtime"] == "eager") & (ok["precision"] == "fp32") & (ok["batch_size"] == 1)]
+    per_thread = streams.pivot_table(index="model", columns="threads", values="throughput_per_s", aggfunc="first",
+                                     sort=False)
+    lines += ["", "2 client threads vs 1, batch 1, eager, fp32 (reported, not asserted; x2.00 is full overlap):"]
+    for model in main["model"].drop_duplicates():
+        row = per_thread.loc[model] if model in per_thread.index else pd.Series(dtype=float)
+        if pd.notna(row.get(1)) and pd.notna(row.get(2)):
+            lines.append(f"  {model}: {row[1]:,.1f} -> {row[2]:,.1f} inf/s: x{row[2] / row[1]:.2f}")
+        else:
+            lines.append(f"  {model}: not measured")
+    return lines
+
+
+def verdict():
+    problems, notes, out = [], [], []
+    summaries = steps(problems, notes, out)
+    if summaries:
+        out += throughput_table(summaries)
+    if "main" in summaries:
+        out += comparisons(summaries["main"])
+    listed = [f"PROBLEM: {p}" for p in problems[:SHOWN]]
+    if len(problems) > SHOWN:
+        listed.append(f"PROBLEM: ... and {len(problems) - SHOWN} more (the summary files have them all)")
+    head = f"benchlib GPU acceptance: {'FAIL' if problems else 'PASS'}"
+    return "\n".join([head, *versions(), *listed, *(f"note: {n}" for n in notes), *out]), not problems
+
+
+try:
+    text, passed = verdict()
+except Exception as exc:  # the verdict says so rather than leave nothing behind
+    traceback.print_exc()
+    text, passed = f"benchlib GPU acceptance: FAIL\nPROBLEM: no verdict: {type(exc).__name__}: {exc}", False
+dest.mkdir(parents=True, exist_ok=True)
+(dest / "verdict.txt").write_text(text + "\n", encoding="utf-8")
+print(text)
+sys.exit(0 if passed else 1)
+PYTHON
+}
+
+if [ "${1:-}" = "--verdict" ]; then
+    [ $# -eq 3 ] || { echo "usage: $0 --verdict RUNS DEST" >&2; exit 2; }
+    write_verdict "$2" "$3"
+    exit $?
+fi
+
+# 1. CUDA, with the machine's own torch, before anything is installed or written.
+reason=$(timeout -k 5 120 "$PYTHON" -c '
+import sys
+try:
+    import torch
+except Exception as exc:
+    print(f"{sys.executable} cannot import torch ({type(exc).__name__})")
+    sys.exit(3)
+if not torch.cuda.is_available():
+    print(f"torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no CUDA device")
+    sys.exit(3)
+print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+' 2>/dev/null | tail -n 1)
+if [ $? -ne 0 ]; then  # pipefail: python's status
+    echo "gpu_acceptance: no CUDA device here (${reason:-$PYTHON did not answer}); run it on a GPU machine" >&2
+    exit 2
+fi
+
+DEST=${OUT:-outputs/gpu-acceptance}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$DEST/runs/$stamp; fi
+mkdir -p "$DEST" "$RUNS" || exit 2
+for file in verdict.txt log.txt env.json {main,compile}-{summary,accuracy}.csv; do  # none left from an earlier run
+    rm -f "${DEST:?}/$file"
+done
+LOG=$DEST/log.txt
+say "$reason" | tee -a "$LOG"
+
+# 2. The wheels the machine lacks (pydantic and its needs), into a folder of their own.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    if ! timeout -k 5 120 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --upgrade --target "$SITE" .whl/*.whl >>"$LOG" 2>&1; then
+        echo "gpu_acceptance: installing .whl/*.whl into $SITE failed; see $LOG" >&2
+        exit 2
+    fi
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+fi
+if ! problem=$(timeout -k 5 120 "$PYTHON" -c 'import benchlib.cli, benchlib.measure.sweep' 2>&1); then
+    echo "gpu_acceptance: cannot import benchlib's bench path ($(echo "$problem" | tail -n 1)); run" \
+         "bash benchmarks/gpu_wheels.sh on a machine with pip and bring .whl/ along" >&2
+    exit 2
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+    >"$RUNS/nvidia-smi.txt" 2>/dev/null || true
+
+bench() {  # NAME PARAMS MAX_S: one sweep, within MAX_S and what is left of the budget
+    local name=$1 params=$2 limit=$3
+    local left=$((BUDGET_S - VERDICT_S - KILL_S - (SECONDS - started)))
+    if [ "$limit" -gt "$left" ]; then limit=$left; fi
+    if [ "$limit" -lt 30 ]; then
+        say "$name: not run, ${left}s left" | tee -a "$LOG"
+        echo "skipped=only_${left}s_of_the_budget_left" >"$RUNS/$name.status"
+        return
+    fi
+    say "$name: benchlib bench $params, at most ${limit}s" | tee -a "$LOG"
+    local t0=$SECONDS
+    timeout -k "$KILL_S" "$limit" "$PYTHON" -m benchlib bench "$params" --out "$RUNS/$name" >"$RUNS/$name.log" 2>&1
+    local rc=$?
+    cat "$RUNS/$name.log" >>"$LOG"
+    echo "rc=$rc seconds=$((SECONDS - t0)) limit=$limit" >"$RUNS/$name.status"
+    say "$name: exit $rc after $((SECONDS - t0))s" | tee -a "$LOG"
+}
+
+# 3. The sweeps: what is measured after a timeout is kept (files are rewritten after every point).
+bench main params/gpu-acceptance.yaml "$MAIN_MAX_S"
+bench compile params/gpu-acceptance-compile.yaml "$BUDGET_S"
+
+# 4. The verdict, and the summary files beside it.
+for name in main compile; do
+    for file in summary.csv accuracy.csv; do
+        if [ -f "$RUNS/$name/$file" ]; then cp "$RUNS/$name/$file" "$DEST/$name-$file"; fi
+    done
+done
+if [ -f "$RUNS/main/env.json" ]; then cp "$RUNS/main/env.json" "$DEST/env.json"; fi
+echo
+write_verdict "$RUNS" "$DEST"
+status=$?
+say "verdict in $DEST/verdict.txt, runs in $RUNS, exit $status"
+exit "$status"

@@ -1,0 +1,348 @@
+"""The GPU acceptance check and what it relies on, tested where there is no GPU.
+
+- `benchlib bench` runs without the packages a GPU machine's image lacks or that only
+  `benchlib run` / `report` / `--cluster` need (dask, s3fs, papermill, jupyter,
+  matplotlib, seaborn): they are made to look not installed in a child interpreter.
+- Every package benchlib's bench path imports is in the GPU image or among the wheels
+  benchmarks/gpu_wheels.sh prepares.
+- benchmarks/gpu_acceptance.sh says in one line, with exit 2, that a machine has no
+  CUDA, before it installs or writes anything; its verdict is written from run folders.
+- The params files it runs validate; the cuda-graphs runtime refuses CPUs and, on a
+  GPU (tests marked `cuda`), captures one graph per client stream and passes its gate.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchlib.measure.runtimes import get_runtime
+from benchlib.measure.runtimes.cuda_graphs import AUTOCAST_NOTE, _clone, _copy_into
+from benchlib.params import load_params
+from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+
+REPO = Path(__file__).resolve().parents[1]
+ACCEPTANCE = REPO / "benchmarks" / "gpu_acceptance.sh"
+WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
+PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-acceptance-compile.yaml"]
+
+#: Made to look not installed while `bench` runs: needed by run/report/--cluster only, or absent on the GPU machine.
+ABSENT = ("dask", "distributed", "s3fs", "papermill", "nbformat", "nbconvert", "nbclient", "ipykernel", "IPython",
+          "jupyter", "jupyter_client", "jupyter_core", "jupyterlab", "matplotlib", "seaborn", "moto")
+#: What the GPU machine's image has of what benchlib imports (its import names; /work/.library/device/KINDS.md).
+GPU_IMAGE = {"torch", "torchvision", "transformers", "numpy", "pandas", "pyarrow", "scipy", "yaml", "tqdm"}
+
+#: Runs in a child interpreter: hides ABSENT, then `validate` and a tiny `bench` on the CPU.
+CHILD = r'''
+import ast, importlib.abc, importlib.metadata, importlib.util, json, sys, traceback
+from pathlib import Path
+
+absent, params, out, repo = set(sys.argv[1].split(",")), sys.argv[2], sys.argv[3], Path(sys.argv[4])
+attempts = []
+
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    """ABSENT packages are found by no finder and have no metadata, as if not installed; who asked is remembered."""
+
+    def __init__(self, finders):
+        self.finders = finders
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in absent:
+            asked = [f"{Path(f.filename).relative_to(repo)}:{f.lineno}" for f in traceback.extract_stack()
+                     if Path(f.filename).is_relative_to(repo / "benchlib")]
+            attempts.append({"module": name, "benchlib": asked})
+            return None
+        for finder in self.finders:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find else None
+            if spec is not None:
+                return spec
+        return None
+
+    def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
+        name = (context.name or "").replace("-", "_").lower()
+        if name in {a.lower() for a in absent}:
+            return iter(())
+        return (dist for finder in self.finders if hasattr(finder, "find_distributions")
+                for dist in finder.find_distributions(context))
+
+    def invalidate_caches(self):
+        for finder in self.finders:
+            getattr(finder, "invalidate_caches", lambda: None)()
+
+
+sys.meta_path[:] = [NotInstalled(list(sys.meta_path))]
+try:  # the hiding works
+    import matplotlib  # noqa: F401
+    hidden = False
+except ModuleNotFoundError:
+    hidden = importlib.util.find_spec("seaborn") is None
+attempts.clear()
+
+from benchlib.cli import main
+
+validate = main(["validate", params])
+bench = main(["bench", params, "--out", out, "--quiet"])
+import benchlib.measure.runtimes.cuda_graphs  # noqa: F401  (the GPU's runtime: imported by name there)
+
+imported = set()
+for name, module in list(sys.modules.items()):
+    if (name == "benchlib" or name.startswith("benchlib.")) and getattr(module, "__file__", None):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+third_party = sorted(imported - set(sys.stdlib_module_names) - {"benchlib", "__future__"})
+print("RESULT " + json.dumps({"hidden": hidden, "validate": validate, "bench": bench, "attempts": attempts,
+                              "loaded": sorted(name for name in absent if name in sys.modules),
+                              "third_party": third_party}))
+'''
+
+
+def wheel_packages() -> list[str]:
+    """The distributions benchmarks/gpu_wheels.sh downloads (its PACKAGES line)."""
+    match = re.search(r"^PACKAGES=\(([^)]*)\)", WHEELS.read_text(), re.MULTILINE)
+    assert match, "gpu_wheels.sh lists its wheels in PACKAGES=(...)"
+    return match.group(1).split()
+
+
+def import_name(distribution: str) -> str:
+    return distribution.replace("-", "_")
+
+
+@pytest.fixture(scope="module")
+def bench_without_extras(tmp_path_factory) -> tuple[dict, Path]:
+    """A tiny CPU `bench` in a child interpreter where ABSENT look not installed; (its RESULT, its run folder)."""
+    tmp = tmp_path_factory.mktemp("bare")
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(threads=[1, 2], min_requests=6)), encoding="utf-8")
+    out = tmp / "runs" / "main"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    child = subprocess.run([sys.executable, "-c", CHILD, ",".join(ABSENT), str(params), str(out), str(REPO)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+    assert child.returncode == 0 and lines, child.stdout[-3000:] + child.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT ")), out
+
+
+@pytest.mark.slow
+def test_bench_runs_without_dask_s3fs_papermill_jupyter_or_plotting(bench_without_extras) -> None:
+    result, out = bench_without_extras
+    assert result["hidden"]  # matplotlib and seaborn are installed here, and were hidden
+    assert result["validate"] == 0 and result["bench"] == 0
+    assert (out / "summary.csv").is_file()
+    assert result["loaded"] == []
+    from_benchlib = [f"{a['module']} from {a['benchlib'][-1]}" for a in result["attempts"] if a["benchlib"]]
+    assert from_benchlib == [], f"benchlib's bench path tries to import: {from_benchlib}"
+
+
+@pytest.mark.slow
+def test_every_package_the_bench_path_imports_is_on_the_gpu_machine_or_a_wheel(bench_without_extras) -> None:
+    result, _ = bench_without_extras
+    carried = {import_name(name) for name in wheel_packages()}
+    assert set(result["third_party"]) <= GPU_IMAGE | carried, (
+        f"not on the GPU machine and not in gpu_wheels.sh: {sorted(set(result['third_party']) - GPU_IMAGE - carried)}")
+    assert {"pydantic", "pydantic_core"} <= set(result["third_party"])  # why the wheels are needed at all
+
+
+def test_the_wheels_carry_what_pydantic_needs_at_the_versions_here() -> None:
+    packages = wheel_packages()
+    for name in packages:
+        importlib.metadata.version(name)  # gpu_wheels.sh pins each to this environment's version
+    needed = set()
+    for name in packages:
+        for requirement in importlib.metadata.requires(name) or []:
+            if "extra ==" not in requirement:
+                needed.add(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-"))
+    assert needed <= {name.lower() for name in packages}, needed
+
+
+@pytest.mark.parametrize("script", [ACCEPTANCE, WHEELS], ids=lambda p: p.name)
+def test_scripts_parse(script: Path) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+
+
+def run_acceptance(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": python, "OUT": str(tmp_path / "out"), "SITE": str(tmp_path / "site")}
+    # From another folder: the script finds the repository itself.
+    return subprocess.run(["bash", str(ACCEPTANCE)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
+@pytest.mark.parametrize("python", [sys.executable, "/nonexistent/python3"], ids=["torch-without-cuda", "no-python"])
+def test_acceptance_without_cuda_exits_2_with_one_line_and_touches_nothing(tmp_path: Path, python: str) -> None:
+    done = run_acceptance(tmp_path, python)
+    said = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2 and len(said) == 1, said
+    assert said[0].startswith("gpu_acceptance: no CUDA device here")
+    assert not (tmp_path / "site").exists() and not (tmp_path / "out").exists()
+
+
+def test_acceptance_runs_the_shipped_params_files() -> None:
+    text = ACCEPTANCE.read_text()
+    for path in PARAMS:
+        assert str(path.relative_to(REPO)) in text
+
+
+def test_acceptance_params_are_the_study_models_on_cuda() -> None:
+    main, compiled = (load_params(path) for path in PARAMS)
+    for params in (main, compiled):
+        assert params.device == "cuda" and params.price_usd_per_hour is not None
+        assert [(m.name, m.seq_len) for m in params.models][0] == ("bert-base-uncased-squad2", 128)
+        assert [m.name for m in params.models] == ["bert-base-uncased-squad2", "resnet50"]
+        assert params.threads == (1, 2) and params.duration_s <= 2
+    assert main.batch_sizes == (1, 8, 32) and set(main.precisions) == {"fp32", "amp"}
+    assert set(main.runtimes) == {"eager", "cuda-graphs"} and main.grid_size == 48
+    assert compiled.runtimes == ("compile",) and len(compiled.batch_sizes) == 1
+    # the 2-vs-1 thread ratio is read from the main run: eager, fp32, batch 1, 1 and 2 threads
+    assert 1 in main.batch_sizes and "fp32" in main.precisions and "eager" in main.runtimes
+
+
+def verdict(runs: Path, dest: Path) -> tuple[int, str]:
+    done = subprocess.run(["bash", str(ACCEPTANCE), "--verdict", str(runs), str(dest)],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+    text = (dest / "verdict.txt").read_text()
+    assert done.stdout == text
+    return done.returncode, text
+
+
+@pytest.mark.slow
+def test_the_verdict_of_a_real_run_folder(bench_without_extras, tmp_path: Path) -> None:
+    _, out = bench_without_extras
+    runs = out.parent
+    (runs / "main.status").write_text("rc=0 seconds=20 limit=300\n")
+    (runs / "compile.status").write_text("skipped=only_10s_of_the_budget_left\n")
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 0 and text.startswith("benchlib GPU acceptance: PASS"), text
+    assert "torch " + torch.__version__ in text
+    assert "compile (torch.compile): not run, only 10s of the budget left" in text
+    assert re.search(r"bert-base-uncased-squad2: [\d,.]+ -> [\d,.]+ inf/s: x[\d.]+", text), text
+    assert len(text.splitlines()) < 40
+
+
+def fake_run(runs: Path, name: str, rows: list[dict], gates: list[dict], rc: int = 0) -> None:
+    folder = runs / name
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame(gates).to_csv(folder / "accuracy.csv", index=False)
+    (folder / "env.json").write_text(json.dumps({"device_name": "NVIDIA H200", "torch": "2.11.0+cu130"}))
+    (runs / f"{name}.status").write_text(f"rc={rc} seconds=100 limit=300\n")
+
+
+def point(runtime: str, batch: int, threads: int, throughput: float, status: str = "ok", gate: str | None = None,
+          precision: str = "fp32") -> dict:
+    return {"model": "resnet50", "precision": precision, "runtime": runtime, "batch_size": batch,
+            "threads": threads, "throughput_per_s": throughput, "status": status, "notes": "",
+            "prepare_s": 0.5 if runtime != "eager" else 0.0, "accuracy_gate": gate}
+
+
+def gate_row(batch: int, gate: str) -> dict:
+    return {"model": "resnet50", "precision": "fp32", "runtime": "cuda-graphs", "batch_size": batch,
+            "reference": "eager", "tolerance": 1e-3, "max_abs_error": 1e-5 if gate == "pass" else 0.5,
+            "reference_max_abs": 10.0, "gate": gate}
+
+
+def test_the_verdict_compares_runtimes_and_threads_and_fails_on_a_failed_gate(tmp_path: Path) -> None:
+    rows = [point("eager", 1, 1, 100.0), point("eager", 1, 2, 180.0), point("eager", 8, 1, 400.0),
+            point("eager", 8, 2, 420.0), point("cuda-graphs", 1, 1, 300.0, gate="pass"),
+            point("cuda-graphs", 1, 2, 500.0, gate="pass"), point("cuda-graphs", 8, 1, 450.0, gate="fail"),
+            point("cuda-graphs", 8, 2, 0.0, status="oom")]
+    fake_run(tmp_path / "runs", "main", rows, [gate_row(1, "pass"), gate_row(8, "fail")])
+    fake_run(tmp_path / "runs", "compile", [point("compile", 8, 1, 500.0, gate="pass")], [], rc=124)
+    status, text = verdict(tmp_path / "runs", tmp_path / "dest")
+    assert status == 1 and text.startswith("benchlib GPU acceptance: FAIL")
+    assert "PROBLEM: main: gate FAILED: resnet50 fp32 cuda-graphs batch 8" in text
+    assert "PROBLEM: main: resnet50 fp32 cuda-graphs batch 8 x2: oom" in text
+    assert "note: compile (torch.compile): 1/1 points ok in 100 s (limit 300 s), exit 124: timed out" in text
+    assert "resnet50: 100.0 -> 180.0 inf/s: x1.80" in text
+    assert re.search(r"resnet50\s+fp32\s+1\s+x3\.00\s+x1\.12\n", text), text  # cuda-graphs / eager, 1 thread
+    assert re.search(r"cuda-graphs\s+1\s+300\s+450\s+0\.5\s+pass/fail\n", text), text  # throughput, gates
+    assert re.search(r"cuda-graphs\s+2\s+500\s+oom\s+0\.5\s+pass/-\n", text), text
+    assert re.search(r"compile\s+1\s+500\s+0\.5\s+pass\n", text), text
+
+
+def test_cuda_graphs_refuse_a_cpu_workload() -> None:
+    runtime = get_runtime("cuda-graphs")
+    assert runtime.name == "cuda-graphs"
+    assert runtime.unsupported(types.SimpleNamespace(device=torch.device("cpu"))) == "cuda-graphs needs a CUDA device"
+
+
+def test_cuda_graphs_copy_inputs_into_the_static_buffers_and_clone_outputs() -> None:
+    static = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)}
+    given = {"input_ids": torch.arange(6).reshape(2, 3), "attention_mask": torch.zeros(2, 3)}
+    _copy_into(static, given)
+    assert torch.equal(static["input_ids"], given["input_ids"]) and not static["attention_mask"].any()
+    with pytest.raises(ValueError, match="captured for"):
+        _copy_into(static, {**given, "input_ids": torch.zeros(4, 3, dtype=torch.long)})
+    with pytest.raises(ValueError, match="captured keys"):
+        _copy_into(static, {"input_ids": given["input_ids"]})
+    pixels = torch.zeros(1, 3)
+    _copy_into(pixels, torch.ones(1, 3))
+    assert pixels.eq(1).all()
+    outputs = {"start_logits": torch.ones(2), "nested": (torch.zeros(1), None)}
+    cloned = _clone(outputs)
+    outputs["start_logits"].add_(1)
+    assert cloned["start_logits"].eq(1).all() and cloned["nested"][1] is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_sweep_passes_its_gate_with_two_clients(tmp_path: Path) -> None:
+    from benchlib.measure.sweep import run_sweep
+    from benchlib.params import parse_params
+
+    params = parse_params(tiny_params(device="cuda", models=[TINY_BERT, TINY_RESNET], runtimes=["eager", "cuda-graphs"],
+                                      threads=[1, 2], precisions=["fp32", "amp"], duration_s=0.2, min_requests=20,
+                                      accuracy_samples=4))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    assert set(summary["status"]) == {"ok"}
+    graphs = summary[summary["runtime"] == "cuda-graphs"]
+    assert set(graphs["accuracy_gate"]) == {"pass"}
+    assert graphs.loc[graphs["precision"] == "amp", "notes"].str.contains(AUTOCAST_NOTE, regex=False).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_give_each_client_stream_its_own_graph_and_outputs() -> None:
+    from benchlib.measure.precision import resolve_precision
+    from benchlib.measure.workload import Workload
+    from benchlib.measure.zoo import load_model
+    from benchlib.params import parse_params
+
+    device = torch.device("cuda")
+    spec = parse_params(tiny_params(device="cuda", models=[TINY_RESNET])).models[0]
+    workload = Workload(load_model(spec, device, 0), resolve_precision("fp32", device))
+    inputs, other = workload.inputs(2, 0), workload.inputs(2, 1)
+    with workload.precision_context():
+        prepared = get_runtime("cuda-graphs").prepare(workload, inputs)
+        expected, expected_other = workload.forward(inputs).clone(), workload.forward(other).clone()
+    client = workload.client_factory(inputs, 2, prepared)
+    outputs = []
+    for index in (0, 1):
+        with client(index) as send:
+            outputs.append(send())
+    assert outputs[0].data_ptr() != outputs[1].data_ptr()
+    for output in outputs:
+        torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4)
+    again = workload.client_factory(inputs, 1, prepared)  # a later point with fewer threads: the same graph
+    with again(0) as send:
+        assert send().data_ptr() == outputs[0].data_ptr()
+    with workload.precision_context():
+        first, second = prepared.call(other), prepared.call(inputs)
+    torch.testing.assert_close(first, expected_other, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
+    assert first.data_ptr() != second.data_ptr()
