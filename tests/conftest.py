@@ -64,6 +64,21 @@ def write_params(tmp_path: Path):
     return write
 
 
+def patched_sweep(out: Path, params: Any, patch: Any) -> tuple[Any, Any]:
+    """A sweep run with `patch(monkeypatch)` in force (for module-scoped fixtures); its summary and accuracy."""
+    import pandas as pd
+
+    from benchlib.measure.sweep import run_sweep
+
+    monkeypatch = pytest.MonkeyPatch()
+    patch(monkeypatch)
+    try:
+        summary = run_sweep(params, out, progress=None).summary
+    finally:
+        monkeypatch.undo()
+    return summary, pd.read_csv(out / "accuracy.csv")
+
+
 def deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
     """Make opening `denied` fail with EACCES. Injected, not chmod: CI runs as root, who may read anything."""
     real_open = Path.open

@@ -19,7 +19,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import parse_params
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
 
 CPU = torch.device("cpu")
 
@@ -37,16 +37,11 @@ def onnx_sweep(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[
                      "torch_threads": torch.get_num_threads()})
         return session
 
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(onnx_runtime, "_create_session", spy)
     # intra_op_threads 1, not torch's default here (the cores): the session must follow it.
     params = parse_params(tiny_params(models=[TINY_BERT, TINY_RESNET], runtimes=["eager", "onnxruntime"],
                                       batch_sizes=[1, 2], threads=[1, 2], intra_op_threads=1, accuracy_samples=4))
-    try:
-        result = run_sweep(params, out, progress=None)
-    finally:
-        monkeypatch.undo()
-    return result.summary, pd.read_csv(out / "accuracy.csv"), made
+    summary, accuracy = patched_sweep(out, params, lambda m: m.setattr(onnx_runtime, "_create_session", spy))
+    return summary, accuracy, made
 
 
 def test_onnxruntime_points_run_and_pass_the_gate(onnx_sweep) -> None:

@@ -18,7 +18,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.params import RUNTIMES as PARAMS_RUNTIMES
 from benchlib.params import ParamsError, parse_params
 from benchlib.results import read_records
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
 
 PREPARE_S = 0.2
 
@@ -62,15 +62,11 @@ def test_every_params_runtime_has_a_module() -> None:
 def gated(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """eager, a faithful copy ('trace') and a perturbed copy ('compile') of a tiny BERT, on padded inputs."""
     out = tmp_path_factory.mktemp("gate")
-    monkeypatch = pytest.MonkeyPatch()
-    with_runtimes(monkeypatch, trace=Copied(1.0), compile=Copied(1.05))
     params = parse_params(tiny_params(runtimes=["eager", "trace", "compile"], batch_sizes=[1, 4], threads=[1, 2],
                                       accuracy_samples=6))
-    try:
-        result = run_sweep(params, out, progress=None)
-    finally:
-        monkeypatch.undo()
-    return result.summary, pd.read_csv(out / "accuracy.csv"), out
+    summary, accuracy = patched_sweep(out, params, lambda m: with_runtimes(m, trace=Copied(1.0),
+                                                                           compile=Copied(1.05)))
+    return summary, accuracy, out
 
 
 def test_the_gate_passes_the_same_function_and_fails_a_changed_one(gated) -> None:

@@ -17,7 +17,8 @@ from benchlib.params import parse_params
 from benchlib.results import read_records, read_summary
 from benchlib.derive.stats import summarize
 from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
-from benchlib.measure.sweep import intra_op_threads, run_sweep
+from benchlib.measure.device import intra_op_threads
+from benchlib.measure.sweep import run_sweep
 from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
 
 SWEEP = tiny_params(

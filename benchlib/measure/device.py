@@ -1,7 +1,9 @@
-"""The device a sweep runs on, what it is called, and how many client streams it can give."""
+"""The device a sweep runs on, what it is called, how many client streams it can give, and torch's
+process-wide settings for the length of a sweep."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -50,3 +52,20 @@ def check_client_threads(device: torch.device, threads: tuple[int, ...]) -> None
             f"threads: {max(threads)} client threads on CUDA would share streams; "
             f"use at most {MAX_CUDA_CLIENT_THREADS} (or several processes)"
         )
+
+
+@contextlib.contextmanager
+def temporarily(get: Callable[[], object], set_: Callable[[object], object], value: object | None) -> Iterator[None]:
+    """Set a process-wide torch setting to `value` (None: leave it) and restore it afterwards, even on error."""
+    previous = get()
+    if value is not None:
+        set_(value)
+    try:
+        yield
+    finally:
+        set_(previous)
+
+
+def intra_op_threads(count: int | None) -> contextlib.AbstractContextManager[None]:
+    """torch's intra-op thread count for the sweep, restored afterwards."""
+    return temporarily(torch.get_num_threads, torch.set_num_threads, count)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from benchlib.errors import WorkloadError
+from benchlib.measure.device import temporarily
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,5 @@ def matmul_precision(value: str | None) -> Iterator[None]:
     ``highest`` keeps float32 matrix products in float32; ``high`` allows TF32 on
     Ampere and later GPUs; ``medium`` allows bfloat16. None leaves it as it is.
     """
-    previous = torch.get_float32_matmul_precision()
-    if value is not None:
-        torch.set_float32_matmul_precision(value)
-    try:
+    with temporarily(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, value):
         yield
-    finally:
-        torch.set_float32_matmul_precision(previous)

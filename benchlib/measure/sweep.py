@@ -12,12 +12,11 @@ larger batches of the same model and precision are recorded as ``skipped``.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +31,7 @@ from benchlib.derive.knee import knees
 from benchlib.derive.summary import summary_table
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
-from benchlib.measure.device import check_client_threads, resolve_device
+from benchlib.measure.device import check_client_threads, intra_op_threads, resolve_device
 from benchlib.measure.environment import collect_env, fingerprint
 from benchlib.measure.inputs import Inputs
 from benchlib.measure.load import Clock, PointRun, run_point
@@ -91,18 +90,6 @@ def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
     dimensions = {"model": params.models, "precision": precisions, "runtime": params.runtimes,
                   "batch_size": params.batch_sizes, "threads": params.threads}
     return [GridPoint(**dict(zip(dimensions, values))) for values in itertools.product(*dimensions.values())]
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for the sweep and restore it afterwards."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_sweep(
@@ -404,7 +391,7 @@ class _Shared:
 def _outputs(workload: Workload, call: Callable[[Inputs], Any] | None, batches: list[Inputs],
              matmul: str | None) -> list[torch.Tensor]:
     """`call`'s outputs (default: the workload's forward) on `batches`, joined, at a matmul precision."""
-    call = call or workload.forward
+    call = workload.forward if call is None else call
     with matmul_precision(matmul), workload.precision_context():
         return concat_outputs([call(inputs) for inputs in batches])
 

@@ -1,0 +1,231 @@
+"""``compile`` and ``compile-max-autotune``: ``torch.compile(module, dynamic=False, mode=...)``.
+
+One compiled module per artifact, that is per (model, precision, batch size): static
+shapes, compiled and warmed up in ``prepare`` (one thread, inside the clients'
+``inference_mode`` and autocast), so nothing compiles in the window.
+
+What goes wrong with ``torch.compile`` in a sweep, and what is done about it
+(torch 2.14):
+
+- **One cache per code object.** Dynamo keeps compiled entries on the forward's
+  code object, which every compiled wrapper of one model class shares, and after
+  ``torch._dynamo.config.recompile_limit`` (8) entries it stops compiling that
+  frame and runs it eagerly, with a log line only. Each artifact therefore starts
+  with ``torch._dynamo.reset()``: the sweep holds one artifact at a time (it drops
+  the previous one before preparing the next), so nothing still in use is reset,
+  and no artifact counts against another's limit.
+- **Silent fallbacks.** ``torch._dynamo.utils.counters`` says what dynamo did:
+  ``counters["frames"]["total"]`` / ``["ok"]`` count its attempts to compile a frame
+  (one per cache miss) and the ones that succeeded, ``counters["stats"]
+  ["unique_graphs"]`` the graphs it made, ``counters["graph_break"]`` the graph
+  breaks (by reason) and ``counters["unimplemented"]`` what made it give up on a
+  frame (by reason; "Dynamo recompile limit exceeded" among them). ``reset()`` does
+  not clear them, so ``prepare`` compares them before and after: no graph at all is
+  :class:`Unsupported` (it would be eager, measured under the name ``compile``);
+  graph breaks and frames left to eager are said in the point's notes, and so are
+  graphs inductor took from its on-disk cache (``counters["inductor"]
+  ["fxgraph_cache_hit"]``): ``prepare_s`` then times a warm compile, several times
+  shorter than a cold one.
+- **Recompiles in the window.** The counters are read again when the clients are
+  bound (after the accuracy gate, just before each point's run) and after the
+  window; growth means dynamo compiled while the point ran, and ``check_window``
+  says so in its notes ("recompiled inside the point's run"). Growth between
+  ``prepare`` and the first run means the gate's calls recompiled, so the gate
+  checked another specialisation than the one timed: also said.
+- **Threads.** The clients share the compiled module. Dynamo's eval-frame callback
+  is thread-local and set on each call, its cache lookup and guard evaluation run
+  under the GIL, and a compile (a guard miss) takes its global compile lock;
+  inductor's generated code allocates its buffers per call, so its CPU (C++/OpenMP)
+  and GPU (Triton) kernels are re-entrant. The global-state guard covers grad mode,
+  autocast, the intra-op thread count and whether float32 matrix products may use
+  TF32 (``matmul_precision``): every client enters the same ``precision_context`` as
+  ``prepare``, in a sweep that holds the others constant, so a client's first call
+  hits the entry ``prepare`` compiled (tests/test_runtimes_torch.py runs 2 client
+  threads, in the sweep and on their own, and finds no recompile).
+- **CUDA graphs.** ``mode="max-autotune"`` also turns on inductor's CUDA graphs
+  (``triton.cudagraphs``) on a GPU. Their trees are kept per host thread, so each
+  client thread records its own graphs in its first (warm-up) requests, and a
+  replay overwrites the previous outputs of that thread: ``call`` then copies the
+  outputs out (a small device copy per request), so a caller may keep them (the
+  accuracy gate keeps every batch's). Not exercised by the CPU tests.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from benchlib.measure.runtimes.base import Prepared, Runtime, Unsupported
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from benchlib.measure.inputs import Inputs
+    from benchlib.measure.workload import Workload
+
+#: Calls made in ``prepare``: the first compiles, the others run what it made.
+WARMUP_CALLS = 3
+#: How much of a dynamo reason a note quotes.
+REASON_CHARS = 120
+
+
+@dataclass(frozen=True)
+class DynamoCounts:
+    """What dynamo has done so far in this process, from ``torch._dynamo.utils.counters``."""
+
+    #: Attempts to compile a frame (each a cache miss: a first compile or a recompile).
+    frames: int
+    #: Of those, the ones that succeeded.
+    frames_ok: int
+    #: Graphs made.
+    graphs: int
+    #: Graph breaks, by reason.
+    graph_breaks: Counter[str]
+    #: Why dynamo gave up on a frame (which then runs eagerly), by reason.
+    unimplemented: Counter[str]
+    #: Graphs inductor found in its on-disk cache (``counters["inductor"]["fxgraph_cache_hit"]``).
+    cached: int = 0
+
+    @classmethod
+    def now(cls) -> DynamoCounts:
+        from torch._dynamo.utils import counters
+
+        return cls(frames=counters["frames"]["total"], frames_ok=counters["frames"]["ok"],
+                   graphs=counters["stats"]["unique_graphs"], graph_breaks=Counter(counters["graph_break"]),
+                   unimplemented=Counter(counters["unimplemented"]),
+                   cached=counters["inductor"]["fxgraph_cache_hit"])
+
+    def since(self, before: DynamoCounts) -> DynamoCounts:
+        """What happened between `before` and this."""
+        return DynamoCounts(frames=self.frames - before.frames, frames_ok=self.frames_ok - before.frames_ok,
+                            graphs=self.graphs - before.graphs, graph_breaks=self.graph_breaks - before.graph_breaks,
+                            unimplemented=self.unimplemented - before.unimplemented,
+                            cached=self.cached - before.cached)
+
+    @property
+    def frames_failed(self) -> int:
+        return self.frames - self.frames_ok
+
+
+class Compile(Runtime):
+    name = "compile"
+    #: ``torch.compile``'s mode (None: its default).
+    mode: ClassVar[str | None] = None
+
+    def unsupported(self, workload: Workload) -> str | None:
+        if isinstance(workload.module, torch.jit.ScriptModule):
+            return "torch.compile cannot compile a TorchScript model; it needs the eager module"
+        if workload.device.type != "cpu":
+            return None
+        return _cpp_compiler_problem()
+
+    def prepare(self, workload: Workload, example: Inputs) -> Prepared:
+        torch._dynamo.reset()  # the previous artifact is gone: start this one's cache empty
+        before = DynamoCounts.now()
+        compiled = torch.compile(workload.module, dynamic=False, mode=self.mode)
+        call = _caller(compiled, isinstance(example, dict), copy_outputs=self._cuda_graphs(workload))
+        for _ in range(WARMUP_CALLS):
+            call(example)
+        made = DynamoCounts.now().since(before)
+        if made.graphs == 0:
+            reasons = made.unimplemented + made.graph_breaks
+            raise Unsupported(f"torch.compile made no graph, the model would run eagerly{_reason(reasons)}")
+        notes = []
+        left = max(made.frames_failed, sum(made.unimplemented.values()))
+        if left:
+            notes.append(f"{self.name}: {left} frame(s) left to eager{_reason(made.unimplemented)}")
+        breaks = sum(made.graph_breaks.values())
+        if breaks:
+            notes.append(f"{self.name}: {breaks} graph break(s){_reason(made.graph_breaks)}")
+        if made.cached:
+            notes.append(f"{self.name}: {made.cached} of {made.graphs} graph(s) from inductor's on-disk cache "
+                         "(prepare_s is not a cold compile)")
+        if self._cuda_graphs(workload):
+            notes.append(f"{self.name}: CUDA graphs recorded per client thread in its warm-up requests; "
+                         "outputs copied out per request")
+        watch = _Watch(self.name, call)
+        return Prepared(call=call, notes=tuple(notes), bind=watch.bind, check_window=watch.check_window)
+
+    def _cuda_graphs(self, workload: Workload) -> bool:
+        if workload.device.type != "cuda":
+            return False
+        from torch._inductor import config, list_mode_options
+
+        return bool(list_mode_options(self.mode).get("triton.cudagraphs", config.triton.cudagraphs))
+
+
+class CompileMaxAutotune(Compile):
+    name = "compile-max-autotune"
+    mode = "max-autotune"
+
+
+class _Watch:
+    """Dynamo's counters at the end of ``prepare``, when clients are bound, and after each window."""
+
+    def __init__(self, name: str, call: Callable[[Inputs], Any]) -> None:
+        self.name = name
+        self.call = call
+        self.prepared = DynamoCounts.now()
+        self.first_run: DynamoCounts | None = None
+        self.run: DynamoCounts = self.prepared
+
+    def bind(self, index: int, stream: Any, inputs: Inputs) -> Callable[[], Any]:
+        """Each client's call (called for each client, one after another, just before the run)."""
+        self.run = DynamoCounts.now()
+        if self.first_run is None:
+            self.first_run = self.run
+        return functools.partial(self.call, inputs)
+
+    def check_window(self) -> str | None:
+        problems = []
+        gate = (self.first_run or self.run).since(self.prepared)
+        if gate.frames:
+            problems.append(f"{self.name}: the accuracy gate's calls recompiled ({gate.frames} compile(s)), "
+                            "so it checked another graph than the one timed")
+        during = DynamoCounts.now().since(self.run)
+        if during.frames or during.unimplemented:
+            problems.append(f"{self.name}: recompiled inside the point's run ({during.frames} compile(s)"
+                            f"{_reason(during.unimplemented)})")
+        return "; ".join(problems) or None
+
+
+def _cpp_compiler_problem() -> str | None:
+    """Why inductor cannot build CPU code here (no working C++ compiler), or None. Runs ``$CXX --version``."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()  # inductor's own search: config.cpp.cxx, that is $CXX or g++
+    except (ImportError, RuntimeError, OSError) as exc:
+        return f"inductor needs a C++ compiler on the CPU (set $CXX or install g++): {_first_line(exc)}"
+    return None
+
+
+def _caller(compiled: Callable[..., Any], keywords: bool, copy_outputs: bool) -> Callable[[Inputs], Any]:
+    # A function, never the module itself: callers may test `call or ...`, and an
+    # OptimizedModule's truth value is its model's len(), which a ResNet does not have.
+    def call(inputs: Inputs) -> Any:
+        return compiled(**inputs) if keywords else compiled(inputs)
+
+    if not copy_outputs:
+        return call
+
+    def copied(inputs: Inputs) -> Any:
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, call(inputs))
+
+    return copied
+
+
+def _reason(reasons: Counter[str]) -> str:
+    """The most frequent reason's first line, shortened, after a colon; empty when there is none."""
+    if not reasons:
+        return ""
+    return f": {_first_line(reasons.most_common(1)[0][0])}"
+
+
+def _first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    line = lines[0] if lines else type(text).__name__
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 3] + "..."
