@@ -23,7 +23,6 @@ from typing import Any, TextIO
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate_tolerance
 from benchlib.derive.cost import Price, load_prices, require_price
@@ -36,6 +35,7 @@ from benchlib.measure.environment import collect_env, fingerprint
 from benchlib.measure.inputs import Inputs
 from benchlib.measure.load import Clock, PointRun, run_point
 from benchlib.measure.memory import first_line, is_out_of_memory, release_memory
+from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.workload import Workload
@@ -56,7 +56,6 @@ from benchlib.vocabulary import (
     STATUS_OOM,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
-    latency_column,
 )
 
 
@@ -125,7 +124,7 @@ def run_sweep(
         RunWriter(out_dir, fingerprint(params_dict), resume, force) as writer,
         intra_op_threads(params.intra_op_threads),
         matmul_precision(params.matmul_precision),
-        _Progress(params.grid_size, progress, percentile) as report,
+        Progress(params.grid_size, progress, percentile) as report,
     ):
         writer.write_params(params_dict)
         env = collect_env(device, params_dict)  # inside: records the thread count in force
@@ -394,59 +393,3 @@ def _outputs(workload: Workload, call: Callable[[Inputs], Any] | None, batches: 
     call = workload.forward if call is None else call
     with matmul_precision(matmul), workload.precision_context():
         return concat_outputs([call(inputs) for inputs in batches])
-
-
-class _Progress:
-    """A live bar on a terminal; one plain line per point in logs and notebooks."""
-
-    def __init__(self, total: int, stream: TextIO | None, percentile: str) -> None:
-        self.total = total
-        self.stream = stream
-        self.percentile = percentile
-        live = stream is not None and stream.isatty()
-        self.bar = tqdm(total=total, file=stream, disable=not live, unit="point", dynamic_ncols=True)
-        self.done = 0
-        self.already = 0
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._flush_skipped()
-        self.bar.close()
-
-    def __call__(self, row: pd.Series, run: PointRun) -> None:
-        self._flush_skipped()
-        self.done += 1
-        self.bar.update()
-        self._write(describe(row, run, self.percentile))
-
-    def skip(self) -> None:
-        """A point a resumed run already has: counted, and said in one line per stretch."""
-        self.done += 1
-        self.already += 1
-        self.bar.update()
-
-    def _flush_skipped(self) -> None:
-        if self.already:
-            self._write(f"{self.already} point(s) already measured")
-            self.already = 0
-
-    def _write(self, text: str) -> None:
-        if self.stream is not None:
-            self.bar.write(f"[{self.done}/{self.total}] {text}", file=self.stream)
-            self.stream.flush()
-
-
-def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE) -> str:
-    """One line for a finished point: what it is, its throughput and latency, its status."""
-    point = f"{row['model']} {row['precision']} {row['runtime']} batch {row['batch_size']} x{row['threads']}"
-    if run.status == STATUS_OOM:
-        return f"{point}: oom, out of memory ({run.error})"
-    if run.status in (STATUS_SKIPPED, STATUS_UNSUPPORTED):
-        return f"{point}: {run.status} ({run.error})"
-    figures = {p: row[latency_column(p)] for p in dict.fromkeys(["p50", percentile])}
-    latency = ", ".join(f"{p} {v:.1f} ms" if pd.notna(v) else f"{p} n/a" for p, v in figures.items())
-    cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
-    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost} ({row['n_requests']} requests), "
-            f"{row['status']}")

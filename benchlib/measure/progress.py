@@ -1,0 +1,69 @@
+"""Progress of a sweep: a live bar on a terminal, one plain line per finished grid point elsewhere.
+
+`benchlib run` forwards these ``[i/N] ...`` lines from the notebook to the terminal as they come.
+"""
+from __future__ import annotations
+
+from typing import TextIO
+
+import pandas as pd
+from tqdm import tqdm
+
+from benchlib.measure.load import PointRun
+from benchlib.vocabulary import DEFAULT_PERCENTILE, STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED, latency_column
+
+
+class Progress:
+    """A live bar on a terminal; one plain line per point in logs and notebooks."""
+
+    def __init__(self, total: int, stream: TextIO | None, percentile: str) -> None:
+        self.total = total
+        self.stream = stream
+        self.percentile = percentile
+        live = stream is not None and stream.isatty()
+        self.bar = tqdm(total=total, file=stream, disable=not live, unit="point", dynamic_ncols=True)
+        self.done = 0
+        self.already = 0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush_skipped()
+        self.bar.close()
+
+    def __call__(self, row: pd.Series, run: PointRun) -> None:
+        self._flush_skipped()
+        self.done += 1
+        self.bar.update()
+        self._write(describe(row, run, self.percentile))
+
+    def skip(self) -> None:
+        """A point a resumed run already has: counted, and said in one line per stretch."""
+        self.done += 1
+        self.already += 1
+        self.bar.update()
+
+    def _flush_skipped(self) -> None:
+        if self.already:
+            self._write(f"{self.already} point(s) already measured")
+            self.already = 0
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None:
+            self.bar.write(f"[{self.done}/{self.total}] {text}", file=self.stream)
+            self.stream.flush()
+
+
+def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE) -> str:
+    """One line for a finished point: what it is, its throughput and latency, its status."""
+    point = f"{row['model']} {row['precision']} {row['runtime']} batch {row['batch_size']} x{row['threads']}"
+    if run.status == STATUS_OOM:
+        return f"{point}: oom, out of memory ({run.error})"
+    if run.status in (STATUS_SKIPPED, STATUS_UNSUPPORTED):
+        return f"{point}: {run.status} ({run.error})"
+    figures = {p: row[latency_column(p)] for p in dict.fromkeys(["p50", percentile])}
+    latency = ", ".join(f"{p} {v:.1f} ms" if pd.notna(v) else f"{p} n/a" for p, v in figures.items())
+    cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
+    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost} ({row['n_requests']} requests), "
+            f"{row['status']}")
