@@ -187,9 +187,10 @@ def _study(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SUMMARY_SHOWN = ["model", "precision", "dtype", "batch_size", "threads", "throughput_per_s",
-                 *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "n_requests", "status"]
-KNEES_SHOWN = ["model", "precision", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
+SUMMARY_SHOWN = ["model", "precision", "dtype", "runtime", "batch_size", "threads", "throughput_per_s",
+                 *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "n_requests", "prepare_s",
+                 "accuracy_gate", "status"]
+KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
                "r_squared", "reason"]
 
 

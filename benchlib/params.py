@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -72,8 +73,17 @@ _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-# strict: ints pass, strings do not; YAML's .inf and .nan are refused (an endless window, a NaN price).
-PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+#: YAML 1.1 (PyYAML) reads `1e-3` as a string: a number written like that is still a number.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _exponent_number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value) else value
+
+
+# strict: ints pass, strings do not (but `1e-3`, see above); YAML's .inf and .nan are refused
+# (an endless window, a NaN price).
+PositiveFloat = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False), BeforeValidator(_exponent_number)]
 
 
 class _Strict(BaseModel):
@@ -233,7 +243,8 @@ class Params(_Strict):
     accuracy_samples: PositiveInt = 32
     #: The gate's tolerance: the largest error allowed, as a fraction of the largest output
     #: of the eager reference (default: by compute dtype, see benchlib.derive.accuracy).
-    accuracy_tolerance: Annotated[float, Field(gt=0, lt=1, strict=True, allow_inf_nan=False)] | None = None
+    accuracy_tolerance: Annotated[float, BeforeValidator(_exponent_number),
+                                  Field(gt=0, lt=1, strict=True, allow_inf_nan=False)] | None = None
     #: Overrides the price table's hourly price (spot, reserved, your own machine).
     price_usd_per_hour: PositiveFloat | None = None
     #: Grids above MAX_GRID_POINTS are refused unless this says they are meant.

@@ -161,10 +161,11 @@ class RunWriter:
         finished = records[records["status"].isin(DONE_STATUSES)]
         return set(finished[GRID_KEYS].drop_duplicates().itertuples(index=False, name=None))
 
-    def smallest_oom_batches(self) -> dict[tuple[str, str], int]:
-        """Per (model, precision), the smallest batch size that ran out of memory so far."""
+    def smallest_oom_batches(self) -> dict[tuple[str, str, str], int]:
+        """Per (model, precision, runtime), the smallest batch size that ran out of memory so far."""
         oom = self.records[self.records["status"] == STATUS_OOM]
-        return {(str(m), str(p)): int(b) for (m, p), b in oom.groupby(["model", "precision"])["batch_size"].min().items()}
+        smallest = oom.groupby(["model", "precision", "runtime"])["batch_size"].min()
+        return {(str(m), str(p), str(r)): int(b) for (m, p, r), b in smallest.items()}
 
     def has_accuracy(self, **keys: Any) -> bool:
         """Whether an accuracy row with these values (e.g. model, precision, runtime, batch_size) exists."""

@@ -80,7 +80,7 @@ STATS_COLUMNS: list[str] = [
 #: artifact (per batch size) against eager at the same precision (the gate).
 ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",
                                "n_samples", "max_abs_error", "mean_abs_error", "reference_max_abs",
-                               "argmax_agreement", "tolerance", "gate", "status"]
+                               "argmax_agreement", "relative_error", "tolerance", "gate", "status"]
 #: A precision's figures join its points on these ...
 PRECISION_ACCURACY_KEYS: list[str] = ["model", "precision"]
 #: ... and a runtime's gate joins its points on these.

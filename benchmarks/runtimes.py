@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from benchlib.derive.accuracy import compare_outputs, gate, gate_tolerance
+from benchlib.measure.memory import first_line
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.runtimes import RUNTIMES, Prepared, Unsupported, get_runtime
 from benchlib.measure.workload import Workload
@@ -84,11 +85,6 @@ class Contender:
     prepared: Prepared | None = None
     throughputs: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def prepare(name: str, workload: Workload, inputs: Any) -> Contender:

@@ -594,3 +594,10 @@ def test_params_round_trip_through_params_to_dict() -> None:
 def test_shipped_params_round_trip(path: Path) -> None:
     params = load_params(path)
     assert parse_params(params_to_dict(params)) == params
+
+
+def test_numbers_in_exponent_notation_are_numbers(write_params) -> None:
+    # PyYAML (YAML 1.1) reads 1e-3 as a string; a params file means the number.
+    text = "instance: x\nmodels: [resnet50]\nbatch_sizes: [1]\nduration_s: 5e0\naccuracy_tolerance: 1e-3\n"
+    params = load_params(write_params(text))
+    assert (params.duration_s, params.accuracy_tolerance) == (5.0, 0.001)

@@ -182,6 +182,10 @@ def test_channels_last_reaches_the_weights_and_the_inputs(tmp_path: Path) -> Non
     conv = workload.module.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert not loaded.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # the fp32 original
+    # a model without convolutions is left alone, not copied for nothing
+    bert = load_model(params.models[1], torch.device("cpu"), 0)
+    plain = Workload(bert, resolve_precision("fp32", torch.device("cpu")), channels_last=True)
+    assert plain.module is bert.module and not plain.channels_last
 
 
 def test_matmul_precision_is_set_for_the_sweep_and_recorded(tmp_path: Path) -> None:
@@ -202,3 +206,43 @@ def test_a_cast_precision_of_an_image_model_is_compared_on_its_own_inputs(tmp_pa
     assert summary["status"].tolist() == ["ok", "ok"]
     accuracy = pd.read_csv(tmp_path / "accuracy.csv")
     assert accuracy["status"].tolist() == ["ok"] and accuracy["max_abs_error"].iloc[0] > 0
+
+
+class Fixed(Runtime):
+    """A runtime whose outputs are eager's, changed by `change` (a function of the outputs)."""
+
+    name = "fixed"
+
+    def __init__(self, change) -> None:
+        self.change = change
+
+    def prepare(self, workload, example) -> Prepared:
+        return Prepared(call=lambda inputs: self.change(workload.forward(inputs)))
+
+
+def gate_of(tmp_path: Path, monkeypatch, change) -> pd.Series:
+    with_runtimes(monkeypatch, trace=Fixed(change))
+    params = parse_params(tiny_params(runtimes=["trace"], batch_sizes=[2], accuracy_samples=4))
+    run_sweep(params, tmp_path, progress=None)
+    return pd.read_csv(tmp_path / "accuracy.csv").iloc[0]
+
+
+def test_nan_outputs_fail_the_gate(tmp_path: Path, monkeypatch) -> None:
+    row = gate_of(tmp_path, monkeypatch, lambda out: {k: v * float("nan") for k, v in out.items()})
+    assert row["gate"] == "fail" and row["relative_error"] == float("inf")
+
+
+def test_a_small_output_is_checked_against_its_own_scale(tmp_path: Path, monkeypatch) -> None:
+    # end_logits scaled to 1e-3 of themselves would hide under start_logits' range; each tensor has its own.
+    row = gate_of(tmp_path, monkeypatch, lambda out: {"start_logits": out["start_logits"] * 1000,
+                                                      "end_logits": torch.zeros_like(out["end_logits"])})
+    assert row["gate"] == "fail" and row["relative_error"] >= 1.0
+
+
+def test_a_gate_that_cannot_run_fails_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    # An output of another structure cannot be compared: the gate fails, the point is still measured.
+    row = gate_of(tmp_path, monkeypatch, lambda out: {"start_logits": out["start_logits"]})
+    assert row["gate"] == "fail"
+    assert row["status"] == "not checked: ValueError: outputs differ in structure: 2 vs 1 floating tensors"
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["accuracy_gate"].tolist() == ["fail"] and summary["status"].tolist() == ["ok"]

@@ -144,9 +144,15 @@ def test_a_trace_that_bakes_the_mask_in_fails_the_gate_and_a_padded_example_prev
     import transformers.masking_utils
 
     monkeypatch.setattr(transformers.masking_utils, "is_tracing", lambda tensor=None: False)
-    # traced on the unpadded timing inputs: "no padding, no mask" becomes a constant
+    # traced on unpadded inputs (the sweep times text padded, seed 0; made unpadded here, and the
+    # runtime's own padded copy switched off): "no padding, no mask" becomes a constant
+    from benchlib.measure.workload import Workload
+
+    real_inputs = Workload.inputs
     with monkeypatch.context() as on_ones:
         on_ones.setattr(trace_module, "padded_example", lambda example: example)
+        on_ones.setattr(Workload, "inputs", lambda self, batch, seed, padded=False: real_inputs(
+            self, batch, seed, padded=padded and seed != 0))
         assert _trace_gate(tmp_path / "ones") == "fail"
     # traced on a padded copy (the runtime's way): the masked path is recorded
     assert _trace_gate(tmp_path / "padded") == "pass"

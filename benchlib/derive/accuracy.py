@@ -6,12 +6,14 @@ Two questions, kept apart:
   argmax agreement, reported for information. Random-weight models have tiny logit
   margins, so an argmax gate on precision would fail on noise.
 - Does a runtime compute the same function as eager? Its outputs against eager at
-  the same precision, on inputs with real padding: the gate passes when the largest
-  error is within ``tolerance`` times the largest reference output. The default
+  the same precision, on inputs with real padding: the gate passes when, for every
+  output tensor, the largest error is within ``tolerance`` times that tensor's largest
+  reference value, and nothing is NaN or infinite. The default
   tolerance is set by the compute dtype (:data:`GATE_TOLERANCE`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +35,9 @@ class Agreement:
     #: The largest |fp32 output|, to read the errors against.
     reference_max_abs: float
     argmax_agreement: float
+    #: The worst output tensor's largest error over its own largest |reference| value
+    #: (infinite when the candidate has NaN or inf): what the gate holds to its tolerance.
+    relative_error: float = math.nan
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,17 +61,21 @@ def compare_outputs(reference: Any, candidate: Any) -> Agreement:
     refs, cands = output_tensors(reference), output_tensors(candidate)
     if not refs or len(refs) != len(cands):
         raise ValueError(f"outputs differ in structure: {len(refs)} vs {len(cands)} floating tensors")
-    max_err = mean_sum = ref_max = 0.0
+    max_err = mean_sum = ref_max = worst = 0.0
     n_values = agree = rows = 0
     for ref, cand in zip(refs, cands):
         ref, cand = ref.detach().float().cpu(), cand.detach().float().cpu()
         if ref.shape != cand.shape:
             raise ValueError(f"output shapes differ: {tuple(ref.shape)} vs {tuple(cand.shape)}")
-        err = (ref - cand).abs()
-        max_err = max(max_err, float(err.max()))
+        # NaN would vanish in max(); a non-finite output is an infinite error.
+        err = (ref - cand).abs().nan_to_num(nan=math.inf)
+        tensor_err, tensor_ref = float(err.max()), float(ref.abs().max())
+        max_err = max(max_err, tensor_err)
         mean_sum += float(err.sum())
         n_values += err.numel()
-        ref_max = max(ref_max, float(ref.abs().max()))
+        ref_max = max(ref_max, tensor_ref)
+        # Each tensor against its own scale: a small output (a second head) is checked too.
+        worst = max(worst, tensor_err / max(tensor_ref, 1e-12))
         agree += int((ref.argmax(dim=-1) == cand.argmax(dim=-1)).sum())
         rows += ref.numel() // ref.shape[-1]
     return Agreement(
@@ -75,6 +84,7 @@ def compare_outputs(reference: Any, candidate: Any) -> Agreement:
         mean_abs_error=mean_sum / n_values,
         reference_max_abs=ref_max,
         argmax_agreement=agree / rows,
+        relative_error=worst,
     )
 
 
@@ -96,8 +106,9 @@ def gate_tolerance(dtype: str, matmul_precision: str = "highest", override: floa
 
 
 def gate(agreement: Agreement, tolerance: float) -> bool:
-    """Whether the candidate computes the reference's function within `tolerance` of its output range."""
-    return agreement.max_abs_error <= tolerance * max(agreement.reference_max_abs, 1e-12)
+    """Whether the candidate computes the reference's function: every output tensor within
+    `tolerance` of its own range, and nothing NaN or infinite."""
+    return math.isfinite(agreement.relative_error) and agreement.relative_error <= tolerance
 
 
 def concat_outputs(outputs: list[Any]) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import yaml
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
-    GATE_FAIL,
+    GATE_PASS,
     GRID_KEYS,
     PERCENTILE_COLUMNS,
     REFERENCE_RUNTIME,
@@ -124,14 +124,15 @@ def with_runtime(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def eligible(points: pd.DataFrame) -> pd.DataFrame:
-    """The points that may be recommended: they ran, and their runtime did not fail its accuracy gate.
+    """The points that may be recommended: they ran, and their runtime passed its accuracy gate.
 
-    A point without an `accuracy_gate` (eager, the reference; runs from before the gate)
-    is eligible; a failing point is measured and shown, but never recommended.
+    Eager (the reference) has no gate, nor have runs from before runtimes. Any other
+    runtime must have passed: a failing point, or one whose gate could not be checked,
+    is measured and shown, but never recommended.
     """
     ran = points[points["status"] == STATUS_OK]
-    if "accuracy_gate" in ran.columns:
-        ran = ran[ran["accuracy_gate"] != GATE_FAIL]  # NaN (no gate) is not "fail"
+    if "accuracy_gate" in ran.columns and "runtime" in ran.columns:
+        ran = ran[(ran["runtime"] == REFERENCE_RUNTIME) | (ran["accuracy_gate"] == GATE_PASS)]
     return ran
 
 

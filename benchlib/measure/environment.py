@@ -110,6 +110,7 @@ def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_intra_op_threads": torch.get_num_threads(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         # The runtimes' own libraries, where installed (read from metadata: importing costs seconds).
         "runtime_packages": installed_versions(("onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript")),
         "torch_inter_op_threads": torch.get_num_interop_threads(),

@@ -57,6 +57,16 @@ def matmul_precision(value: str | None) -> Iterator[None]:
 
     ``highest`` keeps float32 matrix products in float32; ``high`` allows TF32 on
     Ampere and later GPUs; ``medium`` allows bfloat16. None leaves it as it is.
+    cuDNN's convolutions follow: TF32 unless ``highest`` (its own default is TF32, so
+    a ``highest`` fp32 reference would otherwise still convolve in TF32).
     """
-    with temporarily(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, value):
+    conv_tf32 = None if value is None else value != "highest"
+    with (
+        temporarily(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, value),
+        temporarily(lambda: torch.backends.cudnn.allow_tf32, _set_cudnn_tf32, conv_tf32),
+    ):
         yield
+
+
+def _set_cudnn_tf32(allowed: object) -> None:
+    torch.backends.cudnn.allow_tf32 = bool(allowed)

@@ -229,9 +229,10 @@ class _Shared:
         self.workload = _Cached()
         self.inputs = _Cached()
         self.artifact = _Cached()
-        self.gate_reference = _Cached()  # eager outputs on the gate's batches, per workload and batch size
+        #: eager's outputs on the gate's batches, per batch size of the current workload
+        self.gate_references: dict[int, list[torch.Tensor]] = {}
         self.runtimes: dict[str, Runtime] = {}
-        #: (model, precision) -> the smallest batch size that ran out of memory.
+        #: (model, precision, runtime) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
         #: model label -> why loading it ran out of memory.
         self.model_oom: dict[str, str] = {}
@@ -239,7 +240,7 @@ class _Shared:
     def measure(self, point: GridPoint, clock: Clock) -> PointRun:
         """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
         or a runtime that cannot run it."""
-        limit = self.oom_batch.get((point.model.label, point.precision.name))
+        limit = self.oom_batch.get(point.key[:3])
         if limit is not None and point.batch_size > limit:
             return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
         if point.model.label in self.model_oom:
@@ -254,12 +255,16 @@ class _Shared:
             return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
         try:
             workload = self._workload(point)
-            runtime = self.runtimes.setdefault(point.runtime, get_runtime(point.runtime))
+            if point.runtime not in self.runtimes:
+                self.runtimes[point.runtime] = get_runtime(point.runtime)
+            runtime = self.runtimes[point.runtime]
             reason = runtime.unsupported(workload)
             if reason:
                 return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
+            # Text is timed with padding, as tokenised text comes: every runtime then takes the
+            # same (masked) attention path, eager's all-ones shortcut included.
             inputs = self.inputs.get((point.model.label, point.precision.name, point.batch_size),
-                                     lambda: workload.inputs(point.batch_size, self.params.seed))
+                                     lambda: workload.inputs(point.batch_size, self.params.seed, padded=True))
             artifact = self.artifact.get(point.key[:-1], lambda: self._prepare(runtime, workload, inputs, point))
             if artifact.prepared is None:
                 return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported, prepare_s=artifact.prepare_s)
@@ -286,11 +291,11 @@ class _Shared:
         return run
 
     def _out_of_memory(self, point: GridPoint) -> None:
-        """Release what the point held and mark larger batches of its model and precision as infeasible."""
+        """Release what the point held and mark larger batches of its model, precision and runtime infeasible."""
         self.artifact.clear()
         self.inputs.clear()
         release_memory(self.device)
-        key = (point.model.label, point.precision.name)
+        key = point.key[:3]
         self.oom_batch[key] = min(self.oom_batch.get(key, point.batch_size), point.batch_size)
 
     def _workload(self, point: GridPoint) -> Workload:
@@ -304,15 +309,17 @@ class _Shared:
 
     def _new_workload(self, loaded: LoadedModel, point: GridPoint) -> Workload:
         # The previous precision's inputs and artifact go first: near the memory limit they matter.
-        for cached in (self.artifact, self.inputs, self.gate_reference):
+        for cached in (self.artifact, self.inputs):
             cached.clear()
+        self.gate_references.clear()
         release_memory(self.device)
         return Workload(loaded, point.precision, channels_last=self.params.channels_last_for(point.model))
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         # Drop what the previous model held before loading the next one.
-        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload, self.reference):
+        for cached in (self.artifact, self.inputs, self.workload, self.reference):
             cached.clear()
+        self.gate_references.clear()
         release_memory(self.device)
         loaded = load_model(spec, self.device, self.params.seed)
         self.env["models"] = [m for m in self.env["models"] if m["label"] != spec.label] + [
@@ -323,11 +330,12 @@ class _Shared:
 
     def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint) -> _Artifact:
         """Prepare (timed as prepare_s, never in a window), then hold the artifact to the gate."""
-        self.artifact.clear()  # the previous artifact's memory first
         started = time.perf_counter()
         try:
             with workload.precision_context():
                 prepared = runtime.prepare(workload, inputs)
+            if self.device.type == "cuda":  # the warm-up's kernels belong to the preparation
+                torch.cuda.synchronize(self.device)
         except Unsupported as exc:
             return _Artifact(None, time.perf_counter() - started, f"{point.runtime}: {exc}")
         except Exception as exc:  # a runtime that fails to prepare this model cannot run it here
@@ -339,7 +347,15 @@ class _Shared:
         if point.runtime != REFERENCE_RUNTIME and not self.writer.has_accuracy(
                 model=point.model.label, precision=point.precision.name, runtime=point.runtime,
                 batch_size=point.batch_size):
-            self.writer.add_accuracy(self._gate_row(workload, prepared, point))
+            try:
+                self.writer.add_accuracy(self._gate_row(workload, prepared, point))
+            except Exception as exc:  # noqa: BLE001 - a gate that cannot run fails; the sweep goes on
+                if is_out_of_memory(exc):
+                    release_memory(self.device)
+                note = "out of memory" if is_out_of_memory(exc) else first_line(exc)
+                self.writer.add_accuracy({**self._accuracy_keys(workload, point.runtime, point.batch_size,
+                                                                 REFERENCE_EAGER),
+                                          "gate": GATE_FAIL, "status": f"not checked: {note}"})
         return _Artifact(prepared, prepare_s)
 
     def _gate_row(self, workload: Workload, prepared: Prepared, point: GridPoint) -> dict[str, Any]:
@@ -351,8 +367,9 @@ class _Shared:
                                    self.params.accuracy_tolerance)
         row = {**self._accuracy_keys(workload, point.runtime, point.batch_size, REFERENCE_EAGER),
                "tolerance": tolerance}
-        reference = self.gate_reference.get((point.model.label, point.precision.name, point.batch_size),
-                                            lambda: _outputs(workload, workload.forward, batches, "highest"))
+        if point.batch_size not in self.gate_references:
+            self.gate_references[point.batch_size] = _outputs(workload, workload.forward, batches, "highest")
+        reference = self.gate_references[point.batch_size]
         candidate = _outputs(workload, prepared.call, batches, self.params.matmul_precision)
         agreement = compare_outputs(reference, candidate)
         return {**row, **agreement.as_row(), "gate": GATE_PASS if gate(agreement, tolerance) else GATE_FAIL,
@@ -382,8 +399,9 @@ class _Shared:
                 "batch_size": batch_size, "reference": reference}
 
     def release(self) -> None:
-        for cached in (self.artifact, self.inputs, self.gate_reference, self.workload, self.reference, self.model):
+        for cached in (self.artifact, self.inputs, self.workload, self.reference, self.model):
             cached.clear()
+        self.gate_references.clear()
         release_memory(self.device)
 
 
@@ -392,4 +410,6 @@ def _outputs(workload: Workload, call: Callable[[Inputs], Any] | None, batches: 
     """`call`'s outputs (default: the workload's forward) on `batches`, joined, at a matmul precision."""
     call = workload.forward if call is None else call
     with matmul_precision(matmul), workload.precision_context():
-        return concat_outputs([call(inputs) for inputs in batches])
+        # Each batch's outputs leave the device as they come: the check needs no more memory than a point.
+        parts = [concat_outputs([call(inputs)]) for inputs in batches]
+    return [torch.cat(tensors) for tensors in zip(*parts)]

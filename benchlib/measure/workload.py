@@ -29,8 +29,10 @@ class Workload:
         self.loaded = loaded
         self.precision = precision
         self.device = loaded.device
-        self.channels_last = channels_last
         module = loaded.module
+        # NHWC is for convolutions: a model without 4-D weights (BERT) is left as it is, uncopied.
+        channels_last = channels_last and any(p.dim() == 4 for p in module.parameters())
+        self.channels_last = channels_last
         if precision.cast_dtype is not None or channels_last:
             module = copy.deepcopy(module)
         if precision.cast_dtype is not None:
@@ -120,14 +122,5 @@ class Workload:
             with self.precision_context(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 call = prepared.bind(index, stream, inputs)
         else:
-            run = prepared.call
-            call = functools.partial(run, inputs)
-        if prepared.lock is None:
-            return call
-        lock = prepared.lock
-
-        def serialised() -> object:
-            with lock:
-                return call()
-
-        return serialised
+            call = functools.partial(prepared.call, inputs)
+        return call

@@ -10,12 +10,12 @@ The rules every runtime keeps (see the README, "Runtimes"):
   static, so nothing recompiles when the batch size changes.
 - ``call`` is what a client thread runs for one request, and it may be called from
   several threads at once. A runtime that cannot be shares it differently: ``bind``
-  gives each client stream its own callable (made one after another, before the
-  window), or ``lock`` serialises the clients (and says so in the point's notes).
+  gives each client stream its own callable, made one after another before the
+  window. (One that could serve a single client at a time would serialise them
+  behind a lock in ``bind`` and say so in its notes; none of ours needs to.)
 """
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,10 +43,20 @@ class Prepared:
     #: Per client: (client index, its CUDA stream or None, the inputs) -> a call with no
     #: arguments bound to them. Called one client after another before the window.
     bind: Callable[[int, torch.cuda.Stream | None, Inputs], Callable[[], Any]] | None = None
-    #: Serialises the clients when the runtime cannot be called from several threads at once.
-    lock: threading.Lock | None = None
     #: Called after the window: what went wrong inside it (a recompile), or None.
     check_window: Callable[[], str | None] | None = None
+
+
+def module_call(module: Callable[..., Any], keywords: bool) -> Callable[[Inputs], Any]:
+    """A function calling `module` with a batch's inputs (as keywords when they are a dict).
+
+    A function, never the module itself: a caller may test its truth value, and a
+    module's is its ``len()``, which most models do not have.
+    """
+    def call(inputs: Inputs) -> Any:
+        return module(**inputs) if keywords else module(inputs)
+
+    return call
 
 
 class Runtime(ABC):

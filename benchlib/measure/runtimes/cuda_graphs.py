@@ -35,9 +35,9 @@ bound by Python and kernel-launch overhead. What the runtime keeps, and why:
   precision. Autocast's cache of casted weights is switched off during capture: a
   cached cast made inside one capture would be a tensor of that graph's pool, never
   computed until it replays, and freed when the autocast context exits, while other
-  graphs captured in the same context would read it. So each replay casts the
-  weights again, where eager autocast keeps its casts for the whole window; such
-  points say so in their notes (``fp16``, a cast model, has no such cost).
+  graphs captured in the same context would read it. Each replay casts the weights
+  again, as eager autocast does too here: the cache only serves weights that require
+  grad, and benchlib's never do (``zoo.load_model``), so nothing is lost.
 - **capture_error_mode "thread_local".** Only this thread's unsafe CUDA calls
   invalidate the capture; no client thread runs while graphs are captured.
 
@@ -68,8 +68,6 @@ if TYPE_CHECKING:
 #: Forward passes on the side stream before the first capture (PyTorch's docs use 3).
 WARMUP_PASSES = 3
 CAPTURE_ERROR_MODE = "thread_local"
-#: What an autocast point's notes say: eager keeps autocast's casts of the weights for the whole window.
-AUTOCAST_NOTE = "cuda-graphs under autocast casts the weights in every replay (autocast's cache is off in capture)"
 
 
 class CudaGraphs(Runtime):
@@ -124,8 +122,7 @@ class CudaGraphs(Runtime):
             bound.append((stream, inputs, replay))  # keeps the graph, its inputs and outputs alive
             return replay
 
-        notes = (AUTOCAST_NOTE,) if torch.is_autocast_enabled(device.type) else ()
-        return Prepared(call=call, bind=bind, notes=notes)
+        return Prepared(call=call, bind=bind)
 
 
 def _capture(workload: Workload, inputs: Inputs, stream: torch.cuda.Stream) -> tuple[torch.cuda.CUDAGraph, Any]:

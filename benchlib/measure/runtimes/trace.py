@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
-from benchlib.measure.runtimes.base import Prepared, Runtime
+from benchlib.measure.runtimes.base import Prepared, Runtime, module_call
 
 if TYPE_CHECKING:
     from benchlib.measure.inputs import Inputs
@@ -93,15 +93,7 @@ class Trace(Runtime):
             else:
                 traced = torch.jit.trace(workload.module, (traced_on,), strict=False, check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
-        call = _caller(frozen, isinstance(example, dict))
+        call = module_call(frozen, isinstance(example, dict))
         for _ in range(WARMUP_CALLS):
             call(example)
         return Prepared(call=call)
-
-
-def _caller(module: torch.jit.ScriptModule, keywords: bool) -> Callable[[Inputs], Any]:
-    # A function, never the module itself: a ScriptModule's truth value may be its len().
-    def call(inputs: Inputs) -> Any:
-        return module(**inputs) if keywords else module(inputs)
-
-    return call
