@@ -142,6 +142,7 @@ def run_sweep(
         points = grid(params, precisions)
         done = _done_points(writer, points)
         shared = _Shared(device, params, writer, env)
+        summary = None
         for point in points:
             if point.key in done:
                 report.skip()
@@ -153,8 +154,9 @@ def run_sweep(
             report(summary.iloc[-1], run)
             interrupts.check()
         shared.release()
-        summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
-        writer.write_summary(summary)  # also when a resume found every point done
+        if summary is None:  # a resume that found every point done: the summary is rewritten all the same
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+            writer.write_summary(summary)
         knee_table = knees(summary)
         writer.write_knees(knee_table)
     return SweepResult(Path(out_dir), summary, knee_table)

@@ -118,9 +118,7 @@ class Workload:
 
     def _bound(self, prepared: Prepared, index: int, stream: torch.cuda.Stream | None,
                inputs: Inputs) -> Callable[[], object]:
-        if prepared.bind is not None:
-            with self.precision_context(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                call = prepared.bind(index, stream, inputs)
-        else:
-            call = functools.partial(prepared.call, inputs)
-        return call
+        if prepared.bind is None:
+            return functools.partial(prepared.call, inputs)
+        with self.precision_context(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            return prepared.bind(index, stream, inputs)
