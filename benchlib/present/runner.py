@@ -46,6 +46,8 @@ REPORT_NOTEBOOK = NOTEBOOKS / "report.ipynb"
 #: `papermill -k benchlib`). `benchlib run` and `benchlib report` do not look it up: see
 #: ThisInterpreterKernelManager.
 KERNEL_NAME = "benchlib"
+#: The kernel process's own log, beside the executed notebook.
+KERNEL_LOG = "kernel.log"
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,22 @@ class ThisInterpreterKernelManager(AsyncKernelManager):
         # nbclient then keeps the kernel's IPython history in memory, not in a shared SQLite file.
         return True
 
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        # The kernel process's own output (ipykernel's and tornado's log lines at start-up and
+        # shutdown) goes to kernel.log beside the notebook, not to the user's terminal: what the
+        # notebook prints reaches the executed notebook (and progress the terminal) through papermill.
+        self._kernel_log = (Path(kw.get("cwd") or ".") / KERNEL_LOG).open("ab")
+        kw.setdefault("stdout", self._kernel_log)
+        kw.setdefault("stderr", self._kernel_log)
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+
     async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
         await super().cleanup_resources(restart=restart)
-        if not restart and getattr(self, "_ipc_dir", None):
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        if not restart:
+            if getattr(self, "_kernel_log", None):
+                self._kernel_log.close()
+            if getattr(self, "_ipc_dir", None):
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
 
 class ProgressLines:
