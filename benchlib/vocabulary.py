@@ -93,3 +93,13 @@ SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY,
 #: The least a summary needs to be compared in a report.
 REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
     {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"})
+
+# --- telemetry ------------------------------------------------------------------
+
+#: One telemetry sample, as the sampler takes it: time from the window start (the records'
+#: origin), then what each source reads (NaN where a source does not read it). `energy_j`
+#: is cumulative energy since the sampler started (a counter's delta), not power x time.
+SAMPLE_COLUMNS: list[str] = ["time_s", "power_w", "energy_j", "sm_clock_mhz", "memory_clock_mhz",
+                             "gpu_utilization_pct", "temperature_c", "rss_bytes"]
+#: telemetry.parquet: every sample of every point, joined to records on `point`.
+TELEMETRY_COLUMNS: list[str] = ["point", *SAMPLE_COLUMNS]
