@@ -131,6 +131,9 @@ class ModelSpec(_Strict):
     input_dtype: Literal["float32", "int64"] = "float32"
     #: NHWC memory format for a CNN's weights and image inputs; unset follows the params' own.
     channels_last: StrictBool | None = None
+    #: FLOPs of one inference (one sample), for a model the counter cannot count or a figure of
+    #: your own; unset: counted (see benchlib.measure.flops).
+    flops_per_inference: PositiveFloat | None = None
     #: True when Params made the label up (so params_to_dict leaves it out and it round-trips).
     _label_is_default: bool = PrivateAttr(default=False)
 
@@ -252,6 +255,10 @@ class Params(_Strict):
     #: duration_s over MAX_DURATION_S or min_requests over MAX_MIN_REQUESTS are refused
     #: unless this says they are meant.
     allow_long_window: StrictBool = False
+    #: Time a GEMM per compute dtype at the start (a few seconds): each point's % of measured peak.
+    measure_peak_flops: StrictBool = True
+    #: Sample power, energy, clocks and memory on a side thread during each point.
+    telemetry: StrictBool = True
 
     @field_validator("instance")
     @classmethod

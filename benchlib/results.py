@@ -6,6 +6,8 @@ A run directory holds::
     summary.csv       one row per grid point, derived from the records (+ accuracy, cost)
     accuracy.csv      reduced precisions vs fp32 on the same inputs
     knees.csv         the knee of each throughput-vs-batch curve, from the summary
+    telemetry.parquet power, energy, clocks, utilisation and memory sampled during each point,
+                      on the records' time origin (joined to them on `point`)
     env.json          versions, device, threads, git commit, params
     params.yaml       the validated params the run used
 
@@ -35,9 +37,12 @@ from benchlib.vocabulary import (
     DONE_STATUSES,
     GRID_KEYS,
     POINT_KEYS,
+    POINT_MEASURES,
     RECORD_COLUMNS,
     STATUS_OOM,
     TEXT_KEYS,
+    TEXT_MEASURES,
+    TELEMETRY_COLUMNS,
 )
 
 if TYPE_CHECKING:  # the report reads runs without importing torch
@@ -50,6 +55,7 @@ ENV = "env.json"
 KNEES = "knees.csv"
 PARAMS = "params.yaml"
 RECOMMENDATION = "recommendation.csv"
+TELEMETRY = "telemetry.parquet"
 
 LOCK = ".lock"
 
@@ -73,17 +79,19 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFra
     missing = set(POINT_KEYS) - set(keys)
     if missing:  # a grid dimension added without its column would leave it empty
         raise ValueError(f"point keys lack {sorted(missing)}")
+    nan = float("nan")
+    # What the point measured besides its requests: NaN (or no text) where it was not measured.
+    measures = {k: run.measures.get(k, "" if k in TEXT_MEASURES else nan) for k in POINT_MEASURES}
+    point_columns = {"status": run.status, "prepare_s": run.prepare_s, "note": run.error, **measures}
     if run.records:
         rows = [
             {"point": point, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
-             "start_s": r.start_s, "end_s": r.end_s, "status": run.status, "prepare_s": run.prepare_s,
-             "note": run.error}
+             "start_s": r.start_s, "end_s": r.end_s, **point_columns}
             for r in run.records
         ]
     else:
-        nan = float("nan")
-        rows = [{"point": point, **keys, "thread": -1, "seq": -1, "warmup": False,
-                 "start_s": nan, "end_s": nan, "status": run.status, "prepare_s": run.prepare_s, "note": run.error}]
+        rows = [{"point": point, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan, "end_s": nan,
+                 **point_columns}]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
@@ -105,6 +113,7 @@ class RunWriter:
         self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
         self._accuracy: list[dict[str, Any]] = []
+        self._telemetry: list[pd.DataFrame] = []
         #: The env.json of the run being resumed (empty for a new run).
         self.previous_env: dict[str, Any] = {}
         try:
@@ -124,6 +133,8 @@ class RunWriter:
             self._records = [read_records(self.out_dir)]
             if (self.out_dir / ACCURACY).exists():
                 self._accuracy = read_accuracy(self.out_dir).to_dict("records")
+            if (self.out_dir / TELEMETRY).exists():
+                self._telemetry = [read_telemetry(self.out_dir)]
         except (OSError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as exc:
             if isinstance(exc, InputError):
                 raise
@@ -197,6 +208,15 @@ class RunWriter:
         write_atomic(self.out_dir / RECORDS, lambda p: everything.to_parquet(p, index=False))
         return everything
 
+    def add_telemetry(self, samples: pd.DataFrame) -> None:
+        """Keep one point's telemetry samples (TELEMETRY_COLUMNS) and rewrite telemetry.parquet."""
+        if samples.empty:
+            return
+        self._telemetry.append(samples[TELEMETRY_COLUMNS])
+        self._telemetry = [pd.concat(self._telemetry, ignore_index=True)]
+        everything = self._telemetry[0]
+        write_atomic(self.out_dir / TELEMETRY, lambda p: everything.to_parquet(p, index=False))
+
     def write_summary(self, summary: pd.DataFrame) -> None:
         write_summary(self.out_dir, summary)
 
@@ -258,6 +278,10 @@ def read_accuracy(run_dir: str | Path) -> pd.DataFrame:
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(run_dir) / RECORDS)
+
+
+def read_telemetry(run_dir: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_dir) / TELEMETRY)
 
 
 def read_summary(run_dir: str | Path) -> pd.DataFrame:

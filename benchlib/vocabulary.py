@@ -65,10 +65,19 @@ CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime",
 
 # --- columns ------------------------------------------------------------------
 
+#: What the sweep measures once per point besides its requests (records carry them):
+#: FLOPs of one inference (NaN when not counted), the dtype whose peak the point is judged
+#: against (float32, tf32, float16, bfloat16), the point's peak memory (reserved: CUDA's
+#: caching allocator), the energy of its measured window, and what telemetry said.
+POINT_MEASURES: list[str] = ["flops_per_inference", "peak_dtype", "peak_memory_bytes", "peak_memory_reserved_bytes",
+                             "energy_j", "telemetry_note"]
+#: The measures that are text (the others are numbers).
+TEXT_MEASURES: list[str] = ["peak_dtype", "telemetry_note"]
 #: records.parquet: one row per request. `prepare_s` (the runtime's preparation of the
-#: point's artifact) and `note` (what the point's run said) repeat on each row of a point.
+#: point's artifact), `note` (what the point's run said) and the point's measures repeat on
+#: each row of a point.
 RECORD_COLUMNS: list[str] = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status",
-                             "prepare_s", "note"]
+                             "prepare_s", "note", *POINT_MEASURES]
 #: What stats derives per point from its records.
 STATS_COLUMNS: list[str] = [
     "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
@@ -88,8 +97,14 @@ GATE_KEYS: list[str] = ["model", "precision", "runtime", "batch_size"]
 #: The accuracy figures a summary row carries: its precision's against fp32, its runtime's gate.
 ACCURACY_IN_SUMMARY: list[str] = ["max_abs_error", "argmax_agreement", "accuracy_gate"]
 COST_COLUMNS: list[str] = ["usd_per_hour", "usd_per_million", "usd_per_million_ci_low", "usd_per_million_ci_high"]
+#: How close each point came to what the device can do, and what it used (benchlib.derive.efficiency).
+EFFICIENCY_COLUMNS: list[str] = [
+    "flops_per_inference", "peak_dtype", "achieved_flops_per_s", "pct_of_measured_peak", "pct_of_published_peak",
+    "peak_memory_bytes", "peak_memory_reserved_bytes", "memory_headroom_bytes", "energy_j", "joules_per_inference",
+    "inferences_per_kwh", "telemetry_note",
+]
 #: summary.csv: one row per grid point.
-SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS]
+SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS, *EFFICIENCY_COLUMNS]
 #: The least a summary needs to be compared in a report.
 REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
     {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"})

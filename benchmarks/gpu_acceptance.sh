@@ -10,16 +10,22 @@
 # but the wheels of .whl/, into a folder under /tmp):
 #   1. params/gpu-acceptance.yaml: BERT-base QA (seq 128) and ResNet50, batch 1, 8, 32,
 #      fp32 and amp, 1 and 2 client threads, eager and cuda-graphs, 1 s windows;
-#   2. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+#   2. params/gpu-acceptance-energy.yaml: ResNet50 batch 32 in a 6 s window, for NVML;
+#   3. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
 # The verdict gives per model, precision, runtime and thread count the throughput at
 # each batch size, the statuses, the accuracy gates, cuda-graphs against eager, the
 # throughput of 2 client threads against 1 at batch 1 (eager, fp32; reported, not
-# asserted: it shows whether per-thread streams overlap) and the versions.
+# asserted: it shows whether per-thread streams overlap) and the versions. Then
+# efficiency: the measured and published peaks, each model's best % of peak (a point
+# above the measured peak fails: its FLOPs or the peak are wrong), and the energy
+# step's NVML figures: energy per inference, power, clocks, utilisation and
+# temperature must all have been read, and the energy counter must agree with the
+# integrated power samples within 25 %; throttling and other GPU processes are noted.
 #
 # Writes into $OUT when set (the device tool brings back at most 8 files from there),
 # else outputs/gpu-acceptance/: verdict.txt, log.txt, env.json, main-summary.csv,
-# main-accuracy.csv, compile-summary.csv, compile-accuracy.csv. The run folders
-# themselves go to /tmp with $OUT, else to outputs/gpu-acceptance/runs/<time>/.
+# main-accuracy.csv, energy-summary.csv, compile-summary.csv, compile-accuracy.csv.
+# The run folders themselves go to /tmp with $OUT, else to outputs/gpu-acceptance/runs/<time>/.
 #
 # Exit status: 0 every point ran and every gate passed; 1 something failed (the
 # verdict says what); 2 this machine cannot run it, said in one line: no CUDA (checked
@@ -33,6 +39,7 @@ cd "$(dirname "$0")/.." || exit 2
 PYTHON=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-480}       # the whole script, installing and the verdict included
 MAIN_MAX_S=${MAIN_MAX_S:-300}   # the eager and cuda-graphs sweep at most
+ENERGY_MAX_S=${ENERGY_MAX_S:-90}  # the energy step at most (model load, GEMM peak, a 6 s window)
 VERDICT_S=30                    # kept for the verdict
 KILL_S=15                       # after a step's time is up: SIGTERM, then SIGKILL this much later
 SITE=${SITE:-/tmp/benchlib-site}
@@ -52,7 +59,12 @@ from pathlib import Path
 import pandas as pd
 
 runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
-STEPS = {"main": "eager and cuda-graphs", "compile": "torch.compile"}
+STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry", "compile": "torch.compile"}
+#: The energy counter against the integrated power samples: further apart than this fails.
+ENERGY_AGREEMENT = 0.25
+#: Above the measured GEMM peak by more than noise: the FLOP count or the peak is wrong.
+MAX_PCT_OF_PEAK = 105.0
+TELEMETRY = ["power_w", "sm_clock_mhz", "memory_clock_mhz", "gpu_utilization_pct", "temperature_c"]
 SHOWN = 12  # problems listed: one screen
 
 
@@ -161,6 +173,70 @@ def comparisons(main):
     return lines
 
 
+def efficiency(summaries, problems, notes):
+    """The peaks, each model's best share of them, and no point above the measured one."""
+    env_path = runs / "main" / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    peaks = env.get("peak_flops_per_s") or {}
+    published = env.get("published_peak") or {}
+    lines = ["", "measured GEMM peak: " + (", ".join(f"{d} {v / 1e12:,.1f} TFLOP/s" for d, v in peaks.items())
+                                          or f"none ({env.get('peak_flops_note', 'not in env.json')})"),
+             f"published peak: {published.get('device') or published.get('note', 'not in env.json')}"]
+    main = summaries.get("main")
+    if main is None or "pct_of_measured_peak" not in main:
+        return lines
+    ok = main[main["status"] == "ok"]
+    for row in ok[ok["pct_of_measured_peak"] > MAX_PCT_OF_PEAK].itertuples():
+        problems.append(f"main: {row.model} {row.precision} {row.runtime} batch {row.batch_size} x{row.threads}: "
+                        f"{row.pct_of_measured_peak:.0f}% of the measured {row.peak_dtype} peak: the FLOPs or "
+                        "the peak are wrong")
+    best = ok.sort_values("pct_of_measured_peak").groupby(["model", "precision"], sort=False).tail(1)
+    lines.append("best share of peak per model and precision (GFLOP per inference, % of measured / published "
+                 "peak, peak memory):")
+    for row in best.itertuples():
+        lines.append(f"  {row.model} {row.precision} {row.runtime} batch {row.batch_size} x{row.threads}: "
+                     f"{row.flops_per_inference / 1e9:.2f} GFLOP, {row.pct_of_measured_peak:.1f}% / "
+                     f"{row.pct_of_published_peak:.1f}% of {row.peak_dtype}, {row.peak_memory_bytes / 2**30:.2f} GiB")
+    return lines
+
+
+def energy(summaries, problems, notes):
+    """The energy step: every NVML figure read, and the counter agreeing with the power samples."""
+    summary = summaries.get("energy")
+    if summary is None:
+        return []
+    ok = summary[summary["status"] == "ok"]
+    if ok.empty:
+        return []  # steps() said why
+    row = ok.iloc[0]
+    said = row["telemetry_note"] if isinstance(row.get("telemetry_note"), str) else ""
+    if said:
+        notes.append(f"energy: telemetry says: {said}")
+    if not pd.notna(row.get("joules_per_inference")):
+        problems.append(f"energy: no energy per inference ({said or 'nothing said'})")
+        return []
+    path = runs / "energy" / "telemetry.parquet"
+    if not path.is_file():
+        problems.append("energy: no telemetry.parquet")
+        return []
+    samples = pd.read_parquet(path)
+    window = samples[(samples["time_s"] >= 0) & (samples["time_s"] <= row["window_s"])]
+    for column in TELEMETRY:
+        if window[column].notna().sum() == 0:
+            problems.append(f"energy: telemetry never read {column}")
+    counter_w = row["energy_j"] / row["window_s"]
+    sampled_w = window["power_w"].mean()
+    if pd.notna(sampled_w) and abs(counter_w - sampled_w) > ENERGY_AGREEMENT * sampled_w:
+        problems.append(f"energy: the energy counter gives {counter_w:.0f} W over the window, the power samples "
+                        f"{sampled_w:.0f} W")
+    return ["", f"energy: {row['model']} {row['precision']} batch {row['batch_size']}: "
+                f"{row['joules_per_inference']:.4f} J per inference, {row['inferences_per_kwh']:,.0f} per kWh; "
+                f"{counter_w:.0f} W from the counter, {sampled_w:.0f} W sampled; GPU utilisation "
+                f"{window['gpu_utilization_pct'].mean():.0f}%, SM clock {window['sm_clock_mhz'].median():.0f} MHz, "
+                f"memory clock {window['memory_clock_mhz'].median():.0f} MHz, up to "
+                f"{window['temperature_c'].max():.0f} C; {len(window)} samples in {row['window_s']:.1f} s"]
+
+
 def verdict():
     problems, notes, out = [], [], []
     summaries = steps(problems, notes, out)
@@ -168,6 +244,8 @@ def verdict():
         out += throughput_table(summaries)
     if "main" in summaries:
         out += comparisons(summaries["main"])
+    out += efficiency(summaries, problems, notes)
+    out += energy(summaries, problems, notes)
     listed = [f"PROBLEM: {p}" for p in problems[:SHOWN]]
     if len(problems) > SHOWN:
         listed.append(f"PROBLEM: ... and {len(problems) - SHOWN} more (the summary files have them all)")
@@ -215,7 +293,7 @@ DEST=${OUT:-outputs/gpu-acceptance}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$DEST/runs/$stamp; fi
 mkdir -p "$DEST" "$RUNS" || exit 2
-for file in verdict.txt log.txt env.json {main,compile}-{summary,accuracy}.csv; do  # none left from an earlier run
+for file in verdict.txt log.txt env.json {main,energy,compile}-{summary,accuracy}.csv; do  # none left from an earlier run
     rm -f "${DEST:?}/$file"
 done
 LOG=$DEST/log.txt
@@ -260,12 +338,15 @@ bench() {  # NAME PARAMS MAX_S: one sweep, within MAX_S and what is left of the 
 
 # 3. The sweeps: what is measured after a timeout is kept (files are rewritten after every point).
 bench main params/gpu-acceptance.yaml "$MAIN_MAX_S"
+bench energy params/gpu-acceptance-energy.yaml "$ENERGY_MAX_S"
 bench compile params/gpu-acceptance-compile.yaml "$BUDGET_S"
 
-# 4. The verdict, and the summary files beside it.
-for name in main compile; do
+# 4. The verdict, and the summary files beside it (the energy step's accuracy is eager's own: none).
+for name in main energy compile; do
     for file in summary.csv accuracy.csv; do
-        if [ -f "$RUNS/$name/$file" ]; then cp "$RUNS/$name/$file" "$DEST/$name-$file"; fi
+        if [ "$name/$file" != energy/accuracy.csv ] && [ -f "$RUNS/$name/$file" ]; then
+            cp "$RUNS/$name/$file" "$DEST/$name-$file"
+        fi
     done
 done
 if [ -f "$RUNS/main/env.json" ]; then cp "$RUNS/main/env.json" "$DEST/env.json"; fi

@@ -15,6 +15,9 @@ harness's own cost per request with an empty request (clock reads, record,
 stop-rule check), which is steady, and prints the ratio that cost implies for
 each batch size's bare latency.
 
+Last, the telemetry sampler's cost: harness throughput with the sampler on over off,
+in alternating rounds at the first batch size, and the time one sample takes.
+
     .venv/bin/python benchmarks/harness_overhead.py
     .venv/bin/python benchmarks/harness_overhead.py --model resnet50 --batch-sizes 1 4
 """
@@ -28,6 +31,7 @@ import time
 import torch
 
 from benchlib.measure.load import run_point
+from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
@@ -47,12 +51,14 @@ def bare_throughput(workload: Workload, inputs, batch_size: int, n: int) -> floa
     return n * batch_size / elapsed
 
 
-def harness_throughput(workload: Workload, inputs, batch_size: int, duration_s: float) -> tuple[float, int]:
+def harness_throughput(workload: Workload, inputs, batch_size: int, duration_s: float,
+                       telemetry: Telemetry | None = None) -> tuple[float, int]:
     # Warm-up as in real use: a fresh client thread's first requests pay one-off costs.
-    run = run_point(workload.client_factory(inputs, 1), threads=1, warmup_requests=2,
-                    duration_s=duration_s, min_requests=1)
+    with Sampler(telemetry) if telemetry is not None else contextlib.nullcontext():
+        run = run_point(workload.client_factory(inputs, 1), threads=1, warmup_requests=2,
+                        duration_s=duration_s, min_requests=1)
     keys = {"instance": "bench", "model": "m", "weights": "random", "precision": "fp32",
-            "dtype": "float32", "batch_size": batch_size, "threads": 1}
+            "dtype": "float32", "runtime": "eager", "batch_size": batch_size, "threads": 1}
     row = summarize_point(point_records(0, keys, run))
     return row["throughput_per_s"], row["n_requests"]
 
@@ -73,6 +79,28 @@ def overhead_per_request_s(duration_s: float = 0.5) -> float:
         send()
     bare = time.perf_counter() - start
     return (window - bare) / n
+
+
+def sampler_cost(workload: Workload, batch_size: int, rounds: int, duration_s: float) -> None:
+    """Harness throughput with the telemetry sampler on over off, alternating rounds; and one sample's cost."""
+    telemetry = open_telemetry(workload.device)
+    inputs = workload.inputs(batch_size, seed=0)
+    pair_ratios = []
+    for i in range(rounds):
+        figures = {}
+        for sampled in (i % 2 == 0, i % 2 == 1):  # alternate which goes first
+            figures[sampled] = harness_throughput(workload, inputs, batch_size, duration_s,
+                                                  telemetry if sampled else None)[0]
+        pair_ratios.append(figures[True] / figures[False])
+    q1, median, q3 = statistics.quantiles(pair_ratios, n=4)
+    sampler = Sampler(telemetry)
+    start = time.perf_counter()
+    for _ in range(200):
+        sampler._sample()
+    per_sample_s = (time.perf_counter() - start) / 200
+    print(f"telemetry sampler at {SAMPLE_HZ:g} Hz, batch {batch_size}: harness throughput on/off median "
+          f"{median:.3f} (IQR {q1:.3f}-{q3:.3f}, {rounds} alternating pairs); one sample costs "
+          f"{per_sample_s * 1e6:.1f} us, {per_sample_s * SAMPLE_HZ:.4%} of one core")
 
 
 def main() -> None:
@@ -122,6 +150,7 @@ def main() -> None:
               f"{bare_latency_s / (bare_latency_s + cost_s):.5f}")
     verdict = "meets" if min(ratios) >= TARGET else "MISSES"
     print(f"lowest measured ratio {min(ratios):.3f}: {verdict} the target of {TARGET}")
+    sampler_cost(workload, args.batch_sizes[0], args.rounds, args.duration)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def tiny_params(**overrides: Any) -> dict[str, Any]:
         "duration_s": 0.05,
         "min_requests": 3,
         "price_usd_per_hour": 0.5,
+        # A GEMM peak per process would cost every notebook and CLI test seconds; tests that
+        # need one turn it on.
+        "measure_peak_flops": False,
     }
     params.update(overrides)
     return params

@@ -77,3 +77,14 @@ def test_the_best_runtime_never_failed_its_gate(runtimes_script) -> None:
     assert runtimes_script.best([eager, fast_but_wrong, right, unavailable]) is right
     assert runtimes_script.best([eager, fast_but_wrong]) is eager
     assert runtimes_script.best([unavailable]) is None
+
+
+@pytest.mark.slow
+def test_harness_overhead_prints_its_ratios_and_the_samplers_cost() -> None:
+    script = REPO / "benchmarks" / "harness_overhead.py"
+    done = subprocess.run([sys.executable, str(script), "--rounds", "3", "--duration", "0.1", "--batch-sizes", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"lowest measured ratio [\d.]+: (meets|MISSES) the target", done.stdout), done.stdout
+    assert re.search(r"telemetry sampler at 20 Hz, batch 1: harness throughput on/off median [\d.]+ .*"
+                     r"one sample costs [\d.]+ us", done.stdout), done.stdout

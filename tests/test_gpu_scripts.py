@@ -35,12 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 ACCEPTANCE = REPO / "benchmarks" / "gpu_acceptance.sh"
 WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
 PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-acceptance-compile.yaml"]
+ENERGY_PARAMS = REPO / "params" / "gpu-acceptance-energy.yaml"
 
 #: Made to look not installed while `bench` runs: needed by run/report/--cluster only, or absent on the GPU machine.
 ABSENT = ("dask", "distributed", "s3fs", "papermill", "nbformat", "nbconvert", "nbclient", "ipykernel", "IPython",
           "jupyter", "jupyter_client", "jupyter_core", "jupyterlab", "matplotlib", "seaborn", "moto")
 #: What the GPU machine's image has of what benchlib imports (its import names; /work/.library/device/KINDS.md).
-GPU_IMAGE = {"torch", "torchvision", "transformers", "numpy", "pandas", "pyarrow", "scipy", "yaml", "tqdm"}
+GPU_IMAGE = {"torch", "torchvision", "transformers", "numpy", "pandas", "pyarrow", "scipy", "yaml", "tqdm",
+             "pynvml"}
 
 #: Runs in a child interpreter: hides ABSENT, then `validate` and a tiny `bench` on the CPU.
 CHILD = r'''
@@ -193,8 +195,16 @@ def test_acceptance_without_cuda_exits_2_with_one_line_and_touches_nothing(tmp_p
 
 def test_acceptance_runs_the_shipped_params_files() -> None:
     text = ACCEPTANCE.read_text()
-    for path in PARAMS:
+    for path in [*PARAMS, ENERGY_PARAMS]:
         assert str(path.relative_to(REPO)) in text
+
+
+def test_the_energy_step_is_one_busy_point_in_a_window_nvml_can_measure() -> None:
+    from benchlib.measure.telemetry import MIN_NVML_ENERGY_WINDOW_S
+
+    params = load_params(ENERGY_PARAMS)
+    assert params.device == "cuda" and params.grid_size == 1 and params.telemetry
+    assert params.duration_s >= MIN_NVML_ENERGY_WINDOW_S and params.measure_peak_flops
 
 
 def test_acceptance_params_are_the_study_models_on_cuda() -> None:
@@ -273,6 +283,55 @@ def test_the_verdict_compares_runtimes_and_threads_and_fails_on_a_failed_gate(tm
     assert re.search(r"cuda-graphs\s+1\s+300\s+450\s+0\.5\s+pass/fail\n", text), text  # throughput, gates
     assert re.search(r"cuda-graphs\s+2\s+500\s+oom\s+0\.5\s+pass/-\n", text), text
     assert re.search(r"compile\s+1\s+500\s+0\.5\s+pass\n", text), text
+
+
+def efficiency_point(pct: float, **extra) -> dict:
+    return {**point("eager", 32, 1, 2000.0), "flops_per_inference": 8.18e9, "peak_dtype": "float32",
+            "pct_of_measured_peak": pct, "pct_of_published_peak": pct / 2, "peak_memory_bytes": 2**31,
+            "window_s": 6.0, "energy_j": 1800.0, "joules_per_inference": 1800.0 / 12000,
+            "inferences_per_kwh": 3.6e6 / (1800.0 / 12000), "telemetry_note": "", **extra}
+
+
+def fake_telemetry(runs: Path, power_w: float, **missing) -> None:
+    times = [-0.5 + 0.05 * i for i in range(140)]
+    frame = pd.DataFrame({"point": 0, "time_s": times, "power_w": power_w, "energy_j": float("nan"),
+                          "sm_clock_mhz": 1980.0, "memory_clock_mhz": 3201.0, "gpu_utilization_pct": 97.0,
+                          "temperature_c": 55.0, "rss_bytes": 2e9})
+    for column in missing:
+        frame[column] = float("nan")
+    frame.to_parquet(runs / "energy" / "telemetry.parquet", index=False)
+
+
+def test_the_verdict_checks_the_peak_and_nvml_energy(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fake_run(runs, "main", [efficiency_point(40.0)], [])
+    fake_run(runs, "energy", [efficiency_point(41.0)], [])
+    fake_telemetry(runs, power_w=310.0)  # the counter's 1800 J / 6 s = 300 W: within 25 %
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 0, text
+    assert "resnet50 fp32 eager batch 32 x1: 8.18 GFLOP, 40.0% / 20.0% of float32, 2.00 GiB" in text
+    assert ("energy: resnet50 fp32 batch 32: 0.1500 J per inference, 24,000,000 per kWh; 300 W from the counter, "
+            "310 W sampled; GPU utilisation 97%, SM clock 1980 MHz, memory clock 3201 MHz, up to 55 C; "
+            "121 samples in 6.0 s") in text
+
+
+def test_the_verdict_fails_above_the_peak_without_telemetry_or_when_energy_disagrees(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fake_run(runs, "main", [efficiency_point(130.0)], [])
+    fake_run(runs, "energy", [efficiency_point(41.0, telemetry_note="clocks throttled during the point: "
+                                               "SW power cap")], [])
+    fake_telemetry(runs, power_w=150.0, sm_clock_mhz=True)
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 1, text
+    assert "PROBLEM: main: resnet50 fp32 eager batch 32 x1: 130% of the measured float32 peak" in text
+    assert "PROBLEM: energy: telemetry never read sm_clock_mhz" in text
+    assert "PROBLEM: energy: the energy counter gives 300 W over the window, the power samples 150 W" in text
+    assert "note: energy: telemetry says: clocks throttled during the point: SW power cap" in text
+    (runs / "energy" / "telemetry.parquet").unlink()
+    fake_run(tmp_path / "runs2", "energy", [efficiency_point(41.0, joules_per_inference=float("nan"),
+                                                             telemetry_note="no energy: NVML not available")], [])
+    status, text = verdict(tmp_path / "runs2", tmp_path / "dest2")
+    assert status == 1 and "PROBLEM: energy: no energy per inference (no energy: NVML not available)" in text
 
 
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:

@@ -1,13 +1,15 @@
-"""A run's summary table: per-point statistics, each point's accuracy, and its cost.
+"""A run's summary table: per-point statistics, each point's accuracy, its cost and efficiency.
 
-A pure function of the raw records, the accuracy rows and the hourly price, so a
-summary can always be recomputed from what a run folder keeps.
+A pure function of the raw records, the accuracy rows, the hourly price and the
+device's ceilings (env.json), so a summary can always be recomputed from what a run
+folder keeps.
 """
 from __future__ import annotations
 
 import pandas as pd
 
 from benchlib.derive.cost import add_cost
+from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures
 from benchlib.derive.stats import summarize
 from benchlib.vocabulary import (
     ACCURACY_IN_SUMMARY,
@@ -18,9 +20,11 @@ from benchlib.vocabulary import (
 )
 
 
-def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
-    """One row per grid point, in the order the points ran."""
-    return add_cost(with_accuracy(summarize(records), accuracy), usd_per_hour)
+def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None,
+                  ceilings: Ceilings | None = None) -> pd.DataFrame:
+    """One row per grid point, in the order the points ran; efficiency judged against `ceilings`."""
+    summary = add_cost(with_accuracy(summarize(records), accuracy), usd_per_hour)
+    return add_efficiency(summary, point_measures(records), ceilings or Ceilings())
 
 
 def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:

@@ -24,9 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from benchlib.measure.memory import first_line, is_out_of_memory
 from benchlib.vocabulary import STATUS_OK, STATUS_OOM
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Clock = Callable[[], float]
 #: Called once per client thread, in that thread; yields the thread's `send`.
@@ -55,6 +59,12 @@ class PointRun:
     error: str = ""
     #: Seconds the runtime took to prepare the point's artifact (0 for eager).
     prepare_s: float = 0.0
+    #: The clock's reading at the window's start: records' times are measured from it.
+    t0: float = float("nan")
+    #: What the sweep measured of the point besides its requests (POINT_MEASURES).
+    measures: dict[str, Any] = field(default_factory=dict)
+    #: Telemetry sampled during the point (SAMPLE_COLUMNS, times from t0), when it was sampled.
+    samples: pd.DataFrame | None = None
 
     @property
     def n_warmup(self) -> int:
@@ -177,7 +187,7 @@ def run_point(
         if is_out_of_memory(shared.failure):
             return PointRun(records=[], status=STATUS_OOM, error=first_line(shared.failure))
         raise shared.failure
-    return PointRun(records=sorted(_flatten(per_thread), key=lambda r: (r.start_s, r.thread)))
+    return PointRun(records=sorted(_flatten(per_thread), key=lambda r: (r.start_s, r.thread)), t0=shared.t0)
 
 
 def _flatten(per_thread: list[list[RequestRecord]]) -> Iterator[RequestRecord]:

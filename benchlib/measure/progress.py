@@ -65,5 +65,7 @@ def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE
     figures = {p: row[latency_column(p)] for p in dict.fromkeys(["p50", percentile])}
     latency = ", ".join(f"{p} {v:.1f} ms" if pd.notna(v) else f"{p} n/a" for p, v in figures.items())
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
-    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost} ({row['n_requests']} requests), "
-            f"{row['status']}")
+    peak = row.get("pct_of_measured_peak")
+    efficiency = f", {peak:.1f}% of peak" if peak is not None and pd.notna(peak) else ""
+    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost}{efficiency} ({row['n_requests']} "
+            f"requests), {row['status']}")

@@ -9,9 +9,17 @@ means adding it to :class:`GridPoint` and :func:`grid`, and saying what it share
 
 A point that runs out of memory is recorded as ``oom``; its memory is released and
 larger batches of the same model and precision are recorded as ``skipped``.
+
+Besides its requests, each point that ran records its measures (POINT_MEASURES): the
+model's FLOPs per inference (counted when the model is loaded, before any timing), the
+dtype whose peak it is judged against, its peak memory, and the energy of its window
+from the telemetry sampled while it ran (kept in telemetry.parquet). The device's
+ceilings (its GEMM peak, measured once at the start, its datasheet peak and memory) go
+to env.json; efficiency is derived from both (benchlib.derive.efficiency).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -26,18 +34,22 @@ import torch
 
 from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate_tolerance
 from benchlib.derive.cost import Price, load_prices, require_price
+from benchlib.derive.efficiency import Ceilings, window_energy
 from benchlib.derive.knee import knees
 from benchlib.derive.summary import summary_table
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
-from benchlib.measure.device import check_client_threads, intra_op_threads, resolve_device
+from benchlib.measure.device import check_client_threads, device_name, intra_op_threads, resolve_device
 from benchlib.measure.environment import collect_env, fingerprint
+from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.inputs import Inputs
 from benchlib.measure.load import Clock, PointRun, run_point
-from benchlib.measure.memory import first_line, is_out_of_memory, release_memory
+from benchlib.measure.memory import PeakMemory, device_memory_bytes, first_line, is_out_of_memory, release_memory
+from benchlib.measure.peaks import measure_peak_flops, peak_dtype, published_peak
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
+from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, check_sources, load_model
 from benchlib.params import ModelSpec, Params, params_to_dict
@@ -138,6 +150,8 @@ def run_sweep(
             earlier.append(previous.get("code"))
         if earlier:
             env["resumed_across_code"] = earlier
+        env.update(_device_ceilings(device, params, precisions, writer.previous_env))
+        ceilings = Ceilings.from_env(env)
         writer.write_env(env)
         points = grid(params, precisions)
         done = _done_points(writer, points)
@@ -148,18 +162,47 @@ def run_sweep(
                 report.skip()
                 continue
             run = shared.measure(point, clock)
-            records = writer.add_records(point_records(writer.n_points, _record_keys(params, point), run))
-            summary = summary_table(records, writer.accuracy, usd_per_hour)
+            number = writer.n_points
+            records = writer.add_records(point_records(number, _record_keys(params, point), run))
+            if run.samples is not None:
+                writer.add_telemetry(run.samples.assign(point=number))
+            summary = summary_table(records, writer.accuracy, usd_per_hour, ceilings)
             writer.write_summary(summary)
             report(summary.iloc[-1], run)
             interrupts.check()
         shared.release()
         if summary is None:  # a resume that found every point done: the summary is rewritten all the same
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour)
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
             writer.write_summary(summary)
         knee_table = knees(summary)
         writer.write_knees(knee_table)
     return SweepResult(Path(out_dir), summary, knee_table)
+
+
+def _device_ceilings(device: torch.device, params: Params, precisions: list[Precision],
+                     previous_env: dict[str, Any]) -> dict[str, Any]:
+    """env.json's record of what the device can do: its measured GEMM peak per compute dtype the
+    grid uses, its published peak, and its memory. A resumed run keeps the peaks it measured, so
+    every point of one run is judged against the same ceiling."""
+    dtypes = sorted({peak_dtype(p.dtype, device.type, params.matmul_precision) for p in precisions})
+    env: dict[str, Any] = {"device_memory_bytes": device_memory_bytes(device)}
+    measured = dict(previous_env.get("peak_flops_per_s") or {})
+    if not params.measure_peak_flops:
+        env.update(peak_flops_per_s={}, peak_flops_note="not measured (measure_peak_flops: false)")
+    elif all(dtype in measured for dtype in dtypes):
+        env.update(peak_flops_per_s=measured, peak_flops_note=previous_env.get("peak_flops_note", ""))
+    else:
+        env.update(peak_flops_per_s=measure_peak_flops(device, dtypes),
+                   peak_flops_note="square GEMM, best of a few reps, at the start of the run")
+    name = device_name(device)
+    published = published_peak(name)
+    if published is None:
+        env["published_peak"] = {"flops_per_s": {}, "note": f"no published peak for {name!r} in benchlib's "
+                                 "table (benchlib/data/gpu_peaks.yaml); add a row to compare against its datasheet"}
+    else:
+        env["published_peak"] = {"device": published.device, "flops_per_s": dict(published.flops_per_s),
+                                 "source": published.source, "date": published.date}
+    return env
 
 
 def _done_points(writer: RunWriter, points: list[GridPoint]) -> set[tuple[Any, ...]]:
@@ -238,6 +281,13 @@ class _Shared:
         self.oom_batch = writer.smallest_oom_batches()
         #: model label -> why loading it ran out of memory.
         self.model_oom: dict[str, str] = {}
+        #: model label -> its FLOPs per inference, counted when it is loaded.
+        self.flops: dict[str, FlopCount] = {}
+        # Opened once (NVML's init), sampled per point; None when params turn telemetry off.
+        self.telemetry: Telemetry | None = None
+        if params.telemetry:
+            uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
+            self.telemetry = open_telemetry(device, gpu_uuid=uuid)
 
     def measure(self, point: GridPoint, clock: Clock) -> PointRun:
         """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
@@ -271,19 +321,25 @@ class _Shared:
             if artifact.prepared is None:
                 return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported, prepare_s=artifact.prepare_s)
             prepared = artifact.prepared
-            try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                clients = workload.client_factory(inputs, point.threads, prepared)
-            except Exception as exc:  # a client that cannot be prepared: the point cannot run here
-                if is_out_of_memory(exc):
-                    raise
-                return PointRun(status=STATUS_UNSUPPORTED, prepare_s=artifact.prepare_s,
-                                error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
-            run = run_point(clients, threads=point.threads,
-                            warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
-                            min_requests=self.params.min_requests, clock=clock)
+            # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
+            sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
+            with PeakMemory(self.device) as memory, sampler:
+                try:  # per-client preparation (a CUDA graph captured on each client's stream)
+                    clients = workload.client_factory(inputs, point.threads, prepared)
+                except Exception as exc:  # a client that cannot be prepared: the point cannot run here
+                    if is_out_of_memory(exc):
+                        raise
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=artifact.prepare_s,
+                                    error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
+                run = run_point(clients, threads=point.threads,
+                                warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
+                                min_requests=self.params.min_requests, clock=clock)
             run.prepare_s = artifact.prepare_s
             late = prepared.check_window() if prepared.check_window else None
-            run.error = "; ".join(filter(None, [run.error, *prepared.notes, late]))
+            flops = self.flops[point.model.label]
+            run.error = "; ".join(filter(None, [run.error, *prepared.notes, late, flops.note]))
+            if run.status == STATUS_OK:
+                self._add_measures(run, point, flops, memory, sampler if self.telemetry else None)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -291,6 +347,45 @@ class _Shared:
         if run.status == STATUS_OOM:
             self._out_of_memory(point)
         return run
+
+    def _add_measures(self, run: PointRun, point: GridPoint, flops: FlopCount, memory: PeakMemory,
+                      sampler: Sampler | None) -> None:
+        """The point's FLOPs, peak memory, window energy and telemetry samples, with what to know about them."""
+        notes: list[str] = []
+        samples = sampler.samples(run.t0) if sampler is not None else None
+        peak_bytes = memory.peak_bytes
+        if memory.note:
+            rss = samples["rss_bytes"].max() if samples is not None else math.nan
+            if peak_bytes is None and math.isfinite(rss):
+                peak_bytes = float(rss)
+                notes.append(f"{memory.note}: peak RSS sampled at {SAMPLE_HZ:g} Hz instead")
+            else:
+                notes.append(memory.note)
+        energy_j = math.nan
+        if sampler is None or self.telemetry is None:
+            notes.append("no energy or telemetry: turned off (params: telemetry: false)")
+        else:
+            window_s = max((r.end_s for r in run.records if not r.warmup), default=math.nan)
+            method = self.telemetry.energy_method
+            if method is None:
+                notes.append(self.telemetry.energy_note)
+            else:
+                energy_j = window_energy(samples, window_s)
+                if math.isnan(energy_j):
+                    notes.append(f"no energy: the samples ({method}) did not cover the {window_s:.2f} s window")
+                elif window_s < self.telemetry.min_energy_window_s:
+                    notes.append(f"energy is coarse: a {window_s:.1f} s window is shorter than the "
+                                 f"{self.telemetry.min_energy_window_s:g} s {method} needs; raise duration_s")
+            notes.extend(sampler.notes())
+        run.samples = samples
+        run.measures = {
+            "flops_per_inference": flops.flops_per_inference if flops.flops_per_inference is not None else math.nan,
+            "peak_dtype": peak_dtype(point.precision.dtype, self.device.type, self.params.matmul_precision),
+            "peak_memory_bytes": peak_bytes if peak_bytes is not None else math.nan,
+            "peak_memory_reserved_bytes": memory.reserved_bytes if memory.reserved_bytes is not None else math.nan,
+            "energy_j": energy_j,
+            "telemetry_note": "; ".join(filter(None, notes)),
+        }
 
     def _out_of_memory(self, point: GridPoint) -> None:
         """Release what the point held and mark larger batches of its model, precision and runtime infeasible."""
@@ -324,9 +419,11 @@ class _Shared:
         self.gate_references.clear()
         release_memory(self.device)
         loaded = load_model(spec, self.device, self.params.seed)
+        flops = self.flops[spec.label] = flops_per_inference(loaded, self.params.seed)
         self.env["models"] = [m for m in self.env["models"] if m["label"] != spec.label] + [
             {"label": spec.label, "model": spec.name, "weights": loaded.weights,
-             "weights_source": loaded.weights_source}]
+             "weights_source": loaded.weights_source, "flops_per_inference": flops.flops_per_inference,
+             "flops_source": flops.source}]
         self.writer.write_env(self.env)
         return loaded
 

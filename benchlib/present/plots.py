@@ -5,6 +5,7 @@ log2 axis, and its legend outside the data.
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,21 +147,60 @@ def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame |
 
 def cost_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
     """$ per million inferences against batch size."""
+    return _metric_vs_batch(summary, "usd_per_million", "$ per million inferences",
+                            "Cost per million inferences vs batch size (lower is better)",
+                            "no price for this instance:\nadd it to params/prices.yaml\nor set price_usd_per_hour",
+                            curves)
+
+
+def efficiency_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
+    """% of the device's peak FLOP/s against batch size: measured peak solid, published peak dashed."""
+    return _metric_vs_batch(
+        _with_columns(summary, ["pct_of_measured_peak", "pct_of_published_peak"]), "pct_of_measured_peak",
+        "% of peak FLOP/s", "Share of the device's peak reached vs batch size (solid: measured GEMM peak; "
+        "dashed: datasheet peak)", "no FLOPs or no measured peak:\nsee the notes", curves,
+        dashed="pct_of_published_peak")
+
+
+def energy_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
+    """Joules per inference against batch size."""
+    summary = _with_columns(summary, ["joules_per_inference", "telemetry_note"])
+    notes = summary["telemetry_note"].dropna().astype(str)
+    why = next((n for n in notes.str.split("; ").explode() if n.startswith("no energy")), "no energy measured")
+    return _metric_vs_batch(summary, "joules_per_inference", "energy per inference (J)",
+                            "Energy per inference vs batch size (lower is better)", _wrap(why), curves)
+
+
+def _with_columns(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`summary` with each of `columns` it lacks (a run from before they existed) empty."""
+    return summary.assign(**{c: np.nan for c in columns if c not in summary.columns})
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _metric_vs_batch(summary: pd.DataFrame, column: str, ylabel: str, title: str, empty: str,
+                     curves: Sequence[str] | None, dashed: str | None = None) -> Figure:
+    """One figure, a panel per model: `column` against batch size, one line per curve (`dashed` beside it)."""
     data, _, palette = _curves(summary, curves)
     fig, axes, models = _panels(summary)
     for ax, model in zip(axes[0], models):
-        subset = data[(data["model"] == model) & data["usd_per_million"].notna()]
+        subset = data[(data["model"] == model) & data[column].notna()]
         for curve, points in subset.groupby("curve", sort=True):
-            ax.plot(points["batch_size"], points["usd_per_million"], marker="o", color=palette[curve], label=curve)
+            ax.plot(points["batch_size"], points[column], marker="o", color=palette[curve], label=curve)
+            if dashed is not None and points[dashed].notna().any():
+                ax.plot(points["batch_size"], points[dashed], marker="o", markerfacecolor="none", linestyle="--",
+                        color=palette[curve])
         ax.set_title(model)
-        ax.set_ylabel("$ per million inferences")
+        ax.set_ylabel(ylabel)
         _batch_axis(ax, summary["batch_size"])
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if subset.empty:
-            _empty(ax, "no price for this instance:\nadd it to params/prices.yaml\nor set price_usd_per_hour")
+            _empty(ax, empty)
     _legend(fig, axes)
-    fig.suptitle("Cost per million inferences vs batch size (lower is better)")
+    fig.suptitle(title)
     return fig
 
 

@@ -20,6 +20,7 @@ from benchlib.params import RUNTIMES, parse_params
 from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
+    EFFICIENCY_COLUMNS,
     GATE_FAIL,
     PERCENTILE_NAMES,
     REFERENCE_RUNTIME,
@@ -36,6 +37,7 @@ from benchlib.vocabulary import (
 STUDY_RUNTIME = "trace"
 #: What the best runtime table says for a summary that has no `runtime` column.
 RUNTIME_NOT_RECORDED = "not recorded"
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,9 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     """
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
-               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "(s)": "{:,.2f}"}
+               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "(s)": "{:,.2f}",
+               "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.2f}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
+               "(j)": "{:.3g}", "per kwh": "{:,.0f}"}
     default.update(formats or {})
 
     def pick(column: Any) -> str | None:
@@ -328,8 +332,9 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
 
 
 def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per instance, model and precision (and runtime, when several ran): the largest batch that ran
-    and the smallest that did not fit."""
+    """Per instance, model and precision (and runtime, when several ran): the largest batch that ran,
+    the peak memory it held and the device memory left beside it (the least over its thread counts),
+    and the smallest batch that did not fit."""
     keys, names = ["instance", "model", "precision"], ["Instance", "Model", "Precision"]
     if several_runtimes(summary):
         summary = with_runtime(summary)
@@ -339,14 +344,57 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
         ran = points.loc[points["status"] == STATUS_OK, "batch_size"]
         oom = points.loc[points["status"] == STATUS_OOM, "batch_size"]
         skipped = points.loc[points["status"] == STATUS_SKIPPED, "batch_size"]
+        largest = points[(points["status"] == STATUS_OK) & (points["batch_size"] == ran.max())] if len(ran) else None
         rows.append({**dict(zip(names, values)),
                      "Largest batch measured": ran.max() if len(ran) else None,
+                     "Peak memory there (GiB)": _most(largest, "peak_memory_bytes") / GIB,
+                     "Headroom there (GiB)": _least(largest, "memory_headroom_bytes") / GIB,
                      "Smallest batch out of memory": oom.min() if len(oom) else None,
                      "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
     table = pd.DataFrame(rows)
     if "Runtime" in names:  # eager first, as the params list them
         table = table.sort_values(names, key=_runtime_order, kind="stable", ignore_index=True)
     return table
+
+
+def _most(points: pd.DataFrame | None, column: str) -> float:
+    if points is None or column not in points.columns:
+        return float("nan")
+    return float(pd.to_numeric(points[column], errors="coerce").max())
+
+
+def _least(points: pd.DataFrame | None, column: str) -> float:
+    if points is None or column not in points.columns:
+        return float("nan")
+    return float(pd.to_numeric(points[column], errors="coerce").min())
+
+
+def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per point that ran: its FLOPs, the FLOP/s it reached and what share of the device's peak
+    (measured today, and the datasheet's), the memory it held and left, and its energy per inference.
+
+    Runs from before these figures were recorded show them empty.
+    """
+    ok = summary[summary["status"] == STATUS_OK]
+    ok = ok.assign(**{c: float("nan") for c in EFFICIENCY_COLUMNS if c not in ok.columns})
+    table = pd.DataFrame({"Instance": ok["instance"], "Model": ok["model"], "Precision": ok["precision"]})
+    if several_runtimes(summary):
+        table["Runtime"] = with_runtime(ok)["runtime"]
+    return table.assign(**{
+        "Batch size": ok["batch_size"],
+        "Client threads": ok["threads"],
+        "Throughput (inferences/s)": ok["throughput_per_s"],
+        "FLOPs per inference (GFLOP)": ok["flops_per_inference"] / 1e9,
+        "Achieved (GFLOP/s)": ok["achieved_flops_per_s"] / 1e9,
+        "Peak of": ok["peak_dtype"],
+        "% of measured peak": ok["pct_of_measured_peak"],
+        "% of published peak": ok["pct_of_published_peak"],
+        "Peak memory (GiB)": ok["peak_memory_bytes"] / GIB,
+        "Headroom (GiB)": ok["memory_headroom_bytes"] / GIB,
+        "Energy per inference (J)": ok["joules_per_inference"],
+        "Inferences per kWh": ok["inferences_per_kwh"],
+        "Notes": ok["telemetry_note"].fillna("").astype(str),
+    }).reset_index(drop=True)
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
@@ -383,9 +431,26 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
                      ", ".join(map(str, env["resumed_across_code"]))))
     price = env.get("price") or {}
     rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
+    for dtype, flops in (env.get("peak_flops_per_s") or {}).items():
+        rows.append((f"measured peak, {dtype}", f"{flops / 1e9:,.1f} GFLOP/s"))
+    if env.get("peak_flops_note") and not env.get("peak_flops_per_s"):
+        rows.append(("measured peak", env["peak_flops_note"]))
+    published = env.get("published_peak") or {}
+    if published.get("flops_per_s"):
+        figures = ", ".join(f"{dtype} {flops / 1e12:,.1f}" for dtype, flops in published["flops_per_s"].items())
+        rows.append((f"published peak ({published.get('device')}), TFLOP/s",
+                     f"{figures} ({published.get('source')}, {published.get('date')})"))
+    elif published.get("note"):
+        rows.append(("published peak", published["note"]))
+    if env.get("device_memory_bytes"):
+        rows.append(("device memory", f"{env['device_memory_bytes'] / GIB:,.1f} GiB"))
     for model in env.get("models", []):
         label = model.get("label", model.get("name"))  # runs before labels recorded only the name
         if model.get("model", label) != label:
             rows.append((f"model {label}", model["model"]))
         rows.append((f"weights of {label}", model["weights_source"]))
+        if model.get("flops_source"):
+            flops = model.get("flops_per_inference")
+            rows.append((f"FLOPs per inference of {label}",
+                         f"{flops / 1e9:,.3f} GFLOP ({model['flops_source']})" if flops else model["flops_source"]))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")

@@ -1,0 +1,110 @@
+"""How close each point came to what the device can do, and what it used.
+
+Pure functions of a point's measures (POINT_MEASURES in its records), its throughput
+and the device's ceilings (env.json)::
+
+    achieved_flops_per_s  = flops_per_inference * throughput_per_s
+    pct_of_measured_peak  = 100 * achieved / measured GEMM peak of the point's peak_dtype
+    pct_of_published_peak = 100 * achieved / the datasheet's dense peak of that dtype
+    memory_headroom_bytes = device memory - the point's peak (reserved on CUDA, else allocated / RSS)
+    joules_per_inference  = energy of the measured window / inferences completed in it
+    inferences_per_kwh    = 3.6e6 J / joules_per_inference
+
+The energy of a window comes from telemetry samples (:func:`window_energy`): the
+difference of a cumulative energy counter interpolated at the window's ends, or, with
+no counter, sampled power integrated over the window (trapezoids). What was not
+measured stays NaN, never 0. The ceilings leave room for the roofline's other half,
+memory bandwidth, as another mapping beside the FLOP/s ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchlib.vocabulary import EFFICIENCY_COLUMNS, POINT_MEASURES, TEXT_MEASURES
+
+JOULES_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """What the device can do, to judge each point against (from env.json)."""
+
+    #: dtype (float32, tf32, float16, bfloat16) -> the GEMM FLOP/s this machine reached today.
+    measured_flops_per_s: dict[str, float] = field(default_factory=dict)
+    #: dtype -> the datasheet's dense FLOP/s (empty for a device not in the table).
+    published_flops_per_s: dict[str, float] = field(default_factory=dict)
+    #: The memory a point may fill: the GPU's, or the host's.
+    memory_bytes: float | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, Any]) -> Ceilings:
+        published = env.get("published_peak") or {}
+        return cls(dict(env.get("peak_flops_per_s") or {}), dict(published.get("flops_per_s") or {}),
+                   env.get("device_memory_bytes"))
+
+
+def window_energy(samples: pd.DataFrame, window_s: float) -> float:
+    """Joules spent in [0, window_s], from samples (SAMPLE_COLUMNS) that bracket the window; else NaN.
+
+    A cumulative counter (`energy_j`) is used where it was read; otherwise `power_w` is integrated.
+    Zero or less (a counter that did not move) is NaN: not measured, never 0 J.
+    """
+    if not window_s > 0 or samples.empty:
+        return math.nan
+    time_s = samples["time_s"].to_numpy(dtype=float)
+    for column, integrate in (("energy_j", False), ("power_w", True)):
+        values = samples[column].to_numpy(dtype=float)
+        known = np.isfinite(values) & np.isfinite(time_s)
+        t, v = time_s[known], values[known]
+        if len(t) < 2 or t[0] > 0 or t[-1] < window_s:
+            continue  # not read, or the samples do not cover the window
+        if not integrate:
+            start, end = np.interp([0.0, window_s], t, v)
+            joules = float(end - start)
+        else:
+            inside = (t > 0) & (t < window_s)
+            grid = np.concatenate([[0.0], t[inside], [window_s]])
+            power = np.interp(grid, t, v)
+            joules = float(np.sum((power[1:] + power[:-1]) / 2 * np.diff(grid)))
+        # A counter that did not move measured nothing: no figure, rather than 0 J.
+        return joules if joules > 0 else math.nan
+    return math.nan
+
+
+def point_measures(records: pd.DataFrame) -> pd.DataFrame:
+    """Each point's measures (one row per point, in point order); missing columns (older runs) empty."""
+    columns = [c for c in POINT_MEASURES if c in records.columns]
+    measures = records.groupby("point", sort=True)[columns].first() if columns else pd.DataFrame(
+        index=pd.Index(sorted(records["point"].unique()), name="point"))
+    for column in POINT_MEASURES:
+        if column not in measures.columns:
+            measures[column] = "" if column in TEXT_MEASURES else math.nan
+    return measures[POINT_MEASURES].reset_index(drop=True)
+
+
+def add_efficiency(summary: pd.DataFrame, measures: pd.DataFrame, ceilings: Ceilings) -> pd.DataFrame:
+    """`summary` with EFFICIENCY_COLUMNS, from each point's `measures` (same order as its rows)."""
+    out = summary.reset_index(drop=True).copy()
+    measures = measures.reset_index(drop=True)
+    for column in POINT_MEASURES:
+        out[column] = measures[column]
+    flops = pd.to_numeric(out["flops_per_inference"], errors="coerce")
+    throughput = pd.to_numeric(out["throughput_per_s"], errors="coerce")
+    out["achieved_flops_per_s"] = flops * throughput
+    for name, peaks in (("pct_of_measured_peak", ceilings.measured_flops_per_s),
+                        ("pct_of_published_peak", ceilings.published_flops_per_s)):
+        peak = out["peak_dtype"].map(lambda dtype, p=peaks: p.get(dtype, math.nan)).astype(float)
+        out[name] = 100 * out["achieved_flops_per_s"] / peak
+    reserved = pd.to_numeric(out["peak_memory_reserved_bytes"], errors="coerce")
+    held = reserved.fillna(pd.to_numeric(out["peak_memory_bytes"], errors="coerce"))
+    memory = math.nan if ceilings.memory_bytes is None else float(ceilings.memory_bytes)
+    out["memory_headroom_bytes"] = memory - held
+    inferences = throughput * pd.to_numeric(out["window_s"], errors="coerce")
+    out["joules_per_inference"] = pd.to_numeric(out["energy_j"], errors="coerce") / inferences
+    out["inferences_per_kwh"] = JOULES_PER_KWH / out["joules_per_inference"]
+    return out[[*summary.columns, *EFFICIENCY_COLUMNS]]

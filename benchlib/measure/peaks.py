@@ -1,0 +1,259 @@
+"""What the device can do: its measured GEMM peak per dtype, and the datasheet's.
+
+Measured peak: the FLOP/s of a square ``n x n`` matrix product on the device, which
+is what dense layers come closest to. A multiply-add counts 2 FLOPs, so one product
+is ``2 * n**3`` FLOPs. Sizes grow (CPU 256 ... 4096, CUDA 1024 ... 16384) until the
+rate improves by less than 5 % on the previous size, or the budget would be overrun;
+at each size one warm-up product, then the best of a few reps, each rep enough
+products to last about 20 ms. The peak is the best rate of any size. ``tf32`` is
+float32 operands under ``matmul_precision("high")``, ``float32`` the same under
+``"highest"``. ``int8`` is never measured (``torch._int_mm`` needs CUDA and has
+shape rules of its own): it is skipped, and has only a published figure. Results
+are cached per process by (device, dtype, intra-op threads).
+
+Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, from the
+table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's device name.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from benchlib.errors import InputError
+from benchlib.measure.precision import matmul_precision
+
+PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16", "int8")
+
+#: The published peaks shipped in the package.
+DEFAULT_PEAKS = Path(str(resources.files("benchlib") / "data" / "gpu_peaks.yaml"))
+
+#: Matrix sizes tried in turn; a CPU reaches its plateau far sooner than a GPU.
+CPU_SIZES = (256, 512, 1024, 2048, 4096)
+CUDA_SIZES = (1024, 2048, 4096, 8192, 16384)
+
+#: A size must beat the previous one by this factor, or the sizes stop growing.
+_PLATEAU = 1.05
+#: Reps per size (the best counts) and the least a rep should last: long against the
+#: clock's resolution and a CUDA synchronize, short against the budget.
+_REPS = 5
+_MIN_REP_S = 0.02
+
+_cache: dict[tuple[str, str, int], float] = {}
+
+Matmul = Callable[[torch.Tensor, torch.Tensor], Any]
+
+
+class PeaksError(InputError):
+    """The published peaks table is malformed."""
+
+
+def peak_dtype(dtype: str, device_type: str, matmul_precision: str) -> str:
+    """The peak a point computing in `dtype` (``Precision.dtype``) is judged against.
+
+    float16 and bfloat16 are their own; float32 on CUDA under matmul precision
+    ``high`` or ``medium`` runs its products in TF32, so it is judged against ``tf32``.
+    """
+    if dtype in ("float16", "bfloat16"):
+        return dtype
+    if dtype != "float32":
+        raise ValueError(f"no peak for compute dtype {dtype!r}; expected float32, float16 or bfloat16")
+    if device_type == "cuda" and matmul_precision in ("high", "medium"):
+        return "tf32"
+    return "float32"
+
+
+def clear_peak_cache() -> None:
+    """Forget measured peaks (for tests)."""
+    _cache.clear()
+
+
+def measure_peak_flops(device: torch.device | str, dtypes: Iterable[str], budget_s: float = 3.0,
+                       clock: Callable[[], float] = time.perf_counter, *, matmul: Matmul | None = None,
+                       sizes: Sequence[int] | None = None) -> dict[str, float]:
+    """FLOP/s of a square GEMM on `device` for each of `dtypes`, within `budget_s` seconds per dtype.
+
+    ``int8``, and ``bfloat16`` on a GPU without native support, are left out of the result.
+    A dtype measured before in this process, on this device at this intra-op thread
+    count, is not timed again. `matmul` (default ``torch.matmul``) and `clock` are for tests.
+    """
+    device = torch.device(device)
+    results = {}
+    for dtype in dtypes:
+        if dtype not in PEAK_DTYPES:
+            raise ValueError(f"no peak dtype {dtype!r}; expected one of {', '.join(PEAK_DTYPES)}")
+        if dtype == "int8" or not _supported(device, dtype):
+            continue
+        # Intra-op threads set a CPU's peak: a sweep that changes them measures again.
+        key = (_device_key(device), dtype, torch.get_num_threads())
+        if key not in _cache:
+            _cache[key] = _measure(device, dtype, budget_s, clock, matmul or torch.matmul,
+                                   tuple(sizes) if sizes else CUDA_SIZES if device.type == "cuda" else CPU_SIZES)
+        results[dtype] = _cache[key]
+    return results
+
+
+def _supported(device: torch.device, dtype: str) -> bool:
+    # As resolve_precision: bfloat16 on a GPU without it (T4, V100) is emulated, no peak of its own.
+    if device.type == "cuda" and dtype == "bfloat16":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True
+
+
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def _measure(device: torch.device, dtype: str, budget_s: float, clock: Callable[[], float], matmul: Matmul,
+             sizes: tuple[int, ...]) -> float:
+    torch_dtype = torch.float32 if dtype in ("float32", "tf32") else getattr(torch, dtype)
+    precision = {"float32": "highest", "tf32": "high"}.get(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # device-wide: nothing else runs while we measure
+
+    best = 0.0
+    previous: tuple[int, float, float] | None = None  # size, rate, seconds per product
+    with matmul_precision(precision):
+        deadline = clock() + budget_s
+        for n in sizes:
+            if previous is not None:
+                # A product costs n**3: predict this size from the last one and stop rather than overrun.
+                last_n, _, last_s = previous
+                one = last_s * (n / last_n) ** 3
+                if clock() + one + _REPS * max(one, _MIN_REP_S) > deadline:
+                    break
+            a = torch.randn(n, n, device=device, dtype=torch_dtype)
+            b = torch.randn(n, n, device=device, dtype=torch_dtype)
+            rate = _rate(a, b, matmul, clock, sync, deadline)
+            del a, b
+            best = max(best, rate)
+            if previous is not None and rate < previous[1] * _PLATEAU:
+                break
+            previous = (n, rate, 2 * n**3 / rate)
+            if clock() >= deadline:
+                break
+    return best
+
+
+def _rate(a: torch.Tensor, b: torch.Tensor, matmul: Matmul, clock: Callable[[], float],
+          sync: Callable[[], None], deadline: float) -> float:
+    """Best FLOP/s of `a @ b` over a few reps, after one warm-up product."""
+    flops = 2 * a.shape[0] ** 3
+    sync()
+    start = clock()
+    matmul(a, b)
+    sync()
+    warm = clock() - start
+    count = max(1, math.ceil(_MIN_REP_S / warm)) if warm > 0 else 1
+    best = 0.0
+    for _ in range(_REPS):
+        sync()
+        start = clock()
+        for _ in range(count):
+            matmul(a, b)
+        sync()
+        elapsed = clock() - start
+        if elapsed > 0:
+            best = max(best, flops * count / elapsed)
+            # Size the next rep from this one: the warm-up may have paid one-off costs (cuBLAS handles, caches).
+            count = max(1, math.ceil(_MIN_REP_S * count / elapsed))
+        else:
+            count *= 2  # too short for the clock to see
+        if clock() >= deadline:
+            break
+    if best <= 0:
+        raise RuntimeError(f"the clock did not advance over {count} products of {a.shape[0]}x{a.shape[0]} matrices")
+    return best
+
+
+@dataclass(frozen=True)
+class PublishedPeak:
+    """One row of the published peaks table."""
+
+    device: str  # the table's row name, e.g. "A10G"
+    flops_per_s: dict[str, float]  # dtype -> dense FLOP/s (no sparsity), only where the GPU has it
+    source: str
+    date: str
+    match: str = ""  # regex tried against torch's device name, case-insensitively
+
+
+_FIELDS = {"match", "source", "date", "flops_per_s"}
+_FIX = "give `devices: {<name>: {match: <regex>, source: ..., date: ..., flops_per_s: {<dtype>: <FLOP/s>}}}`"
+
+
+def load_published_peaks(path: str | Path | None = None) -> list[PublishedPeak]:
+    """Read a published peaks table, rows in file order (the first match wins)."""
+    from benchlib.textfiles import read_text
+
+    path = Path(path) if path is not None else DEFAULT_PEAKS
+    text = read_text(path, "published peaks table", _FIX, error=PeaksError)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PeaksError(f"{path}: cannot read the published peaks table, not valid YAML ({exc})") from None
+    entries = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise PeaksError(f"{path}: expected a mapping of devices; {_FIX}")
+    return [_row(path, str(name), entry) for name, entry in entries.items()]
+
+
+def _row(path: Path, name: str, entry: object) -> PublishedPeak:
+    where = f"{path}: devices.{name}"
+    if not isinstance(entry, dict) or set(entry) != _FIELDS:
+        raise PeaksError(f"{where}: give exactly {sorted(_FIELDS)}")
+    for field in ("match", "source", "date"):
+        if entry[field] is None or not str(entry[field]).strip():
+            raise PeaksError(f"{where}.{field}: must not be empty")
+    pattern = str(entry["match"])
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise PeaksError(f"{where}.match: {pattern!r} is not a regular expression ({exc}); "
+                         "fix it, e.g. '\\bA10G\\b' in single quotes") from None
+    flops = entry["flops_per_s"]
+    if not isinstance(flops, dict) or not flops:
+        raise PeaksError(f"{where}.flops_per_s: give {{<dtype>: <FLOP/s>}} for at least one of {', '.join(PEAK_DTYPES)}")
+    peaks = {}
+    for dtype, value in flops.items():
+        if dtype not in PEAK_DTYPES:
+            raise PeaksError(f"{where}.flops_per_s.{dtype}: unknown dtype; use one of {', '.join(PEAK_DTYPES)}")
+        number = _number(value)
+        if number is None:
+            raise PeaksError(f"{where}.flops_per_s.{dtype}: a positive number of FLOP/s (e.g. 65.0e12), got {value!r}")
+        peaks[str(dtype)] = number
+    return PublishedPeak(name, peaks, str(entry["source"]), str(entry["date"]), pattern)
+
+
+def _number(value: object) -> float | None:
+    # YAML 1.1 (PyYAML) reads 65.0e12 as a string (it wants 65.0e+12), so such a string counts.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    # isfinite: .inf and .nan are floats too, and no peak.
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def published_peak(device_name: str, table: list[PublishedPeak] | None = None) -> PublishedPeak | None:
+    """The first row whose `match` finds `device_name` (as torch reports it); None when none does."""
+    rows = load_published_peaks() if table is None else table
+    for row in rows:
+        if row.match and re.search(row.match, device_name, re.IGNORECASE):
+            return row
+    return None
