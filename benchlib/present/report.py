@@ -276,8 +276,8 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
                "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "(s)": "{:,.2f}",
-               "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.2f}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
-               "(j)": "{:.3g}", "per kwh": "{:,.0f}"}
+               "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
+               "(j)": "{:.3g}"}
     default.update(formats or {})
 
     def pick(column: Any) -> str | None:
@@ -378,6 +378,8 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
     ok = summary[summary["status"] == STATUS_OK]
     ok = ok.assign(**{c: float("nan") for c in EFFICIENCY_COLUMNS if c not in ok.columns})
     table = pd.DataFrame({"Instance": ok["instance"], "Model": ok["model"], "Precision": ok["precision"]})
+    if summary["instance"].nunique() < 2:  # one run's table: its instance goes without saying
+        table = table.drop(columns="Instance")
     if several_runtimes(summary):
         table["Runtime"] = with_runtime(ok)["runtime"]
     return table.assign(**{
@@ -392,8 +394,7 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
         "Peak memory (GiB)": ok["peak_memory_bytes"] / GIB,
         "Headroom (GiB)": ok["memory_headroom_bytes"] / GIB,
         "Energy per inference (J)": ok["joules_per_inference"],
-        "Inferences per kWh": ok["inferences_per_kwh"],
-        "Notes": ok["telemetry_note"].fillna("").astype(str),
+        "Notes": ok["telemetry_note"].astype(object).fillna("").astype(str),
     }).reset_index(drop=True)
 
 

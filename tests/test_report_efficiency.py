@@ -1,0 +1,95 @@
+"""The efficiency figures in the tables and charts people read."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from benchlib.present import plots, report
+
+matplotlib.use("Agg")
+GIB = 2**30
+
+
+def summary(**extra) -> pd.DataFrame:
+    rows = []
+    for batch, status in ((1, "ok"), (8, "ok"), (32, "oom")):
+        ok = status == "ok"
+        rows.append({"instance": "g5.4xlarge", "model": "resnet50", "precision": "fp32", "runtime": "eager",
+                     "batch_size": batch, "threads": 1, "status": status,
+                     "throughput_per_s": 100.0 * batch if ok else math.nan,
+                     "latency_p95_ms": 10.0, "usd_per_million": 1.0 / batch,
+                     "flops_per_inference": 8.18e9, "peak_dtype": "float32",
+                     "achieved_flops_per_s": 8.18e11 * batch if ok else math.nan,
+                     "pct_of_measured_peak": 3.0 * batch if ok else math.nan,
+                     "pct_of_published_peak": 2.5 * batch if ok else math.nan,
+                     "peak_memory_bytes": batch * GIB if ok else math.nan,
+                     "peak_memory_reserved_bytes": batch * GIB + GIB / 2 if ok else math.nan,
+                     "memory_headroom_bytes": 24 * GIB - batch * GIB - GIB / 2 if ok else math.nan,
+                     "energy_j": 60.0, "joules_per_inference": 0.6 / batch if ok else math.nan,
+                     "inferences_per_kwh": 6e6 * batch if ok else math.nan, "telemetry_note": "", **extra})
+    return pd.DataFrame(rows)
+
+
+def test_efficiency_table_shows_each_point_that_ran_in_readable_units() -> None:
+    table = report.efficiency_table(summary())
+    assert len(table) == 2  # the oom point has nothing to show
+    row = table.iloc[1]
+    assert row["FLOPs per inference (GFLOP)"] == pytest.approx(8.18)
+    assert row["Achieved (GFLOP/s)"] == pytest.approx(8.18e11 * 8 / 1e9)
+    assert (row["% of measured peak"], row["% of published peak"], row["Peak of"]) == (24.0, 20.0, "float32")
+    assert (row["Peak memory (GiB)"], row["Headroom (GiB)"]) == (8.0, 15.5)
+    assert row["Energy per inference (J)"] == pytest.approx(0.075)
+    html = report.styled(table).to_html()
+    assert "24.0%" in html and "8.18" in html and "15.50" in html
+    assert "Instance" not in table.columns  # one run: it goes without saying
+    assert "Instance" in report.efficiency_table(pd.concat([summary(), summary(instance="g4dn")])).columns
+
+
+def test_a_run_from_before_efficiency_shows_it_empty() -> None:
+    old = summary()[["instance", "model", "precision", "runtime", "batch_size", "threads", "status",
+                     "throughput_per_s", "latency_p95_ms", "usd_per_million"]]
+    table = report.efficiency_table(old)
+    assert table["% of measured peak"].isna().all() and table["Notes"].tolist() == ["", ""]
+    limits = report.memory_limits(old)
+    assert math.isnan(limits["Headroom there (GiB)"].iloc[0])
+    plots.efficiency_vs_batch(old)
+    plots.energy_vs_batch(old)
+
+
+def test_memory_limits_give_the_headroom_at_the_largest_batch_that_ran() -> None:
+    row = report.memory_limits(summary()).iloc[0]
+    assert row["Largest batch measured"] == 8 and row["Smallest batch out of memory"] == 32
+    assert (row["Peak memory there (GiB)"], row["Headroom there (GiB)"]) == (8.0, 15.5)
+
+
+def test_the_energy_chart_says_why_it_is_empty() -> None:
+    nothing = summary(joules_per_inference=math.nan,
+                      telemetry_note="peak RSS sampled; no energy: RAPL not readable (/sys/class/powercap: no such "
+                                     "folder)")
+    fig = plots.energy_vs_batch(nothing)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
+    assert "no energy: RAPL not readable" in texts
+    fig = plots.efficiency_vs_batch(summary())
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [[3.0, 24.0], [2.5, 20.0]]  # measured solid, published dashed
+    assert lines[1].get_linestyle() == "--"
+
+
+def test_env_table_names_the_peaks_memory_and_flops() -> None:
+    env = {"peak_flops_per_s": {"float32": 2.03e11}, "device_memory_bytes": 24 * GIB,
+           "published_peak": {"device": "A10G", "flops_per_s": {"float32": 31.2e12, "float16": 125e12},
+                              "source": "NVIDIA A10 datasheet", "date": "2021"},
+           "models": [{"label": "resnet50", "model": "resnet50", "weights_source": "random",
+                       "flops_per_inference": 8.18e9, "flops_source": "counted"}]}
+    table = report.env_table(env)["value"]
+    assert table["measured peak, float32"] == "203.0 GFLOP/s"
+    assert table["published peak (A10G), TFLOP/s"] == "float32 31.2, float16 125.0 (NVIDIA A10 datasheet, 2021)"
+    assert table["device memory"] == "24.0 GiB"
+    assert table["FLOPs per inference of resnet50"] == "8.180 GFLOP (counted)"
+    none = report.env_table({"peak_flops_per_s": {}, "peak_flops_note": "not measured",
+                             "published_peak": {"flops_per_s": {}, "note": "no published peak for 'AMD EPYC'"}})
+    assert none["value"]["measured peak"] == "not measured"
+    assert none["value"]["published peak"] == "no published peak for 'AMD EPYC'"
