@@ -59,7 +59,8 @@ def _bench(args: argparse.Namespace) -> int:
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
     _print_recommendation(result.summary, args, Path(args.out))
-    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml)")
+    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml, "
+          "and telemetry.parquet where sampled)")
     return EXIT_OK
 
 
@@ -188,8 +189,8 @@ def _study(args: argparse.Namespace) -> int:
 
 
 SUMMARY_SHOWN = ["model", "precision", "dtype", "runtime", "batch_size", "threads", "throughput_per_s",
-                 *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "n_requests", "prepare_s",
-                 "accuracy_gate", "status"]
+                 *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "pct_of_measured_peak",
+                 "n_requests", "prepare_s", "accuracy_gate", "status"]
 KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
                "r_squared", "reason"]
 

@@ -68,9 +68,10 @@ CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime",
 #: What the sweep measures once per point besides its requests (records carry them):
 #: FLOPs of one inference (NaN when not counted), the dtype whose peak the point is judged
 #: against (float32, tf32, float16, bfloat16), the point's peak memory (reserved: CUDA's
-#: caching allocator), the energy of its measured window, and what telemetry said.
+#: caching allocator; device used: the most NVML saw in use on the GPU, by anyone), the
+#: energy of its measured window, and what telemetry said.
 POINT_MEASURES: list[str] = ["flops_per_inference", "peak_dtype", "peak_memory_bytes", "peak_memory_reserved_bytes",
-                             "energy_j", "telemetry_note"]
+                             "device_memory_used_bytes", "energy_j", "telemetry_note"]
 #: The measures that are text (the others are numbers).
 TEXT_MEASURES: list[str] = ["peak_dtype", "telemetry_note"]
 #: records.parquet: one row per request. `prepare_s` (the runtime's preparation of the
@@ -100,7 +101,8 @@ COST_COLUMNS: list[str] = ["usd_per_hour", "usd_per_million", "usd_per_million_c
 #: How close each point came to what the device can do, and what it used (benchlib.derive.efficiency).
 EFFICIENCY_COLUMNS: list[str] = [
     "flops_per_inference", "peak_dtype", "achieved_flops_per_s", "pct_of_measured_peak", "pct_of_published_peak",
-    "peak_memory_bytes", "peak_memory_reserved_bytes", "memory_headroom_bytes", "energy_j", "joules_per_inference",
+    "peak_memory_bytes", "peak_memory_reserved_bytes", "device_memory_used_bytes", "memory_headroom_bytes",
+    "energy_j", "joules_per_inference",
     "inferences_per_kwh", "telemetry_note",
 ]
 #: summary.csv: one row per grid point.
@@ -115,6 +117,6 @@ REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
 #: origin), then what each source reads (NaN where a source does not read it). `energy_j`
 #: is cumulative energy since the sampler started (a counter's delta), not power x time.
 SAMPLE_COLUMNS: list[str] = ["time_s", "power_w", "energy_j", "sm_clock_mhz", "memory_clock_mhz",
-                             "gpu_utilization_pct", "temperature_c", "rss_bytes"]
+                             "gpu_utilization_pct", "temperature_c", "rss_bytes", "device_memory_used_bytes"]
 #: telemetry.parquet: every sample of every point, joined to records on `point`.
 TELEMETRY_COLUMNS: list[str] = ["point", *SAMPLE_COLUMNS]

@@ -64,7 +64,8 @@ STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry",
 ENERGY_AGREEMENT = 0.25
 #: Above the measured GEMM peak by more than noise: the FLOP count or the peak is wrong.
 MAX_PCT_OF_PEAK = 105.0
-TELEMETRY = ["power_w", "sm_clock_mhz", "memory_clock_mhz", "gpu_utilization_pct", "temperature_c"]
+TELEMETRY = ["power_w", "sm_clock_mhz", "memory_clock_mhz", "gpu_utilization_pct", "temperature_c",
+             "device_memory_used_bytes"]
 SHOWN = 12  # problems listed: one screen
 
 
@@ -190,7 +191,8 @@ def efficiency(summaries, problems, notes):
         problems.append(f"main: {row.model} {row.precision} {row.runtime} batch {row.batch_size} x{row.threads}: "
                         f"{row.pct_of_measured_peak:.0f}% of the measured {row.peak_dtype} peak: the FLOPs or "
                         "the peak are wrong")
-    best = ok.sort_values("pct_of_measured_peak").groupby(["model", "precision"], sort=False).tail(1)
+    best = (ok.dropna(subset=["pct_of_measured_peak"]).sort_values("pct_of_measured_peak")
+            .groupby(["model", "precision"], sort=False).tail(1))
     lines.append("best share of peak per model and precision (GFLOP per inference, % of measured / published "
                  "peak, peak memory):")
     for row in best.itertuples():
@@ -209,6 +211,11 @@ def energy(summaries, problems, notes):
     if ok.empty:
         return []  # steps() said why
     row = ok.iloc[0]
+    env_path = runs / "energy" / "env.json"
+    method = (json.loads(env_path.read_text()).get("telemetry") or {}).get("energy_method") if env_path.is_file() \
+        else None
+    if method != "NVML total-energy counter":  # Volta and later have it; without it the cross-check below is void
+        problems.append(f"energy: not from NVML's total-energy counter ({method or 'no method recorded'})")
     said = row["telemetry_note"] if isinstance(row.get("telemetry_note"), str) else ""
     if said:
         notes.append(f"energy: telemetry says: {said}")
@@ -220,6 +227,7 @@ def energy(summaries, problems, notes):
         problems.append("energy: no telemetry.parquet")
         return []
     samples = pd.read_parquet(path)
+    samples = samples[samples["point"] == samples["point"].max()]  # the step's one point
     window = samples[(samples["time_s"] >= 0) & (samples["time_s"] <= row["window_s"])]
     for column in TELEMETRY:
         if window[column].notna().sum() == 0:
@@ -234,7 +242,8 @@ def energy(summaries, problems, notes):
                 f"{counter_w:.0f} W from the counter, {sampled_w:.0f} W sampled; GPU utilisation "
                 f"{window['gpu_utilization_pct'].mean():.0f}%, SM clock {window['sm_clock_mhz'].median():.0f} MHz, "
                 f"memory clock {window['memory_clock_mhz'].median():.0f} MHz, up to "
-                f"{window['temperature_c'].max():.0f} C; {len(window)} samples in {row['window_s']:.1f} s"]
+                f"{window['temperature_c'].max():.0f} C, {window['device_memory_used_bytes'].max() / 2**30:.1f} GiB "
+                f"in use; {len(window)} samples in {row['window_s']:.1f} s"]
 
 
 def verdict():

@@ -58,6 +58,7 @@ def summary_rows(**columns) -> pd.DataFrame:
 def measures(**columns) -> pd.DataFrame:
     base = {"flops_per_inference": [2e9, 2e9], "peak_dtype": ["float32", "tf32"],
             "peak_memory_bytes": [1e9, 3e9], "peak_memory_reserved_bytes": [np.nan, 4e9],
+            "device_memory_used_bytes": [np.nan, np.nan],
             "energy_j": [50.0, 100.0], "telemetry_note": ["", "clocks throttled"]}
     return pd.DataFrame({**base, **columns})[POINT_MEASURES]
 
@@ -76,6 +77,17 @@ def test_each_point_is_judged_against_its_dtypes_peak() -> None:
     assert out["joules_per_inference"].tolist() == pytest.approx([0.25, 0.1])
     assert out["inferences_per_kwh"].tolist() == pytest.approx([3.6e6 / 0.25, 3.6e6 / 0.1])
     assert out["telemetry_note"].tolist() == ["", "clocks throttled"]
+
+
+def test_headroom_is_what_nvml_saw_in_use_where_it_did() -> None:
+    # NVML counts the CUDA context and other libraries' pools, which torch's allocator does not.
+    out = add_efficiency(summary_rows(), measures(device_memory_used_bytes=[2e9, np.nan]), Ceilings(memory_bytes=16e9))
+    assert out["memory_headroom_bytes"].tolist() == [14e9, 12e9]
+
+
+def test_summary_and_measures_must_pair_row_for_row() -> None:
+    with pytest.raises(ValueError, match="2 summary rows but 3 points"):
+        add_efficiency(summary_rows(), pd.concat([measures(), measures().iloc[:1]]), Ceilings())
 
 
 def test_what_was_not_measured_stays_empty() -> None:

@@ -244,12 +244,14 @@ def test_the_verdict_of_a_real_run_folder(bench_without_extras, tmp_path: Path) 
     assert len(text.splitlines()) < 40
 
 
-def fake_run(runs: Path, name: str, rows: list[dict], gates: list[dict], rc: int = 0) -> None:
+def fake_run(runs: Path, name: str, rows: list[dict], gates: list[dict], rc: int = 0,
+             telemetry: str | None = None) -> None:
     folder = runs / name
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
     pd.DataFrame(gates).to_csv(folder / "accuracy.csv", index=False)
-    (folder / "env.json").write_text(json.dumps({"device_name": "NVIDIA H200", "torch": "2.11.0+cu130"}))
+    (folder / "env.json").write_text(json.dumps({"device_name": "NVIDIA H200", "torch": "2.11.0+cu130",
+                                                 "telemetry": {"energy_method": telemetry}}))
     (runs / f"{name}.status").write_text(f"rc={rc} seconds=100 limit=300\n")
 
 
@@ -296,7 +298,7 @@ def fake_telemetry(runs: Path, power_w: float, **missing) -> None:
     times = [-0.5 + 0.05 * i for i in range(140)]
     frame = pd.DataFrame({"point": 0, "time_s": times, "power_w": power_w, "energy_j": float("nan"),
                           "sm_clock_mhz": 1980.0, "memory_clock_mhz": 3201.0, "gpu_utilization_pct": 97.0,
-                          "temperature_c": 55.0, "rss_bytes": 2e9})
+                          "temperature_c": 55.0, "rss_bytes": 2e9, "device_memory_used_bytes": 5 * 2**30})
     for column in missing:
         frame[column] = float("nan")
     frame.to_parquet(runs / "energy" / "telemetry.parquet", index=False)
@@ -305,21 +307,21 @@ def fake_telemetry(runs: Path, power_w: float, **missing) -> None:
 def test_the_verdict_checks_the_peak_and_nvml_energy(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fake_run(runs, "main", [efficiency_point(40.0)], [])
-    fake_run(runs, "energy", [efficiency_point(41.0)], [])
+    fake_run(runs, "energy", [efficiency_point(41.0)], [], telemetry="NVML total-energy counter")
     fake_telemetry(runs, power_w=310.0)  # the counter's 1800 J / 6 s = 300 W: within 25 %
     status, text = verdict(runs, tmp_path / "dest")
     assert status == 0, text
     assert "resnet50 fp32 eager batch 32 x1: 8.18 GFLOP, 40.0% / 20.0% of float32, 2.00 GiB" in text
     assert ("energy: resnet50 fp32 batch 32: 0.1500 J per inference, 24,000,000 per kWh; 300 W from the counter, "
-            "310 W sampled; GPU utilisation 97%, SM clock 1980 MHz, memory clock 3201 MHz, up to 55 C; "
-            "121 samples in 6.0 s") in text
+            "310 W sampled; GPU utilisation 97%, SM clock 1980 MHz, memory clock 3201 MHz, up to 55 C, "
+            "5.0 GiB in use; 121 samples in 6.0 s") in text
 
 
 def test_the_verdict_fails_above_the_peak_without_telemetry_or_when_energy_disagrees(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fake_run(runs, "main", [efficiency_point(130.0)], [])
     fake_run(runs, "energy", [efficiency_point(41.0, telemetry_note="clocks throttled during the point: "
-                                               "SW power cap")], [])
+                                               "SW power cap")], [], telemetry="NVML power samples, integrated")
     fake_telemetry(runs, power_w=150.0, sm_clock_mhz=True)
     status, text = verdict(runs, tmp_path / "dest")
     assert status == 1, text
@@ -327,6 +329,7 @@ def test_the_verdict_fails_above_the_peak_without_telemetry_or_when_energy_disag
     assert "PROBLEM: energy: telemetry never read sm_clock_mhz" in text
     assert "PROBLEM: energy: the energy counter gives 300 W over the window, the power samples 150 W" in text
     assert "note: energy: telemetry says: clocks throttled during the point: SW power cap" in text
+    assert "PROBLEM: energy: not from NVML's total-energy counter (NVML power samples, integrated)" in text
     (runs / "energy" / "telemetry.parquet").unlink()
     fake_run(tmp_path / "runs2", "energy", [efficiency_point(41.0, joules_per_inference=float("nan"),
                                                              telemetry_note="no energy: NVML not available")], [])

@@ -85,7 +85,7 @@ def test_env_table_names_the_peaks_memory_and_flops() -> None:
            "models": [{"label": "resnet50", "model": "resnet50", "weights_source": "random",
                        "flops_per_inference": 8.18e9, "flops_source": "counted"}]}
     table = report.env_table(env)["value"]
-    assert table["measured peak, float32"] == "203.0 GFLOP/s"
+    assert table["measured peak, float32"] == "0.203 TFLOP/s"
     assert table["published peak (A10G), TFLOP/s"] == "float32 31.2, float16 125.0 (NVIDIA A10 datasheet, 2021)"
     assert table["device memory"] == "24.0 GiB"
     assert table["FLOPs per inference of resnet50"] == "8.180 GFLOP (counted)"

@@ -37,6 +37,9 @@ def test_env_records_the_peak_the_published_table_and_each_models_flops(measured
     assert set(env["peak_flops_per_s"]) == {"float32"} and env["peak_flops_per_s"]["float32"] > 1e9
     assert env["published_peak"]["flops_per_s"] == {} and "no published peak" in env["published_peak"]["note"]
     assert env["device_memory_bytes"] > 1e9
+    assert env["telemetry"] == {"energy_method": None, "energy_note": env["telemetry"]["energy_note"],
+                                "min_energy_window_s": None, "sources": ["host"]}
+    assert env["telemetry"]["energy_note"].startswith("no energy: RAPL not readable")
     flops = {m["label"]: (m["flops_per_inference"], m["flops_source"]) for m in env["models"]}
     assert flops["bert-base-uncased-squad2"] == (TINY_BERT_FLOPS, COUNTED)
     assert flops["torchvision:resnet18"][0] > 0

@@ -55,6 +55,7 @@ class FakeNvml:
         self.clocks = {self.NVML_CLOCK_SM: 1980, self.NVML_CLOCK_MEM: 2619}
         self.utilization = 87
         self.temperature = 61
+        self.used_bytes = 3 * 2**30
         self.reasons = 0
         self.pids: list[int] = []
 
@@ -97,6 +98,10 @@ class FakeNvml:
         self._call("temperature")
         return self.temperature
 
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> SimpleNamespace:
+        self._call("memory")
+        return SimpleNamespace(total=141 * 2**30, used=self.used_bytes, free=141 * 2**30 - self.used_bytes)
+
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: str) -> int:
         self._call("reasons")
         return self.reasons
@@ -137,7 +142,8 @@ def test_nvml_readings_are_exact() -> None:
         readings.append(gpu.read())
     assert [r["energy_j"] for r in readings] == [0.0, 0.5, 2.0]
     assert readings[0] == {"power_w": 250.0, "energy_j": 0.0, "sm_clock_mhz": 1980.0, "memory_clock_mhz": 2619.0,
-                           "gpu_utilization_pct": 87.0, "temperature_c": 61.0}
+                           "gpu_utilization_pct": 87.0, "temperature_c": 61.0,
+                           "device_memory_used_bytes": float(3 * 2**30)}
     assert fake.calls["nvmlInit"] == 1  # once, not per read
 
 
@@ -501,3 +507,30 @@ def test_real_nvml_on_a_gpu() -> None:
     assert (frame["power_w"] > 0).all() and (frame["sm_clock_mhz"] > 0).all()
     if telemetry.energy_method == ENERGY_NVML_COUNTER:
         assert frame["energy_j"].iloc[0] == 0.0 and frame["energy_j"].iloc[-1] >= 0.0
+
+
+def test_a_driver_older_than_the_binding_reads_throttle_reasons_by_the_old_name() -> None:
+    fake = FakeNvml(unsupported=("reasons",))  # the new function exists in Python, not in the driver
+    gpu = nvml_source(open_telemetry(CUDA, nvml=fake))
+    fake.reasons = 0x40
+    gpu.read()
+    assert gpu.notes() == ["clocks throttled during the point: HW thermal slowdown"]
+    assert fake.calls["reasons"] == 1 and fake.calls["old reasons"] == 2
+
+
+def test_a_source_whose_begin_fails_is_noted_and_the_point_goes_on() -> None:
+    class Failing:
+        name, energy_method = "nvml", None
+
+        def begin(self) -> None:
+            raise OSError("the GPU fell off the bus")
+
+        def read(self) -> dict[str, float]:
+            raise AssertionError("a source that failed to begin is not read")
+
+        def notes(self) -> list[str]:
+            return []
+
+    with Sampler(Telemetry((Failing(),), None, "", math.inf)) as sampler:
+        pass
+    assert sampler.notes() == ["telemetry from nvml stopped: OSError: the GPU fell off the bus"]

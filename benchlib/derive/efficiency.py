@@ -6,7 +6,8 @@ and the device's ceilings (env.json)::
     achieved_flops_per_s  = flops_per_inference * throughput_per_s
     pct_of_measured_peak  = 100 * achieved / measured GEMM peak of the point's peak_dtype
     pct_of_published_peak = 100 * achieved / the datasheet's dense peak of that dtype
-    memory_headroom_bytes = device memory - the point's peak (reserved on CUDA, else allocated / RSS)
+    memory_headroom_bytes = device memory - the most in use during the point: on a GPU what NVML saw
+                            used (anyone's), else what torch's allocator reserved; on a CPU the peak RSS
     joules_per_inference  = energy of the measured window / inferences completed in it
     inferences_per_kwh    = 3.6e6 J / joules_per_inference
 
@@ -89,6 +90,8 @@ def point_measures(records: pd.DataFrame) -> pd.DataFrame:
 
 def add_efficiency(summary: pd.DataFrame, measures: pd.DataFrame, ceilings: Ceilings) -> pd.DataFrame:
     """`summary` with EFFICIENCY_COLUMNS, from each point's `measures` (same order as its rows)."""
+    if len(summary) != len(measures):  # rows are paired by position: a join that duplicated one would shift them
+        raise ValueError(f"{len(summary)} summary rows but {len(measures)} points of measures")
     out = summary.reset_index(drop=True).copy()
     measures = measures.reset_index(drop=True)
     for column in POINT_MEASURES:
@@ -100,8 +103,9 @@ def add_efficiency(summary: pd.DataFrame, measures: pd.DataFrame, ceilings: Ceil
                         ("pct_of_published_peak", ceilings.published_flops_per_s)):
         peak = out["peak_dtype"].map(lambda dtype, p=peaks: p.get(dtype, math.nan)).astype(float)
         out[name] = 100 * out["achieved_flops_per_s"] / peak
-    reserved = pd.to_numeric(out["peak_memory_reserved_bytes"], errors="coerce")
-    held = reserved.fillna(pd.to_numeric(out["peak_memory_bytes"], errors="coerce"))
+    held = pd.to_numeric(out["device_memory_used_bytes"], errors="coerce")
+    for fallback in ("peak_memory_reserved_bytes", "peak_memory_bytes"):
+        held = held.fillna(pd.to_numeric(out[fallback], errors="coerce"))
     memory = math.nan if ceilings.memory_bytes is None else float(ceilings.memory_bytes)
     out["memory_headroom_bytes"] = memory - held
     inferences = throughput * pd.to_numeric(out["window_s"], errors="coerce")

@@ -40,8 +40,10 @@ class PeakMemory:
     """The most memory held while the context is open: one grid point's peak.
 
     - CUDA: ``torch.cuda.max_memory_allocated`` (tensors) and ``max_memory_reserved``
-      (what the caching allocator holds), both reset on entry. Weights and inputs already
-      resident count: they are what the point needs.
+      (what the caching allocator holds), both reset on entry, after the cache of earlier
+      points is emptied. Weights and inputs already resident count: they are what the point
+      needs. Neither sees memory outside torch's allocator (the CUDA context, ONNX
+      Runtime's pool): the telemetry's NVML reading of the GPU's used memory does.
     - CPU: the process's peak resident set, ``VmHWM`` in ``/proc/self/status``, reset on
       entry by writing 5 to ``/proc/self/clear_refs`` (``ru_maxrss`` cannot be reset).
       Where that file cannot be written, :attr:`peak_bytes` is None and :attr:`note` says
@@ -59,6 +61,8 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            # Blocks cached by earlier points would count as this point's reserved peak: return them first.
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         try:

@@ -288,6 +288,14 @@ class _Shared:
         if params.telemetry:
             uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
             self.telemetry = open_telemetry(device, gpu_uuid=uuid)
+            env["telemetry"] = {"energy_method": self.telemetry.energy_method,
+                                "energy_note": self.telemetry.energy_note,
+                                "min_energy_window_s": (self.telemetry.min_energy_window_s
+                                                        if math.isfinite(self.telemetry.min_energy_window_s) else None),
+                                "sources": [source.name for source in self.telemetry.sources]}
+        else:
+            env["telemetry"] = {"energy_method": None, "energy_note": "telemetry: false in the params"}
+        writer.write_env(env)
 
     def measure(self, point: GridPoint, clock: Clock) -> PointRun:
         """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
@@ -383,6 +391,7 @@ class _Shared:
             "peak_dtype": peak_dtype(point.precision.dtype, self.device.type, self.params.matmul_precision),
             "peak_memory_bytes": peak_bytes if peak_bytes is not None else math.nan,
             "peak_memory_reserved_bytes": memory.reserved_bytes if memory.reserved_bytes is not None else math.nan,
+            "device_memory_used_bytes": samples["device_memory_used_bytes"].max() if samples is not None else math.nan,
             "energy_j": energy_j,
             "telemetry_note": "; ".join(filter(None, notes)),
         }

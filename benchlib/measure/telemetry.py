@@ -131,6 +131,9 @@ class _NvmlSource:
             ("memory_clock_mhz", lambda: float(nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM))),
             ("gpu_utilization_pct", lambda: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu)),
             ("temperature_c", lambda: float(nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU))),
+            # Everything in use on the GPU: the CUDA context, other libraries' pools (ONNX Runtime),
+            # other processes; what torch's allocator counts is only part of it.
+            ("device_memory_used_bytes", lambda: float(nvml.nvmlDeviceGetMemoryInfo(h).used)),
         ]
         for column, reader in candidates:
             if column == "energy_j":
@@ -151,12 +154,15 @@ class _NvmlSource:
             self.energy_problem = (f"NVML reads neither the energy counter nor the power of this GPU "
                                    f"({self.unsupported['energy_j']})")
 
-        # Newer bindings call throttle reasons "clocks event reasons"; older ones only have the old name.
-        reasons = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                   or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        # Newer bindings and drivers call throttle reasons "clocks event reasons"; a driver older than
+        # the binding lacks that function (NVMLError_FunctionNotFound) and has only the old name.
         self._reasons_fn: Callable[[], int] | None = None
-        if reasons is not None and self._probe(lambda: reasons(h), "throttle reasons") is not None:
-            self._reasons_fn = lambda: reasons(h)
+        for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            reasons = getattr(nvml, name, None)
+            if reasons is not None and self._probe(lambda r=reasons: r(h), "throttle reasons") is not None:
+                self._reasons_fn = lambda r=reasons: r(h)
+                self.unsupported.pop("throttle reasons", None)
+                break
         self._reasons = 0
         self._pids: set[int] = set()
         self._check_processes()
@@ -378,8 +384,12 @@ class Sampler:
     def __enter__(self) -> Sampler:
         if self._thread is not None:
             raise RuntimeError("a Sampler samples one point: make a new one")
-        for source in self._sources:
-            source.begin()
+        for i, source in enumerate(self._sources):
+            try:
+                source.begin()
+            except Exception as exc:  # noqa: BLE001 - as in _sample: noted, the source dropped for this point
+                self._active[i] = False
+                self._failures.append(f"telemetry from {source.name} stopped: {first_line(exc)}")
         self._sample()
         self._thread = threading.Thread(target=self._run, name="benchlib-telemetry", daemon=True)
         self._thread.start()

@@ -433,7 +433,7 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
     price = env.get("price") or {}
     rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
     for dtype, flops in (env.get("peak_flops_per_s") or {}).items():
-        rows.append((f"measured peak, {dtype}", f"{flops / 1e9:,.1f} GFLOP/s"))
+        rows.append((f"measured peak, {dtype}", f"{flops / 1e12:,.3g} TFLOP/s"))
     if env.get("peak_flops_note") and not env.get("peak_flops_per_s"):
         rows.append(("measured peak", env["peak_flops_note"]))
     published = env.get("published_peak") or {}
@@ -445,6 +445,9 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
         rows.append(("published peak", published["note"]))
     if env.get("device_memory_bytes"):
         rows.append(("device memory", f"{env['device_memory_bytes'] / GIB:,.1f} GiB"))
+    telemetry = env.get("telemetry") or {}
+    if telemetry:
+        rows.append(("energy measured by", telemetry.get("energy_method") or telemetry.get("energy_note") or "–"))
     for model in env.get("models", []):
         label = model.get("label", model.get("name"))  # runs before labels recorded only the name
         if model.get("model", label) != label:
