@@ -48,7 +48,11 @@ WEIGHTS: tuple[str, ...] = ("random", "pretrained")
 
 #: Models known by name; anything else goes through one of the prefixes.
 ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "resnet50")
-MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:")
+MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:", "synthetic:")
+#: `synthetic:<milliseconds>`: a model that holds each request exactly that long (a known truth).
+MAX_SYNTHETIC_MS = 60_000.0
+#: More trials per point need `allow_long_window: true`.
+MAX_REPEATS = 100
 #: Larger grids need `allow_large_grid: true`: a typo in a list should not cost a day.
 MAX_GRID_POINTS = 200
 #: Longer windows need `allow_long_window: true`: a slipped digit should not cost a day per point.
@@ -66,7 +70,8 @@ FAST_REQUESTS_PER_S = 1_000
 MAX_LABEL_CHARS = 64
 #: What an empty params file should hold.
 PARAMS_FILE_FIX = "write at least `instance`, `models` and `batch_sizes` in it (see the README, section Params)"
-ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>"])
+ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>",
+                                  "synthetic:<milliseconds>"])
 
 _INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Unicode categories that do not print as one line: control, format, line and paragraph separators.
@@ -148,6 +153,9 @@ class ModelSpec(_Strict):
     def _known_name(cls, name: str) -> str:
         if name in ZOO_MODELS:
             return name
+        if name.startswith("synthetic:"):
+            synthetic_ms(name)  # raises with the fix
+            return name
         for prefix in MODEL_PREFIXES:
             if name.startswith(prefix) and len(name) > len(prefix):
                 return name
@@ -190,6 +198,9 @@ class ModelSpec(_Strict):
                 )
         elif self.input_shape is not None:
             raise ValueError(f"{self.name}: `input_shape` is only for torchscript: models; remove it")
+        if self.kind == "synthetic" and (self.weights == "pretrained" or self.source or self.config):
+            raise ValueError(f"{self.name}: a synthetic model has no weights or architecture; remove `weights: "
+                             "pretrained`, `source` and `config`")
         if self.weights == "pretrained" and self.config:
             raise ValueError(
                 f"{self.name}: `config` overrides change the architecture and cannot apply to "
@@ -203,6 +214,11 @@ class ModelSpec(_Strict):
         return self.name.split(":", 1)[0] if ":" in self.name else "zoo"
 
     @property
+    def synthetic_ms(self) -> float | None:
+        """A synthetic model's latency per request in milliseconds; None for a real model."""
+        return synthetic_ms(self.name) if self.kind == "synthetic" else None
+
+    @property
     def target(self) -> str:
         """The part after the prefix (the hub id, torchvision name or path)."""
         return self.name.split(":", 1)[1] if ":" in self.name else self.name
@@ -213,6 +229,19 @@ class ModelSpec(_Strict):
         if self.kind == "torchscript":
             return "file"
         return self.weights or "random"
+
+
+def synthetic_ms(name: str) -> float:
+    """The milliseconds of ``synthetic:<ms>``, or ValueError saying what is allowed."""
+    text = name.removeprefix("synthetic:")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_SYNTHETIC_MS) or not text.strip():
+        raise ValueError(f"{name!r}: write synthetic:<milliseconds>, a number from 0 to {MAX_SYNTHETIC_MS:g} "
+                         "(e.g. synthetic:10 holds each request 10 ms)")
+    return value
 
 
 class Params(_Strict):
@@ -259,6 +288,16 @@ class Params(_Strict):
     measure_peak_flops: StrictBool = True
     #: Sample power, energy, clocks and memory on a side thread during each point.
     telemetry: StrictBool = True
+    #: Trials per point, each its own window (duration_s and min_requests apply to each),
+    #: interleaved; the interval then carries the variation between trials.
+    repeats: Annotated[StrictInt, Field(gt=0)] = 1
+    #: Keep measuring a point (more trials) until its throughput interval and its
+    #: `target_percentile` interval are within this percentage of their value ...
+    target_ci_pct: Annotated[float, BeforeValidator(_exponent_number),
+                             Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] | None = None
+    target_percentile: Literal["p50", "p90", "p95", "p99"] = "p95"
+    #: ... or until this many seconds were spent measuring it (then `notes` says the target was missed).
+    max_duration_s: PositiveFloat = 120.0
 
     @field_validator("instance")
     @classmethod
@@ -298,7 +337,13 @@ class Params(_Strict):
                 f"for each of the {self.grid_size} grid points; use at most {MAX_MIN_REQUESTS:,} (P99 needs 368), "
                 "or set `allow_long_window: true` if you mean it",
             ))
-        for key, limit in (("warmup_requests", MAX_WARMUP_REQUESTS), ("accuracy_samples", MAX_ACCURACY_SAMPLES)):
+        if self.max_duration_s > MAX_DURATION_S:
+            problems.append(_problem(
+                ("max_duration_s",), self.max_duration_s, "window_too_long",
+                f"{self.max_duration_s:g} s per point is {self.max_duration_s / 3600:.1f} h; use at most "
+                f"{MAX_DURATION_S:g} s, or set `allow_long_window: true` if you mean it"))
+        for key, limit in (("warmup_requests", MAX_WARMUP_REQUESTS), ("accuracy_samples", MAX_ACCURACY_SAMPLES),
+                           ("repeats", MAX_REPEATS)):
             value = getattr(self, key)
             if value > limit:
                 problems.append(_problem(
@@ -308,6 +353,13 @@ class Params(_Strict):
                 ))
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @model_validator(mode="after")
+    def _budget_holds_a_window(self) -> Params:
+        if self.target_ci_pct is not None and self.max_duration_s < self.duration_s:
+            raise ValueError(f"max_duration_s ({self.max_duration_s:g}) is shorter than one window (duration_s "
+                             f"{self.duration_s:g}); raise max_duration_s or lower duration_s")
         return self
 
     @model_validator(mode="after")
@@ -349,7 +401,7 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _grid_not_accidentally_huge(self) -> Params:
         if self.grid_size > MAX_GRID_POINTS and not self.allow_large_grid:
-            hours = self.grid_size * self.duration_s / 3600
+            hours = self.grid_size * self.duration_s * self.repeats / 3600
             raise ValueError(
                 f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
                 f"x {len(self.runtimes)} runtimes x {len(self.batch_sizes)} batch sizes x {len(self.threads)} "

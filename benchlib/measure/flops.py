@@ -65,6 +65,8 @@ def flops_per_inference(loaded: LoadedModel, seed: int) -> FlopCount:
     """The model's FLOPs per sample: the params' figure when given, else counted at batch 1."""
     if loaded.spec.flops_per_inference is not None:
         return FlopCount(float(loaded.spec.flops_per_inference), FROM_PARAMS)
+    if loaded.spec.kind == "synthetic":
+        return FlopCount(None, "a synthetic model holds each request for a set time and computes nothing")
     sample = loaded.make_inputs(1, torch.Generator().manual_seed(seed))
     sample = map_tensors(sample, lambda tensor: tensor.to(loaded.device))
     try:

@@ -228,7 +228,8 @@ def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
         "model": point.model.label,
         "weights": point.model.weights_kind,
         "precision": point.precision.name,
-        "dtype": point.precision.dtype,
+        # A synthetic model computes in no dtype: any precision is a no-op for it.
+        "dtype": "none" if point.model.kind == "synthetic" else point.precision.dtype,
         "runtime": point.runtime,
         "batch_size": point.batch_size,
         "threads": point.threads,
@@ -318,6 +319,9 @@ class _Shared:
             if point.runtime not in self.runtimes:
                 self.runtimes[point.runtime] = get_runtime(point.runtime)
             runtime = self.runtimes[point.runtime]
+            if point.model.kind == "synthetic" and point.runtime != REFERENCE_RUNTIME:
+                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: a synthetic model has nothing to "
+                                "trace, compile or export; it runs with eager only")
             reason = runtime.unsupported(workload)
             if reason:
                 return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
