@@ -74,23 +74,24 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def point_records(point: int, keys: dict[str, Any], run: PointRun) -> pd.DataFrame:
-    """The records of one grid point as rows; an OOM or skipped point leaves one marker row."""
+def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 0) -> pd.DataFrame:
+    """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row."""
     missing = set(POINT_KEYS) - set(keys)
     if missing:  # a grid dimension added without its column would leave it empty
         raise ValueError(f"point keys lack {sorted(missing)}")
     nan = float("nan")
     # What the point measured besides its requests: NaN (or no text) where it was not measured.
     measures = {k: run.measures.get(k, "" if k in TEXT_MEASURES else nan) for k in POINT_MEASURES}
-    point_columns = {"status": run.status, "prepare_s": run.prepare_s, "note": run.error, **measures}
+    point_columns = {"status": run.status, "prepare_s": run.prepare_s, "note": run.error, "trial_s": run.trial_s,
+                     **measures}
     if run.records:
         rows = [
-            {"point": point, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
+            {"point": point, "trial": trial, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
              "start_s": r.start_s, "end_s": r.end_s, **point_columns}
             for r in run.records
         ]
     else:
-        rows = [{"point": point, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan, "end_s": nan,
+        rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan, "end_s": nan,
                  **point_columns}]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
@@ -171,6 +172,20 @@ class RunWriter:
         records = self.records
         finished = records[records["status"].isin(DONE_STATUSES)]
         return set(finished[GRID_KEYS].drop_duplicates().itertuples(index=False, name=None))
+
+    def trials(self) -> dict[tuple[Any, ...], tuple[int, list[str]]]:
+        """Per grid key (GRID_KEYS order): its point number and each recorded trial's status, in trial order."""
+        records = self.records
+        if records.empty:
+            return {}
+        if "trial" not in records.columns:  # a run from before trials: one each
+            records = records.assign(trial=0)
+        firsts = records.groupby(["point", "trial"], sort=True)[[*GRID_KEYS, "status"]].first()
+        out: dict[tuple[Any, ...], tuple[int, list[str]]] = {}
+        for (point, _trial), row in firsts.iterrows():
+            key = tuple(row[k] for k in GRID_KEYS)
+            out.setdefault(key, (int(point), []))[1].append(str(row["status"]))
+        return out
 
     def smallest_oom_batches(self) -> dict[tuple[str, str, str], int]:
         """Per (model, precision, runtime), the smallest batch size that ran out of memory so far."""

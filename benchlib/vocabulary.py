@@ -34,7 +34,7 @@ GATE_FAIL = "fail"
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 #: Percentiles whose summary carries a confidence interval.
-PERCENTILES_WITH_CI: tuple[int, ...] = (95, 99)
+PERCENTILES_WITH_CI: tuple[int, ...] = PERCENTILES
 #: The names users type (``p95``) and the summary column of each.
 PERCENTILE_COLUMNS: dict[str, str] = {f"p{p}": f"latency_p{p}_ms" for p in PERCENTILES}
 #: How tables and charts show them: ``p95`` -> ``P95``.
@@ -77,14 +77,17 @@ TEXT_MEASURES: list[str] = ["peak_dtype", "telemetry_note"]
 #: records.parquet: one row per request. `prepare_s` (the runtime's preparation of the
 #: point's artifact), `note` (what the point's run said) and the point's measures repeat on
 #: each row of a point.
-RECORD_COLUMNS: list[str] = ["point", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s", "status",
-                             "prepare_s", "note", *POINT_MEASURES]
+#: `trial` numbers a point's trials from 0, each its own window with its own time origin;
+#: `trial_s` is the wall time the trial took (its clients' preparation, warm-up and window).
+RECORD_COLUMNS: list[str] = ["point", "trial", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s",
+                             "status", "prepare_s", "note", "trial_s", *POINT_MEASURES]
 #: What stats derives per point from its records.
 STATS_COLUMNS: list[str] = [
     "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
-    *PERCENTILE_COLUMNS.values(),
+    "throughput_trial_cv", *PERCENTILE_COLUMNS.values(),
     *[f"latency_p{p}_ci_{end}_ms" for p in PERCENTILES_WITH_CI for end in ("low", "high")],
-    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "window_s", "prepare_s", "status", "notes",
+    "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "n_trials", "n_inferences", "window_s",
+    "measured_s", "prepare_s", "status", "notes",
 ]
 #: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
 #: artifact (per batch size) against eager at the same precision (the gate).
@@ -118,5 +121,5 @@ REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
 #: is cumulative energy since the sampler started (a counter's delta), not power x time.
 SAMPLE_COLUMNS: list[str] = ["time_s", "power_w", "energy_j", "sm_clock_mhz", "memory_clock_mhz",
                              "gpu_utilization_pct", "temperature_c", "rss_bytes", "device_memory_used_bytes"]
-#: telemetry.parquet: every sample of every point, joined to records on `point`.
-TELEMETRY_COLUMNS: list[str] = ["point", *SAMPLE_COLUMNS]
+#: telemetry.parquet: every sample of every trial, joined to records on `point` and `trial`.
+TELEMETRY_COLUMNS: list[str] = ["point", "trial", *SAMPLE_COLUMNS]

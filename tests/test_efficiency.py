@@ -51,7 +51,8 @@ def test_energy_not_measured_is_nan_never_zero(frame: pd.DataFrame, window_s: fl
 
 
 def summary_rows(**columns) -> pd.DataFrame:
-    base = {"model": ["m", "m"], "batch_size": [1, 8], "throughput_per_s": [100.0, 400.0], "window_s": [2.0, 2.5]}
+    base = {"model": ["m", "m"], "batch_size": [1, 8], "throughput_per_s": [100.0, 400.0], "window_s": [2.0, 2.5],
+            "n_inferences": [200, 1000]}
     return pd.DataFrame({**base, **columns})
 
 

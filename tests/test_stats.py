@@ -106,14 +106,16 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible() -> None:
     assert bootstrap_mean_ci(np.full(8, 3.0)) == (3.0, 3.0)
 
 
-def test_steady_point_has_tight_intervals_and_no_notes() -> None:
+def test_steady_point_has_tight_intervals_and_says_one_trial_leaves_out_run_to_run_variation() -> None:
     row = summarize_point(records_of(0, steady_run(400), batch_size=2))
     assert row["throughput_per_s"] == 256.0
     assert row["throughput_ci_low_per_s"] == 256.0 and row["throughput_ci_high_per_s"] == 256.0
     assert row["throughput_cv"] == 0.0
     assert row["latency_p99_ms"] == 7.8125
     assert row["latency_p99_ci_low_ms"] == 7.8125 and row["latency_p99_ci_high_ms"] == 7.8125
-    assert row["notes"] == ""
+    assert row["notes"] == "1 trial: its interval leaves out run-to-run variation (set repeats: 3)"
+    assert (row["n_trials"], row["n_inferences"], row["window_s"]) == (1, 800, 400 / 128)
+    assert math.isnan(row["throughput_trial_cv"])
 
 
 def test_small_sample_says_which_percentiles_it_cannot_give() -> None:
@@ -167,3 +169,60 @@ def test_summary_has_one_row_per_point_in_run_order() -> None:
     assert summary["throughput_per_s"].iloc[2] == 256.0
     assert list(summary.columns[:8]) == ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size",
                                          "threads"]
+
+
+# --- trials -------------------------------------------------------------------------
+
+
+def trials_of(*latencies_s: float, n: int = 400, batch_size: int = 2) -> pd.DataFrame:
+    """One point in several trials, each steady at its own latency (so its own interval is zero-width)."""
+    frames = []
+    for trial, latency in enumerate(latencies_s):
+        run = steady_run(n, latency)
+        run.trial_s = 3.0
+        frames.append(point_records(0, {**KEYS, "batch_size": batch_size}, run, trial=trial))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_trials_pool_their_throughputs_and_the_interval_is_the_t_interval_between_them() -> None:
+    # Trials at 1/128, 1/64 and 1/32 s per request, batch 2: 256, 128 and 64 inferences/s.
+    row = summarize_point(trials_of(1 / 128, 1 / 64, 1 / 32))
+    throughputs = np.array([256.0, 128.0, 64.0])
+    mean, sd = throughputs.mean(), throughputs.std(ddof=1)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert row["throughput_per_s"] == mean
+    # Each window's own interval is zero-width (steady), so only the spread between trials is left.
+    assert row["throughput_ci_low_per_s"] == pytest.approx(mean - half)
+    assert row["throughput_ci_high_per_s"] == pytest.approx(mean + half)
+    assert row["throughput_trial_cv"] == pytest.approx(sd / mean)
+    assert (row["n_trials"], row["n_requests"], row["n_inferences"]) == (3, 1200, 2400)
+    assert row["measured_s"] == 9.0 and row["window_s"] == pytest.approx(400 / 128 + 400 / 64 + 400 / 32)
+    assert "1 trial" not in row["notes"]
+
+
+def test_pooled_percentiles_widen_by_the_spread_of_the_trials_percentiles() -> None:
+    row = summarize_point(trials_of(1 / 128, 1 / 64, 1 / 32))
+    pooled = np.concatenate([np.full(400, 1000 / 128), np.full(400, 1000 / 64), np.full(400, 1000 / 32)])
+    per_trial = np.array([1000 / 128, 1000 / 64, 1000 / 32])
+    between = 4.302652729911275 * per_trial.std(ddof=1) / math.sqrt(3)
+    value, low, high = percentile_with_ci(pooled, 50)
+    assert row["latency_p50_ms"] == value
+    assert row["latency_p50_ci_low_ms"] == pytest.approx(value - math.hypot(value - low, between))
+    assert row["latency_p50_ci_high_ms"] == pytest.approx(value + math.hypot(high - value, between))
+
+
+def test_two_identical_trials_give_the_within_interval_and_no_spread() -> None:
+    row = summarize_point(trials_of(1 / 128, 1 / 128))
+    assert row["throughput_per_s"] == 256.0 and row["throughput_ci_low_per_s"] == 256.0
+    assert row["throughput_ci_high_per_s"] == 256.0 and row["throughput_trial_cv"] == 0.0
+
+
+def test_pooled_interval_combines_within_and_between_in_quadrature() -> None:
+    from benchlib.derive.stats import pooled_interval
+
+    # One value: the window's own interval, untouched.
+    assert pooled_interval(10.0, (9.0, 12.0), np.array([10.0])) == (9.0, 12.0)
+    # Two values 9 and 11: sd sqrt(2), t(0.975, 1) = 12.706...: between = 12.706 * sqrt(2) / sqrt(2).
+    low, high = pooled_interval(10.0, (9.0, 12.0), np.array([9.0, 11.0]))
+    t1 = 12.706204736174698
+    assert low == pytest.approx(10.0 - math.hypot(1.0, t1)) and high == pytest.approx(10.0 + math.hypot(2.0, t1))

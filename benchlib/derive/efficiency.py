@@ -8,7 +8,7 @@ and the device's ceilings (env.json)::
     pct_of_published_peak = 100 * achieved / the datasheet's dense peak of that dtype
     memory_headroom_bytes = device memory - the most in use during the point: on a GPU what NVML saw
                             used (anyone's), else what torch's allocator reserved; on a CPU the peak RSS
-    joules_per_inference  = energy of the measured window / inferences completed in it
+    joules_per_inference  = energy of the measured windows / inferences completed in them
     inferences_per_kwh    = 3.6e6 J / joules_per_inference
 
 The energy of a window comes from telemetry samples (:func:`window_energy`): the
@@ -77,14 +77,36 @@ def window_energy(samples: pd.DataFrame, window_s: float) -> float:
     return math.nan
 
 
+#: How a point's trials combine their measures: energy adds up over the trials' windows,
+#: memory is the most any trial held, notes are each said once; the rest is the point's own.
+_ACROSS_TRIALS = {"energy_j": "sum", "peak_memory_bytes": "max", "peak_memory_reserved_bytes": "max",
+                  "device_memory_used_bytes": "max"}
+
+
+def _notes(values: pd.Series) -> str:
+    parts = [part for value in values if isinstance(value, str) and value for part in value.split("; ")]
+    return "; ".join(dict.fromkeys(parts))
+
+
 def point_measures(records: pd.DataFrame) -> pd.DataFrame:
-    """Each point's measures (one row per point, in point order); missing columns (older runs) empty."""
-    columns = [c for c in POINT_MEASURES if c in records.columns]
-    measures = records.groupby("point", sort=True)[columns].first() if columns else pd.DataFrame(
-        index=pd.Index(sorted(records["point"].unique()), name="point"))
-    for column in POINT_MEASURES:
-        if column not in measures.columns:
-            measures[column] = "" if column in TEXT_MEASURES else math.nan
+    """Each point's measures (one row per point, in point order), its trials combined; missing
+    columns (older runs) empty. Energy is NaN when any trial's is: a sum of some windows is not
+    the energy of all of them."""
+    records = records.assign(**{c: "" if c in TEXT_MEASURES else math.nan
+                                for c in POINT_MEASURES if c not in records.columns})
+    if "trial" not in records.columns:
+        records = records.assign(trial=0)
+    per_trial = records.groupby(["point", "trial"], sort=True)[POINT_MEASURES].first().reset_index()
+    grouped = per_trial.groupby("point", sort=True)
+    measures = grouped[POINT_MEASURES].first()
+    for column, how in _ACROSS_TRIALS.items():
+        values = pd.to_numeric(per_trial[column], errors="coerce")
+        combined = values.groupby(per_trial["point"]).agg(how, min_count=1) if how == "sum" else \
+            values.groupby(per_trial["point"]).max()
+        if how == "sum":
+            combined[values.isna().groupby(per_trial["point"]).any()] = math.nan
+        measures[column] = combined
+    measures["telemetry_note"] = grouped["telemetry_note"].agg(_notes)
     return measures[POINT_MEASURES].reset_index(drop=True)
 
 
@@ -108,7 +130,7 @@ def add_efficiency(summary: pd.DataFrame, measures: pd.DataFrame, ceilings: Ceil
         held = held.fillna(pd.to_numeric(out[fallback], errors="coerce"))
     memory = math.nan if ceilings.memory_bytes is None else float(ceilings.memory_bytes)
     out["memory_headroom_bytes"] = memory - held
-    inferences = throughput * pd.to_numeric(out["window_s"], errors="coerce")
+    inferences = pd.to_numeric(out["n_inferences"], errors="coerce")
     out["joules_per_inference"] = pd.to_numeric(out["energy_j"], errors="coerce") / inferences
     out["inferences_per_kwh"] = JOULES_PER_KWH / out["joules_per_inference"]
     return out[[*summary.columns, *EFFICIENCY_COLUMNS]]

@@ -13,6 +13,10 @@
   inferences completed in each, and bootstrapping their mean; the coefficient
   of variation across sub-windows is the point's stability figure, and a point
   above ``NOISY_CV`` is flagged as too noisy to trust.
+- A point measured in N trials (independent windows): its throughput is the mean
+  of the trials' throughputs, its percentiles those of the pooled latencies, and
+  every interval widens by the spread between trials (:func:`pooled_interval`): a
+  window's own interval misses what changes from run to run.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binom
+from scipy.stats import t as student_t
 
 from benchlib.vocabulary import (
     PERCENTILES,
@@ -85,37 +90,100 @@ def bootstrap_mean_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: 
     return float(low), float(high)
 
 
-def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
-    """One summary row from the records of one grid point.
-
-    The window starts at 0 (all client threads released together) and ends at the
-    last completion; warm-up records (negative times) are counted, not used.
-    """
-    nan = math.nan
-    statuses = set(records["status"])
-    status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
+def _trial(records: pd.DataFrame) -> dict[str, Any]:
+    """One trial's own figures: throughput with its within-window interval, its latencies."""
     measured = records[(~records["warmup"]) & (records["status"] == STATUS_OK)]
-    latencies_ms = (measured["end_s"] - measured["start_s"]).to_numpy() * 1e3
     n = len(measured)
-    window_s = float(measured["end_s"].max()) if n else nan
-    # What the run itself said (an OOM's message, why a runtime is unsupported, a recompile).
-    notes: list[str] = [str(records["note"].iloc[0])] if records["note"].iloc[0] else []
-    row: dict[str, Any] = {"throughput_per_s": int(measured["batch_size"].sum()) / window_s if n else nan}
-
+    window_s = float(measured["end_s"].max()) if n else math.nan
+    inferences = int(measured["batch_size"].sum())
+    figures: dict[str, Any] = {
+        "n": n, "window_s": window_s, "inferences": inferences,
+        "throughput": inferences / window_s if n else math.nan,
+        "latencies_ms": (measured["end_s"] - measured["start_s"]).to_numpy() * 1e3,
+        "ci": (math.nan, math.nan), "cv": math.nan,
+    }
     per_window = window_throughputs(measured["end_s"].to_numpy(), measured["batch_size"].to_numpy(), window_s)
     if len(per_window):
-        row["throughput_ci_low_per_s"], row["throughput_ci_high_per_s"] = bootstrap_mean_ci(per_window)
-        row["throughput_cv"] = float(per_window.std(ddof=1) / per_window.mean()) if per_window.mean() else nan
-        if row["throughput_cv"] > NOISY_CV:
-            notes.append(f"noisy: throughput varies {row['throughput_cv']:.0%} across sub-windows")
+        figures["ci"] = bootstrap_mean_ci(per_window)
+        figures["cv"] = float(per_window.std(ddof=1) / per_window.mean()) if per_window.mean() else math.nan
+    return figures
+
+
+def pooled_interval(estimate: float, within: tuple[float, float], trial_values: np.ndarray,
+                    confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """An interval around `estimate` that carries the variation between trials as well as within them.
+
+    With one trial it is `within` (the window's own interval). With N >= 2 trials, each side
+    of `within` is combined in quadrature with the t-interval half-width of the trials' values,
+    ``t(1 - alpha/2, N - 1) * sd / sqrt(N)``. The trials' spread already holds their own
+    noise, so the sum is conservative; it keeps a lucky, small spread of few trials from
+    giving a narrow interval. With N = 2, t has one degree of freedom (12.7): very wide.
+    """
+    values = np.asarray(trial_values, dtype=float)
+    values = values[np.isfinite(values)]
+    low, high = within
+    if len(values) < 2:
+        return low, high
+    between = float(student_t.ppf(1 - (1 - confidence) / 2, len(values) - 1) * values.std(ddof=1)
+                    / math.sqrt(len(values)))
+    below = estimate - low if math.isfinite(low) else 0.0
+    above = high - estimate if math.isfinite(high) else 0.0
+    return estimate - math.hypot(below, between), estimate + math.hypot(above, between)
+
+
+def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
+    """One summary row from the records of one grid point, pooling its trials.
+
+    Each trial's window starts at 0 (all client threads released together) and ends at
+    its last completion; warm-up records (negative times) are counted, not used.
+    Throughput is the mean of the trials' throughputs; latency percentiles come from
+    the pooled latencies of every trial; each interval is :func:`pooled_interval`.
+    """
+    nan = math.nan
+    if "trial" not in records.columns:  # records from before trials: one trial
+        records = records.assign(trial=0)
+    statuses = set(records["status"])
+    status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
+    trials = [_trial(group) for _, group in records.groupby("trial", sort=True)]
+    trials = [t for t in trials if t["n"]] or trials[:1]
+    n_trials = sum(1 for t in trials if t["n"])
+    latencies_ms = np.concatenate([t["latencies_ms"] for t in trials])
+    n = len(latencies_ms)
+    # What the run itself said (an OOM's message, why a runtime is unsupported, a recompile), once each.
+    notes: list[str] = list(dict.fromkeys(str(v) for v in records["note"] if isinstance(v, str) and v))
+    throughputs = np.array([t["throughput"] for t in trials], dtype=float)
+    throughput = float(throughputs.mean()) if n else nan
+    row: dict[str, Any] = {"throughput_per_s": throughput}
+
+    # The mean's within-window interval: each trial's half-widths combined, over N.
+    halves = [(t["throughput"] - t["ci"][0], t["ci"][1] - t["throughput"]) for t in trials]
+    if n and all(math.isfinite(low) for low, _ in halves):
+        within = (throughput - math.sqrt(sum(low**2 for low, _ in halves)) / len(halves),
+                  throughput + math.sqrt(sum(high**2 for _, high in halves)) / len(halves))
     else:
-        row.update(throughput_ci_low_per_s=nan, throughput_ci_high_per_s=nan, throughput_cv=nan)
+        within = (nan, nan)
         if n:
-            notes.append(f"no throughput CI: {n} requests < {MIN_WINDOWS * REQUESTS_PER_WINDOW}")
+            fewest = min(t["n"] for t in trials)
+            what = "throughput CI" if n_trials == 1 else "within-window throughput CI"
+            notes.append(f"no {what}: {fewest} requests{' in a trial' if n_trials > 1 else ''} < "
+                         f"{MIN_WINDOWS * REQUESTS_PER_WINDOW}")
+    row["throughput_ci_low_per_s"], row["throughput_ci_high_per_s"] = (
+        pooled_interval(throughput, within, throughputs) if n else (nan, nan))
+    cvs = [t["cv"] for t in trials if math.isfinite(t["cv"])]
+    row["throughput_cv"] = float(np.mean(cvs)) if cvs else nan
+    if cvs and row["throughput_cv"] > NOISY_CV:
+        notes.append(f"noisy: throughput varies {row['throughput_cv']:.0%} across sub-windows")
+    row["throughput_trial_cv"] = (float(throughputs.std(ddof=1) / throughput)
+                                  if n_trials >= 2 and throughput else nan)
+    if n_trials == 1:
+        notes.append("1 trial: its interval leaves out run-to-run variation (set repeats: 3)")
 
     unbounded = []
     for p in PERCENTILES:
         value, low, high = percentile_with_ci(latencies_ms, p)
+        if n_trials >= 2 and math.isfinite(value):
+            per_trial = np.array([np.percentile(t["latencies_ms"], p) for t in trials if t["n"]])
+            low, high = pooled_interval(value, (low, high), per_trial)
         row[latency_column(f"p{p}")] = value
         if p in PERCENTILES_WITH_CI:
             row[f"latency_p{p}_ci_low_ms"], row[f"latency_p{p}_ci_high_ms"] = low, high
@@ -123,12 +191,16 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
             unbounded.append(f"p{p} needs {min_samples_for_percentile(p / 100)}")
     if unbounded:
         notes.append(f"too few requests ({n}): {', '.join(unbounded)}")
+    trial_s = records.groupby("trial")["trial_s"].first() if "trial_s" in records.columns else pd.Series(dtype=float)
     row.update({
         "latency_mean_ms": float(latencies_ms.mean()) if n else nan,
         "latency_max_ms": float(latencies_ms.max()) if n else nan,
         "n_requests": n,
         "n_warmup": int(records["warmup"].sum()),
-        "window_s": window_s,
+        "n_trials": n_trials,
+        "n_inferences": int(sum(t["inferences"] for t in trials)),
+        "window_s": float(np.nansum([t["window_s"] for t in trials])) if n else nan,
+        "measured_s": float(trial_s.sum()) if trial_s.notna().any() else nan,
         "prepare_s": float(records["prepare_s"].iloc[0]),
         "status": status,
         "notes": "; ".join(notes),

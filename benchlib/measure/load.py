@@ -59,6 +59,8 @@ class PointRun:
     error: str = ""
     #: Seconds the runtime took to prepare the point's artifact (0 for eager).
     prepare_s: float = 0.0
+    #: Wall seconds the trial took: its clients' preparation, warm-up and window.
+    trial_s: float = float("nan")
     #: The clock's reading at the window's start: records' times are measured from it.
     t0: float = float("nan")
     #: What the sweep measured of the point besides its requests (POINT_MEASURES).

@@ -32,11 +32,15 @@ class Progress:
         self._flush_skipped()
         self.bar.close()
 
-    def __call__(self, row: pd.Series, run: PointRun) -> None:
+    def __call__(self, row: pd.Series, run: PointRun, trial: int | None = None, finished: bool = True) -> None:
+        """A trial ended (`trial` numbers it from 1 when points have several); the count moves when the point
+        is `finished`."""
         self._flush_skipped()
-        self.done += 1
-        self.bar.update()
-        self._write(describe(row, run, self.percentile))
+        if finished:
+            self.done += 1
+            self.bar.update()
+        text = describe(row, run, self.percentile)
+        self._write(text if trial is None else f"trial {trial}: {text}")
 
     def skip(self) -> None:
         """A point a resumed run already has: counted, and said in one line per stretch."""

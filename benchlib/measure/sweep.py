@@ -50,6 +50,7 @@ from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
+from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, check_sources, load_model
 from benchlib.params import ModelSpec, Params, params_to_dict
@@ -154,22 +155,40 @@ def run_sweep(
         ceilings = Ceilings.from_env(env)
         writer.write_env(env)
         points = grid(params, precisions)
-        done = _done_points(writer, points)
-        shared = _Shared(device, params, writer, env)
+        _check_no_strangers(writer, points)
+        rule = StopRule.from_params(params)
+        shared = _Shared(device, params, writer, env, keep_block=rule.rounds_after_the_first)
+        trials = writer.trials()  # grid key -> (point number, each trial's status)
         summary = None
-        for point in points:
-            if point.key in done:
-                report.skip()
-                continue
-            run = shared.measure(point, clock)
-            number = writer.n_points
-            records = writer.add_records(point_records(number, _record_keys(params, point), run))
-            if run.samples is not None:
-                writer.add_telemetry(run.samples.assign(point=number))
-            summary = summary_table(records, writer.accuracy, usd_per_hour, ceilings)
-            writer.write_summary(summary)
-            report(summary.iloc[-1], run)
-            interrupts.check()
+        for block in blocks(points, lambda point: point.key[:3]):
+            shared.start_block()
+            pending = []
+            for point in block:
+                if rule.verdict(_records_of(writer, trials, point), trials.get(point.key, (0, []))[1])[0]:
+                    report.skip()
+                else:
+                    pending.append(point)
+            for round_number in itertools.count():
+                if not pending:
+                    break
+                for point in trial_order(pending, round_number, params.seed):
+                    number, statuses = trials.setdefault(point.key, (writer.n_points, []))
+                    run = shared.measure(point, clock)
+                    new = point_records(number, _record_keys(params, point), run, trial=len(statuses))
+                    statuses.append(run.status)
+                    finished, said = rule.verdict(pd.concat([_records_of(writer, trials, point), new]), statuses)
+                    if said:  # the stop rule's word goes with the trial that ended the point
+                        new["note"] = "; ".join(filter(None, [run.error, said]))
+                    records = writer.add_records(new)
+                    if run.samples is not None:
+                        writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
+                    summary = summary_table(records, writer.accuracy, usd_per_hour, ceilings)
+                    writer.write_summary(summary)
+                    row = summary.iloc[sorted(set(records["point"])).index(number)]
+                    report(row, run, trial=len(statuses) if rule.rounds_after_the_first else None, finished=finished)
+                    interrupts.check()
+                pending = [point for point in pending if not rule.verdict(
+                    _records_of(writer, trials, point), trials[point.key][1])[0]]
         shared.release()
         if summary is None:  # a resume that found every point done: the summary is rewritten all the same
             summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
@@ -205,14 +224,21 @@ def _device_ceilings(device: torch.device, params: Params, precisions: list[Prec
     return env
 
 
-def _done_points(writer: RunWriter, points: list[GridPoint]) -> set[tuple[Any, ...]]:
-    """The grid keys a resumed run already has; every one must still be a point of the grid."""
-    done = writer.done()
-    strangers = done - {point.key for point in points}
+def _check_no_strangers(writer: RunWriter, points: list[GridPoint]) -> None:
+    """Every point a resumed run already has must still be a point of the grid."""
+    strangers = writer.done() - {point.key for point in points}
     if strangers:  # e.g. default labels that changed with the code: the points would be measured twice
         raise InputError(f"{writer.out_dir} holds points this grid does not have ({sorted(map(str, strangers))[:3]} "
                          "...), so resuming would measure them twice under other names; start a new run")
-    return done
+
+
+def _records_of(writer: RunWriter, trials: dict[tuple[Any, ...], tuple[int, list[str]]],
+                point: GridPoint) -> pd.DataFrame:
+    """The records a point has so far (none for a point not measured yet)."""
+    if point.key not in trials:
+        return writer.records.iloc[0:0]
+    records = writer.records
+    return records[records["point"] == trials[point.key][0]]
 
 
 def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float) -> dict[str, Any]:
@@ -237,20 +263,23 @@ def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
 
 
 class _Cached:
-    """One value kept while its key stays the same, built anew (the old one dropped first) when it changes."""
+    """Values kept by key: one at a time (the old one dropped before a new key's is built), or,
+    with `keep_all`, every key's until cleared (a block's inputs and artifacts, while its points'
+    trials take turns)."""
 
-    def __init__(self) -> None:
-        self.key: Any = None
-        self.value: Any = None
+    def __init__(self, keep_all: bool = False) -> None:
+        self.keep_all = keep_all
+        self.values: dict[Any, Any] = {}
 
     def get(self, key: Any, build: Callable[[], Any]) -> Any:
-        if key != self.key:
-            self.clear()
-            self.value, self.key = build(), key
-        return self.value
+        if key not in self.values:
+            if not self.keep_all:
+                self.clear()
+            self.values[key] = build()
+        return self.values[key]
 
     def clear(self) -> None:
-        self.key = self.value = None
+        self.values.clear()
 
 
 @dataclass
@@ -265,7 +294,8 @@ class _Artifact:
 class _Shared:
     """What consecutive grid points share, and what out-of-memory points rule out."""
 
-    def __init__(self, device: torch.device, params: Params, writer: RunWriter, env: dict[str, Any]) -> None:
+    def __init__(self, device: torch.device, params: Params, writer: RunWriter, env: dict[str, Any],
+                 keep_block: bool = False) -> None:
         self.device = device
         self.params = params
         self.writer = writer
@@ -273,8 +303,9 @@ class _Shared:
         self.model = _Cached()
         self.reference = _Cached()  # fp32 outputs on the accuracy samples, per model
         self.workload = _Cached()
-        self.inputs = _Cached()
-        self.artifact = _Cached()
+        # With trials taking turns, a block's inputs and artifacts (per batch size) are all kept.
+        self.inputs = _Cached(keep_all=keep_block)
+        self.artifact = _Cached(keep_all=keep_block)
         #: eager's outputs on the gate's batches, per batch size of the current workload
         self.gate_references: dict[int, list[torch.Tensor]] = {}
         self.runtimes: dict[str, Runtime] = {}
@@ -335,6 +366,7 @@ class _Shared:
             prepared = artifact.prepared
             # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
             sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
+            started = clock()
             with PeakMemory(self.device) as memory, sampler:
                 try:  # per-client preparation (a CUDA graph captured on each client's stream)
                     clients = workload.client_factory(inputs, point.threads, prepared)
@@ -346,6 +378,7 @@ class _Shared:
                 run = run_point(clients, threads=point.threads,
                                 warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
                                 min_requests=self.params.min_requests, clock=clock)
+            run.trial_s = clock() - started
             run.prepare_s = artifact.prepare_s
             late = prepared.check_window() if prepared.check_window else None
             flops = self.flops[point.model.label]
@@ -359,6 +392,12 @@ class _Shared:
         if run.status == STATUS_OOM:
             self._out_of_memory(point)
         return run
+
+    def start_block(self) -> None:
+        """A new model, precision and runtime: the previous block's inputs and artifacts go."""
+        if self.artifact.keep_all:
+            self.artifact.clear()
+            self.inputs.clear()
 
     def _add_measures(self, run: PointRun, point: GridPoint, flops: FlopCount, memory: PeakMemory,
                       sampler: Sampler | None) -> None:
