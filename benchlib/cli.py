@@ -1,7 +1,8 @@
-"""Command line: ``benchlib validate | bench | run | report | recommend | study``.
+"""Command line: ``benchlib validate | bench | run | report | recommend | compare | study``.
 
-Exit status: 0 success, 1 a failure while measuring, 2 bad input (params, device,
-weights, prices): the message says what to fix, without a traceback.
+Exit status: 0 success, 1 a failure while measuring (for ``compare``: a point got
+slower), 2 bad input (params, device, weights, prices, run folders): the message says
+what to fix, without a traceback.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
     DEFAULT_PERCENTILE,
     PERCENTILE_COLUMNS,
+    PERCENTILE_NAMES,
     SHOWN_PERCENTILES,
     latency_column,
 )
@@ -164,6 +166,103 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
         write_recommendation(out, table)
 
 
+COMPARE_HELP = """\
+Compare run B with run A point by point. Points match on their configuration (model, precision,
+runtime, batch size, client threads) among those that ran in both. Per point: the change of B
+against A in throughput and in a latency percentile, in % with a 95 % interval, and a verdict
+against --threshold-pct: slower, faster, mixed (one of each), no change, or no change (no
+interval) where a run lacks an interval. Also says where the runs' environments differ.
+Exit 0 when no point is slower or mixed, 1 when one is, 2 on bad input.
+"""
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from benchlib.derive.compare import compare_runs, environment_differences, failed, tally, unmatched
+
+    (summary_a, env_a), (summary_b, env_b) = _compared_run(args.run_a), _compared_run(args.run_b)
+    try:
+        table = compare_runs(summary_a, summary_b, args.threshold_pct, args.percentile)
+    except InputError as exc:
+        raise InputError(f"{args.run_a} vs {args.run_b}: {exc}") from None
+    print(f"B {args.run_b}\n  vs\nA {args.run_a}\n"
+          f"changes of B against A in %, 95 % intervals; threshold {args.threshold_pct:g} %, latency "
+          f"{args.percentile}")
+    differences = environment_differences(env_a, env_b)
+    if not env_a or not env_b:
+        missing = " and ".join(str(r) for r, env in ((args.run_a, env_a), (args.run_b, env_b)) if not env)
+        print(f"environment unknown: no env.json in {missing}")
+    elif differences:
+        print(f"environment differs (A vs B): {'; '.join(differences)}")
+    else:
+        print("environment: the same device, torch, CUDA build and params (but the grid)")
+    shown = _compare_shown(table, args.percentile)
+    print(format_table(shown, list(shown.columns)))
+    for note, rows in table.index[table["note"] != ""].groupby(table.loc[table["note"] != "", "note"]).items():
+        print(f"  {note} ({'row' if len(rows) == 1 else 'rows'} {_ranges([i + 1 for i in rows])})")
+    only_a, only_b = unmatched(summary_a, summary_b)
+    if only_a or only_b:
+        print(f"not compared (did not run in both): {only_a} point(s) of A, {only_b} of B")
+    print(tally(table))
+    return EXIT_FAILED if failed(table) else EXIT_OK
+
+
+def _compared_run(text: str) -> tuple[pd.DataFrame, dict]:
+    """A run folder's summary and env.json (empty without one), or InputError naming the folder and the fix."""
+    from benchlib.present.report import read_run
+    from benchlib.results import SUMMARY, find_runs
+
+    run_dir = Path(text)
+    expected = "give a run folder written by `benchlib bench --out DIR` or `benchlib run` (<out>/<instance>/<run_id>/)"
+    if not run_dir.exists():
+        raise InputError(f"{run_dir}: no such folder; {expected}")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: a file, not a run folder; {expected}")
+    if not (run_dir / SUMMARY).is_file():
+        inside = find_runs(run_dir) or sorted(p.parent for p in run_dir.glob(f"*/{SUMMARY}"))
+        if inside:
+            raise InputError(f"{run_dir}: not a run folder, it holds {len(inside)} run(s); give one of them, "
+                             f"e.g. {inside[-1]}")
+        raise InputError(f"{run_dir}: no {SUMMARY} here, so not a run (or one that has not finished a point); "
+                         f"{expected}")
+    try:
+        return read_run(run_dir)
+    except ValueError as exc:
+        raise InputError(f"{run_dir}: cannot use this run folder: {exc}; give another run, or measure it again") \
+            from None
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> ``1-3, 5``."""
+    parts: list[list[int]] = []
+    for n in sorted(numbers):
+        if parts and n == parts[-1][-1] + 1:
+            parts[-1].append(n)
+        else:
+            parts.append([n])
+    return ", ".join(f"{p[0]}-{p[-1]}" if len(p) > 1 else str(p[0]) for p in parts)
+
+
+def _compare_shown(table: pd.DataFrame, percentile: str) -> pd.DataFrame:
+    """The comparison for the terminal: keys, A, B, change and its interval per measure, verdict."""
+    from benchlib.derive.compare import COMPARE_COLUMNS
+
+    def interval(low: pd.Series, high: pd.Series) -> pd.Series:
+        text = "[" + low.map("{:+.1f}".format) + ", " + high.map("{:+.1f}".format) + "]"
+        return text.where(low.notna() & high.notna(), "no interval")
+
+    keys = [c for c in table.columns if c not in COMPARE_COLUMNS]
+    name = PERCENTILE_NAMES[percentile]
+    return table[keys].assign(**{
+        "thr A/s": table["throughput_a_per_s"], "thr B/s": table["throughput_b_per_s"],
+        "thr %": table["throughput_change_pct"],
+        "thr 95% CI": interval(table["throughput_change_ci_low_pct"], table["throughput_change_ci_high_pct"]),
+        f"{name} A ms": table["latency_a_ms"], f"{name} B ms": table["latency_b_ms"],
+        f"{name} %": table["latency_change_pct"],
+        f"{name} 95% CI": interval(table["latency_change_ci_low_pct"], table["latency_change_ci_high_pct"]),
+        "verdict": table["verdict"],
+    })
+
+
 def _study(args: argparse.Namespace) -> int:
     from benchlib.derive.cost import load_prices
     from benchlib.derive.knee import knees
@@ -191,8 +290,8 @@ def _study(args: argparse.Namespace) -> int:
 SUMMARY_SHOWN = ["model", "precision", "dtype", "runtime", "batch_size", "threads", "throughput_per_s",
                  *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "pct_of_measured_peak",
                  "n_requests", "prepare_s", "accuracy_gate", "status"]
-KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "recommended_batch_size", "asymptote_per_s",
-               "r_squared", "reason"]
+KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high",
+               "recommended_batch_size", "asymptote_per_s", "r_squared", "reason"]
 
 
 def format_table(table: pd.DataFrame, columns: list[str], digits: int = 1) -> str:
@@ -211,6 +310,17 @@ def positive_number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a finite number above 0")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """A finite number, 0 or above (thresholds); argparse exits 2 with the message otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number, 0 or above")
     return value
 
 
@@ -287,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")
     _add_budget_options(recommend, required=True)
     recommend.set_defaults(func=_recommend)
+
+    compare = commands.add_parser(
+        "compare", help="did run B get slower or faster than run A? (exit 1 when a point got slower)",
+        description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("run_a", metavar="RUN_A", help="the run compared against (e.g. the older one)")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run judged (e.g. the newer one)")
+    compare.add_argument("--threshold-pct", type=non_negative_number, default=5.0,
+                         help="changes smaller than this many %% do not count, however certain (default 5)")
+    compare.add_argument("--percentile", default=DEFAULT_PERCENTILE, choices=list(PERCENTILE_COLUMNS),
+                         help=f"the latency percentile compared (default {DEFAULT_PERCENTILE})")
+    compare.set_defaults(func=_compare)
 
     study = commands.add_parser("study", help="reproduce the G5 vs G4dn study's cost table and knees")
     study.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")

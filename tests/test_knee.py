@@ -5,7 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchlib.derive.knee import find_knee, knee_of, knees, saturating_throughput
+from benchlib.derive.knee import (
+    ASSUMED_RELATIVE_SE,
+    DEFAULT_RESAMPLES,
+    find_knee,
+    knee_of,
+    knee_with_interval,
+    knees,
+    saturating_throughput,
+)
+from benchlib.present import report
 from benchlib.present.study import published_table
 
 BATCHES = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=float)
@@ -81,8 +90,10 @@ def test_no_knee_says_why(batches, throughputs, reason) -> None:
 
 
 def test_knees_of_the_published_study_curves() -> None:
-    table = knees(published_table()).set_index(["instance", "model", "precision"])
+    # The point estimates (no refits) ...
+    table = knees(published_table(), resamples=0).set_index(["instance", "model", "precision"])
     assert len(table) == 8 and table["knee_batch"].notna().all()
+    assert table["knee_batch_ci_low"].isna().all()  # no refits, no interval
     assert (table["r_squared"] > 0.9).all()
     # The knee lies between the smallest and largest published batch, and the fitted
     # asymptote near the largest published throughput.
@@ -94,6 +105,162 @@ def test_knees_of_the_published_study_curves() -> None:
     # G5 stretches the rising part further for BERT mixed precision (the study's observation).
     assert (table.loc[("g5.4xlarge", "bert-base-uncased", "amp"), "knee_batch"]
             > table.loc[("g4dn.4xlarge", "bert-base-uncased", "amp"), "knee_batch"])
+
+
+def test_published_knees_with_the_assumed_spread() -> None:
+    # The post gives no intervals: every point is drawn with the assumed 5 % standard error.
+    # With four batch sizes (1, 8, 16, 32) two of the eight knees are not resolved under it.
+    estimate = knees(published_table(), resamples=0).set_index(["instance", "model", "precision"])
+    table = knees(published_table()).set_index(["instance", "model", "precision"])
+    assert (table["interval_note"] == "no throughput interval at batch 1, 8, 16, 32: drawn with an assumed "
+            "5% standard error").all()
+    unresolved = table[table["knee_batch"].isna()].index.tolist()
+    assert unresolved == [("g5.4xlarge", "bert-base-uncased", "fp32"), ("g4dn.4xlarge", "bert-base-uncased", "amp")]
+    assert table.loc[unresolved, "reason"].str.startswith("not resolved: the knee's 95 % interval spans batch").all()
+    assert table.loc[unresolved, "recommended_batch_size"].isna().all()
+    resolved = table["knee_batch"].notna()
+    assert (table.loc[resolved, "knee_batch"] == estimate.loc[resolved, "knee_batch"]).all()
+    # every interval holds its point estimate, resolved or not
+    assert (table["knee_batch_ci_low"] <= estimate["knee_batch"]).all()
+    assert (estimate["knee_batch"] <= table["knee_batch_ci_high"]).all()
+    assert (table["asymptote_ci_low_per_s"] <= table["asymptote_per_s"]).all()
+    assert (table["asymptote_per_s"] <= table["asymptote_ci_high_per_s"]).all()
+    assert (table["refits_with_knee"] >= 0.8).all()
+
+
+# --- the interval -------------------------------------------------------------------------------------
+
+TRUE_KNEE = knee_of(8.0, 3.0, 0.9)
+
+
+def noisy_curve(sigma: float, seed: int = 3, batches: np.ndarray = BATCHES, corner: float = 8.0,
+                sharpness: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Throughputs of the knee model with relative noise `sigma`, and their 95 % intervals (1.96 sigma)."""
+    z = np.random.default_rng(seed).standard_normal(len(batches))
+    t = saturating_throughput(batches, 1000.0, corner, sharpness) * (1 + sigma * z)
+    return t, t * (1 - 1.96 * sigma), t * (1 + 1.96 * sigma)
+
+
+def test_the_interval_covers_the_true_knee_and_narrows_with_the_noise() -> None:
+    widths = []
+    for sigma in (0.04, 0.02, 0.01, 0.005):
+        knee = knee_with_interval(BATCHES, *noisy_curve(sigma))  # the same draws, scaled
+        assert knee, knee.reason
+        assert knee.knee_batch_ci_low <= knee.batch_size <= knee.knee_batch_ci_high
+        assert knee.knee_batch_ci_low <= TRUE_KNEE <= knee.knee_batch_ci_high
+        assert knee.asymptote_ci_low_per_s <= 1000.0 <= knee.asymptote_ci_high_per_s
+        assert knee.refits_with_knee == 1.0 and knee.interval_note == ""
+        widths.append(np.log2(knee.knee_batch_ci_high / knee.knee_batch_ci_low))
+    # halving the noise about halves the interval (on the log2 batch axis)
+    assert np.diff(widths).max() < 0
+    assert np.array(widths[:-1]) / np.array(widths[1:]) == pytest.approx([2.0, 2.0, 2.0], rel=0.15)
+
+
+def test_the_interval_covers_the_true_knee_about_95_percent_of_the_time() -> None:
+    # Twelve noisy curves, each with its own noise: a 95 % interval misses the truth about once in 20.
+    covered = [(k.knee_batch_ci_low <= TRUE_KNEE <= k.knee_batch_ci_high)
+               for k in (knee_with_interval(BATCHES, *noisy_curve(0.03, seed=100 + i)) for i in range(12))]
+    assert sum(covered) >= 10
+
+
+def test_zero_width_intervals_give_the_estimate() -> None:
+    t = saturating_throughput(BATCHES, 1000.0, 8.0, 3.0)
+    knee = knee_with_interval(BATCHES, t, t, t)
+    estimate = find_knee(BATCHES, t)
+    assert knee.batch_size == estimate.batch_size
+    assert knee.knee_batch_ci_low == knee.knee_batch_ci_high == estimate.batch_size
+    assert knee.asymptote_ci_low_per_s == knee.asymptote_ci_high_per_s == estimate.asymptote_per_s
+    assert knee.recommended_batch_size == estimate.recommended_batch_size
+    assert knee.refits_with_knee == 1.0 and knee.interval_note == "" and knee.reason == ""
+
+
+def test_a_very_noisy_curve_is_not_resolved() -> None:
+    b = BATCHES[:6]  # 1 .. 32
+    t, low, high = noisy_curve(0.10, seed=0, batches=b, corner=4.0, sharpness=2.0)
+    assert find_knee(b, t)  # the point estimate alone has a knee
+    knee = knee_with_interval(b, t, low, high)
+    assert not knee and knee.batch_size is None and knee.recommended_batch_size is None
+    assert np.log2(knee.knee_batch_ci_high / knee.knee_batch_ci_low) > np.log2(32) / 2
+    assert knee.reason == (f"not resolved: the knee's 95 % interval spans batch {knee.knee_batch_ci_low:.3g} to "
+                           f"{knee.knee_batch_ci_high:.3g} of the measured 1..32")
+    assert knee.reason.startswith("not resolved: the knee's 95 % interval spans batch 3.49 to 28.5")
+    assert knee.asymptote_per_s == pytest.approx(find_knee(b, t).asymptote_per_s)  # the fit is kept
+
+
+def test_a_knee_most_refits_miss_is_not_resolved() -> None:
+    # Near the largest batch, a third of the refits see the curve still rising.
+    b = BATCHES[:6]
+    t, low, high = noisy_curve(0.04, seed=0, batches=b, corner=10.0, sharpness=2.0)
+    knee = knee_with_interval(b, t, low, high)
+    assert not knee and knee.refits_with_knee < 0.8
+    found = round(knee.refits_with_knee * DEFAULT_RESAMPLES)
+    assert knee.reason.startswith(f"not resolved: only {found} of 200 refits within the throughputs' uncertainty "
+                                  f"({knee.refits_with_knee:.0%}) find a knee in the measured 1..32 (the others: "
+                                  f"{200 - found} still rising); those that do span batch")
+    assert knee.interval_note == f"only {found} of 200 refits found a knee"
+
+
+def test_the_same_curve_gives_the_same_interval() -> None:
+    t, low, high = noisy_curve(0.03)
+    first, second = knee_with_interval(BATCHES, t, low, high), knee_with_interval(BATCHES, t, low, high)
+    assert first == second
+    # the order of the points does not matter, nor other curves in the summary
+    order = np.random.default_rng(1).permutation(len(BATCHES))
+    assert knee_with_interval(BATCHES[order], t[order], low[order], high[order]) == first
+    assert knee_with_interval(BATCHES, t, low, high, seed=1) != first  # the draws are the seed's
+
+
+def test_points_without_an_interval_get_the_assumed_spread() -> None:
+    t, low, high = noisy_curve(0.01)
+    half = 1.96 * ASSUMED_RELATIVE_SE * t
+    assumed = knee_with_interval(BATCHES, t, t - half, t + half)
+    for knee in (knee_with_interval(BATCHES, t), knee_with_interval(BATCHES, t, np.full(8, np.nan), np.full(8, np.nan))):
+        assert knee.interval_note == ("no throughput interval at batch 1, 2, 4, 8, 16, 32, 64, 128: drawn with an "
+                                      "assumed 5% standard error")
+        assert knee.knee_batch_ci_low == pytest.approx(assumed.knee_batch_ci_low, rel=1e-6)
+        assert knee.knee_batch_ci_high == pytest.approx(assumed.knee_batch_ci_high, rel=1e-6)
+        assert knee.asymptote_ci_high_per_s == pytest.approx(assumed.asymptote_ci_high_per_s, rel=1e-6)
+    # one point without: only it is named, and the interval widens
+    low[0], high[0] = np.nan, np.nan
+    one = knee_with_interval(BATCHES, t, low, high)
+    assert one.interval_note == "no throughput interval at batch 1: drawn with an assumed 5% standard error"
+    measured = knee_with_interval(BATCHES, *noisy_curve(0.01))
+    assert one.knee_batch_ci_high - one.knee_batch_ci_low > measured.knee_batch_ci_high - measured.knee_batch_ci_low
+
+
+def test_knees_csv_columns_and_the_people_table() -> None:
+    rows = []
+    for threads, sigma in ((1, 0.01), (2, 0.10)):
+        b = BATCHES[:6]
+        t, low, high = noisy_curve(sigma, seed=0, batches=b, corner=4.0, sharpness=2.0)
+        rows += [{"instance": "x", "model": "m", "weights": "random", "precision": "fp32", "runtime": "eager",
+                  "threads": threads, "batch_size": bs, "throughput_per_s": tp, "throughput_ci_low_per_s": lo,
+                  "throughput_ci_high_per_s": hi, "status": "ok"} for bs, tp, lo, hi in zip(b, t, low, high)]
+    summary = pd.DataFrame(rows)
+    table = knees(summary)
+    assert table.columns.tolist()[6:14] == [
+        "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high", "recommended_batch_size", "asymptote_per_s",
+        "asymptote_ci_low_per_s", "asymptote_ci_high_per_s", "corner_batch"]
+    assert table.columns.tolist()[-3:] == ["refits_with_knee", "reason", "interval_note"]
+    pd.testing.assert_frame_equal(knees(summary), table)  # the same summary, the same intervals
+    # each curve's draws are its own: the other curve, or the rows' order, changes nothing
+    interval = ["knee_batch_ci_low", "knee_batch_ci_high", "asymptote_ci_low_per_s", "asymptote_ci_high_per_s",
+                "refits_with_knee", "reason"]
+    pd.testing.assert_frame_equal(knees(summary[summary["threads"] == 2])[interval].reset_index(drop=True),
+                                  table.loc[table["threads"] == 2, interval].reset_index(drop=True))
+    assert knees(summary.iloc[::-1])["knee_batch_ci_low"].tolist()[::-1] == table["knee_batch_ci_low"].tolist()
+    assert table["knee_batch"].notna().tolist() == [True, False]
+    assert table.loc[1, "reason"].startswith("not resolved")
+
+    shown = report.people_knees(table)
+    assert {"Knee (batch size) 95% CI low", "Knee (batch size) 95% CI high",
+            "Fitted ceiling 95% CI low (inferences/s)", "Fitted ceiling 95% CI high (inferences/s)",
+            "% of refits finding a knee", "Interval note"} <= set(shown.columns)
+    assert shown["% of refits finding a knee"].tolist() == pytest.approx((table["refits_with_knee"] * 100).tolist())
+    html = report.styled(shown).to_html()
+    assert f">{table.loc[0, 'knee_batch_ci_low']:.1f}<" in html  # one decimal, as the knee
+    assert f">{table.loc[0, 'asymptote_ci_high_per_s']:,.0f}<" in html  # whole inferences/s
+    assert f">{table.loc[0, 'refits_with_knee'] * 100:.1f}%<" in html
 
 
 def test_knees_group_a_summary_by_curve_and_skip_oom_points() -> None:

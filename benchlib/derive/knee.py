@@ -9,7 +9,7 @@ capacity and flattens at its limit. We fit a smooth minimum of those two lines::
 where the rising line ``T_max * b / b_c`` meets the ceiling, and ``s >= 1`` how
 sharp the corner is (``s = 1`` is ``b / (latency_0 + b * latency_per_sample)``,
 the curve of a latency linear in batch size; large ``s`` is a sharp corner). It
-is fitted by least squares with ``scipy.optimize.curve_fit``; with only three
+is fitted by least squares (``scipy.optimize.least_squares``, bounded); with only three
 batch sizes ``s`` is fixed to 1.
 
 **The knee** is the batch size where the fitted curve reaches ``fraction``
@@ -27,17 +27,31 @@ sizes, when throughput does not increase with batch size, when the fit fails or
 explains less than half of the variation (R² < 0.5: noise, not a curve), when the
 curve is already flat at the smallest batch (``b_knee`` below it), or when it is
 still rising (``b_knee`` beyond the largest batch measured).
+
+**The interval** (`knee_with_interval`, used by `knees`) is a parametric
+bootstrap. Each point's throughput ``T_i`` has a standard error
+``se_i = (ci_high_i - ci_low_i) / 2 / 1.96`` from its 95 % interval; a point with
+no interval gets ``se_i = ASSUMED_RELATIVE_SE * T_i`` (5 %), said in
+``interval_note``. Each of ``B = 200`` refits (fixed seed: the same summary
+gives the same interval) fits ``T*_i = max(T_i + se_i * z_i, tiny)``,
+``z_i ~ N(0, 1)``, exactly as above. The 95 % interval of the knee and of
+``T_max`` is the 2.5th..97.5th percentile over the refits that find a knee.
+The knee is **not resolved** (no knee, no recommendation, the reason says so)
+when fewer than 80 % of the refits find one, or when its interval is wider
+than half the measured range on the log2 batch axis:
+``log2(hi / lo) > log2(b_max / b_min) / 2``.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import curve_fit
+from scipy.optimize import least_squares
+from scipy.special import expit
 
 from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
 
@@ -45,6 +59,19 @@ DEFAULT_FRACTION = 0.9
 #: Below this the "curve" is mostly noise around a flat line.
 MIN_R_SQUARED = 0.5
 MAX_SHARPNESS = 50.0
+
+#: Refits of the interval, and the seed of their draws (the same summary, the same interval).
+DEFAULT_RESAMPLES = 200
+DEFAULT_SEED = 0
+#: A 95 % interval is 1.96 standard errors either side.
+Z_95 = 1.96
+#: The standard error assumed, relative to the throughput, for a point with no interval
+#: (see `knee_with_interval`).
+ASSUMED_RELATIVE_SE = 0.05
+#: Fewer refits than this share finding a knee: the knee is not resolved.
+MIN_KNEE_SHARE = 0.8
+#: A knee interval wider than this share of the measured range (log2 batch axis) is not resolved.
+MAX_INTERVAL_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,20 +88,48 @@ class Knee:
     rmse_per_s: float = math.nan
     n_points: int = 0
     fraction: float = DEFAULT_FRACTION
+    #: The 95 % intervals (see the module docstring); NaN when not computed or no refit found a knee.
+    knee_batch_ci_low: float = math.nan
+    knee_batch_ci_high: float = math.nan
+    asymptote_ci_low_per_s: float = math.nan
+    asymptote_ci_high_per_s: float = math.nan
+    #: The share of the refits that found a knee, and what the interval assumed or could not do.
+    refits_with_knee: float = math.nan
+    interval_note: str = ""
 
     def __bool__(self) -> bool:
         return self.batch_size is not None
 
     def as_row(self) -> dict[str, Any]:
+        """knees.csv's row: the knee and its interval first, the reason and interval note last."""
         row = asdict(self)
-        row["knee_batch"] = row.pop("batch_size")
-        return row
+        first = {"knee_batch": row.pop("batch_size"), "knee_batch_ci_low": row.pop("knee_batch_ci_low"),
+                 "knee_batch_ci_high": row.pop("knee_batch_ci_high"),
+                 "recommended_batch_size": row.pop("recommended_batch_size"),
+                 "asymptote_per_s": row.pop("asymptote_per_s"),
+                 "asymptote_ci_low_per_s": row.pop("asymptote_ci_low_per_s"),
+                 "asymptote_ci_high_per_s": row.pop("asymptote_ci_high_per_s")}
+        last = {"reason": row.pop("reason"), "interval_note": row.pop("interval_note")}
+        return {**first, **row, **last}
 
 
 def saturating_throughput(batch: np.ndarray, asymptote: float, corner: float, sharpness: float) -> np.ndarray:
     """The fitted curve (see the module docstring)."""
-    x = np.asarray(batch, dtype=float) / corner
-    return asymptote * x / (1 + x**sharpness) ** (1 / sharpness)
+    return asymptote * _shape(batch, corner, sharpness)[2]
+
+
+def _shape(batch: np.ndarray, corner: float, sharpness: float) -> tuple[np.ndarray, ...]:
+    """``log x``, ``log(1 + x**s)``, ``T / T_max`` and ``x**s / (1 + x**s)``, computed in logs (no overflow)."""
+    log_x = np.log(np.asarray(batch, dtype=float) / corner)
+    log_u = np.logaddexp(0.0, sharpness * log_x)
+    return log_x, log_u, np.exp(log_x - log_u / sharpness), expit(sharpness * log_x)
+
+
+def _jacobian(batch: np.ndarray, asymptote: float, corner: float, sharpness: float) -> np.ndarray:
+    """d T / d (T_max, b_c, s): the fit's Jacobian, analytic (about twice as fast as differences)."""
+    log_x, log_u, g, w = _shape(batch, corner, sharpness)
+    return np.column_stack([g, -asymptote * g * (1 - w) / corner,
+                            asymptote * g * (log_u / sharpness**2 - w * log_x / sharpness)])
 
 
 def knee_of(corner: float, sharpness: float, fraction: float) -> float:
@@ -87,12 +142,106 @@ def find_knee(
     batch_sizes: Sequence[float], throughputs: Sequence[float], fraction: float = DEFAULT_FRACTION
 ) -> Knee:
     """Fit throughput vs batch size and return its knee (see the module docstring)."""
+    b, t = _sorted_points(batch_sizes, throughputs)
+    return _knee(b, t, fraction)
+
+
+def knee_with_interval(
+    batch_sizes: Sequence[float],
+    throughputs: Sequence[float],
+    ci_low: Sequence[float] | None = None,
+    ci_high: Sequence[float] | None = None,
+    fraction: float = DEFAULT_FRACTION,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Knee:
+    """`find_knee` with 95 % intervals of the knee and the asymptote (see the module docstring).
+
+    ``ci_low``/``ci_high`` are each point's 95 % throughput interval. A point with
+    none (NaN, or no arrays at all) is drawn with a standard error of
+    ``ASSUMED_RELATIVE_SE`` (5 %) of its throughput, not held fixed: holding it
+    fixed would claim a precision nobody measured, and a point lacks an interval
+    exactly when it is short (too few requests to cut into sub-windows) or comes
+    from a published table. 5 % is about the widest a point's own interval gets
+    before stats flags it noisy (a 10 % CV over 5 sub-windows: 10 % / sqrt(5)),
+    so the assumption errs on the wide side; ``interval_note`` names the points
+    it was applied to. Zero-width intervals give the point estimate as interval.
+
+    Only a curve that has a knee is refitted; the others keep their reason and NaN
+    intervals. The knee becomes not resolved (no ``batch_size``, no
+    recommendation, ``reason`` says why) when fewer than ``MIN_KNEE_SHARE`` of
+    the refits find a knee, or its interval spans more than
+    ``MAX_INTERVAL_SHARE`` of ``log2(b_max / b_min)``. Pure: the draws come from
+    ``numpy.random.default_rng(seed)``.
+    """
+    n_given = len(batch_sizes)
+    low = np.full(n_given, np.nan) if ci_low is None else np.asarray(ci_low, dtype=float)
+    high = np.full(n_given, np.nan) if ci_high is None else np.asarray(ci_high, dtype=float)
+    b, t, low, high = _sorted_points(batch_sizes, throughputs, low, high)
+    estimate = _knee(b, t, fraction)
+    if not estimate or resamples <= 0:
+        return estimate
+
+    se = np.abs(high - low) / 2 / Z_95
+    assumed = ~np.isfinite(se)
+    se[assumed] = ASSUMED_RELATIVE_SE * t[assumed]
+    notes = []
+    if assumed.any():
+        batches = ", ".join(f"{x:g}" for x in b[assumed])
+        notes.append(f"no throughput interval at batch {batches}: drawn with an assumed "
+                     f"{ASSUMED_RELATIVE_SE:.0%} standard error")
+
+    if not se.any():  # every interval zero-width: each refit would be the estimate
+        refits = [estimate] * resamples
+    else:
+        rng = np.random.default_rng(seed)
+        draws = np.maximum(t + se * rng.standard_normal((resamples, len(t))), 1e-9 * t.max())
+        # Each refit starts from the estimate (fewer steps) and stops at 1e-6 relative change
+        # (not 1e-8): far below any interval's width, and about twice as fast.
+        start = (estimate.asymptote_per_s, estimate.corner_batch, estimate.sharpness)
+        refits = [_knee(b, draw, fraction, start, tolerance=1e-6) for draw in draws]
+    found = [k for k in refits if k]
+    share = len(found) / resamples
+    interval: dict[str, Any] = {"refits_with_knee": share}
+    if found:
+        k_low, k_high = np.percentile([k.batch_size for k in found], [2.5, 97.5])
+        a_low, a_high = np.percentile([k.asymptote_per_s for k in found], [2.5, 97.5])
+        interval.update(knee_batch_ci_low=float(k_low), knee_batch_ci_high=float(k_high),
+                        asymptote_ci_low_per_s=float(a_low), asymptote_ci_high_per_s=float(a_high))
+    measured = f"the measured {b[0]:g}..{b[-1]:g}"
+    reason = ""
+    if share < MIN_KNEE_SHARE:
+        others = pd.Series([_kind(k.reason) for k in refits if not k]).value_counts()
+        why = ", ".join(f"{count} {kind}" for kind, count in others.items())
+        notes.append(f"only {len(found)} of {resamples} refits found a knee")
+        reason = (f"not resolved: only {len(found)} of {resamples} refits within the throughputs' uncertainty "
+                  f"({share:.0%}) find a knee in {measured} (the others: {why})")
+        if found:
+            reason += f"; those that do span batch {k_low:.3g} to {k_high:.3g}"
+    elif math.log2(k_high / k_low) > MAX_INTERVAL_SHARE * math.log2(b[-1] / b[0]):
+        reason = f"not resolved: the knee's 95 % interval spans batch {k_low:.3g} to {k_high:.3g} of {measured}"
+    result = replace(estimate, interval_note="; ".join(notes), **interval)
+    return replace(result, batch_size=None, recommended_batch_size=None, reason=reason) if reason else result
+
+
+def _kind(reason: str) -> str:
+    """The kind of a no-knee reason: its words before the first colon or parenthesis."""
+    return reason.split(":")[0].split(" (")[0]
+
+
+def _sorted_points(batch_sizes: Sequence[float], throughputs: Sequence[float],
+                   *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The points with a finite batch size and throughput, by batch size (with their other columns)."""
     b = np.asarray(batch_sizes, dtype=float)
     t = np.asarray(throughputs, dtype=float)
     keep = np.isfinite(b) & np.isfinite(t)
-    b, t = b[keep], t[keep]
-    order = np.argsort(b)
-    b, t = b[order], t[order]
+    order = np.argsort(b[keep], kind="stable")
+    return tuple(np.asarray(x, dtype=float)[keep][order] for x in (b, t, *more))
+
+
+def _knee(b: np.ndarray, t: np.ndarray, fraction: float, start: Sequence[float] | None = None,
+          tolerance: float = 1e-8) -> Knee:
+    """`find_knee` of finite points sorted by batch size (the fit from `start`, if given)."""
     n = len(np.unique(b))
     if n < 3:
         return Knee(None, None, f"too few points: {n} batch size(s), a knee needs at least 3", n_points=n)
@@ -100,7 +249,7 @@ def find_knee(
         return Knee(None, None, "throughput does not increase with batch size: the smallest batch is as good",
                     n_points=n)
     try:
-        asymptote, corner, sharpness = _fit(b, t, free_shape=n >= 4)
+        asymptote, corner, sharpness = _fit(b, t, n >= 4, start, tolerance)
     except (RuntimeError, ValueError) as exc:
         return Knee(None, None, f"the saturating fit did not converge ({exc})", n_points=n)
     fitted = saturating_throughput(b, asymptote, corner, sharpness)
@@ -125,30 +274,41 @@ def find_knee(
     return Knee(float(knee), int(recommended), "", **details)
 
 
-def _fit(b: np.ndarray, t: np.ndarray, free_shape: bool) -> tuple[float, float, float]:
-    # Start from the largest throughput as ceiling and the corner where the first
-    # point's slope would reach it.
-    start_asymptote = float(t.max())
-    start_corner = float(np.clip(b[0] * t.max() / max(t[0], 1e-12), b[0] / 10, b[-1] * 10))
-    if free_shape:
-        params, _ = curve_fit(
-            saturating_throughput, b, t, p0=[start_asymptote, start_corner, 2.0],
-            bounds=([0, b[0] / 100, 1.0], [np.inf, b[-1] * 100, MAX_SHARPNESS]), maxfev=20000,
-        )
-        return float(params[0]), float(params[1]), float(params[2])
-    params, _ = curve_fit(
-        lambda x, a, c: saturating_throughput(x, a, c, 1.0), b, t, p0=[start_asymptote, start_corner],
-        bounds=([0, b[0] / 100], [np.inf, b[-1] * 100]), maxfev=20000,
+def _fit(b: np.ndarray, t: np.ndarray, free_shape: bool, start: Sequence[float] | None = None,
+         tolerance: float = 1e-8) -> tuple[float, float, float]:
+    """Least squares of the curve (bounded trust region, as ``curve_fit`` does), from `start` if given."""
+    if start is None:
+        # The largest throughput as ceiling, and the corner where the first point's slope would reach it.
+        start = [float(t.max()), float(np.clip(b[0] * t.max() / max(t[0], 1e-12), b[0] / 10, b[-1] * 10)), 2.0]
+    k = 3 if free_shape else 2
+    params = [*start[:2], *([start[2]] if free_shape else [])]
+    shape = (lambda p: p[2]) if free_shape else (lambda p: 1.0)
+    result = least_squares(
+        lambda p: saturating_throughput(b, p[0], p[1], shape(p)) - t, params,
+        jac=lambda p: _jacobian(b, p[0], p[1], shape(p))[:, :k],
+        bounds=([0, b[0] / 100, 1.0][:k], [np.inf, b[-1] * 100, MAX_SHARPNESS][:k]),
+        max_nfev=20000, ftol=tolerance, xtol=tolerance,
     )
-    return float(params[0]), float(params[1]), 1.0
+    if not result.success:
+        raise RuntimeError(result.message)
+    return float(result.x[0]), float(result.x[1]), float(shape(result.x))
 
 
-def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION) -> pd.DataFrame:
-    """One knee per curve (instance, model, weights, precision, threads) of a summary table."""
+def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION, resamples: int = DEFAULT_RESAMPLES,
+          seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """One knee per curve (instance, model, weights, precision, runtime, threads) of a summary table.
+
+    Its interval comes from the points' ``throughput_ci_low_per_s``/``_high_per_s``
+    as they are (`knee_with_interval`): a point of several trials carries their
+    spread there. A summary without those columns is treated as having no intervals.
+    """
     keys = [c for c in CURVE_KEYS if c in summary.columns]
     ok = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
-    rows = [
-        {**dict(zip(keys, values)), **find_knee(group["batch_size"], group["throughput_per_s"], fraction).as_row()}
-        for values, group in ok.groupby(keys, sort=False, dropna=False)  # unpublished threads stay NaN
-    ]
+    rows = []
+    for values, group in ok.groupby(keys, sort=False, dropna=False):  # unpublished threads stay NaN
+        low, high = (group[c] if c in group.columns else None
+                     for c in ("throughput_ci_low_per_s", "throughput_ci_high_per_s"))
+        knee = knee_with_interval(group["batch_size"], group["throughput_per_s"], low, high, fraction,
+                                  resamples, seed)
+        rows.append({**dict(zip(keys, values)), **knee.as_row()})
     return pd.DataFrame(rows)

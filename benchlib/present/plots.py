@@ -131,8 +131,11 @@ def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame |
             bottom.plot(points["batch_size"], points[latency], marker="o", color=palette[curve], label=curve)
             if knee_rows is not None:
                 match = knee_rows[(knee_rows["model"] == model) & (knee_rows["curve"] == curve)]
-                for knee_batch in match["knee_batch"].dropna():
-                    top.axvline(knee_batch, color=palette[curve], linestyle="--", linewidth=1)
+                for _, knee in match[match["knee_batch"].notna()].iterrows():
+                    top.axvline(knee["knee_batch"], color=palette[curve], linestyle="--", linewidth=1)
+                    low, high = knee.get("knee_batch_ci_low", np.nan), knee.get("knee_batch_ci_high", np.nan)
+                    if np.isfinite(low) and np.isfinite(high) and high > low:
+                        top.axvspan(low, high, color=palette[curve], alpha=0.1, linewidth=0)
         top.set_title(model)
         top.set_ylabel("throughput (inferences/s)")
         bottom.set_ylabel(f"{PERCENTILE_NAMES[percentile]} latency (ms)")
@@ -141,7 +144,7 @@ def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame |
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
     _legend(fig, axes)
-    fig.suptitle("Throughput and latency vs batch size (dashed: knee, where the fit reaches 90 % of its ceiling)")
+    fig.suptitle("Throughput and latency vs batch size (dashed: knee at 90 % of the fitted ceiling, shaded: 95 % CI)")
     return fig
 
 

@@ -6,7 +6,8 @@ headers and round for reading.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +41,32 @@ RUNTIME_NOT_RECORDED = "not recorded"
 GIB = 2**30
 
 
+#: The Runs table's columns.
+RUN_COLUMNS: list[str] = ["Instance", "Run", "Compared", "Device", "torch", "Points", "Measured", "Folder"]
+#: `Compared` of the newest run of each instance: the one the report's tables and charts use.
+COMPARED = "yes"
+
+
 @dataclass(frozen=True)
 class Runs:
-    """Every readable, finished run under an outputs folder, and what was skipped and why."""
+    """Every readable, finished run under an outputs folder, and what was skipped and why.
+
+    `runs` has a row per usable run (RUN_COLUMNS); its `Compared` column says which one
+    of each instance the report compares (the newest) and why the others are not.
+    `unusable` has a row per run folder skipped, with the reason in `Compared`.
+    """
 
     runs: pd.DataFrame
     summary: pd.DataFrame
     skipped: tuple[str, ...] = ()
+    unusable: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RUN_COLUMNS))
 
     @property
     def latest(self) -> pd.DataFrame:
         """The summary rows of each instance's most recent run (what comparisons use)."""
-        newest = self.runs.sort_values("Run").groupby("Instance").tail(1)["Run"]
-        return self.summary[self.summary["run_id"].isin(newest)]
+        compared = self.runs.loc[self.runs["Compared"] == COMPARED, ["Instance", "Run"]]
+        keys = pd.MultiIndex.from_frame(self.summary[["instance", "run_id"]].astype(str))
+        return self.summary[keys.isin(list(compared.astype(str).itertuples(index=False, name=None)))]
 
 
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -89,15 +103,18 @@ def load_runs(root: str | Path) -> Runs:
     """Read every ``<instance>/<run_id>/`` folder with a summary under `root`.
 
     A corrupted, partial or mislabelled folder is skipped with a warning that names
-    it; only the newest run of each instance is compared, so runs of different
-    params never mix under one instance's label.
+    it (and listed in `unusable`); only the newest run of each instance is compared, so
+    runs of different params never mix under one instance's label. The others are
+    listed, with the newest they lost to in `Compared` (see :func:`compare_note`).
     """
-    rows, summaries, skipped = [], [], []
+    rows, summaries, skipped, unusable = [], [], [], []
     for run_dir in find_runs(root):
         try:
             summary, env = check_run(run_dir)
         except ValueError as exc:
             skipped.append(f"{run_dir}: {exc}")
+            unusable.append({"Instance": run_dir.parent.name, "Run": run_dir.name,
+                             "Compared": f"no: skipped, {exc}", "Folder": str(run_dir)})
             warnings.warn(f"skipping run folder {run_dir}: {exc}", stacklevel=2)
             continue
         summary = summary.assign(run_id=run_dir.name)
@@ -114,7 +131,39 @@ def load_runs(root: str | Path) -> Runs:
     if not summaries:
         raise InputError(f"no usable runs under {root} (expected <instance>/<run_id>/summary.csv)"
                          + "".join(f"\n  skipped {s}" for s in skipped))
-    return Runs(pd.DataFrame(rows), pd.concat(summaries, ignore_index=True), tuple(skipped))
+    runs = pd.DataFrame(rows).sort_values(["Instance", "Run"], kind="stable", ignore_index=True)
+    newest = runs.groupby("Instance")["Run"].transform("max")
+    runs["Compared"] = [COMPARED if run == last else f"no: older (the newest is {last})"
+                        for run, last in zip(runs["Run"], newest)]
+    return Runs(runs[RUN_COLUMNS], pd.concat(summaries, ignore_index=True), tuple(skipped),
+                pd.DataFrame(unusable, columns=RUN_COLUMNS))
+
+
+def runs_table(runs: Runs) -> pd.DataFrame:
+    """Every run folder found, by instance and run: the compared ones, the older ones and the skipped ones."""
+    unusable = runs.unusable.astype(object)
+    table = pd.concat([runs.runs.astype(object), unusable], ignore_index=True) if len(unusable) else runs.runs
+    return table.sort_values(["Instance", "Run"], kind="stable", ignore_index=True)
+
+
+def compare_note(runs: Runs) -> str:
+    """What the report leaves out when an instance has several runs, and the `benchlib compare` that shows it.
+
+    One command per older run, each against the newest (the one compared): `benchlib
+    compare OLD NEW` matches their points and says what got slower or faster.
+    """
+    lines = []
+    for instance, rows in runs.runs.groupby("Instance", sort=True):
+        if len(rows) < 2:
+            continue
+        newest = rows[rows["Compared"] == COMPARED].iloc[0]
+        older = rows[rows["Compared"] != COMPARED].sort_values("Run", ascending=False)
+        lines.append(f"{instance} has {len(rows)} runs; the report compares the newest, {newest['Run']}. "
+                     "What changed since an older one:")
+        lines += [f"  benchlib compare {shlex.quote(old)} {shlex.quote(newest['Folder'])}" for old in older["Folder"]]
+    if not lines:
+        return "One run per instance: every run found is compared."
+    return "\n".join(lines)
 
 
 def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
@@ -399,11 +448,18 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
+    """The knees with readable headers, each with its 95 % interval (shown for a knee not resolved, too)."""
     columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "runtime": "Runtime",
                "threads": "Client threads", "knee_batch": "Knee (batch size)",
+               "knee_batch_ci_low": "Knee (batch size) 95% CI low",
+               "knee_batch_ci_high": "Knee (batch size) 95% CI high",
                "recommended_batch_size": "Recommended batch size", "asymptote_per_s": "Fitted ceiling (inferences/s)",
-               "r_squared": "Fit R²", "reason": "No knee because"}
-    return knees[[c for c in columns if c in knees.columns]].rename(columns=columns)
+               "asymptote_ci_low_per_s": "Fitted ceiling 95% CI low (inferences/s)",
+               "asymptote_ci_high_per_s": "Fitted ceiling 95% CI high (inferences/s)",
+               "r_squared": "Fit R²", "refits_with_knee": "% of refits finding a knee",
+               "reason": "No knee because", "interval_note": "Interval note"}
+    shown = knees.assign(refits_with_knee=knees["refits_with_knee"] * 100) if "refits_with_knee" in knees else knees
+    return shown[[c for c in columns if c in shown.columns]].rename(columns=columns)
 
 
 def people_recommendation(table: pd.DataFrame) -> pd.DataFrame:
