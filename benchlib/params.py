@@ -210,7 +210,7 @@ class ModelSpec(_Strict):
 
     @property
     def kind(self) -> str:
-        """``zoo``, ``hf``, ``torchvision`` or ``torchscript``."""
+        """``zoo``, ``hf``, ``torchvision``, ``torchscript`` or ``synthetic``."""
         return self.name.split(":", 1)[0] if ":" in self.name else "zoo"
 
     @property
@@ -225,9 +225,11 @@ class ModelSpec(_Strict):
 
     @property
     def weights_kind(self) -> str:
-        """What the results record: ``random``, ``pretrained`` or ``file``."""
+        """What the results record: ``random``, ``pretrained``, ``file``, or ``none`` (synthetic)."""
         if self.kind == "torchscript":
             return "file"
+        if self.kind == "synthetic":
+            return "none"
         return self.weights or "random"
 
 

@@ -1,6 +1,16 @@
-"""How much throughput the harness costs: harness / bare loop, single thread, on CPU.
+"""How much the harness costs and how truly it measures, on CPU.
 
-For each batch size, alternate `--rounds` times between
+First view, the proof: ``synthetic:<ms>``, a model that holds each request a known
+time and computes nothing (benchlib.measure.synthetic). For each thread count and
+batch size, benchlib.measure.load.run_point measures it as the sweep does, and the
+summary's figures are set beside the truth:
+  throughput  threads * batch / (ms + the mean overshoot of the point's own holds)
+  P50         ms + the median overshoot of a hold measured alone, just before
+The sleep's overshoot (a hold alone, median and p95) is printed first, and
+``synthetic:0`` gives the harness's own cost per request: its time per request
+through run_point minus a bare loop's. The target is within 2 % of the truth.
+
+Second view, a real model: for each batch size, alternate `--rounds` times between
   bare:    time N forward passes in a tight loop (same workload, same inputs,
            same inference_mode/autocast context), throughput = N * batch / time
   harness: benchlib.measure.load.run_point with 1 client thread, throughput as the
@@ -20,6 +30,7 @@ in alternating rounds at the first batch size, and the time one sample takes.
 
     .venv/bin/python benchmarks/harness_overhead.py
     .venv/bin/python benchmarks/harness_overhead.py --model resnet50 --batch-sizes 1 4
+    .venv/bin/python benchmarks/harness_overhead.py --synthetic-only
 """
 from __future__ import annotations
 
@@ -30,7 +41,8 @@ import time
 
 import torch
 
-from benchlib.measure.load import run_point
+from benchlib.measure.load import PointRun, run_point
+from benchlib.measure.synthetic import Overshoot, sleep_overshoot
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
@@ -40,6 +52,8 @@ from benchlib.results import point_records
 from benchlib.derive.stats import summarize_point
 
 TARGET = 0.98
+#: The synthetic view's target: reported figures within this fraction of the truth.
+SYNTHETIC_TOLERANCE = 0.02
 
 
 def bare_throughput(workload: Workload, inputs, batch_size: int, n: int) -> float:
@@ -51,15 +65,78 @@ def bare_throughput(workload: Workload, inputs, batch_size: int, n: int) -> floa
     return n * batch_size / elapsed
 
 
+def summary_row(run: PointRun, model: str, batch_size: int, threads: int, dtype: str = "float32") -> dict:
+    """The summary row the sweep would write for `run`."""
+    keys = {"instance": "bench", "model": model, "weights": "random", "precision": "fp32",
+            "dtype": dtype, "runtime": "eager", "batch_size": batch_size, "threads": threads}
+    return summarize_point(point_records(0, keys, run))
+
+
+def synthetic_view(ms: float, threads: list[int], batch_sizes: list[int], duration_s: float,
+                   holds: int) -> None:
+    """Reported throughput and P50 of `synthetic:<ms>` against the truth; synthetic:0's harness cost."""
+    device = torch.device("cpu")
+    workload = Workload(load_model(ModelSpec(name=f"synthetic:{ms:g}"), device, seed=0),
+                        resolve_precision("fp32", device))
+    alone = sleep_overshoot(ms, holds)
+    print(f"synthetic:{ms:g}: {duration_s:g} s per point, torch {torch.__version__}")
+    print(f"sleep overshoot of a {ms:g} ms hold alone: median {alone.median_s * 1e6:.1f} us, "
+          f"p95 {alone.p95_s * 1e6:.1f} us ({alone.n} holds)")
+    print(f"{'threads':>7} {'batch':>5} {'inf/s':>9} {'truth':>9} {'ratio':>6} {'P50 ms':>8} {'truth':>8} "
+          f"{'ratio':>6} {'holds late us (median/mean)':>28}")
+    throughput_ratios, p50_ratios = [], []
+    for n_threads in threads:
+        for batch_size in batch_sizes:
+            inputs = workload.inputs(batch_size, seed=0)
+            # Measured again just before each point: the machine's state now, not at the start.
+            alone = sleep_overshoot(ms, max(1, holds // 5))
+            workload.module.overshoot(reset=True)
+            run = run_point(workload.client_factory(inputs, n_threads), threads=n_threads, warmup_requests=1,
+                            duration_s=duration_s, min_requests=1)
+            held: Overshoot = workload.module.overshoot()
+            row = summary_row(run, f"synthetic:{ms:g}", batch_size, n_threads, dtype="none")
+            # A closed loop completes one request per mean hold: the mean of this point's own holds.
+            truth = n_threads * batch_size / (ms / 1e3 + held.mean_s)
+            p50_truth_ms = ms + alone.median_s * 1e3
+            throughput_ratios.append(row["throughput_per_s"] / truth)
+            p50_ratios.append(row["latency_p50_ms"] / p50_truth_ms)
+            print(f"{n_threads:>7} {batch_size:>5} {row['throughput_per_s']:>9.1f} {truth:>9.1f} "
+                  f"{throughput_ratios[-1]:>6.3f} {row['latency_p50_ms']:>8.3f} {p50_truth_ms:>8.3f} "
+                  f"{p50_ratios[-1]:>6.3f} {held.median_s * 1e6:>13.1f}/{held.mean_s * 1e6:.1f}")
+    worst = max(abs(r - 1) for r in throughput_ratios + p50_ratios)
+    verdict = "within" if worst <= SYNTHETIC_TOLERANCE else "OUTSIDE"
+    print(f"synthetic: throughput ratios {min(throughput_ratios):.3f}-{max(throughput_ratios):.3f}, P50 ratios "
+          f"{min(p50_ratios):.3f}-{max(p50_ratios):.3f}: {verdict} {SYNTHETIC_TOLERANCE:.0%} of the truth")
+    through, model = zip(*(synthetic0_cost_s(duration_s) for _ in range(5)))
+    cost_s = statistics.median(t - m for t, m in zip(through, model))
+    print(f"synthetic:0: harness's own cost {cost_s * 1e6:.2f} us per request (a request through the harness "
+          f"{statistics.median(through) * 1e6:.2f} us, the model's own call {statistics.median(model) * 1e6:.2f} us)")
+
+
+def synthetic0_cost_s(duration_s: float) -> tuple[float, float]:
+    """synthetic:0's time per request through run_point (1 thread) and in a bare loop of as many calls."""
+    device = torch.device("cpu")
+    workload = Workload(load_model(ModelSpec(name="synthetic:0"), device, seed=0), resolve_precision("fp32", device))
+    inputs = workload.inputs(1, seed=0)
+    run = run_point(workload.client_factory(inputs, 1), threads=1, warmup_requests=10,
+                    duration_s=duration_s, min_requests=1)
+    row = summary_row(run, "synthetic:0", 1, 1, dtype="none")
+    n = row["n_requests"]
+    with workload.precision_context():  # the same context a client thread enters
+        start = time.perf_counter()
+        for _ in range(n):
+            workload.forward(inputs)
+        bare_s = time.perf_counter() - start
+    return row["window_s"] / n, bare_s / n
+
+
 def harness_throughput(workload: Workload, inputs, batch_size: int, duration_s: float,
                        telemetry: Telemetry | None = None) -> tuple[float, int]:
     # Warm-up as in real use: a fresh client thread's first requests pay one-off costs.
     with Sampler(telemetry) if telemetry is not None else contextlib.nullcontext():
         run = run_point(workload.client_factory(inputs, 1), threads=1, warmup_requests=2,
                         duration_s=duration_s, min_requests=1)
-    keys = {"instance": "bench", "model": "m", "weights": "random", "precision": "fp32",
-            "dtype": "float32", "runtime": "eager", "batch_size": batch_size, "threads": 1}
-    row = summarize_point(point_records(0, keys, run))
+    row = summary_row(run, "m", batch_size, 1)
     return row["throughput_per_s"], row["n_requests"]
 
 
@@ -112,9 +189,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="1 by default: fewer threads than cores keeps the two loops' conditions equal")
+    parser.add_argument("--synthetic-ms", type=float, default=10.0, help="the synthetic model's hold")
+    parser.add_argument("--synthetic-threads", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--synthetic-batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--synthetic-duration", type=float, default=0.5, help="seconds per synthetic point")
+    parser.add_argument("--overshoot-holds", type=int, default=50, help="holds that measure the sleep's overshoot")
+    parser.add_argument("--synthetic-only", action="store_true", help="only the first view (seconds, not minutes)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.intra_op_threads)
+    synthetic_view(args.synthetic_ms, args.synthetic_threads, args.synthetic_batch_sizes, args.synthetic_duration,
+                   args.overshoot_holds)
+    if args.synthetic_only:
+        return
+    print()
     device = torch.device("cpu")
     loaded = load_model(ModelSpec(name=args.model, image_size=args.image_size), device, seed=0)
     workload = Workload(loaded, resolve_precision("fp32", device))

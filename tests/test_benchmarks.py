@@ -80,11 +80,31 @@ def test_the_best_runtime_never_failed_its_gate(runtimes_script) -> None:
 
 
 @pytest.mark.slow
-def test_harness_overhead_prints_its_ratios_and_the_samplers_cost() -> None:
+def test_harness_overhead_prints_the_synthetic_truth_its_ratios_and_the_samplers_cost() -> None:
     script = REPO / "benchmarks" / "harness_overhead.py"
-    done = subprocess.run([sys.executable, str(script), "--rounds", "3", "--duration", "0.1", "--batch-sizes", "1"],
+    done = subprocess.run([sys.executable, str(script), "--rounds", "3", "--duration", "0.1", "--batch-sizes", "1",
+                           "--synthetic-threads", "1", "2", "--synthetic-batch-sizes", "1", "8",
+                           "--synthetic-duration", "0.2", "--overshoot-holds", "10"],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"lowest measured ratio [\d.]+: (meets|MISSES) the target", done.stdout), done.stdout
+    out = done.stdout
+    # First view: synthetic:10 against its known cost, before the real model's second view.
+    assert re.search(r"^sleep overshoot of a 10 ms hold alone: median [\d.]+ us, p95 [\d.]+ us \(10 holds\)$",
+                     out, re.MULTILINE), out
+    rows = re.findall(r"^ +(\d+) +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +[\d.-]+/[\d.-]+$",
+                      out, re.MULTILINE)
+    assert [(t, b) for t, b, *_ in rows] == [("1", "1"), ("1", "8"), ("2", "1"), ("2", "8")], out
+    for threads, batch, per_s, truth, ratio, p50_ms, p50_truth_ms, p50_ratio in rows:
+        assert float(per_s) / float(truth) == pytest.approx(float(ratio), abs=0.002)
+        # the truth is threads * batch over a little more than the 10 ms hold
+        assert 0.9 < float(truth) * 0.010 / (int(threads) * int(batch)) <= 1.0
+        assert 10.0 < float(p50_truth_ms) < 11.0 and float(p50_ms) > 0 and float(p50_ratio) > 0
+    assert re.search(r"^synthetic: throughput ratios [\d.]+-[\d.]+, P50 ratios [\d.]+-[\d.]+: (within|OUTSIDE) 2% "
+                     r"of the truth$", out, re.MULTILINE), out
+    assert re.search(r"^synthetic:0: harness's own cost -?[\d.]+ us per request \(a request through the harness "
+                     r"[\d.]+ us, the model's own call [\d.]+ us\)$", out, re.MULTILINE), out
+    assert out.index("synthetic:0:") < out.index("lowest measured ratio")
+    # Second view: the real model's bare loop, and the sampler.
+    assert re.search(r"lowest measured ratio [\d.]+: (meets|MISSES) the target", out), out
     assert re.search(r"telemetry sampler at 20 Hz, batch 1: harness throughput on/off median [\d.]+ .*"
-                     r"one sample costs [\d.]+ us", done.stdout), done.stdout
+                     r"one sample costs [\d.]+ us", out), out

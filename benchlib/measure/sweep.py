@@ -254,12 +254,16 @@ def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
         "model": point.model.label,
         "weights": point.model.weights_kind,
         "precision": point.precision.name,
-        # A synthetic model computes in no dtype: any precision is a no-op for it.
-        "dtype": "none" if point.model.kind == "synthetic" else point.precision.dtype,
+        "dtype": _dtype(point.model, point.precision),
         "runtime": point.runtime,
         "batch_size": point.batch_size,
         "threads": point.threads,
     }
+
+
+def _dtype(model: ModelSpec, precision: Precision) -> str:
+    """The dtype a point computes in; a synthetic model computes nothing, so any precision is a no-op."""
+    return "none" if model.kind == "synthetic" else precision.dtype
 
 
 class _Cached:
@@ -546,7 +550,8 @@ class _Shared:
     @staticmethod
     def _accuracy_keys(workload: Workload, runtime: str, batch_size: int | None, reference: str) -> dict[str, Any]:
         return {"model": workload.loaded.spec.label, "weights": workload.loaded.weights,
-                "precision": workload.precision.name, "dtype": workload.precision.dtype, "runtime": runtime,
+                "precision": workload.precision.name, "dtype": _dtype(workload.loaded.spec, workload.precision),
+                "runtime": runtime,
                 "batch_size": batch_size, "reference": reference}
 
     def release(self) -> None:

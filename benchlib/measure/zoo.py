@@ -11,7 +11,8 @@ import torch
 from benchlib.errors import WorkloadError
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
-from benchlib.params import ModelSpec
+from benchlib.measure.synthetic import SyntheticModel
+from benchlib.params import ModelSpec, synthetic_ms
 
 #: The study's checkpoint for the NLP model (used when `weights: pretrained`).
 BERT_SQUAD2_HUB_ID = "twmkn9/bert-base-uncased-squad2"
@@ -35,7 +36,8 @@ class LoadedModel:
 
 def load_model(spec: ModelSpec, device: torch.device, seed: int) -> LoadedModel:
     """Build or load the model of `spec` in float32, in eval mode, on `device`."""
-    loaders = {"zoo": _load_zoo, "hf": _load_hf, "torchvision": _load_torchvision, "torchscript": _load_torchscript}
+    loaders = {"zoo": _load_zoo, "hf": _load_hf, "torchvision": _load_torchvision, "torchscript": _load_torchscript,
+               "synthetic": _load_synthetic}
     torch.manual_seed(seed)  # random weights are the same for the same seed
     module, source, make_inputs = loaders[spec.kind](spec)
     # No gradients in inference. This also keeps autocast's weight-cast cache (which is
@@ -140,6 +142,12 @@ def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
     if spec.input_dtype == "int64":
         return module, f"file: {path} (sha256 {_sha256(path)[:12]})", int_inputs(shape)
     return module, f"file: {path} (sha256 {_sha256(path)[:12]})", float_inputs(shape)
+
+
+def _load_synthetic(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    ms = synthetic_ms(spec.name)
+    # One float per sample: the model reads only the batch size, so the inputs stay tiny.
+    return SyntheticModel(ms), f"synthetic: holds each request {ms:g} ms, no weights", float_inputs((1,))
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
