@@ -324,7 +324,8 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     """
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
-               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "(s)": "{:,.2f}",
+               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "trials": "{:.0f}",
+               "(s)": "{:,.2f}",
                "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
                "(j)": "{:.3g}"}
     default.update(formats or {})
@@ -375,6 +376,8 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
             gate = gate.where(with_runtime(summary)["runtime"] != REFERENCE_RUNTIME, "reference")
         table["Accuracy gate"] = gate
     table["Requests"] = summary.get("n_requests")
+    if "n_trials" in summary.columns:  # each its own window; the interval carries their spread
+        table["Trials"] = summary["n_trials"]
     table["Status"] = summary["status"]
     table["Notes"] = summary.get("notes", pd.Series("", index=summary.index)).fillna("")
     return table
