@@ -39,6 +39,8 @@ STUDY_RUNTIME = "trace"
 #: What the best runtime table says for a summary that has no `runtime` column.
 RUNTIME_NOT_RECORDED = "not recorded"
 GIB = 2**30
+#: Columns of sentences: tables give them room to read as lines.
+PROSE_COLUMNS = ("Notes", "No knee because", "Interval note", "Nothing qualifies because")
 
 
 #: The Runs table's columns.
@@ -339,8 +341,9 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
 
     formatter = {c: fmt for c in table.columns if (fmt := pick(c))}
     style = table.style.format(formatter, na_rep="–")
-    if "Notes" in table.columns:  # wide enough to read, not a narrow tower of words
-        style = style.set_properties(subset=["Notes"], **{"min-width": "24em", "text-align": "left"})
+    prose = [c for c in table.columns if c in PROSE_COLUMNS]
+    if prose:  # wide enough to read, not a narrow tower of words
+        style = style.set_properties(subset=prose, **{"min-width": "24em", "text-align": "left"})
     if isinstance(table.index, pd.RangeIndex):
         style = style.hide(axis="index")
     return style
