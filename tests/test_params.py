@@ -132,6 +132,18 @@ BAD_INPUTS = {
     "channels_last not a bool": ({"channels_last": "yes"}, ["channels_last", "valid boolean"]),
     "tolerance out of range": ({"accuracy_tolerance": 2}, ["accuracy_tolerance", "less than 1"]),
     "allow_large_grid not a bool": ({"allow_large_grid": "yes"}, ["allow_large_grid", "valid boolean"]),
+    "no trials": ({"repeats": 0}, ["repeats", "greater than 0"]),
+    "a slipped digit in repeats": ({"repeats": 1000}, ["repeats", "at most 100", "allow_long_window"]),
+    "a target of 0 %": ({"target_ci_pct": 0}, ["target_ci_pct", "greater than 0"]),
+    "a target written as text": ({"target_ci_pct": "2%"}, ["target_ci_pct", "valid number"]),
+    "an unknown target percentile": ({"target_percentile": "p42"}, ["target_percentile", "'p95'"]),
+    "a budget shorter than a window": ({"target_ci_pct": 2, "max_duration_s": 0.01},
+                                       ["max_duration_s (0.01) is shorter than one window"]),
+    "a budget of days": ({"max_duration_s": 1e6}, ["max_duration_s", "277.8 h", "allow_long_window"]),
+    "a synthetic model without its milliseconds": ({"models": ["synthetic:fast"]},
+                                                   ["synthetic:<milliseconds>", "0 to 60000"]),
+    "a synthetic model with an architecture": ({"models": [{"name": "synthetic:5", "config": {"a": 1}}]},
+                                               ["no weights or architecture"]),
 }
 
 
