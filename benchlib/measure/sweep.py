@@ -173,7 +173,7 @@ def run_sweep(
                     break
                 for point in trial_order(pending, round_number, params.seed):
                     number, statuses = trials.setdefault(point.key, (writer.n_points, []))
-                    run = shared.measure(point, clock)
+                    run = shared.measure(point, clock, first_trial=not statuses)
                     new = point_records(number, _record_keys(params, point), run, trial=len(statuses))
                     statuses.append(run.status)
                     finished, said = rule.verdict(pd.concat([_records_of(writer, trials, point), new]), statuses)
@@ -333,11 +333,11 @@ class _Shared:
             env["telemetry"] = {"energy_method": None, "energy_note": "telemetry: false in the params"}
         writer.write_env(env)
 
-    def measure(self, point: GridPoint, clock: Clock) -> PointRun:
-        """Measure one point, or say why it was not: out of memory now, or infeasible after an earlier one,
-        or a runtime that cannot run it."""
+    def measure(self, point: GridPoint, clock: Clock, first_trial: bool = True) -> PointRun:
+        """Measure one trial of a point, or say why it was not: out of memory now, or infeasible after an
+        earlier one (only before its first trial: a batch that ran is feasible), or a runtime that cannot run it."""
         limit = self.oom_batch.get(point.key[:3])
-        if limit is not None and point.batch_size > limit:
+        if limit is not None and point.batch_size > limit and first_trial:
             return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
         if point.model.label in self.model_oom:
             return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
