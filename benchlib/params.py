@@ -324,13 +324,15 @@ class Params(_Strict):
         if self.allow_long_window:
             return self
         problems = []
-        if self.duration_s > MAX_DURATION_S:
-            problems.append(_problem(
-                ("duration_s",), self.duration_s, "window_too_long",
-                f"a window of {self.duration_s:g} s is {self.duration_s / 3600:.1f} h for each of the "
-                f"{self.grid_size} grid points; use at most {MAX_DURATION_S:g} s ({MAX_DURATION_S / 3600:g} h), "
-                "or set `allow_long_window: true` if you mean it",
-            ))
+        for key, what in (("duration_s", "a window"), ("max_duration_s", "a measuring budget")):
+            seconds = getattr(self, key)
+            if seconds > MAX_DURATION_S:
+                problems.append(_problem(
+                    (key,), seconds, "window_too_long",
+                    f"{what} of {seconds:g} s is {seconds / 3600:.1f} h for each of the {self.grid_size} grid "
+                    f"points; use at most {MAX_DURATION_S:g} s ({MAX_DURATION_S / 3600:g} h), or set "
+                    "`allow_long_window: true` if you mean it",
+                ))
         if self.min_requests > MAX_MIN_REQUESTS:
             hours = self.min_requests / FAST_REQUESTS_PER_S / 3600
             problems.append(_problem(
@@ -339,11 +341,6 @@ class Params(_Strict):
                 f"for each of the {self.grid_size} grid points; use at most {MAX_MIN_REQUESTS:,} (P99 needs 368), "
                 "or set `allow_long_window: true` if you mean it",
             ))
-        if self.max_duration_s > MAX_DURATION_S:
-            problems.append(_problem(
-                ("max_duration_s",), self.max_duration_s, "window_too_long",
-                f"{self.max_duration_s:g} s per point is {self.max_duration_s / 3600:.1f} h; use at most "
-                f"{MAX_DURATION_S:g} s, or set `allow_long_window: true` if you mean it"))
         for key, limit in (("warmup_requests", MAX_WARMUP_REQUESTS), ("accuracy_samples", MAX_ACCURACY_SAMPLES),
                            ("repeats", MAX_REPEATS)):
             value = getattr(self, key)
