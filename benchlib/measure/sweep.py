@@ -171,12 +171,15 @@ def run_sweep(
             for round_number in itertools.count():
                 if not pending:
                     break
+                finished_now = set()
                 for point in trial_order(pending, round_number, params.seed):
                     number, statuses = trials.setdefault(point.key, (writer.n_points, []))
                     run = shared.measure(point, clock, first_trial=not statuses)
                     new = point_records(number, _record_keys(params, point), run, trial=len(statuses))
                     statuses.append(run.status)
                     finished, said = rule.verdict(pd.concat([_records_of(writer, trials, point), new]), statuses)
+                    if finished:
+                        finished_now.add(point.key)
                     if said:  # the stop rule's word goes with the trial that ended the point
                         new["note"] = "; ".join(filter(None, [run.error, said]))
                     records = writer.add_records(new)
@@ -187,8 +190,7 @@ def run_sweep(
                     row = summary.iloc[sorted(set(records["point"])).index(number)]
                     report(row, run, trial=len(statuses) if rule.rounds_after_the_first else None, finished=finished)
                     interrupts.check()
-                pending = [point for point in pending if not rule.verdict(
-                    _records_of(writer, trials, point), trials[point.key][1])[0]]
+                pending = [point for point in pending if point.key not in finished_now]
         shared.release()
         if summary is None:  # a resume that found every point done: the summary is rewritten all the same
             summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
