@@ -34,7 +34,6 @@ from pandas._libs.parsers import STR_NA_VALUES
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
     ACCURACY_COLUMNS,
-    DONE_STATUSES,
     GRID_KEYS,
     POINT_KEYS,
     POINT_MEASURES,
@@ -166,12 +165,6 @@ class RunWriter:
     @property
     def accuracy(self) -> pd.DataFrame:
         return pd.DataFrame(self._accuracy, columns=ACCURACY_COLUMNS)
-
-    def done(self) -> set[tuple[Any, ...]]:
-        """The grid keys (in GRID_KEYS order) of every point already measured."""
-        records = self.records
-        finished = records[records["status"].isin(DONE_STATUSES)]
-        return set(finished[GRID_KEYS].drop_duplicates().itertuples(index=False, name=None))
 
     def trials(self) -> dict[tuple[Any, ...], tuple[int, list[str]]]:
         """Per grid key (GRID_KEYS order): its point number and each recorded trial's status, in trial order."""

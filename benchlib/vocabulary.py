@@ -15,8 +15,6 @@ STATUS_OOM = "oom"
 STATUS_SKIPPED = "skipped"
 #: Not measured: the runtime cannot run this model, precision or device; `notes` says why.
 STATUS_UNSUPPORTED = "unsupported"
-#: Points with one of these statuses are done: a resumed run does not measure them again.
-DONE_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED)
 
 # --- runtimes and their accuracy gate ----------------------------------------
 

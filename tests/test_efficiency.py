@@ -111,3 +111,18 @@ def test_records_from_before_the_measures_read_as_empty() -> None:
     out = point_measures(records)
     assert out["flops_per_inference"].tolist() == [7.0, 5.0]  # in point order
     assert out["energy_j"].isna().all() and out["telemetry_note"].tolist() == ["", ""]
+
+
+def test_trials_add_their_energy_keep_the_most_memory_and_say_each_note_once() -> None:
+    records = pd.DataFrame({
+        "point": [0, 0, 0, 1, 1], "trial": [0, 0, 1, 0, 1],
+        "flops_per_inference": [5.0] * 5, "peak_dtype": ["float32"] * 5,
+        "peak_memory_bytes": [1e9, 1e9, 3e9, 2e9, 1e9], "peak_memory_reserved_bytes": [np.nan] * 5,
+        "device_memory_used_bytes": [np.nan] * 5,
+        "energy_j": [10.0, 10.0, 20.0, 7.0, np.nan],  # a row per request: each trial's energy repeats
+        "telemetry_note": ["a; b", "a; b", "b; c", "", "x"],
+    })
+    out = point_measures(records)
+    assert out["energy_j"].iloc[0] == 30.0 and math.isnan(out["energy_j"].iloc[1])  # part of the windows: none
+    assert out["peak_memory_bytes"].tolist() == [3e9, 2e9]
+    assert out["telemetry_note"].tolist() == ["a; b; c", "x"]

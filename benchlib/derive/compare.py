@@ -43,11 +43,10 @@ from typing import Any
 import pandas as pd
 
 from benchlib.derive.cost import with_runtime
+from benchlib.derive.stats import Z95
 from benchlib.errors import InputError
 from benchlib.vocabulary import GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK, latency_column
 
-#: z of a two-sided 95 % interval (the summaries' intervals are 95 %).
-Z95 = 1.96
 DEFAULT_THRESHOLD_PCT = 5.0
 
 SLOWER = "slower"

@@ -79,8 +79,8 @@ def window_energy(samples: pd.DataFrame, window_s: float) -> float:
 
 #: How a point's trials combine their measures: energy adds up over the trials' windows,
 #: memory is the most any trial held, notes are each said once; the rest is the point's own.
-_ACROSS_TRIALS = {"energy_j": "sum", "peak_memory_bytes": "max", "peak_memory_reserved_bytes": "max",
-                  "device_memory_used_bytes": "max"}
+_ACROSS_TRIALS = {"energy_j": lambda joules: joules.sum(skipna=False), "peak_memory_bytes": "max",
+                  "peak_memory_reserved_bytes": "max", "device_memory_used_bytes": "max"}
 
 
 def _notes(values: pd.Series) -> str:
@@ -97,16 +97,11 @@ def point_measures(records: pd.DataFrame) -> pd.DataFrame:
     if "trial" not in records.columns:
         records = records.assign(trial=0)
     per_trial = records.groupby(["point", "trial"], sort=True)[POINT_MEASURES].first().reset_index()
-    grouped = per_trial.groupby("point", sort=True)
-    measures = grouped[POINT_MEASURES].first()
+    measures = per_trial.groupby("point", sort=True)[POINT_MEASURES].first()
+    numbers = per_trial[list(_ACROSS_TRIALS)].apply(pd.to_numeric, errors="coerce").groupby(per_trial["point"])
     for column, how in _ACROSS_TRIALS.items():
-        values = pd.to_numeric(per_trial[column], errors="coerce")
-        combined = values.groupby(per_trial["point"]).agg(how, min_count=1) if how == "sum" else \
-            values.groupby(per_trial["point"]).max()
-        if how == "sum":
-            combined[values.isna().groupby(per_trial["point"]).any()] = math.nan
-        measures[column] = combined
-    measures["telemetry_note"] = grouped["telemetry_note"].agg(_notes)
+        measures[column] = numbers[column].agg(how)
+    measures["telemetry_note"] = per_trial.groupby("point", sort=True)["telemetry_note"].agg(_notes)
     return measures[POINT_MEASURES].reset_index(drop=True)
 
 

@@ -53,6 +53,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit
 
+from benchlib.derive.stats import Z95
 from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
 
 DEFAULT_FRACTION = 0.9
@@ -63,8 +64,6 @@ MAX_SHARPNESS = 50.0
 #: Refits of the interval, and the seed of their draws (the same summary, the same interval).
 DEFAULT_RESAMPLES = 200
 DEFAULT_SEED = 0
-#: A 95 % interval is 1.96 standard errors either side.
-Z_95 = 1.96
 #: The standard error assumed, relative to the throughput, for a point with no interval
 #: (see `knee_with_interval`).
 ASSUMED_RELATIVE_SE = 0.05
@@ -182,7 +181,7 @@ def knee_with_interval(
     if not estimate or resamples <= 0:
         return estimate
 
-    se = np.abs(high - low) / 2 / Z_95
+    se = np.abs(high - low) / 2 / Z95
     assumed = ~np.isfinite(se)
     se[assumed] = ASSUMED_RELATIVE_SE * t[assumed]
     notes = []

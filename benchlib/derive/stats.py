@@ -41,6 +41,8 @@ from benchlib.vocabulary import (
 )
 
 CONFIDENCE = 0.95
+#: A 95 % interval is this many standard errors either side (knee refits, run comparisons).
+Z95 = 1.96
 #: Sub-windows for the throughput interval: at most this many ...
 MAX_WINDOWS = 20
 #: ... with at least this many completions each on average, and at least MIN_WINDOWS.

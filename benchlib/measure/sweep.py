@@ -153,11 +153,11 @@ def run_sweep(
             env["resumed_across_code"] = earlier
         env.update(_device_ceilings(device, params, precisions, writer.previous_env))
         ceilings = Ceilings.from_env(env)
-        writer.write_env(env)
         points = grid(params, precisions)
         _check_no_strangers(writer, points)
         rule = StopRule.from_params(params)
-        shared = _Shared(device, params, writer, env, keep_block=rule.rounds_after_the_first)
+        shared = _Shared(device, params, writer, env, keep_block=rule.rounds_after_the_first)  # adds its telemetry
+        writer.write_env(env)
         trials = writer.trials()  # grid key -> (point number, each trial's status)
         summary = None
         for block in blocks(points, lambda point: point.key[:3]):
@@ -228,7 +228,7 @@ def _device_ceilings(device: torch.device, params: Params, precisions: list[Prec
 
 def _check_no_strangers(writer: RunWriter, points: list[GridPoint]) -> None:
     """Every point a resumed run already has must still be a point of the grid."""
-    strangers = writer.done() - {point.key for point in points}
+    strangers = set(writer.trials()) - {point.key for point in points}
     if strangers:  # e.g. default labels that changed with the code: the points would be measured twice
         raise InputError(f"{writer.out_dir} holds points this grid does not have ({sorted(map(str, strangers))[:3]} "
                          "...), so resuming would measure them twice under other names; start a new run")
@@ -333,7 +333,6 @@ class _Shared:
                                 "sources": [source.name for source in self.telemetry.sources]}
         else:
             env["telemetry"] = {"energy_method": None, "energy_note": "telemetry: false in the params"}
-        writer.write_env(env)
 
     def measure(self, point: GridPoint, clock: Clock, first_trial: bool = True) -> PointRun:
         """Measure one trial of a point, or say why it was not: out of memory now, or infeasible after an

@@ -12,7 +12,7 @@ from benchlib.errors import WorkloadError
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.measure.synthetic import SyntheticModel
-from benchlib.params import ModelSpec, synthetic_ms
+from benchlib.params import ModelSpec
 
 #: The study's checkpoint for the NLP model (used when `weights: pretrained`).
 BERT_SQUAD2_HUB_ID = "twmkn9/bert-base-uncased-squad2"
@@ -145,7 +145,7 @@ def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
 
 
 def _load_synthetic(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
-    ms = synthetic_ms(spec.name)
+    ms = spec.synthetic_ms
     # One float per sample: the model reads only the batch size, so the inputs stay tiny.
     return SyntheticModel(ms), f"synthetic: holds each request {ms:g} ms, no weights", float_inputs((1,))
 

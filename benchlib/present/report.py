@@ -402,8 +402,8 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
         largest = points[(points["status"] == STATUS_OK) & (points["batch_size"] == ran.max())] if len(ran) else None
         rows.append({**dict(zip(names, values)),
                      "Largest batch measured": ran.max() if len(ran) else None,
-                     "Peak memory there (GiB)": _most(largest, "peak_memory_bytes") / GIB,
-                     "Headroom there (GiB)": _least(largest, "memory_headroom_bytes") / GIB,
+                     "Peak memory there (GiB)": _extreme(largest, "peak_memory_bytes", "max") / GIB,
+                     "Headroom there (GiB)": _extreme(largest, "memory_headroom_bytes", "min") / GIB,
                      "Smallest batch out of memory": oom.min() if len(oom) else None,
                      "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
     table = pd.DataFrame(rows)
@@ -412,16 +412,11 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _most(points: pd.DataFrame | None, column: str) -> float:
+def _extreme(points: pd.DataFrame | None, column: str, how: str) -> float:
+    """The `how` ("max" or "min") of a column of `points`; NaN where there are none or no such column."""
     if points is None or column not in points.columns:
         return float("nan")
-    return float(pd.to_numeric(points[column], errors="coerce").max())
-
-
-def _least(points: pd.DataFrame | None, column: str) -> float:
-    if points is None or column not in points.columns:
-        return float("nan")
-    return float(pd.to_numeric(points[column], errors="coerce").min())
+    return float(pd.to_numeric(points[column], errors="coerce").agg(how))
 
 
 def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
