@@ -33,6 +33,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from benchlib.errors import ParamsError
 from benchlib.labels import LabelError, model_labels, with_default_label
 from benchlib.textfiles import read_text
+from benchlib.vocabulary import ARRIVAL_CLOSED, ARRIVALS, DEFAULT_PERCENTILE
 
 #: Precisions a params file may ask for. ``amp`` is float16 autocast on CUDA (as in
 #: the study) and bfloat16 autocast on CPU; the others say exactly what they do.
@@ -66,6 +67,14 @@ MAX_SEED = 2**62
 MAX_INTRA_OP_THREADS = 4096
 #: A fast model's request rate, to say how long `min_requests` alone takes at the least.
 FAST_REQUESTS_PER_S = 1_000
+#: Offered rates above this many requests per second are beyond any one generator thread.
+MAX_RATE_PER_S = 1_000_000.0
+#: A dynamic batcher merging more requests than this is a typo, not a server.
+MAX_MERGED_REQUESTS = 1024
+#: A batching delay longer than this (ms) is a typo: it would hold every request a minute.
+MAX_QUEUE_DELAY_MS = 60_000.0
+#: A rate search's probes: more than this is a search that cannot converge.
+MAX_PROBES = 50
 #: Labels name models in tables and charts: one short line.
 MAX_LABEL_CHARS = 64
 #: What an empty params file should hold.
@@ -246,8 +255,34 @@ def synthetic_ms(name: str) -> float:
     return value
 
 
+def _one_element_list(value: Any) -> Any:
+    """A scalar where a list is expected means a one-element list (`max_batch_size: 8`)."""
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+class RateSearch(_Strict):
+    """Search for the highest offered rate whose latency percentile meets a budget.
+
+    A bracket first: from `start_per_s`, the rate doubles while probes meet the budget (or
+    halves while they miss it) until one probe meets it and another misses. Then a bisection
+    of that bracket until its ends are within `tolerance_pct` of each other, or `max_probes`
+    probes were spent. Every probe is a grid point of its own (see benchlib.measure.rate_search).
+    """
+
+    latency_budget_ms: PositiveFloat
+    percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
+    #: The first rate probed, in requests per second.
+    start_per_s: Annotated[float, BeforeValidator(_exponent_number),
+                           Field(gt=0, le=MAX_RATE_PER_S, strict=True, allow_inf_nan=False)] = 10.0
+    #: Stop when the bracket's upper end is within this % of its lower end.
+    tolerance_pct: Annotated[float, BeforeValidator(_exponent_number),
+                             Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 10.0
+    max_probes: Annotated[StrictInt, Field(ge=2, le=MAX_PROBES)] = 12
+
+
 class Params(_Strict):
-    """One experiment: a grid of models x precisions x batch sizes x client threads."""
+    """One experiment: a grid of models x precisions x batch sizes x client threads (or server
+    workers) x, in open loop, the most requests merged per batch x offered rates."""
 
     #: The instance type this runs on, as priced (e.g. ``g5.4xlarge``); used in paths.
     instance: StrictStr
@@ -300,6 +335,23 @@ class Params(_Strict):
     target_percentile: Literal["p50", "p90", "p95", "p99"] = "p95"
     #: ... or until this many seconds were spent measuring it (then `notes` says the target was missed).
     max_duration_s: PositiveFloat = 120.0
+    #: How requests arrive: ``closed`` (N client threads, one request in flight each), or open
+    #: loop, ``poisson`` or ``constant`` arrivals at `rates_per_s` into one queue served by
+    #: `threads` server workers (see benchlib.measure.serving).
+    arrival: Literal[ARRIVALS] = ARRIVAL_CLOSED  # type: ignore[valid-type]
+    #: Open loop: offered rates, requests per second (each request carries `batch_size` samples).
+    rates_per_s: Annotated[tuple[Annotated[float, BeforeValidator(_exponent_number),
+                                           Field(gt=0, le=MAX_RATE_PER_S, strict=True, allow_inf_nan=False)], ...],
+                           BeforeValidator(_one_element_list), Field(min_length=1)] | None = None
+    #: Open loop: search for the highest rate that meets a latency budget instead of `rates_per_s`.
+    rate_search: RateSearch | None = None
+    #: Open loop: dynamic batching, the most queued requests a worker merges into one batch (1 = off).
+    max_batch_size: Annotated[tuple[Annotated[StrictInt, Field(gt=0, le=MAX_MERGED_REQUESTS)], ...],
+                              BeforeValidator(_one_element_list), Field(min_length=1)] = (1,)
+    #: Open loop: how long the oldest queued request may wait for others to merge with (Triton's
+    #: max_queue_delay); 0 merges only what is already queued.
+    max_queue_delay_ms: Annotated[float, BeforeValidator(_exponent_number),
+                                  Field(ge=0, le=MAX_QUEUE_DELAY_MS, strict=True, allow_inf_nan=False)] = 0.0
 
     @field_validator("instance")
     @classmethod
@@ -311,7 +363,7 @@ class Params(_Strict):
             )
         return name
 
-    @field_validator("batch_sizes", "threads", "precisions", "runtimes")
+    @field_validator("batch_sizes", "threads", "precisions", "runtimes", "rates_per_s", "max_batch_size")
     @classmethod
     def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
         dupes = sorted({v for v in values if values.count(v) > 1})
@@ -353,6 +405,33 @@ class Params(_Strict):
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
+
+    @model_validator(mode="after")
+    def _load_is_consistent(self) -> Params:
+        if self.arrival == ARRIVAL_CLOSED:
+            given = [key for key, default in (("rates_per_s", None), ("rate_search", None), ("max_batch_size", (1,)),
+                                               ("max_queue_delay_ms", 0.0)) if getattr(self, key) != default]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for open-loop load; set `arrival: poisson` (or constant), "
+                                 "or remove them for closed-loop clients")
+        elif self.rates_per_s is not None and self.rate_search is not None:
+            raise ValueError("give either `rates_per_s` (fixed offered rates) or `rate_search` (find the highest rate "
+                             "within a latency budget), not both")
+        elif self.rates_per_s is None and self.rate_search is None:
+            raise ValueError(f"arrival: {self.arrival} needs the offered load: `rates_per_s: [50, 100]` (requests/s), "
+                             "or `rate_search: {latency_budget_ms: 50}`")
+        return self
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrival != ARRIVAL_CLOSED
+
+    @property
+    def rates(self) -> tuple[float | None, ...]:
+        """The offered rates of the grid: None in closed loop; empty for a rate search (found as it runs)."""
+        if not self.open_loop:
+            return (None,)
+        return self.rates_per_s or ()
 
     @model_validator(mode="after")
     def _budget_holds_a_window(self) -> Params:
@@ -404,15 +483,26 @@ class Params(_Strict):
             raise ValueError(
                 f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
                 f"x {len(self.runtimes)} runtimes x {len(self.batch_sizes)} batch sizes x {len(self.threads)} "
-                "thread counts), at least "
+                f"thread counts x {len(self.max_batch_size)} merged batch sizes x {self._rate_count} rates), at least "
                 f"{hours:.1f} h of measuring at duration_s {self.duration_s:g}; shrink it to {MAX_GRID_POINTS} points "
                 "or fewer, or set `allow_large_grid: true` if you mean it"
             )
         return self
 
     @property
+    def configurations(self) -> int:
+        """Grid points but for the offered rate."""
+        return (len(self.models) * len(self.precisions) * len(self.runtimes) * len(self.batch_sizes)
+                * len(self.threads) * len(self.max_batch_size))
+
+    @property
+    def _rate_count(self) -> int:
+        return self.rate_search.max_probes if self.rate_search is not None else len(self.rates)
+
+    @property
     def grid_size(self) -> int:
-        return len(self.models) * len(self.precisions) * len(self.runtimes) * len(self.batch_sizes) * len(self.threads)
+        """Points the grid holds; with a rate search, the most it may probe."""
+        return self.configurations * self._rate_count
 
 
 def _problem(loc: tuple[str | int, ...], value: Any, kind: str, message: str) -> InitErrorDetails:

@@ -15,6 +15,20 @@ STATUS_OOM = "oom"
 STATUS_SKIPPED = "skipped"
 #: Not measured: the runtime cannot run this model, precision or device; `notes` says why.
 STATUS_UNSUPPORTED = "unsupported"
+#: Open loop, a point: the server did not keep up with the offered rate (the queue grew, or
+#: fewer requests completed than Poisson noise explains); its latencies are not steady-state.
+STATUS_OVERLOADED = "overloaded"
+#: Open loop, a request: still queued when the drain after the last arrival ran out; its
+#: `end_s` is when it was given up, so `end_s - start_s` is its age then (a lower bound).
+STATUS_DROPPED = "dropped"
+
+# --- arrivals -------------------------------------------------------------------
+
+#: `arrival` of a closed-loop point: N clients, one request in flight each (no offered rate).
+ARRIVAL_CLOSED = "closed"
+#: Open-loop arrival processes: requests arrive on their own schedule at `rates_per_s`.
+OPEN_ARRIVALS: tuple[str, ...] = ("poisson", "constant")
+ARRIVALS: tuple[str, ...] = (ARRIVAL_CLOSED, *OPEN_ARRIVALS)
 
 # --- runtimes and their accuracy gate ----------------------------------------
 
@@ -51,13 +65,19 @@ def latency_column(percentile: str) -> str:
 
 # --- grid points --------------------------------------------------------------
 
+#: How a point's load was offered: `arrival` (closed, poisson, constant), the most requests a
+#: server worker merges into one batch (1 = no dynamic batching; always 1 in closed loop), and
+#: the offered rate in requests per second (empty in closed loop). In open loop `threads`
+#: counts server workers.
+LOAD_KEYS: list[str] = ["max_batch_size", "arrival", "offered_rate_per_s"]
 #: What identifies a grid point within a run: its configuration. Resume, cost
 #: comparisons and the recommendation match points on these.
-GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads"]
+GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads", *LOAD_KEYS]
 #: The columns that describe a point in records and summaries, in the order shown.
-POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size", "threads"]
+POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size", "threads",
+                         *LOAD_KEYS]
 #: Point keys that are names, read as text whatever they look like (a label "2024").
-TEXT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime"]
+TEXT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "arrival"]
 #: A knee is fitted per curve: everything but the batch size fixed.
 CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime", "threads"]
 
@@ -77,8 +97,15 @@ TEXT_MEASURES: list[str] = ["peak_dtype", "telemetry_note"]
 #: each row of a point.
 #: `trial` numbers a point's trials from 0, each its own window with its own time origin;
 #: `trial_s` is the wall time the trial took (its clients' preparation, warm-up and window).
+#: Open loop: `start_s` is the request's *scheduled* arrival (so `end_s - start_s` is its latency,
+#: queueing included), `enqueued_s` when the generator put it in the queue (its lag is
+#: `enqueued_s - start_s`), `dispatched_s` when a worker (`thread`) started the batch it rode in,
+#: `batch_id` that batch (numbered per trial) and `merged_requests` how many requests it merged.
+#: `status` is ok or dropped per request. Closed loop leaves these three times NaN and the two
+#: batch columns -1 (each request is its own batch).
+SERVING_RECORD_COLUMNS: list[str] = ["enqueued_s", "dispatched_s", "batch_id", "merged_requests"]
 RECORD_COLUMNS: list[str] = ["point", "trial", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s",
-                             "status", "prepare_s", "note", "trial_s", *POINT_MEASURES]
+                             *SERVING_RECORD_COLUMNS, "status", "prepare_s", "note", "trial_s", *POINT_MEASURES]
 #: What stats derives per point from its records.
 STATS_COLUMNS: list[str] = [
     "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
@@ -87,6 +114,14 @@ STATS_COLUMNS: list[str] = [
     "latency_mean_ms", "latency_max_ms", "n_requests", "n_warmup", "n_trials", "n_inferences", "window_s",
     "measured_s", "prepare_s", "status", "notes",
 ]
+#: Queue time (dispatch minus scheduled arrival) percentiles of open-loop points.
+QUEUE_COLUMNS: dict[str, str] = {f"p{p}": f"queue_p{p}_ms" for p in PERCENTILES}
+#: What an open-loop point adds (NaN in closed loop): the rate the server achieved in requests
+#: per second (`throughput_per_s` stays inferences per second), queue-time percentiles, the mean
+#: number of requests per dispatched batch, the generator's P99 lag and its share of enqueues
+#: more than a millisecond late, and how many requests were dropped.
+SERVING_COLUMNS: list[str] = ["achieved_rate_per_s", *QUEUE_COLUMNS.values(), "mean_merged_batch",
+                              "generator_lag_p99_ms", "generator_late_share", "n_dropped"]
 #: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
 #: artifact (per batch size) against eager at the same precision (the gate).
 ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",
@@ -107,7 +142,8 @@ EFFICIENCY_COLUMNS: list[str] = [
     "inferences_per_kwh", "telemetry_note",
 ]
 #: summary.csv: one row per grid point.
-SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS, *EFFICIENCY_COLUMNS]
+SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS,
+                              *EFFICIENCY_COLUMNS]
 #: The least a summary needs to be compared in a report.
 REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
     {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"})
