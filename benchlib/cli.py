@@ -38,10 +38,17 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.params:
         params = load_params(path)
         usd = require_price(params.instance, prices, params.price_usd_per_hour)
+        if not params.open_loop:
+            load = f"{len(params.threads)} thread count(s)"
+        else:
+            rates = (f"a rate search of up to {params.rate_search.max_probes} rates" if params.rate_search is not None
+                     else f"{len(params.rates)} rate(s)")
+            load = (f"{len(params.threads)} server worker count(s) x {len(params.max_batch_size)} merged batch "
+                    f"size(s) x {rates} ({params.arrival} arrivals)")
         print(
             f"{path}: ok: instance {params.instance}, device {params.device}, "
             f"{len(params.models)} model(s) x {len(params.precisions)} precision(s) x "
-            f"{len(params.runtimes)} runtime(s) x {len(params.batch_sizes)} batch size(s) x {len(params.threads)} thread count(s) "
+            f"{len(params.runtimes)} runtime(s) x {len(params.batch_sizes)} batch size(s) x {load} "
             f"= {params.grid_size} points, ${usd:g}/h"
         )
     return EXIT_OK
@@ -57,7 +64,7 @@ def _bench(args: argparse.Namespace) -> int:
     prices = load_prices(args.prices)
     result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
                        resume=args.resume, force=args.force, percentile=args.percentile)
-    print(format_table(result.summary, SUMMARY_SHOWN))
+    print(format_table(result.summary, summary_shown(result.summary)))
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
     _print_recommendation(result.summary, args, Path(args.out))
@@ -154,8 +161,10 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: Path | None) -> None:
-    from benchlib.derive.cost import recommend
-    from benchlib.results import write_recommendation
+    """The closed-loop recommendation; with open-loop points, also the cheapest configuration that
+    carries --target-per-s within the budget, from each configuration's highest rate within it."""
+    from benchlib.derive.cost import is_open_loop, recommend
+    from benchlib.results import SERVING_RECOMMENDATION, with_load_keys, write_recommendation
 
     if args.latency_budget_ms is None:
         return
@@ -164,6 +173,21 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     print(format_table(table, list(table.columns)))
     if out is not None:
         write_recommendation(out, table)
+    if is_open_loop(summary).any():
+        from benchlib.derive.serving import recommend_serving
+
+        serving = recommend_serving(with_load_keys(summary), args.latency_budget_ms, args.percentile,
+                                    args.target_per_s)
+        budget = f"{args.percentile} <= {args.latency_budget_ms:g} ms"
+        if args.target_per_s is not None:
+            print(f"\nopen loop: cheapest configuration that carries {args.target_per_s:g} inferences/s at {budget}, "
+                  "from each configuration's highest offered rate within it:")
+        else:
+            print(f"\nopen loop: cheapest configuration per million inferences at {budget}, each at its highest "
+                  "offered rate within it (--target-per-s sizes a fleet):")
+        print(format_table(serving, SERVING_RECOMMENDATION_SHOWN))
+        if out is not None:
+            write_recommendation(out, serving, SERVING_RECOMMENDATION)
 
 
 COMPARE_HELP = """\
@@ -290,6 +314,30 @@ def _study(args: argparse.Namespace) -> int:
 SUMMARY_SHOWN = ["model", "precision", "dtype", "runtime", "batch_size", "threads", "throughput_per_s",
                  *(latency_column(p) for p in SHOWN_PERCENTILES), "usd_per_million", "pct_of_measured_peak",
                  "n_requests", "prepare_s", "accuracy_gate", "status"]
+#: What the summary shows besides SUMMARY_SHOWN where some point was open loop: how the load was
+#: offered and what the server achieved.
+SERVING_SHOWN = ["arrival", "max_batch_size", "offered_rate_per_s", "achieved_rate_per_s", "mean_merged_batch",
+                 "queue_p99_ms"]
+
+
+#: The serving recommendation's columns printed (the budget and percentile are in its heading).
+SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "batch_size", "threads", "max_batch_size",
+                                "offered_rate_per_s", "next_rate_per_s", "throughput_per_s", "latency_ms",
+                                "usd_per_million", "instances_needed", "usd_per_hour_total",
+                                "usd_per_million_at_target", "reason"]
+
+
+def summary_shown(summary: pd.DataFrame) -> list[str]:
+    """The summary columns printed: SUMMARY_SHOWN, with the open-loop ones after `threads` where any point was
+    open loop (a closed-loop run prints as before)."""
+    from benchlib.derive.cost import is_open_loop
+
+    if not is_open_loop(summary).any():
+        return SUMMARY_SHOWN
+    at = SUMMARY_SHOWN.index("threads") + 1
+    return [*SUMMARY_SHOWN[:at], *SERVING_SHOWN, *SUMMARY_SHOWN[at:]]
+
+
 KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high",
                "recommended_batch_size", "asymptote_per_s", "r_squared", "reason"]
 

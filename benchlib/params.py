@@ -256,7 +256,8 @@ def synthetic_ms(name: str) -> float:
 
 
 def _one_element_list(value: Any) -> Any:
-    """A scalar where a list is expected means a one-element list (`max_batch_size: 8`)."""
+    """A scalar where a list is expected means a one-element list (`max_batch_size: 8`, `rates_per_s: 1e3`)."""
+    value = _exponent_number(value)
     return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
@@ -365,7 +366,9 @@ class Params(_Strict):
 
     @field_validator("batch_sizes", "threads", "precisions", "runtimes", "rates_per_s", "max_batch_size")
     @classmethod
-    def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _no_duplicates(cls, values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if values is None:  # an optional list left out
+            return None
         dupes = sorted({v for v in values if values.count(v) > 1})
         if dupes:
             raise ValueError(f"duplicate values {dupes}; list each once")
@@ -420,6 +423,15 @@ class Params(_Strict):
         elif self.rates_per_s is None and self.rate_search is None:
             raise ValueError(f"arrival: {self.arrival} needs the offered load: `rates_per_s: [50, 100]` (requests/s), "
                              "or `rate_search: {latency_budget_ms: 50}`")
+        if self.rate_search is not None:
+            from benchlib.derive.stats import min_samples_for_percentile  # scipy: only when a search is asked for
+
+            percentile = self.rate_search.percentile
+            needed = min_samples_for_percentile(int(percentile[1:]) / 100)
+            if self.min_requests < needed:  # an unknown percentile never meets a budget: the search would only halve
+                raise ValueError(f"rate_search on {percentile} needs min_requests of at least {needed} (a smaller "
+                                 f"sample cannot bound {percentile}); raise min_requests to {needed}, or search on "
+                                 "a lower percentile")
         return self
 
     @property
@@ -483,7 +495,8 @@ class Params(_Strict):
             raise ValueError(
                 f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
                 f"x {len(self.runtimes)} runtimes x {len(self.batch_sizes)} batch sizes x {len(self.threads)} "
-                f"thread counts x {len(self.max_batch_size)} merged batch sizes x {self._rate_count} rates), at least "
+                f"thread counts x {len(self.max_batch_size)} merged batch sizes x {self._rate_count} "
+                f"{'probes at most' if self.rate_search is not None else 'rates'}), at least "
                 f"{hours:.1f} h of measuring at duration_s {self.duration_s:g}; shrink it to {MAX_GRID_POINTS} points "
                 "or fewer, or set `allow_large_grid: true` if you mean it"
             )

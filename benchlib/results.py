@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,14 @@ from pandas._libs.parsers import STR_NA_VALUES
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
     ACCURACY_COLUMNS,
+    ARRIVAL_CLOSED,
     GRID_KEYS,
+    LOAD_KEYS,
     POINT_KEYS,
     POINT_MEASURES,
     RECORD_COLUMNS,
+    STATUS_DROPPED,
+    STATUS_OK,
     STATUS_OOM,
     TEXT_KEYS,
     TEXT_MEASURES,
@@ -54,9 +59,15 @@ ENV = "env.json"
 KNEES = "knees.csv"
 PARAMS = "params.yaml"
 RECOMMENDATION = "recommendation.csv"
+#: Open loop: the cheapest configuration carrying a load within the budget (`bench --latency-budget-ms`).
+SERVING_RECOMMENDATION = "serving_recommendation.csv"
 TELEMETRY = "telemetry.parquet"
 
 LOCK = ".lock"
+#: env.json's mark of a sweep that ran to its end (a rate search's point count is known only then).
+FINISHED = "finished"
+#: The load keys of a closed-loop point (and of every point measured before open loop existed).
+CLOSED_LOOP_KEYS: dict[str, Any] = {"max_batch_size": 1, "arrival": ARRIVAL_CLOSED, "offered_rate_per_s": math.nan}
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -84,16 +95,60 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 
     point_columns = {"status": run.status, "prepare_s": run.prepare_s, "note": run.error, "trial_s": run.trial_s,
                      **measures}
     if run.records:
+        # A request's own status (open loop: ok or dropped) within a point that ran.
         rows = [
             {"point": point, "trial": trial, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
-             "start_s": r.start_s, "end_s": r.end_s, **point_columns}
+             "start_s": r.start_s, "end_s": r.end_s, "enqueued_s": r.enqueued_s, "dispatched_s": r.dispatched_s,
+             "batch_id": r.batch_id, "merged_requests": r.merged_requests, **point_columns, "status": r.status}
             for r in run.records
         ]
     else:
-        rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan, "end_s": nan,
+        rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan,
+                 "end_s": nan, "enqueued_s": nan, "dispatched_s": nan, "batch_id": -1, "merged_requests": -1,
                  **point_columns}]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
+
+
+def measured_everything(points: int, grid_size: int, searched: bool, env: dict[str, Any]) -> bool:
+    """Whether a run measured its whole grid: `points` of `grid_size`, or, for a rate search (whose
+    number of probes is known only at its end), whether the sweep marked env.json finished."""
+    return bool(env.get(FINISHED)) if searched else points >= grid_size
+
+
+def grid_key(values: Iterable[Any]) -> tuple[Any, ...]:
+    """A point's identity as a tuple (GRID_KEYS order), with the closed loop's missing rate as None:
+    NaN is not equal to itself, so it cannot key a dict."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def with_load_keys(points: pd.DataFrame) -> pd.DataFrame:
+    """`points` (a summary or records) with the load keys of runs from before open loop filled in.
+
+    Such runs were closed loop: `max_batch_size` 1, `arrival` ``closed``, no
+    `offered_rate_per_s` (NaN, as a closed-loop point has today). A missing column is
+    added where it belongs among the point keys; in a column that exists (summaries of
+    old and new runs concatenated) only the empty cells of old rows are filled. Merges
+    then pair old closed-loop points with new ones (pandas matches NaN rates to NaN);
+    a groupby over these keys needs ``dropna=False``, or it drops every closed-loop point.
+    """
+    out = points
+    for key in LOAD_KEYS:
+        fill = CLOSED_LOOP_KEYS[key]
+        if key not in out.columns:
+            if out is points:
+                out = points.copy()
+            before = [k for k in POINT_KEYS[:POINT_KEYS.index(key)] if k in out.columns]
+            out.insert(out.columns.get_loc(before[-1]) + 1 if before else len(out.columns), key, fill)
+        elif key != "offered_rate_per_s" and out[key].isna().any():
+            if out is points:
+                out = points.copy()
+            out[key] = out[key].fillna(fill)
+    if "max_batch_size" in out.columns and out is not points and out["max_batch_size"].notna().all():
+        numbers = pd.to_numeric(out["max_batch_size"], errors="coerce")
+        if numbers.notna().all() and (numbers == numbers.round()).all():
+            out["max_batch_size"] = numbers.astype("int64")
+    return out
 
 
 class RunWriter:
@@ -173,11 +228,14 @@ class RunWriter:
             return {}
         if "trial" not in records.columns:  # a run from before trials: one each
             records = records.assign(trial=0)
+        records = with_load_keys(records)
         firsts = records.groupby(["point", "trial"], sort=True)[[*GRID_KEYS, "status"]].first()
         out: dict[tuple[Any, ...], tuple[int, list[str]]] = {}
         for (point, _trial), row in firsts.iterrows():
-            key = tuple(row[k] for k in GRID_KEYS)
-            out.setdefault(key, (int(point), []))[1].append(str(row["status"]))
+            key = grid_key(row[k] for k in GRID_KEYS)
+            # A trial that ran is ok, whatever became of its requests (open loop drops some).
+            status = STATUS_OK if row["status"] == STATUS_DROPPED else str(row["status"])
+            out.setdefault(key, (int(point), []))[1].append(status)
         return out
 
     def smallest_oom_batches(self) -> dict[tuple[str, str, str], int]:
@@ -257,8 +315,8 @@ def write_summary(run_dir: str | Path, summary: pd.DataFrame) -> None:
     write_atomic(Path(run_dir) / SUMMARY, lambda p: summary.to_csv(p, index=False))
 
 
-def write_recommendation(run_dir: str | Path, table: pd.DataFrame) -> None:
-    write_atomic(Path(run_dir) / RECOMMENDATION, lambda p: table.to_csv(p, index=False))
+def write_recommendation(run_dir: str | Path, table: pd.DataFrame, name: str = RECOMMENDATION) -> None:
+    write_atomic(Path(run_dir) / name, lambda p: table.to_csv(p, index=False))
 
 
 def _lock(directory: Path) -> Any:

@@ -48,7 +48,7 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import ModelSpec
-from benchlib.results import point_records
+from benchlib.results import CLOSED_LOOP_KEYS, point_records
 from benchlib.derive.stats import summarize_point
 
 TARGET = 0.98
@@ -68,7 +68,8 @@ def bare_throughput(workload: Workload, inputs, batch_size: int, n: int) -> floa
 def summary_row(run: PointRun, model: str, batch_size: int, threads: int, dtype: str = "float32") -> dict:
     """The summary row the sweep would write for `run`."""
     keys = {"instance": "bench", "model": model, "weights": "random", "precision": "fp32",
-            "dtype": dtype, "runtime": "eager", "batch_size": batch_size, "threads": threads}
+            "dtype": dtype, "runtime": "eager", "batch_size": batch_size, "threads": threads,
+            **CLOSED_LOOP_KEYS}
     return summarize_point(point_records(0, keys, run))
 
 

@@ -108,3 +108,20 @@ def test_harness_overhead_prints_the_synthetic_truth_its_ratios_and_the_samplers
     assert re.search(r"lowest measured ratio [\d.]+: (meets|MISSES) the target", out), out
     assert re.search(r"telemetry sampler at 20 Hz, batch 1: harness throughput on/off median [\d.]+ .*"
                      r"one sample costs [\d.]+ us", out), out
+
+
+@pytest.mark.slow
+def test_open_loop_benchmark_prints_the_queue_against_theory_and_the_generators_ceiling() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "open_loop.py"), "--quick"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    md1 = re.search(r"^ *0\.30 +30\.0 +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +[-+][\d.]+ +[\d.]+ +([\d.]+) +([\d.]+)$",
+                    out, re.MULTILINE)
+    assert md1, out
+    n, service_ms, theory_ms, measured_ms, ideal_wait_ms, wait_ms = map(float, md1.groups())
+    # M/D/1 at 30 %: the wait is 0.3 x 10 / (2 x 0.7) = 2.14 ms; the theory adds it to the measured hold.
+    assert ideal_wait_ms == pytest.approx(2.143, abs=0.001) and 10.0 < service_ms < 11.0
+    assert n > 10 and measured_ms > service_ms and theory_ms > service_ms
+    assert re.search(r"^ +1000 +\d+ +\d+ +\d+ +[\d.]+% +\d+$", out, re.MULTILINE), out
+    assert re.search(r"^ceiling: (\d+|nan) requests/s", out, re.MULTILINE), out

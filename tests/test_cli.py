@@ -64,3 +64,16 @@ def test_recommend_refuses_a_truncated_summary(tmp_path: Path, capsys) -> None:
     assert main(["recommend", str(run), "--latency-budget-ms", "50"]) == 2
     err = capsys.readouterr().err
     assert str(run) in err and "cannot use this run folder" in err and "Traceback" not in err
+
+
+def test_validate_counts_the_open_loop_grid(write_params, capsys) -> None:
+    fixed = write_params(tiny_params(arrival="poisson", rates_per_s=[50, 100, 200], max_batch_size=[1, 4]))
+    search = write_params(tiny_params(arrival="constant", rate_search={"latency_budget_ms": 50, "max_probes": 6},
+                                      min_requests=72),
+                          name="search.yaml")
+    assert main(["validate", str(fixed), str(search)]) == 0
+    fixed_line, search_line = capsys.readouterr().out.splitlines()
+    assert fixed_line.endswith("2 batch size(s) x 1 server worker count(s) x 2 merged batch size(s) x 3 rate(s) "
+                               "(poisson arrivals) = 12 points, $0.5/h")
+    assert search_line.endswith("x 1 merged batch size(s) x a rate search of up to 6 rates (constant arrivals) "
+                                "= 12 points, $0.5/h")

@@ -321,3 +321,22 @@ def test_papermill_with_params_file_refuses_an_unknown_key(papermill_env, tmp_pa
     assert done.returncode != 0
     assert "typo.yaml: (top level): unknown key 'batch_size' (did you mean 'batch_sizes'?)" in done.stderr
     assert not (tmp_path / "run").exists()  # stopped before measuring anything
+
+
+def test_report_shows_the_serving_section_for_open_loop_runs(tmp_path: Path) -> None:
+    """Open-loop run folders made by hand (see tests/test_report_serving.py): the report draws latency
+    vs offered load and tabulates the highest rate within the budget and the serving recommendation."""
+    from tests.test_report_serving import serving_summary, write_run
+
+    for _, rows in serving_summary().groupby("instance"):
+        write_run(tmp_path, rows)
+    code, _ = run_cli("report", "--out", str(tmp_path), "--latency-budget-ms", "50", "--percentile", "p99",
+                      "--target-per-s", "2500")
+    assert code == 0
+    assert (tmp_path / "figures" / "latency_vs_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    nb = nbformat.read(str(tmp_path / "report.ipynb"), as_version=4)
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    html = assert_reads_offline(tmp_path / "report.html")
+    for text in ("Max rate within budget (requests/s)", "server-side: up to 8 requests of batch 1 merged",
+                 "Instances for the target", "13 open-loop points", "$10.00"):
+        assert text in html, text

@@ -23,7 +23,7 @@ from tests.conftest import FakeClock
 from tests.test_load import fake_client
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32", "runtime": "eager",
-        "batch_size": 8, "threads": 2}
+        "batch_size": 8, "threads": 2, "max_batch_size": 1, "arrival": "closed", "offered_rate_per_s": math.nan}
 
 
 def records_of(point: int, run: PointRun, **keys) -> pd.DataFrame:

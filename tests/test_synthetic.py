@@ -27,7 +27,7 @@ from benchlib.measure.synthetic import SLEEP_SLICE_S, Overshoot, SyntheticModel,
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
 from benchlib.params import ModelSpec, parse_params
-from benchlib.results import point_records
+from benchlib.results import CLOSED_LOOP_KEYS, point_records
 from tests.conftest import FakeClock, tiny_params
 
 CPU = torch.device("cpu")
@@ -43,7 +43,7 @@ def summarize(workload: Workload, batch_size: int, threads: int, duration_s: flo
                     duration_s=duration_s, min_requests=1)
     keys = {"instance": "test", "model": workload.loaded.spec.name, "weights": workload.loaded.weights,
             "precision": workload.precision.name, "dtype": "none", "runtime": "eager",
-            "batch_size": batch_size, "threads": threads}
+            "batch_size": batch_size, "threads": threads, **CLOSED_LOOP_KEYS}
     return summarize_point(point_records(0, keys, run))
 
 

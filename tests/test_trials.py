@@ -11,11 +11,11 @@ from benchlib.measure.load import PointRun, RequestRecord
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.params import parse_params
-from benchlib.results import RECORDS, point_records, read_records
+from benchlib.results import CLOSED_LOOP_KEYS, RECORDS, point_records, read_records
 from tests.conftest import tiny_params
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",
-        "runtime": "eager", "batch_size": 2, "threads": 1}
+        "runtime": "eager", "batch_size": 2, "threads": 1, **CLOSED_LOOP_KEYS}
 
 
 def trial(number: int, latency_s: float, n: int = 400, trial_s: float = 3.0, status: str = "ok") -> pd.DataFrame:

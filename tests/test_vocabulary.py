@@ -41,12 +41,27 @@ def test_the_grid_is_one_product_with_the_model_changing_slowest() -> None:
     keys = [p.key for p in points]
     assert len(set(keys)) == 32
     bert = TINY_BERT["name"]
-    assert keys[:5] == [(bert, "fp32", "eager", 1, 1), (bert, "fp32", "eager", 1, 2), (bert, "fp32", "eager", 4, 1),
-                        (bert, "fp32", "eager", 4, 2), (bert, "fp32", "compile", 1, 1)]
-    assert keys[8] == (bert, "bf16", "eager", 1, 1)
-    assert keys[-1] == (TINY_RESNET["name"], "bf16", "compile", 4, 2)
+    closed = (1, "closed", None)  # no merging, no offered rate
+    assert keys[:5] == [(bert, "fp32", "eager", 1, 1, *closed), (bert, "fp32", "eager", 1, 2, *closed),
+                        (bert, "fp32", "eager", 4, 1, *closed), (bert, "fp32", "eager", 4, 2, *closed),
+                        (bert, "fp32", "compile", 1, 1, *closed)]
+    assert keys[8] == (bert, "bf16", "eager", 1, 1, *closed)
+    assert keys[-1] == (TINY_RESNET["name"], "bf16", "compile", 4, 2, *closed)
     # the key follows GRID_KEYS, which resume matches against the records' columns
     point: GridPoint = points[5]
     assert dict(zip(GRID_KEYS, point.key)) == {"model": point.model.label, "precision": point.precision.name,
                                                "runtime": point.runtime, "batch_size": point.batch_size,
-                                               "threads": point.threads}
+                                               "threads": point.threads, "max_batch_size": 1, "arrival": "closed",
+                                               "offered_rate_per_s": None}
+
+
+def test_open_loop_adds_merging_and_the_rate_as_the_fastest_dimensions() -> None:
+    params = parse_params(tiny_params(models=["synthetic:1"], batch_sizes=[1, 4], arrival="poisson",
+                                      rates_per_s=[10, 20, 40], max_batch_size=[1, 8]))
+    import torch
+
+    points = grid(params, [resolve_precision("fp32", torch.device("cpu"))])
+    assert len(points) == params.grid_size == 12
+    assert [p.key[3:] for p in points[:4]] == [(1, 1, 1, "poisson", 10.0), (1, 1, 1, "poisson", 20.0),
+                                               (1, 1, 1, "poisson", 40.0), (1, 1, 8, "poisson", 10.0)]
+    assert points[3].merged_batch_sizes == list(range(1, 9)) and points[-1].merged_batch_sizes == list(range(4, 33, 4))

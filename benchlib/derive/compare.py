@@ -1,8 +1,10 @@
 """Two runs of the same grid, point by point: did B get slower or faster than A?
 
 Points are matched on their configuration, the grid keys (``GRID_KEYS``: model,
-precision, runtime, batch size, client threads; a new grid key joins by itself),
-among the points that ran (status ok) in both runs. Per point, B is compared with A
+precision, runtime, batch size, client threads, and the load: max batch size,
+arrival, offered rate; a new grid key joins by itself), among the points that ran
+(status ok) in both runs. A run from before open loop reads as closed loop
+(``cost.with_load_keys``), so its points still pair with a newer run's. Per point, B is compared with A
 in throughput and in one latency percentile, each as a change in %, with a 95 %
 interval.
 
@@ -41,8 +43,9 @@ import math
 from typing import Any
 
 import pandas as pd
-
 from benchlib.derive.cost import with_runtime
+
+from benchlib.results import with_load_keys
 from benchlib.derive.stats import Z95
 from benchlib.errors import InputError
 from benchlib.vocabulary import GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK, latency_column
@@ -86,13 +89,16 @@ def check_options(threshold_pct: float, percentile: str) -> None:
 
 
 def grid_keys(summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> list[str]:
-    """The grid keys both summaries have (a summary from before runtimes has no `runtime`)."""
-    return [k for k in GRID_KEYS if k in summary_a.columns and k in summary_b.columns]
+    """The grid keys both summaries have (a summary from before runtimes has no `runtime`; missing
+    load keys count as present, closed loop, see ``with_load_keys``)."""
+    a, b = with_load_keys(summary_a.head(0)), with_load_keys(summary_b.head(0))
+    return [k for k in GRID_KEYS if k in a.columns and k in b.columns]
 
 
 def ran(summary: pd.DataFrame) -> pd.DataFrame:
-    """The points that ran (status ok), a missing runtime read as eager (see ``with_runtime``)."""
-    return with_runtime(summary[summary["status"] == STATUS_OK])
+    """The points that ran (status ok), a missing runtime read as eager (see ``with_runtime``), missing
+    load keys as closed loop (``with_load_keys``)."""
+    return with_load_keys(with_runtime(summary[summary["status"] == STATUS_OK]))
 
 
 def log_se(estimate: float, low: float, high: float) -> float:
@@ -209,8 +215,8 @@ def _nothing_in_common(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> str
 def unmatched(summary_a: pd.DataFrame, summary_b: pd.DataFrame) -> tuple[int, int]:
     """How many points of A, and of B, have no counterpart that ran in the other run (they are not compared)."""
     keys = grid_keys(summary_a, summary_b)
-    a = with_runtime(summary_a)[keys].drop_duplicates()
-    b = with_runtime(summary_b)[keys].drop_duplicates()
+    a = with_load_keys(with_runtime(summary_a))[keys].drop_duplicates()
+    b = with_load_keys(with_runtime(summary_b))[keys].drop_duplicates()
     both = ran(summary_a)[keys].merge(ran(summary_b)[keys], on=keys).drop_duplicates()
     return len(a) - len(both), len(b) - len(both)
 

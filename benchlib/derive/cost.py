@@ -16,10 +16,12 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
+from benchlib.results import with_load_keys
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GATE_PASS,
     GRID_KEYS,
+    OPEN_ARRIVALS,
     PERCENTILE_COLUMNS,
     REFERENCE_RUNTIME,
     STATUS_OK,
@@ -123,6 +125,13 @@ def with_runtime(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.assign(runtime=summary["runtime"].fillna(REFERENCE_RUNTIME))
 
 
+def is_open_loop(points: pd.DataFrame) -> pd.Series:
+    """Per row, whether the point was open loop (`arrival` poisson or constant); all False without `arrival`."""
+    if "arrival" not in points.columns:
+        return pd.Series(False, index=points.index)
+    return points["arrival"].isin(OPEN_ARRIVALS)
+
+
 def eligible(points: pd.DataFrame) -> pd.DataFrame:
     """The points that may be recommended: they ran, and their runtime passed its accuracy gate.
 
@@ -141,9 +150,11 @@ def cost_ratio(summary: pd.DataFrame, baseline: str, other: str, keys: list[str]
 
     ``cost_benefit`` = baseline $/M / other $/M: how many times cheaper `other` is.
     By default points pair on the grid keys the summary has, the runtime among them:
-    a traced model on one instance is compared with the traced model on the other.
+    a traced model on one instance is compared with the traced model on the other, and
+    an open-loop point with the one of the same offered load (closed loop pairs with
+    closed loop; runs from before open loop read as closed loop, see `with_load_keys`).
     """
-    summary = with_runtime(summary)
+    summary = with_load_keys(with_runtime(summary))
     keys = keys or [k for k in GRID_KEYS if k in summary.columns]
     columns = [*keys, "throughput_per_s", "usd_per_million"]
     left = summary.loc[summary["instance"] == baseline, columns]
@@ -170,13 +181,26 @@ def recommend(
     it. A model for which nothing qualifies gets a row that says why. A summary
     without `runtime` or `accuracy_gate` columns (runs from before runtimes) is
     searched as before, and the output has no `runtime`.
+
+    This is the closed-loop recommendation: open-loop points (`arrival` poisson or
+    constant) are left out. Their latency belongs to an offered rate and their
+    $ per million to the rate achieved there, so the cheapest of them is merely the
+    busiest rate tried, not a configuration's capacity; the open-loop answer, from the
+    highest rate within the budget, is `benchlib.derive.serving.recommend_serving`. A
+    model with only open-loop points gets a row whose reason says so.
     """
     if percentile not in PERCENTILE_COLUMNS:
         raise InputError(f"percentile {percentile!r} is not one of {sorted(PERCENTILE_COLUMNS)}")
     latency = PERCENTILE_COLUMNS[percentile]
     summary = with_runtime(summary)
     rows: list[dict[str, Any]] = []
-    for model, points in summary.groupby("model", sort=False):
+    for model, all_points in summary.groupby("model", sort=False):
+        points = all_points[~is_open_loop(all_points)]
+        if points.empty:
+            rows.append({"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile,
+                         "reason": "only open-loop points: their recommendation is recommend_serving's, from "
+                                   "the highest offered rate within the budget"})
+            continue
         passed = eligible(points)
         priced = passed[passed["usd_per_million"].notna()]
         known = priced[priced[latency].notna()]

@@ -53,6 +53,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit
 
+from benchlib.derive.cost import is_open_loop
 from benchlib.derive.stats import Z95
 from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
 
@@ -300,9 +301,12 @@ def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION, resamples: 
     Its interval comes from the points' ``throughput_ci_low_per_s``/``_high_per_s``
     as they are (`knee_with_interval`): a point of several trials carries their
     spread there. A summary without those columns is treated as having no intervals.
+    Only closed-loop points make curves (`arrival` closed, or no `arrival` column: runs
+    from before open loop): an open-loop point's throughput is the rate it was offered.
     """
     keys = [c for c in CURVE_KEYS if c in summary.columns]
     ok = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
+    ok = ok[~is_open_loop(ok)]
     rows = []
     for values, group in ok.groupby(keys, sort=False, dropna=False):  # unpublished threads stay NaN
         low, high = (group[c] if c in group.columns else None

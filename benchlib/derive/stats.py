@@ -17,6 +17,13 @@
   of the trials' throughputs, its percentiles those of the pooled latencies, and
   every interval widens by the spread between trials (:func:`pooled_interval`): a
   window's own interval misses what changes from run to run.
+- An open-loop point (``arrival`` poisson or constant) is summarised the same way,
+  its latency from the *scheduled* arrival, plus ``SERVING_COLUMNS``
+  (:mod:`benchlib.derive.serving`; NaN in closed loop). Its dropped requests are
+  counted, never in a latency; it is ``overloaded`` when any trial failed
+  :func:`benchlib.derive.serving.overload_test`. Its completions follow the
+  arrivals, so their spread across sub-windows is the arrivals' Poisson noise, not
+  the server's: it is not flagged noisy.
 """
 from __future__ import annotations
 
@@ -28,13 +35,16 @@ import pandas as pd
 from scipy.stats import binom
 from scipy.stats import t as student_t
 
+from benchlib.results import with_load_keys
 from benchlib.vocabulary import (
     PERCENTILES,
     PERCENTILES_WITH_CI,
     POINT_KEYS,
+    SERVING_COLUMNS,
     STATS_COLUMNS,
     STATUS_OK,
     STATUS_OOM,
+    STATUS_OVERLOADED,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
     latency_column,
@@ -141,9 +151,13 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     Throughput is the mean of the trials' throughputs; latency percentiles come from
     the pooled latencies of every trial; each interval is :func:`pooled_interval`.
     """
+    # serving builds on this module's percentiles: imported here, not at the top, to keep the import acyclic.
+    from benchlib.derive import serving
+
     nan = math.nan
     if "trial" not in records.columns:  # records from before trials: one trial
         records = records.assign(trial=0)
+    open_loop = bool(serving.is_open_loop(records).any())
     statuses = set(records["status"])
     status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
     trials = [_trial(group) for _, group in records.groupby("trial", sort=True)]
@@ -173,11 +187,14 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
         pooled_interval(throughput, within, throughputs) if n else (nan, nan))
     cvs = [t["cv"] for t in trials if math.isfinite(t["cv"])]
     row["throughput_cv"] = float(np.mean(cvs)) if cvs else nan
-    if cvs and row["throughput_cv"] > NOISY_CV:
+    if cvs and row["throughput_cv"] > NOISY_CV and not open_loop:
         notes.append(f"noisy: throughput varies {row['throughput_cv']:.0%} across sub-windows")
     row["throughput_trial_cv"] = (float(throughputs.std(ddof=1) / throughput)
                                   if n_trials >= 2 and throughput else nan)
-    if n_trials == 1:
+    if n_trials == 1 and open_loop:
+        notes.append("1 trial: its intervals leave out run-to-run variation, and its percentile intervals assume "
+                     "independent requests while queueing correlates them (set repeats: 3)")
+    elif n_trials == 1:
         notes.append("1 trial: its interval leaves out run-to-run variation (set repeats: 3)")
 
     unbounded = []
@@ -194,6 +211,10 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     if unbounded:
         notes.append(f"too few requests ({n}): {', '.join(unbounded)}")
     trial_s = records.groupby("trial")["trial_s"].first() if "trial_s" in records.columns else pd.Series(dtype=float)
+    figures = serving.serving_figures(records)
+    if open_loop:
+        status, serving_notes = _serving_status(records, figures, status, n_trials, serving)
+        notes.extend(serving_notes)
     row.update({
         "latency_mean_ms": float(latencies_ms.mean()) if n else nan,
         "latency_max_ms": float(latencies_ms.max()) if n else nan,
@@ -206,14 +227,41 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
         "prepare_s": float(records["prepare_s"].iloc[0]),
         "status": status,
         "notes": "; ".join(notes),
+        **figures,
     })
     return row
 
 
+def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str, n_trials: int,
+                    serving: Any) -> tuple[str, list[str]]:
+    """An open-loop point's status (overloaded unless it did not run) and its notes on drops, overload, the generator."""
+    notes = []
+    if figures["n_dropped"]:
+        notes.append(f"{figures['n_dropped']} dropped requests are counted, not in the latency figures")
+    if status == STATUS_OK:
+        rate = float(pd.to_numeric(records["offered_rate_per_s"], errors="coerce").iloc[0])
+        verdicts = [(trial, *serving.overload_test(group, rate)) for trial, group in records.groupby("trial", sort=True)]
+        overloaded = [(trial, reason) for trial, over, reason in verdicts if over]
+        if overloaded:
+            trial, reason = overloaded[0]
+            where = f" (trial {trial}; {len(overloaded)} of {len(verdicts)} trials overloaded)" if n_trials > 1 else ""
+            notes.append(f"{reason}{where}; latency figures are not steady-state")
+            status = STATUS_OVERLOADED
+    late = figures["generator_late_share"]
+    if math.isfinite(late) and late > serving.MAX_LATE_SHARE:
+        notes.append(f"the generator could not keep up: {late:.1%} of enqueues were more than "
+                     f"{serving.LATE_ENQUEUE_S * 1e3:g} ms late; this point measured the client, not the model")
+    return status, notes
+
+
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per grid point, in the order the points ran."""
+    """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS.
+
+    Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`).
+    """
+    records = with_load_keys(records)
     rows = []
     for _, group in records.groupby("point", sort=True):
         keys = {k: group[k].iloc[0] for k in POINT_KEYS}
         rows.append({**keys, **summarize_point(group)})
-    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS])
+    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS])

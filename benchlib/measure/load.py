@@ -19,6 +19,7 @@ on CUDA it runs on the thread's own stream and waits for that stream only.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +41,22 @@ ClientFactory = Callable[[int], AbstractContextManager[Callable[[], object]]]
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the client saw it; times in seconds from the window start."""
+    """One request as the client saw it; times in seconds from the window start.
+
+    Open loop (benchlib.measure.serving) fills the rest: `start_s` is then the scheduled
+    arrival, and `thread` the server worker that ran it.
+    """
 
     thread: int
     seq: int
     warmup: bool
     start_s: float
     end_s: float
+    enqueued_s: float = math.nan
+    dispatched_s: float = math.nan
+    batch_id: int = -1
+    merged_requests: int = -1
+    status: str = STATUS_OK
 
 
 @dataclass

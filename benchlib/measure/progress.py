@@ -42,6 +42,16 @@ class Progress:
         text = describe(row, run, self.percentile)
         self._write(text if trial is None else f"trial {trial}: {text}")
 
+    def forgo(self, points: int) -> None:
+        """Points the total counted that will not be measured (a rate search that needed fewer probes)."""
+        self.done += points
+        self.bar.update(points)
+
+    def say(self, text: str) -> None:
+        """A line of its own (what a rate search found)."""
+        self._flush_skipped()
+        self._write(text)
+
     def skip(self) -> None:
         """A point a resumed run already has: counted, and said in one line per stretch."""
         self.done += 1
@@ -62,6 +72,9 @@ class Progress:
 def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE) -> str:
     """One line for a finished point: what it is, its throughput and latency, its status."""
     point = f"{row['model']} {row['precision']} {row['runtime']} batch {row['batch_size']} x{row['threads']}"
+    rate = row.get("offered_rate_per_s")
+    if rate is not None and pd.notna(rate):  # open loop: workers, merging, the offered rate
+        point += f" merge {row['max_batch_size']} {row['arrival']} {rate:g}/s"
     if run.status == STATUS_OOM:
         return f"{point}: oom, out of memory ({run.error})"
     if run.status in (STATUS_SKIPPED, STATUS_UNSUPPORTED):
@@ -71,5 +84,7 @@ def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
     peak = row.get("pct_of_measured_peak")
     efficiency = f", {peak:.1f}% of peak" if peak is not None and pd.notna(peak) else ""
-    return (f"{point}: {row['throughput_per_s']:.1f} inf/s, {latency}{cost}{efficiency} ({row['n_requests']} "
-            f"requests), {row['status']}")
+    achieved = row.get("achieved_rate_per_s")
+    served = f", achieved {achieved:.1f} req/s" if achieved is not None and pd.notna(achieved) else ""
+    return (f"{point}: {row['throughput_per_s']:.1f} inf/s{served}, {latency}{cost}{efficiency} "
+            f"({row['n_requests']} requests), {row['status']}")

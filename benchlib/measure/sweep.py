@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +36,7 @@ from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings, window_energy
 from benchlib.derive.knee import knees
+from benchlib.derive.serving import meets_budget
 from benchlib.derive.summary import summary_table
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
@@ -43,19 +44,23 @@ from benchlib.measure.device import check_client_threads, device_name, intra_op_
 from benchlib.measure.environment import collect_env, fingerprint
 from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.inputs import Inputs
-from benchlib.measure.load import Clock, PointRun, run_point
+from benchlib.measure.arrivals import arrival_times
+from benchlib.measure.load import ClientFactory, Clock, PointRun, run_point
 from benchlib.measure.memory import PeakMemory, device_memory_bytes, first_line, is_out_of_memory, release_memory
 from benchlib.measure.peaks import measure_peak_flops, peak_dtype, published_peak
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
+from benchlib.measure.rate_search import SearchResult, search_rate
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
+from benchlib.measure.serving import Load, serve_point
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, check_sources, load_model
-from benchlib.params import ModelSpec, Params, params_to_dict
-from benchlib.results import RunWriter, point_records
+from benchlib.params import MAX_RATE_PER_S, ModelSpec, Params, params_to_dict
+from benchlib.results import FINISHED, RunWriter, point_records
 from benchlib.vocabulary import (
+    ARRIVAL_CLOSED,
     DEFAULT_PERCENTILE,
     GATE_FAIL,
     GATE_PASS,
@@ -81,27 +86,42 @@ class SweepResult:
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One configuration to measure."""
+    """One configuration to measure. In open loop `threads` counts server workers, `max_batch_size`
+    is the most requests one merges, and `rate_per_s` the offered rate (None in closed loop, and in
+    a rate search's configuration until a probe sets it)."""
 
     model: ModelSpec
     precision: Precision
     runtime: str
     batch_size: int
     threads: int
+    max_batch_size: int = 1
+    rate_per_s: float | None = None
+    arrival: str = ARRIVAL_CLOSED
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """The point's identity, in GRID_KEYS order (records and resume use it)."""
+        """The point's identity, in GRID_KEYS order (records and resume use it; see results.grid_key)."""
         values = {"model": self.model.label, "precision": self.precision.name, "runtime": self.runtime,
-                  "batch_size": self.batch_size, "threads": self.threads}
+                  "batch_size": self.batch_size, "threads": self.threads, "max_batch_size": self.max_batch_size,
+                  "arrival": self.arrival, "offered_rate_per_s": self.rate_per_s}
         return tuple(values[k] for k in GRID_KEYS)
+
+    @property
+    def merged_batch_sizes(self) -> list[int]:
+        """The batch sizes its requests run at: k requests of batch_size, k = 1 .. max_batch_size."""
+        return [self.batch_size * k for k in range(1, self.max_batch_size + 1)]
 
 
 def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
-    """Every point of `params` in the order it is measured: the first dimension changes slowest."""
+    """Every point of `params` in the order it is measured: the first dimension changes slowest.
+    With a rate search, one point per configuration, its rate left to the search."""
+    rates = (None,) if params.rate_search is not None else params.rates
     dimensions = {"model": params.models, "precision": precisions, "runtime": params.runtimes,
-                  "batch_size": params.batch_sizes, "threads": params.threads}
-    return [GridPoint(**dict(zip(dimensions, values))) for values in itertools.product(*dimensions.values())]
+                  "batch_size": params.batch_sizes, "threads": params.threads,
+                  "max_batch_size": params.max_batch_size, "rate_per_s": rates}
+    return [GridPoint(**dict(zip(dimensions, values)), arrival=params.arrival)
+            for values in itertools.product(*dimensions.values())]
 
 
 def run_sweep(
@@ -154,50 +174,113 @@ def run_sweep(
         env.update(_device_ceilings(device, params, precisions, writer.previous_env))
         ceilings = Ceilings.from_env(env)
         points = grid(params, precisions)
-        _check_no_strangers(writer, points)
+        _check_no_strangers(writer, points, searched=params.rate_search is not None)
         rule = StopRule.from_params(params)
-        shared = _Shared(device, params, writer, env, keep_block=rule.rounds_after_the_first)  # adds its telemetry
+        # With trials taking turns, or merged batches of every size, a block's artifacts are all kept.
+        shared = _Shared(device, params, writer, env,  # adds its telemetry
+                         keep_block=rule.rounds_after_the_first or params.open_loop)
         writer.write_env(env)
-        trials = writer.trials()  # grid key -> (point number, each trial's status)
-        summary = None
+        sweep = _Sweep(params, writer, shared, rule, report, interrupts, clock, usd_per_hour, ceilings)
         for block in blocks(points, lambda point: point.key[:3]):
             shared.start_block()
-            pending = []
-            for point in block:
-                if rule.verdict(_records_of(writer, trials, point), trials.get(point.key, (0, []))[1])[0]:
-                    report.skip()
-                else:
-                    pending.append(point)
-            for round_number in itertools.count():
-                if not pending:
-                    break
-                finished_now = set()
-                for point in trial_order(pending, round_number, params.seed):
-                    number, statuses = trials.setdefault(point.key, (writer.n_points, []))
-                    run = shared.measure(point, clock, first_trial=not statuses)
-                    new = point_records(number, _record_keys(params, point), run, trial=len(statuses))
-                    statuses.append(run.status)
-                    finished, said = rule.verdict(pd.concat([_records_of(writer, trials, point), new]), statuses)
-                    if finished:
-                        finished_now.add(point.key)
-                    if said:  # the stop rule's word goes with the trial that ended the point
-                        new["note"] = "; ".join(filter(None, [run.error, said]))
-                    records = writer.add_records(new)
-                    if run.samples is not None:
-                        writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
-                    summary = summary_table(records, writer.accuracy, usd_per_hour, ceilings)
-                    writer.write_summary(summary)
-                    row = summary.iloc[sorted(set(records["point"])).index(number)]
-                    report(row, run, trial=len(statuses) if rule.rounds_after_the_first else None, finished=finished)
-                    interrupts.check()
-                pending = [point for point in pending if point.key not in finished_now]
+            if params.rate_search is None:
+                sweep.measure(block)
+            else:
+                for configuration in block:
+                    sweep.search(configuration)
+        summary = sweep.summary
         shared.release()
         if summary is None:  # a resume that found every point done: the summary is rewritten all the same
             summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
             writer.write_summary(summary)
         knee_table = knees(summary)
         writer.write_knees(knee_table)
+        env[FINISHED] = True  # a rate search's number of points is known only now
+        writer.write_env(env)
     return SweepResult(Path(out_dir), summary, knee_table)
+
+
+class _Sweep:
+    """Measuring points: their trials in rounds (benchlib.measure.trials), each written as it ends."""
+
+    def __init__(self, params: Params, writer: RunWriter, shared: _Shared, rule: StopRule, report: Progress,
+                 interrupts: Interrupts, clock: Clock, usd_per_hour: float, ceilings: Ceilings) -> None:
+        self.params, self.writer, self.shared, self.rule = params, writer, shared, rule
+        self.report, self.interrupts, self.clock = report, interrupts, clock
+        self.usd_per_hour, self.ceilings = usd_per_hour, ceilings
+        self.trials = writer.trials()  # grid key -> (point number, each trial's status)
+        self.summary: pd.DataFrame | None = None
+
+    def measure(self, points: list[GridPoint]) -> None:
+        """Every trial the stop rule asks of `points` (one block), interleaved in rounds."""
+        pending = []
+        for point in points:
+            if self.rule.verdict(self._records_of(point), self.trials.get(point.key, (0, []))[1])[0]:
+                self.report.skip()
+            else:
+                pending.append(point)
+        for round_number in itertools.count():
+            if not pending:
+                break
+            finished_now = set()
+            for point in trial_order(pending, round_number, self.params.seed):
+                if self._trial(point):
+                    finished_now.add(point.key)
+            pending = [point for point in pending if point.key not in finished_now]
+
+    def _trial(self, point: GridPoint) -> bool:
+        """Measure one trial of `point` and write it; whether the point is finished."""
+        writer, rule = self.writer, self.rule
+        number, statuses = self.trials.setdefault(point.key, (writer.n_points, []))
+        run = self.shared.measure(point, self.clock, trial=len(statuses))
+        new = point_records(number, _record_keys(self.params, point), run, trial=len(statuses))
+        statuses.append(run.status)
+        finished, said = rule.verdict(pd.concat([self._records_of(point), new]), statuses)
+        if said:  # the stop rule's word goes with the trial that ended the point
+            new["note"] = "; ".join(filter(None, [run.error, said]))
+        records = writer.add_records(new)
+        if run.samples is not None:
+            writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
+        self.summary = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
+        writer.write_summary(self.summary)
+        self.report(self.row_of(point), run, trial=len(statuses) if rule.rounds_after_the_first else None,
+                    finished=finished)
+        self.interrupts.check()
+        return finished
+
+    def row_of(self, point: GridPoint) -> pd.Series:
+        """The point's summary row (the summary is brought up to date first when a resume measured nothing)."""
+        if self.summary is None:
+            self.summary = summary_table(self.writer.records, self.writer.accuracy, self.usd_per_hour,
+                                         self.ceilings)
+        numbers = sorted(set(self.writer.records["point"]))
+        return self.summary.iloc[numbers.index(self.trials[point.key][0])]
+
+    def search(self, configuration: GridPoint) -> SearchResult:
+        """The rate search of one configuration: each probe is a point, measured in full (all its
+        trials back to back) before the search decides where to go next. A resumed search replays
+        the probes it already measured."""
+        spec = self.params.rate_search
+        assert spec is not None  # only called for a rate search
+
+        def probe(rate: float) -> bool:
+            point = replace(configuration, rate_per_s=rate)
+            self.measure([point])
+            return meets_budget(self.row_of(point), spec.latency_budget_ms, spec.percentile)
+
+        result = search_rate(probe, spec.start_per_s, spec.tolerance_pct, spec.max_probes, MAX_RATE_PER_S)
+        self.report.forgo(spec.max_probes - len(result.probes))
+        self.report.say(f"rate search {configuration.model.label} {configuration.precision.name} "
+                        f"{configuration.runtime} batch {configuration.batch_size} x{configuration.threads} "
+                        f"merge {configuration.max_batch_size}: {result.reason}")
+        return result
+
+    def _records_of(self, point: GridPoint) -> pd.DataFrame:
+        """The records a point has so far (none for a point not measured yet)."""
+        records = self.writer.records
+        if point.key not in self.trials:
+            return records.iloc[0:0]
+        return records[records["point"] == self.trials[point.key][0]]
 
 
 def _device_ceilings(device: torch.device, params: Params, precisions: list[Precision],
@@ -226,21 +309,14 @@ def _device_ceilings(device: torch.device, params: Params, precisions: list[Prec
     return env
 
 
-def _check_no_strangers(writer: RunWriter, points: list[GridPoint]) -> None:
-    """Every point a resumed run already has must still be a point of the grid."""
-    strangers = set(writer.trials()) - {point.key for point in points}
+def _check_no_strangers(writer: RunWriter, points: list[GridPoint], searched: bool) -> None:
+    """Every point a resumed run already has must still be a point of the grid (with a rate search,
+    of one of its configurations, at any rate)."""
+    known = {point.key[:-1] if searched else point.key for point in points}
+    strangers = {key for key in writer.trials() if (key[:-1] if searched else key) not in known}
     if strangers:  # e.g. default labels that changed with the code: the points would be measured twice
         raise InputError(f"{writer.out_dir} holds points this grid does not have ({sorted(map(str, strangers))[:3]} "
                          "...), so resuming would measure them twice under other names; start a new run")
-
-
-def _records_of(writer: RunWriter, trials: dict[tuple[Any, ...], tuple[int, list[str]]],
-                point: GridPoint) -> pd.DataFrame:
-    """The records a point has so far (none for a point not measured yet)."""
-    if point.key not in trials:
-        return writer.records.iloc[0:0]
-    records = writer.records
-    return records[records["point"] == trials[point.key][0]]
 
 
 def _price_record(params: Params, prices: dict[str, Price], usd_per_hour: float) -> dict[str, Any]:
@@ -260,6 +336,9 @@ def _record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
         "runtime": point.runtime,
         "batch_size": point.batch_size,
         "threads": point.threads,
+        "max_batch_size": point.max_batch_size,
+        "arrival": point.arrival,
+        "offered_rate_per_s": math.nan if point.rate_per_s is None else point.rate_per_s,
     }
 
 
@@ -334,11 +413,11 @@ class _Shared:
         else:
             env["telemetry"] = {"energy_method": None, "energy_note": "telemetry: false in the params"}
 
-    def measure(self, point: GridPoint, clock: Clock, first_trial: bool = True) -> PointRun:
+    def measure(self, point: GridPoint, clock: Clock, trial: int = 0) -> PointRun:
         """Measure one trial of a point, or say why it was not: out of memory now, or infeasible after an
         earlier one (only before its first trial: a batch that ran is feasible), or a runtime that cannot run it."""
         limit = self.oom_batch.get(point.key[:3])
-        if limit is not None and point.batch_size > limit and first_trial:
+        if limit is not None and point.batch_size > limit and trial == 0:
             return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
         if point.model.label in self.model_oom:
             return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
@@ -362,32 +441,40 @@ class _Shared:
             if reason:
                 return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
             # Text is timed with padding, as tokenised text comes: every runtime then takes the
-            # same (masked) attention path, eager's all-ones shortcut included.
-            inputs = self.inputs.get((point.model.label, point.precision.name, point.batch_size),
-                                     lambda: workload.inputs(point.batch_size, self.params.seed, padded=True))
-            artifact = self.artifact.get(point.key[:-1], lambda: self._prepare(runtime, workload, inputs, point))
-            if artifact.prepared is None:
-                return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported, prepare_s=artifact.prepare_s)
-            prepared = artifact.prepared
+            # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
+            # needs every merged batch size's inputs and artifact, resident before its window.
+            ready = {}
+            for batch in point.merged_batch_sizes:
+                inputs = self.inputs.get((point.model.label, point.precision.name, batch),
+                                         lambda b=batch: workload.inputs(b, self.params.seed, padded=True))
+                artifact = self.artifact.get((*point.key[:3], batch), lambda b=batch, i=inputs: self._prepare(
+                    runtime, workload, i, point, b))
+                if artifact.prepared is None:
+                    return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported,
+                                    prepare_s=artifact.prepare_s)
+                ready[batch // point.batch_size] = (inputs, artifact)
+            prepare_s = sum(artifact.prepare_s for _, artifact in ready.values())
             # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
             sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
             started = clock()
             with PeakMemory(self.device) as memory, sampler:
                 try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                    clients = workload.client_factory(inputs, point.threads, prepared)
+                    clients = {k: workload.client_factory(inputs, point.threads, artifact.prepared)
+                               for k, (inputs, artifact) in ready.items()}
                 except Exception as exc:  # a client that cannot be prepared: the point cannot run here
                     if is_out_of_memory(exc):
                         raise
-                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=artifact.prepare_s,
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
                                     error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
-                run = run_point(clients, threads=point.threads,
-                                warmup_requests=self.params.warmup_requests, duration_s=self.params.duration_s,
-                                min_requests=self.params.min_requests, clock=clock)
+                run = self._run(point, clients, trial, clock)
             run.trial_s = clock() - started
-            run.prepare_s = artifact.prepare_s
-            late = prepared.check_window() if prepared.check_window else None
+            run.prepare_s = prepare_s
+            said = []  # what each artifact says of itself (its notes, a recompile in the window), once
+            for _, artifact in ready.values():
+                prepared = artifact.prepared
+                said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
             flops = self.flops[point.model.label]
-            run.error = "; ".join(filter(None, [run.error, *prepared.notes, late, flops.note]))
+            run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
             if run.status == STATUS_OK:
                 self._add_measures(run, point, flops, memory, sampler if self.telemetry else None)
         except (RuntimeError, MemoryError) as exc:
@@ -397,6 +484,17 @@ class _Shared:
         if run.status == STATUS_OOM:
             self._out_of_memory(point)
         return run
+
+    def _run(self, point: GridPoint, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
+        """One trial's requests: closed-loop clients, or an open-loop schedule served by workers."""
+        params = self.params
+        if point.rate_per_s is None:
+            return run_point(clients[1], threads=point.threads, warmup_requests=params.warmup_requests,
+                             duration_s=params.duration_s, min_requests=params.min_requests, clock=clock)
+        schedule = arrival_times(point.arrival, point.rate_per_s, params.warmup_requests * point.threads,
+                                 params.duration_s, params.min_requests, params.seed, trial)
+        load = Load(schedule, point.max_batch_size, params.max_queue_delay_ms / 1e3, params.duration_s)
+        return serve_point(clients, point.threads, load, clock=clock)
 
     def start_block(self) -> None:
         """A new model, precision and runtime: the previous block's inputs and artifacts go."""
@@ -484,7 +582,8 @@ class _Shared:
         self.writer.write_env(self.env)
         return loaded
 
-    def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint) -> _Artifact:
+    def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint,
+                 batch_size: int) -> _Artifact:
         """Prepare (timed as prepare_s, never in a window), then hold the artifact to the gate."""
         started = time.perf_counter()
         try:
@@ -502,30 +601,31 @@ class _Shared:
         prepare_s = time.perf_counter() - started
         if point.runtime != REFERENCE_RUNTIME and not self.writer.has_accuracy(
                 model=point.model.label, precision=point.precision.name, runtime=point.runtime,
-                batch_size=point.batch_size):
+                batch_size=batch_size):
             try:
-                self.writer.add_accuracy(self._gate_row(workload, prepared, point))
+                self.writer.add_accuracy(self._gate_row(workload, prepared, point, batch_size))
             except Exception as exc:  # noqa: BLE001 - a gate that cannot run fails; the sweep goes on
                 if is_out_of_memory(exc):
                     release_memory(self.device)
                 note = "out of memory" if is_out_of_memory(exc) else first_line(exc)
-                self.writer.add_accuracy({**self._accuracy_keys(workload, point.runtime, point.batch_size,
+                self.writer.add_accuracy({**self._accuracy_keys(workload, point.runtime, batch_size,
                                                                  REFERENCE_EAGER),
                                           "gate": GATE_FAIL, "status": f"not checked: {note}"})
         return _Artifact(prepared, prepare_s)
 
-    def _gate_row(self, workload: Workload, prepared: Prepared, point: GridPoint) -> dict[str, Any]:
+    def _gate_row(self, workload: Workload, prepared: Prepared, point: GridPoint,
+                  batch_size: int) -> dict[str, Any]:
         """The runtime's outputs against eager at the same precision, on padded inputs of the artifact's
         batch size: ceil(accuracy_samples / batch size) batches, so each artifact is checked as it runs."""
-        batches = [workload.inputs(point.batch_size, self.params.seed + 1 + k, padded=True)
-                   for k in range(math.ceil(self.params.accuracy_samples / point.batch_size))]
+        batches = [workload.inputs(batch_size, self.params.seed + 1 + k, padded=True)
+                   for k in range(math.ceil(self.params.accuracy_samples / batch_size))]
         tolerance = gate_tolerance(point.precision.dtype, self.params.matmul_precision,
                                    self.params.accuracy_tolerance)
-        row = {**self._accuracy_keys(workload, point.runtime, point.batch_size, REFERENCE_EAGER),
+        row = {**self._accuracy_keys(workload, point.runtime, batch_size, REFERENCE_EAGER),
                "tolerance": tolerance}
-        if point.batch_size not in self.gate_references:
-            self.gate_references[point.batch_size] = _outputs(workload, workload.forward, batches, "highest")
-        reference = self.gate_references[point.batch_size]
+        if batch_size not in self.gate_references:
+            self.gate_references[batch_size] = _outputs(workload, workload.forward, batches, "highest")
+        reference = self.gate_references[batch_size]
         candidate = _outputs(workload, prepared.call, batches, self.params.matmul_precision)
         agreement = compare_outputs(reference, candidate)
         return {**row, **agreement.as_row(), "gate": GATE_PASS if gate(agreement, tolerance) else GATE_FAIL,

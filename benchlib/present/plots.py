@@ -14,12 +14,38 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+from benchlib.derive.cost import is_open_loop, with_runtime
 
-from benchlib.derive.cost import with_runtime
-from benchlib.vocabulary import DEFAULT_PERCENTILE, PERCENTILE_NAMES, STATUS_OK, latency_column
+from benchlib.results import with_load_keys
+from benchlib.vocabulary import (
+    DEFAULT_LATENCY_BUDGET_MS,
+    DEFAULT_PERCENTILE,
+    PERCENTILE_NAMES,
+    STATUS_OK,
+    STATUS_OVERLOADED,
+    latency_column,
+)
 
-def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """One legend label per curve, e.g. ``g5.4xlarge · amp · 2 threads``; blank parts left out."""
+
+def _counted(value: float, noun: str) -> str:
+    return f"{int(value)} {noun}{'s' if int(value) != 1 else ''}"
+
+
+#: How a legend names a value of a column (others show as they are).
+LABEL_FORMATS = {
+    "threads": lambda v: _counted(v, "thread"),
+    "batch_size": lambda v: f"batch {int(v)}",
+    "max_batch_size": lambda v: "no merging" if int(v) == 1 else f"merge up to {int(v)}",
+}
+
+
+def curve_labels(summary: pd.DataFrame, columns: Sequence[str], thread_noun: str = "thread") -> pd.Series:
+    """One legend label per curve, e.g. ``g5.4xlarge · amp · 2 threads``; blank parts left out.
+
+    `thread_noun` names what `threads` counts: client threads, or in open loop server workers.
+    """
+    formats = {**LABEL_FORMATS, "threads": lambda v: _counted(v, thread_noun)}
 
     def label(row: pd.Series) -> str:
         parts = []
@@ -27,7 +53,7 @@ def curve_labels(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
             value = row[column]
             if pd.isna(value):
                 continue
-            parts.append(f"{int(value)} thread{'s' if int(value) != 1 else ''}" if column == "threads" else str(value))
+            parts.append(formats[column](value) if column in formats else str(value))
         return " · ".join(parts)
 
     return summary.apply(label, axis=1) if len(summary) else pd.Series(dtype=str)
@@ -75,8 +101,13 @@ def _batch_axis(ax: plt.Axes, batches: Sequence[int]) -> None:
 
 
 def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], dict]:
-    """Points that ran, each with its curve's label, the label columns and a colour per curve."""
+    """Closed-loop points that ran, each with its curve's label, the label columns and a colour per curve.
+
+    Open-loop points are left out: their throughput is the offered traffic, not what the
+    configuration can do (they have their own chart, :func:`latency_vs_load`).
+    """
     summary = with_runtime(summary)  # runs from before runtimes, mixed with newer ones: eager
+    summary = summary[~is_open_loop(summary)]
     data = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
     columns = list(curves or varying(summary))
     data = data.assign(curve=curve_labels(data, columns)).sort_values("batch_size")
@@ -108,7 +139,7 @@ def throughput_vs_latency(summary: pd.DataFrame, percentile: str = DEFAULT_PERCE
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         if subset.empty:
-            _empty(ax, f"no point has a known {PERCENTILE_NAMES[percentile]}")
+            _empty(ax, _only_open_loop(summary, model) or f"no point has a known {PERCENTILE_NAMES[percentile]}")
     _legend(fig, axes)
     fig.suptitle(f"Throughput vs {PERCENTILE_NAMES[percentile]} latency (labels: batch size)")
     return fig
@@ -201,19 +232,84 @@ def _metric_vs_batch(summary: pd.DataFrame, column: str, ylabel: str, title: str
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if subset.empty:
-            _empty(ax, empty)
+            _empty(ax, _only_open_loop(summary, model) or empty)
     _legend(fig, axes)
     fig.suptitle(title)
     return fig
+
+
+#: The columns that define an open-loop configuration, one line each in :func:`latency_vs_load`.
+LOAD_CURVE_COLUMNS: tuple[str, ...] = ("instance", "precision", "runtime", "batch_size", "threads", "max_batch_size")
+
+
+def latency_vs_load(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
+                    latency_budget_ms: float | None = DEFAULT_LATENCY_BUDGET_MS,
+                    curves: Sequence[str] | None = None) -> Figure | None:
+    """A latency percentile against the offered rate, one line per open-loop configuration
+    (instance, precision, runtime, batch size, server workers, most requests merged), with the
+    budget as a dashed horizontal line; a panel per model.
+
+    Overloaded points (the server fell behind the offered rate: not steady state) are drawn
+    as an x, on the line. The latency axis is logarithmic, so the budget, the flat part and an
+    overloaded point seconds away stay on one chart; so is the rate axis, so rates from
+    instances an order of magnitude apart (or a search's doublings) spread evenly. None when no open-loop point has a known
+    percentile (a closed-loop run has nothing to show here).
+    """
+    latency = latency_column(percentile)
+    summary = with_runtime(with_load_keys(summary))
+    measured = summary["status"].isin([STATUS_OK, STATUS_OVERLOADED])
+    data = summary[is_open_loop(summary) & measured].dropna(subset=[latency, "offered_rate_per_s"])
+    if data.empty:
+        return None
+    columns = list(curves or varying(data, LOAD_CURVE_COLUMNS))
+    data = data.assign(curve=curve_labels(data, columns, thread_noun="worker")).sort_values("offered_rate_per_s")
+    names = sorted(data["curve"].unique())
+    palette = dict(zip(names, sns.color_palette("colorblind", len(names))))
+    fig, axes, models = _panels(data)
+    fig.set_figwidth(fig.get_figwidth() + 3.0)  # room for the configurations' longer legend labels
+    name = PERCENTILE_NAMES[percentile]
+    for ax, model in zip(axes[0], models):
+        subset = data[data["model"] == model]
+        for curve, points in subset.groupby("curve", sort=True):
+            ax.plot(points["offered_rate_per_s"], points[latency], marker="o", color=palette[curve], label=curve)
+            over = points[points["status"] == STATUS_OVERLOADED]
+            if len(over):  # an x over the dot: the point is on its line, but not steady state
+                ax.scatter(over["offered_rate_per_s"], over[latency], marker="X", s=90, color=palette[curve],
+                           edgecolors="white", linewidths=0.8, zorder=3)
+        if latency_budget_ms is not None:
+            ax.axhline(latency_budget_ms, color="0.25", linestyle="--", linewidth=1.2,
+                       label=f"budget: {name} ≤ {latency_budget_ms:g} ms")
+        if (subset["status"] == STATUS_OVERLOADED).any():
+            ax.scatter([], [], marker="X", s=90, color="0.4", label="overloaded (not steady state)")
+        ax.set_title(model)
+        ax.set_xlabel("offered rate (requests/s, log scale)")
+        ax.set_ylabel(f"{name} latency (ms, log scale)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers on the log axes: 50, 100, 200
+            axis.set_major_formatter(ScalarFormatter())
+            axis.get_major_formatter().set_scientific(False)
+        ax.grid(alpha=0.3, which="both")
+    _legend(fig, axes)
+    fig.suptitle(f"{name} latency vs offered load")  # the legend says what the dashed line and an X are
+    return fig
+
+
+def _only_open_loop(summary: pd.DataFrame, model: str) -> str:
+    """What an empty batch-size panel says when the model's points were all open loop (else nothing)."""
+    points = summary[summary["model"] == model]
+    if len(points) and is_open_loop(points).all():
+        return "open-loop points only:\nsee latency vs offered load"
+    return ""
 
 
 def _empty(ax: plt.Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def save(fig: Figure, directory: str | Path | None, name: str) -> Path | None:
-    """Write the figure as PNG into `directory` (nothing when it is None)."""
-    if directory is None:
+def save(fig: Figure | None, directory: str | Path | None, name: str) -> Path | None:
+    """Write the figure as PNG into `directory` (nothing when it is None, or when there is no figure)."""
+    if directory is None or fig is None:
         return None
     path = Path(directory) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

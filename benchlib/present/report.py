@@ -14,12 +14,14 @@ from typing import Any
 import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
+from benchlib.derive.cost import eligible, is_open_loop, with_runtime
 
-from benchlib.derive.cost import eligible, with_runtime
+from benchlib.results import with_load_keys
 from benchlib.errors import InputError
 from benchlib.params import RUNTIMES, parse_params
-from benchlib.results import ENV, PARAMS, find_runs, read_env, read_summary
+from benchlib.results import ENV, PARAMS, find_runs, measured_everything, read_env, read_summary
 from benchlib.vocabulary import (
+    ARRIVAL_CLOSED,
     DEFAULT_PERCENTILE,
     EFFICIENCY_COLUMNS,
     GATE_FAIL,
@@ -28,6 +30,7 @@ from benchlib.vocabulary import (
     REQUIRED_SUMMARY_COLUMNS,
     STATUS_OK,
     STATUS_OOM,
+    STATUS_OVERLOADED,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
     latency_column,
@@ -41,6 +44,23 @@ RUNTIME_NOT_RECORDED = "not recorded"
 GIB = 2**30
 #: Columns of sentences: tables give them room to read as lines.
 PROSE_COLUMNS = ("Notes", "No knee because", "Interval note", "Nothing qualifies because")
+
+
+# --- closed and open loop ---------------------------------------------------------
+
+
+def has_open_loop(summary: pd.DataFrame) -> bool:
+    """Whether any point of `summary` was offered open-loop load (the serving sections then show)."""
+    return bool(is_open_loop(summary).any())
+
+
+def closed_loop(summary: pd.DataFrame) -> pd.DataFrame:
+    """The closed-loop points: what the batch-size tables, knees and the first recommendation compare.
+
+    An open-loop point's throughput is the traffic it was offered, not what its configuration can
+    do, so it would read as a slow point there; the serving tables judge it instead.
+    """
+    return summary[~is_open_loop(summary)]
 
 
 #: The Runs table's columns.
@@ -81,7 +101,7 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     missing = REQUIRED_SUMMARY_COLUMNS - set(summary.columns)
     if missing:
         raise ValueError(f"summary.csv lacks {sorted(missing)}")
-    return summary, env
+    return with_load_keys(summary), env
 
 
 def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -89,12 +109,14 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     summary, env = read_run(run_dir)
     if (run_dir / PARAMS).is_file():
         try:
-            expected = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8"))).grid_size
+            params = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8")))
         except (InputError, yaml.YAMLError) as exc:
             raise ValueError(f"params.yaml is not valid ({str(exc).splitlines()[0]})") from None
-        if len(summary) < expected:
-            raise ValueError(f"partial: {len(summary)} of {expected} points; finish it with "
-                             "`benchlib run --resume` (or `benchlib bench --resume`)")
+        if not measured_everything(len(summary), params.grid_size, params.rate_search is not None, env):
+            measured = (f"a rate search that did not finish ({len(summary)} probes so far)"
+                        if params.rate_search is not None else f"{len(summary)} of {params.grid_size} points")
+            raise ValueError(f"partial: {measured}; finish it with `benchlib run --resume` (or `benchlib bench "
+                             "--resume`)")
     if summary["instance"].nunique() != 1 or summary["instance"].iloc[0] != run_dir.parent.name:
         raise ValueError(f"its summary's instance {sorted(set(summary['instance']))} is not the folder's "
                          f"{run_dir.parent.name!r}")
@@ -126,8 +148,10 @@ def load_runs(root: str | Path) -> Runs:
             "Run": run_dir.name,
             "Device": env.get("device_name", ""),
             "torch": env.get("torch", "–"),
+            "Load": load_description(summary),
             "Points": len(summary),
-            "Measured": int((summary["status"] == STATUS_OK).sum()),
+            "Measured": int(summary["status"].isin([STATUS_OK, STATUS_OVERLOADED]).sum()),
+            "Overloaded": int((summary["status"] == STATUS_OVERLOADED).sum()),
             "Folder": str(run_dir),
         })
     if not summaries:
@@ -137,8 +161,28 @@ def load_runs(root: str | Path) -> Runs:
     newest = runs.groupby("Instance")["Run"].transform("max")
     runs["Compared"] = [COMPARED if run == last else f"no: older (the newest is {last})"
                         for run, last in zip(runs["Run"], newest)]
-    return Runs(runs[RUN_COLUMNS], pd.concat(summaries, ignore_index=True), tuple(skipped),
-                pd.DataFrame(unusable, columns=RUN_COLUMNS))
+    merged = pd.concat(summaries, ignore_index=True)
+    # How the load was offered, and how many points fell behind it, only where some run was open loop.
+    columns = RUN_COLUMNS if not has_open_loop(merged) else [
+        *RUN_COLUMNS[:RUN_COLUMNS.index("Points")], "Load", "Points", "Measured", "Overloaded", "Folder"]
+    return Runs(runs[columns], merged, tuple(skipped), pd.DataFrame(unusable, columns=columns))
+
+
+def load_description(summary: pd.DataFrame) -> str:
+    """How a run offered its load: ``closed``, or e.g. ``poisson, 3 rates 50–200/s``."""
+    parts = []
+    if (~is_open_loop(summary)).any():
+        parts.append(ARRIVAL_CLOSED)
+    points = summary[is_open_loop(summary)]
+    for arrival, rows in points.groupby("arrival", sort=True):
+        rates = rows["offered_rate_per_s"].dropna().unique()
+        if len(rates) == 0:
+            parts.append(str(arrival))
+        elif len(rates) == 1:
+            parts.append(f"{arrival}, {rates[0]:g}/s")
+        else:
+            parts.append(f"{arrival}, {len(rates)} rates {min(rates):g}–{max(rates):g}/s")
+    return "; ".join(parts)
 
 
 def runs_table(runs: Runs) -> pd.DataFrame:
@@ -173,7 +217,7 @@ def best_threads(summary: pd.DataFrame) -> pd.DataFrame:
 
     A summary without a `runtime` column (runs from before runtimes) groups as before.
     """
-    summary = with_runtime(summary)
+    summary = with_runtime(closed_loop(summary))
     ok = summary[summary["status"] == STATUS_OK].copy()
     ok["_rank"] = ok["throughput_per_s"].fillna(-1)
     keys = [k for k in ["instance", "model", "batch_size", "precision", "runtime"] if k in ok.columns]
@@ -204,8 +248,11 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
     each instance over `baseline` (baseline $/M over its $/M; default: the cheapest
     instance per hour, as the study priced G5 against G4dn). When points of several
     runtimes ran, the index gains Runtime: each instance is compared at the same runtime.
+    Closed-loop points only (see :func:`closed_loop`): open-loop points alone give an empty table.
     """
     best = best_threads(summary)
+    if best.empty:
+        return pd.DataFrame()
     index, levels = ["model", "batch_size", "precision"], ["Model", "Batch size", "Precision"]
     if several_runtimes(best):
         index, levels = [*index, "runtime"], [*levels, "Runtime"]
@@ -254,7 +301,12 @@ def best_runtimes(summary: pd.DataFrame, reference: str = REFERENCE_RUNTIME,
     A summary without a `runtime` column (the study's published runs, runs from before
     runtimes) does not say which runtime ran: its best runtime reads ``not recorded`` and
     its speed-ups are empty. Within a summary that has the column, a missing runtime is eager.
+
+    Closed-loop points only (see :func:`closed_loop`): open-loop points alone give an empty table.
     """
+    summary = closed_loop(summary)
+    if summary.empty:
+        return pd.DataFrame()
     if "runtime" in summary.columns:
         summary = with_runtime(summary)
     else:
@@ -326,7 +378,8 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     """
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
-               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "requests": "{:.0f}", "trials": "{:.0f}",
+               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "(requests/s)": "{:,.1f}",
+               "(requests per batch)": "{:.2f}", "requests": "{:.0f}", "trials": "{:.0f}", "workers": "{:.0f}",
                "(s)": "{:,.2f}",
                "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
                "(j)": "{:.3g}"}
@@ -354,6 +407,9 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
     and each point's runtime, its preparation time and its accuracy gate (where the summary has them).
 
     The gate of an eager point reads ``reference``: eager is what the other runtimes are checked against.
+    Where some point was open loop, the table also says how its load was offered (arrival, most
+    requests merged, offered and achieved rate, mean merged batch), how long requests queued, how
+    late the generator was and how many requests were dropped; a closed-loop run's table is as before.
     """
     table = pd.DataFrame({
         "Model": summary["model"],
@@ -361,20 +417,38 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
     })
     if "runtime" in summary.columns:
         table["Runtime"] = with_runtime(summary)["runtime"]
+    open_loop = has_open_loop(summary)
     table = table.assign(**{
         "Batch size": summary["batch_size"],
-        "Client threads": summary["threads"],
+        # open loop: server workers taking requests from one queue
+        ("Client threads or server workers" if open_loop else "Client threads"): summary["threads"],
+    })
+    if open_loop:  # how the load was offered, only where some point was open loop
+        served = with_load_keys(summary)
+        table = table.assign(**{
+            "Arrival": served["arrival"],
+            "Merged requests at most": served["max_batch_size"],
+            "Offered rate (requests/s)": served["offered_rate_per_s"],
+            "Achieved rate (requests/s)": served.get("achieved_rate_per_s"),
+            "Mean merged (requests per batch)": served.get("mean_merged_batch"),
+        })
+    table = table.assign(**{
         "Throughput (inferences/s)": summary["throughput_per_s"],
         "Throughput 95% CI low (inferences/s)": summary.get("throughput_ci_low_per_s"),
         "Throughput 95% CI high (inferences/s)": summary.get("throughput_ci_high_per_s"),
     })
     for p in percentile_columns:
         table[f"{PERCENTILE_NAMES[p]} latency (ms)"] = summary.get(latency_column(p))
+    if open_loop:  # of the latency, how much was waiting in the queue; how late the generator was
+        table["P50 queue wait (ms)"] = summary.get("queue_p50_ms")
+        table["P99 queue wait (ms)"] = summary.get("queue_p99_ms")
+        table["Generator lag P99 (ms)"] = summary.get("generator_lag_p99_ms")
+        table["Dropped requests"] = summary.get("n_dropped")
     table["$ per million inferences"] = summary.get("usd_per_million")
     if "prepare_s" in summary.columns:
         table["Prepare (s)"] = summary["prepare_s"]
     if "accuracy_gate" in summary.columns:
-        gate = summary["accuracy_gate"].fillna("").astype(str)
+        gate = summary["accuracy_gate"].astype(object).fillna("").astype(str)
         if "runtime" in summary.columns:
             gate = gate.where(with_runtime(summary)["runtime"] != REFERENCE_RUNTIME, "reference")
         table["Accuracy gate"] = gate
@@ -515,3 +589,175 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
             rows.append((f"FLOPs per inference of {label}",
                          f"{flops / 1e9:,.3f} GFLOP ({model['flops_source']})" if flops else model["flops_source"]))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+# --- serving: open-loop load -------------------------------------------------------------------
+
+
+def serving_note(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE) -> str:
+    """One line on what the serving sections show: the open-loop points and the budget they are held to,
+    or that there are none (a closed-loop run), and how to measure them."""
+    points = summary[is_open_loop(summary)]
+    if points.empty:
+        return ("No open-loop points: these runs offered closed-loop load only, so the serving sections show "
+                "nothing. To measure serving under traffic, set `arrival: poisson` and `rates_per_s` (or "
+                "`rate_search`) in the params file.")
+    served = with_load_keys(points)
+    configurations = served.drop_duplicates(
+        [k for k in ["instance", "model", "precision", "runtime", "batch_size", "threads", "max_batch_size"]
+         if k in served.columns])
+    overloaded = int((served["status"] == STATUS_OVERLOADED).sum())
+    return (f"{len(served)} open-loop points ({load_description(served)}) of {len(configurations)} "
+            f"configuration(s), {overloaded} overloaded; budget: {PERCENTILE_NAMES[percentile]} <= "
+            f"{latency_budget_ms:g} ms.")
+
+
+def _serving_keys(table: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """The configuration columns a serving table shows: instance, model, precision, then the
+    runtime and the arrival process only where the summary has more than one."""
+    keys = [("instance", "Instance"), ("model", "Model"), ("precision", "Precision")]
+    if several_runtimes(summary):
+        keys.append(("runtime", "Runtime"))
+    if "arrival" in summary.columns and summary.loc[is_open_loop(summary), "arrival"].nunique() > 1:
+        keys.append(("arrival", "Arrival"))
+    return [(column, name) for column, name in keys if column in table.columns]
+
+
+def max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
+    """Per instance and open-loop configuration, the highest offered rate whose latency percentile met
+    the budget (see `benchlib.derive.serving.max_rate_table`), in readable units.
+
+    The capacity lies in the bracket [**Max rate within budget**, **Next rate tried**): the
+    lowest rate above it that missed the budget (empty where none did). The latency, its
+    95 % interval's upper end, the throughput and $ per million are the ones measured at the
+    max rate; $ per million is priced at the rate achieved there. A configuration that met the
+    budget at no rate has empty figures and says why. Empty (no columns) without open-loop points.
+    """
+    from benchlib.derive.serving import max_rate_table
+
+    if not has_open_loop(summary):
+        return pd.DataFrame()
+    table = _with_notes(max_rate_table(with_load_keys(summary), latency_budget_ms, percentile))
+    name = PERCENTILE_NAMES[percentile]
+    columns = dict(_serving_keys(table, summary))
+    columns.update({
+        "batch_size": "Batch size", "threads": "Server workers", "max_batch_size": "Merged requests at most",
+        "offered_rate_per_s": "Max rate within budget (requests/s)",
+        "next_rate_per_s": "Next rate tried, over budget (requests/s)",
+        "achieved_rate_per_s": "Achieved there (requests/s)",
+        "throughput_per_s": "Throughput there (inferences/s)",
+        "latency_ms": f"{name} latency there (ms)",
+        "latency_ci_high_ms": f"{name} 95% CI high there (ms)",
+        "usd_per_million": "$ per million inferences there",
+        "rates_tried": "Rates tried",
+        "notes": "Notes",
+    })
+    return table[[c for c in columns if c in table.columns]].rename(columns=columns).reset_index(drop=True)
+
+
+def _with_notes(table: pd.DataFrame) -> pd.DataFrame:
+    """max_rate_table's rows with one `notes`: why no rate met the budget, and what else it noted."""
+    parts = [table[c].fillna("").astype(str) for c in ("reason", "note") if c in table.columns]
+    return table.assign(notes=["; ".join(text for text in texts if text) for texts in zip(*parts)]
+                        if parts else "")
+
+
+#: The rows of the batching comparison, in the order shown.
+NO_BATCHING, CLIENT_BATCHING, SERVER_BATCHING = "none", "client-side", "server-side"
+
+
+def batching_comparison(summary: pd.DataFrame, latency_budget_ms: float,
+                        percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
+    """Dynamic (server-side) batching beside client-side batching, where both were run.
+
+    Per instance, model, precision, runtime and number of server workers that has both
+    client-side batches (`batch_size` b > 1, no merging: `max_batch_size` 1) and server-side
+    merging of single requests (`batch_size` 1, `max_batch_size` k > 1), a row for each of
+    them, and for batch 1 without merging where it ran: the highest load within the budget
+    in inferences/s (max offered rate x batch size), the mean number of requests merged per
+    batch there, the latency there and $ per million there. Configurations that batch on both
+    sides are left out. Empty (no columns) where no such pair was run.
+    """
+    from benchlib.derive.serving import max_rate_table
+
+    if not has_open_loop(summary):
+        return pd.DataFrame()
+    summary = with_load_keys(with_runtime(summary))
+    table = _with_notes(max_rate_table(summary, latency_budget_ms, percentile))
+    if table.empty:
+        return pd.DataFrame()
+    table = with_runtime(table)
+    batch, merged = table["batch_size"].astype(int), table["max_batch_size"].astype(int)
+    kind = pd.Series(None, index=table.index, dtype=object)
+    kind[(batch == 1) & (merged == 1)] = NO_BATCHING
+    kind[(batch > 1) & (merged == 1)] = CLIENT_BATCHING
+    kind[(batch == 1) & (merged > 1)] = SERVER_BATCHING
+    table = table.assign(_kind=kind).dropna(subset=["_kind"])
+    group = [k for k in ["instance", "model", "precision", "runtime", "threads", "arrival"] if k in table.columns]
+    both = table.groupby(group, dropna=False)["_kind"].transform(
+        lambda kinds: {CLIENT_BATCHING, SERVER_BATCHING} <= set(kinds))
+    table = table[both.astype(bool)]
+    if table.empty:
+        return pd.DataFrame()
+    table = _with_merged_batch(table, summary)
+    order = {NO_BATCHING: 0, CLIENT_BATCHING: 1, SERVER_BATCHING: 2}
+    table = table.assign(_order=table["_kind"].map(order), _size=batch[table.index] * merged[table.index])
+    table = table.sort_values([*group, "_order", "_size"], kind="stable")
+    label = {NO_BATCHING: lambda b, k: "none: batch 1, one request per batch",
+             CLIENT_BATCHING: lambda b, k: f"client-side: batch {b}, no merging",
+             SERVER_BATCHING: lambda b, k: f"server-side: up to {k} requests of batch 1 merged"}
+    name = PERCENTILE_NAMES[percentile]
+    shown = pd.DataFrame({header: table[column] for column, header in _serving_keys(table, summary)})
+    return shown.assign(**{
+        "Server workers": table["threads"],
+        "Batching": [label[k](int(b), int(m)) for k, b, m in
+                     zip(table["_kind"], table["batch_size"], table["max_batch_size"])],
+        "Max load within budget (inferences/s)": table["offered_rate_per_s"] * table["batch_size"],
+        "Max rate within budget (requests/s)": table["offered_rate_per_s"],
+        "Mean merged there (requests per batch)": table["mean_merged_batch"],
+        f"{name} latency there (ms)": table.get("latency_ms"),
+        "$ per million inferences there": table.get("usd_per_million"),
+        "Notes": table["notes"],
+    }).reset_index(drop=True)
+
+
+def _with_merged_batch(table: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The max-rate rows with the mean merged batch measured at their rate (NaN where none met the budget)."""
+    if "mean_merged_batch" in table.columns or "mean_merged_batch" not in summary.columns:
+        return table if "mean_merged_batch" in table.columns else table.assign(mean_merged_batch=float("nan"))
+    keys = [k for k in ["instance", "model", "precision", "runtime", "batch_size", "threads", "max_batch_size",
+                        "arrival", "offered_rate_per_s"] if k in table.columns and k in summary.columns]
+    points = summary[is_open_loop(summary)][[*keys, "mean_merged_batch"]].drop_duplicates(keys)
+    return table.merge(points, on=keys, how="left").set_axis(table.index)
+
+
+def serving_recommendation(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE,
+                           target_per_s: float | None = None) -> pd.DataFrame:
+    """Per model, the cheapest open-loop configuration that carries `target_per_s` inferences/s within
+    the budget (see `benchlib.derive.serving.recommend_serving`), in readable units; without a
+    target, the cheapest per million at its max rate. Empty (no columns) without open-loop points."""
+    from benchlib.derive.serving import recommend_serving
+
+    if not has_open_loop(summary):
+        return pd.DataFrame()
+    return people_serving_recommendation(
+        recommend_serving(with_load_keys(summary), latency_budget_ms, percentile, target_per_s), percentile)
+
+
+def people_serving_recommendation(table: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
+    name = PERCENTILE_NAMES[percentile]
+    columns = {"model": "Model", "instance": "Instance", "precision": "Precision", "runtime": "Runtime",
+               "arrival": "Arrival", "batch_size": "Batch size", "threads": "Server workers",
+               "max_batch_size": "Merged requests at most",
+               "offered_rate_per_s": "Max rate within budget (requests/s)",
+               "next_rate_per_s": "Next rate tried, over budget (requests/s)",
+               "throughput_per_s": "Throughput there (inferences/s)",
+               "latency_ms": f"{name} latency there (ms)",
+               "usd_per_hour": "Instance ($/h)",
+               "usd_per_million": "$ per million inferences there",
+               "target_per_s": "Target (inferences/s)",
+               "instances_needed": "Instances for the target",
+               "usd_per_hour_total": "Fleet cost ($/h)",
+               "usd_per_million_at_target": "$ per million inferences at the target",
+               "reason": "Nothing qualifies because"}
+    return table[[c for c in columns if c in table.columns]].rename(columns=columns)

@@ -36,7 +36,7 @@ from traitlets import default
 from benchlib.measure.environment import fingerprint
 from benchlib.errors import InputError
 from benchlib.params import Params, load_params, params_to_dict
-from benchlib.results import ENV, SUMMARY, check_resumable, read_env, read_summary
+from benchlib.results import ENV, SUMMARY, check_resumable, measured_everything, read_env, read_summary
 
 #: Shipped in the package: benchlib/notebooks is a symlink to the repository's notebooks/.
 NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
@@ -231,13 +231,14 @@ def _unfinished_run(instance_dir: Path, params: Params, force: bool) -> Path | N
     wanted = fingerprint(params_to_dict(params))
     for run_dir in sorted(instance_dir.glob("*/"), reverse=True):
         try:
-            previous = read_env(run_dir).get("fingerprint") if (run_dir / ENV).is_file() else None
+            env = read_env(run_dir) if (run_dir / ENV).is_file() else {}
+            previous = env.get("fingerprint")
             measured = len(read_summary(run_dir)) if (run_dir / SUMMARY).is_file() else 0
         except (OSError, ValueError, pd.errors.ParserError):
             continue
         if not isinstance(previous, dict) or previous.get("params") != wanted["params"]:
             continue
-        if measured < params.grid_size:
+        if not measured_everything(measured, params.grid_size, params.rate_search is not None, env):
             check_resumable(run_dir, previous, wanted, force)
             return run_dir
     return None
