@@ -11,7 +11,11 @@
 #   1. params/gpu-acceptance.yaml: BERT-base QA (seq 128) and ResNet50, batch 1, 8, 32,
 #      fp32 and amp, 1 and 2 client threads, eager and cuda-graphs, 1 s windows;
 #   2. params/gpu-acceptance-energy.yaml: ResNet50 batch 32 in a 6 s window, for NVML;
-#   3. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+#   3. params/gpu-acceptance-serving.yaml: open loop, ResNet50 fp32 eager served by 2
+#      workers (a CUDA stream each) from one queue of seeded Poisson arrivals at 200/s
+#      (below capacity) and 20000/s (far above it), merging up to 1 and 8 requests;
+#   4. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+# A step that would get under 30 s of what is left of the budget is skipped, with a note.
 # The verdict gives per model, precision, runtime and thread count the throughput at
 # each batch size, the statuses, the accuracy gates, cuda-graphs against eager, the
 # throughput of 2 client threads against 1 at batch 1 (eager, fp32; reported, not
@@ -21,10 +25,17 @@
 # step's NVML figures: energy per inference, power, clocks, utilisation and
 # temperature must all have been read, and the energy counter must agree with the
 # integrated power samples within 25 %; throttling and other GPU processes are noted.
+# Then serving: every open-loop point ran; the low rate kept up (status ok, achieved
+# within 10 % of offered, under 1 % of arrivals enqueued over 1 ms late: else the
+# generator, not the GPU, was measured), the high rate is flagged overloaded, the low
+# rate's P50 latency is below the high rate's, and merging up to 8 under the high rate's
+# backlog dispatched batches of more than 1.5 requests on average; each point's offered
+# and achieved rate, P50/P99 latency, mean merged batch, queue P99 and generator lag.
 #
 # Writes into $OUT when set (the device tool brings back at most 8 files from there),
 # else outputs/gpu-acceptance/: verdict.txt, log.txt, env.json, main-summary.csv,
-# main-accuracy.csv, energy-summary.csv, compile-summary.csv, compile-accuracy.csv.
+# energy-summary.csv, serving-summary.csv, compile-summary.csv and accuracy.csv (main's
+# and compile's accuracy.csv in one: the runtime column tells them apart).
 # The run folders themselves go to /tmp with $OUT, else to outputs/gpu-acceptance/runs/<time>/.
 #
 # Exit status: 0 every point ran and every gate passed; 1 something failed (the
@@ -40,6 +51,7 @@ PYTHON=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-480}       # the whole script, installing and the verdict included
 MAIN_MAX_S=${MAIN_MAX_S:-300}   # the eager and cuda-graphs sweep at most
 ENERGY_MAX_S=${ENERGY_MAX_S:-90}  # the energy step at most (model load, GEMM peak, a 6 s window)
+SERVING_MAX_S=${SERVING_MAX_S:-90}  # the serving step at most (model load, 4 points of 4 s, drains)
 VERDICT_S=30                    # kept for the verdict
 KILL_S=15                       # after a step's time is up: SIGTERM, then SIGKILL this much later
 SITE=${SITE:-/tmp/benchlib-site}
@@ -52,14 +64,27 @@ write_verdict() {  # RUNS DEST: the verdict of the runs in RUNS, into DEST/verdi
     mkdir -p "$dest"
     timeout -k 5 "$VERDICT_S" "$PYTHON" - "$runs" "$dest" <<'PYTHON'
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
-STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry", "compile": "torch.compile"}
+STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry", "serving": "open-loop serving",
+         "compile": "torch.compile"}
+#: A point that ran: measured, kept up or not (an open-loop point the server could not keep up with).
+RAN = ("ok", "overloaded")
+#: The serving step's params as shipped: its rates and merged batch sizes, when the run folder lacks its own.
+SERVING_PARAMS = Path("params/gpu-acceptance-serving.yaml")
+#: Below capacity the achieved rate is the offered one, within this share (seed 0's arrivals come 3.3 % short).
+RATE_TOLERANCE = 0.10
+#: Enqueued more than 1 ms late: above this share of the low rate's arrivals the generator, not the GPU, was measured.
+MAX_LATE_SHARE = 0.01
+#: Merging up to k > 1 under the high rate's backlog: batches of at least this many requests on average.
+MIN_MERGED_UNDER_BACKLOG = 1.5
 #: The energy counter against the integrated power samples: further apart than this fails.
 ENERGY_AGREEMENT = 0.25
 #: Above the measured GEMM peak by more than noise: the FLOP count or the peak is wrong.
@@ -85,6 +110,15 @@ def table(name, file):
         return None
 
 
+def label(row):
+    """A point, as the verdict names it: with its load when it is an open-loop point."""
+    text = f"{row.model} {row.precision} {row.runtime} batch {row.batch_size} x{row.threads}"
+    rate = getattr(row, "offered_rate_per_s", None)
+    if rate is not None and pd.notna(rate):
+        text += f" merge {int(row.max_batch_size)} at {rate:g}/s"
+    return text
+
+
 def steps(problems, notes, out):
     """Each step's outcome, its points that did not run and its failed gates; the summaries."""
     summaries = {}
@@ -95,8 +129,10 @@ def steps(problems, notes, out):
             (problems if name == "main" else notes).append(f"{name} ({what}): not run, {why}")
             continue
         rc = int(status["rc"])
-        n_ok = 0 if summary is None else int((summary["status"] == "ok").sum())
-        line = (f"{name} ({what}): {n_ok}/{0 if summary is None else len(summary)} points ok in "
+        n_ran = 0 if summary is None else int(summary["status"].isin(RAN).sum())
+        n_over = 0 if summary is None else int((summary["status"] == "overloaded").sum())
+        ran = f"points ran ({n_over} overloaded)" if n_over else "points ok"
+        line = (f"{name} ({what}): {n_ran}/{0 if summary is None else len(summary)} {ran} in "
                 f"{status['seconds']} s (limit {status['limit']} s), exit {rc}")
         if rc in (124, 137):
             (problems if name == "main" else notes).append(f"{line}: timed out, the points it finished are shown")
@@ -108,10 +144,9 @@ def steps(problems, notes, out):
             out.append(line)
         if summary is not None:
             summaries[name] = summary
-            for row in summary[summary["status"] != "ok"].itertuples():
+            for row in summary[~summary["status"].isin(RAN)].itertuples():  # overloaded: serving() judges it
                 why = f" ({row.notes})" if isinstance(row.notes, str) and row.notes else ""
-                problems.append(f"{name}: {row.model} {row.precision} {row.runtime} batch {row.batch_size} "
-                                f"x{row.threads}: {row.status}{why}")
+                problems.append(f"{name}: {label(row)}: {row.status}{why}")
         accuracy = table(name, "accuracy.csv")
         if accuracy is not None and "gate" in accuracy:
             for row in accuracy[accuracy["gate"].eq("fail")].itertuples():
@@ -246,15 +281,88 @@ def energy(summaries, problems, notes):
                 f"in use; {len(window)} samples in {row['window_s']:.1f} s"]
 
 
+def figure(value, spec, unit=""):
+    return f"{value:{spec}}{unit}" if pd.notna(value) else "-"
+
+
+def serving(summaries, problems, notes):
+    """The serving step: every open-loop point there; the low rate kept up, on time; the high rate overloaded,
+    slower and, merging, in full batches; each point's figures."""
+    status = step_status("serving")
+    if status is None or status.get("skipped"):
+        return []  # steps() said so
+    shipped = runs / "serving" / "params.yaml"
+    params = yaml.safe_load((shipped if shipped.is_file() else SERVING_PARAMS).read_text(encoding="utf-8"))
+    rates = sorted(float(r) for r in params["rates_per_s"])
+    merges = sorted(int(k) for k in params.get("max_batch_size") or [1])
+    low, high = rates[0], rates[-1]
+    summary = summaries.get("serving")
+    if summary is None or "offered_rate_per_s" not in summary or summary["offered_rate_per_s"].isna().all():
+        problems.append("serving: the summary has no open-loop points")
+        return []
+    lines = ["", f"open-loop serving, per merged batch size and offered rate: the achieved rate (requests/s), "
+                 f"latency, mean merged batch (above {MIN_MERGED_UNDER_BACKLOG:g} merging at {high:g}/s), queue "
+                 "P99, the generator's lag (and share over 1 ms late), dropped requests"]
+    p50 = {}
+    for merge in merges:
+        for rate in rates:
+            found = summary[summary["offered_rate_per_s"].eq(rate) & summary["max_batch_size"].eq(merge)]
+            where = f"serving: merge {merge} at {rate:g}/s"
+            if found.empty:
+                problems.append(f"{where}: not in the summary")
+                continue
+            row = found.iloc[0]
+            dropped = f"{int(row['n_dropped']):,}" if pd.notna(row["n_dropped"]) else "-"
+            lines.append(f"  merge {merge} at {rate:g}/s: {row['status']}, achieved "
+                         f"{figure(row['achieved_rate_per_s'], ',.1f')}/s, P50 {figure(row['latency_p50_ms'], '.2f')} "
+                         f"/ P99 {figure(row['latency_p99_ms'], '.2f')} ms, merged {figure(row['mean_merged_batch'], '.2f')}"
+                         f", queue P99 {figure(row['queue_p99_ms'], '.2f')} ms, lag P99 "
+                         f"{figure(row['generator_lag_p99_ms'], '.2f')} ms "
+                         f"({figure(100 * row['generator_late_share'], '.1f', '%')} late), {dropped} dropped")
+            if row["status"] not in RAN:
+                continue  # steps() said so
+            p50[rate, merge] = row["latency_p50_ms"]
+            if rate == low:
+                if row["status"] != "ok":
+                    said = re.search(r"overloaded: ([^;]*)", str(row["notes"]))
+                    problems.append(f"{where}: {row['status']} below capacity"
+                                    f"{f' ({said.group(1)})' if said else ''}")
+                achieved = row["achieved_rate_per_s"]
+                if not (pd.notna(achieved) and abs(achieved - rate) <= RATE_TOLERANCE * rate):
+                    problems.append(f"{where}: achieved {figure(achieved, ',.1f')}/s, not within "
+                                    f"{RATE_TOLERANCE:.0%} of the offered rate")
+                late = row["generator_late_share"]
+                if not (pd.notna(late) and late <= MAX_LATE_SHARE):
+                    problems.append(f"{where}: {figure(100 * late, '.1f', '%')} of arrivals enqueued over 1 ms "
+                                    f"late (P99 lag {figure(row['generator_lag_p99_ms'], '.2f')} ms): the "
+                                    "generator could not keep up on this machine")
+            if rate == high:
+                if row["status"] != "overloaded":
+                    problems.append(f"{where}: {row['status']}, not flagged overloaded far above capacity")
+                if merge > 1 and not (pd.notna(row["mean_merged_batch"])
+                                      and row["mean_merged_batch"] > MIN_MERGED_UNDER_BACKLOG):
+                    problems.append(f"{where}: mean merged batch {figure(row['mean_merged_batch'], '.2f')}, not "
+                                    f"above {MIN_MERGED_UNDER_BACKLOG:g}: the dynamic batcher did not merge under "
+                                    "a backlog")
+    for merge in merges:
+        fast, slow = p50.get((low, merge)), p50.get((high, merge))
+        if fast is not None and slow is not None and not (fast < slow):
+            problems.append(f"serving: merge {merge}: P50 latency {figure(fast, '.2f')} ms at {low:g}/s is not "
+                            f"below the {figure(slow, '.2f')} ms at {high:g}/s")
+    return lines
+
+
 def verdict():
     problems, notes, out = [], [], []
     summaries = steps(problems, notes, out)
-    if summaries:
-        out += throughput_table(summaries)
+    closed = {name: summary for name, summary in summaries.items() if name != "serving"}
+    if closed:
+        out += throughput_table(closed)
     if "main" in summaries:
         out += comparisons(summaries["main"])
     out += efficiency(summaries, problems, notes)
     out += energy(summaries, problems, notes)
+    out += serving(summaries, problems, notes)
     listed = [f"PROBLEM: {p}" for p in problems[:SHOWN]]
     if len(problems) > SHOWN:
         listed.append(f"PROBLEM: ... and {len(problems) - SHOWN} more (the summary files have them all)")
@@ -302,7 +410,8 @@ DEST=${OUT:-outputs/gpu-acceptance}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$DEST/runs/$stamp; fi
 mkdir -p "$DEST" "$RUNS" || exit 2
-for file in verdict.txt log.txt env.json {main,energy,compile}-{summary,accuracy}.csv; do  # none left from an earlier run
+# None left from an earlier run (main-accuracy.csv and compile-accuracy.csv: an older script's).
+for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,compile}-{summary,accuracy}.csv; do
     rm -f "${DEST:?}/$file"
 done
 LOG=$DEST/log.txt
@@ -348,15 +457,23 @@ bench() {  # NAME PARAMS MAX_S: one sweep, within MAX_S and what is left of the 
 # 3. The sweeps: what is measured after a timeout is kept (files are rewritten after every point).
 bench main params/gpu-acceptance.yaml "$MAIN_MAX_S"
 bench energy params/gpu-acceptance-energy.yaml "$ENERGY_MAX_S"
+bench serving params/gpu-acceptance-serving.yaml "$SERVING_MAX_S"
 bench compile params/gpu-acceptance-compile.yaml "$BUDGET_S"
 
-# 4. The verdict, and the summary files beside it (the energy step's accuracy is eager's own: none).
-for name in main energy compile; do
-    for file in summary.csv accuracy.csv; do
-        if [ "$name/$file" != energy/accuracy.csv ] && [ -f "$RUNS/$name/$file" ]; then
-            cp "$RUNS/$name/$file" "$DEST/$name-$file"
+# 4. The verdict, and the summary files beside it: 8 files with the verdict, the most the
+# device tool brings back, so main's and compile's accuracy go into one accuracy.csv (the
+# energy and serving steps run eager alone: no gate).
+for name in main energy serving compile; do
+    if [ -f "$RUNS/$name/summary.csv" ]; then cp "$RUNS/$name/summary.csv" "$DEST/$name-summary.csv"; fi
+done
+for name in main compile; do  # the same columns (one writer): the first gives the header
+    if [ -s "$RUNS/$name/accuracy.csv" ]; then
+        if [ -f "$DEST/accuracy.csv" ]; then
+            tail -n +2 "$RUNS/$name/accuracy.csv" >>"$DEST/accuracy.csv"
+        else
+            cp "$RUNS/$name/accuracy.csv" "$DEST/accuracy.csv"
         fi
-    done
+    fi
 done
 if [ -f "$RUNS/main/env.json" ]; then cp "$RUNS/main/env.json" "$DEST/env.json"; fi
 echo

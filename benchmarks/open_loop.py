@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         ceiling([1000.0], 0.5, 8)
     else:
         md1(10.0, [0.3, 0.6, 0.8], 30.0)
-        ceiling([1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 40000.0], 3.0, 64)
+        # Merging keeps the worker off the critical path: the generator's own ceiling ...
+        ceiling([1000.0, 10000.0, 50000.0, 100000.0, 200000.0, 400000.0], 3.0, 64)
+        # ... and one request per dispatch: the worker's Python loop as well.
+        ceiling([10000.0, 20000.0, 40000.0, 80000.0], 3.0, 1)
     print(f"\n({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -9,6 +9,9 @@
   CUDA, before it installs or writes anything; its verdict is written from run folders.
 - The params files it runs validate; the cuda-graphs runtime refuses CPUs and, on a
   GPU (tests marked `cuda`), captures one graph per client stream and passes its gate.
+- The serving step offers one rate below and one far above capacity; its verdict is
+  checked on fabricated run folders (each failing case) and on a real open-loop run of
+  the same params on the CPU, with a synthetic model in ResNet50's place.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ ACCEPTANCE = REPO / "benchmarks" / "gpu_acceptance.sh"
 WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
 PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-acceptance-compile.yaml"]
 ENERGY_PARAMS = REPO / "params" / "gpu-acceptance-energy.yaml"
+SERVING_PARAMS = REPO / "params" / "gpu-acceptance-serving.yaml"
 
 #: Made to look not installed while `bench` runs: needed by run/report/--cluster only, or absent on the GPU machine.
 ABSENT = ("dask", "distributed", "s3fs", "papermill", "nbformat", "nbconvert", "nbclient", "ipykernel", "IPython",
@@ -195,8 +199,33 @@ def test_acceptance_without_cuda_exits_2_with_one_line_and_touches_nothing(tmp_p
 
 def test_acceptance_runs_the_shipped_params_files() -> None:
     text = ACCEPTANCE.read_text()
-    for path in [*PARAMS, ENERGY_PARAMS]:
+    for path in [*PARAMS, ENERGY_PARAMS, SERVING_PARAMS]:
         assert str(path.relative_to(REPO)) in text
+    steps = re.findall(r"^bench (\w+) ", text, re.MULTILINE)
+    assert steps == ["main", "energy", "serving", "compile"]
+    assert re.search(r"^SERVING_MAX_S=\$\{SERVING_MAX_S:-90\}", text, re.MULTILINE)
+
+
+def test_the_serving_step_offers_one_rate_below_and_one_far_above_capacity() -> None:
+    from benchlib.measure.arrivals import arrival_times
+    from benchlib.measure.serving import drain_seconds
+
+    params = load_params(SERVING_PARAMS)
+    assert params.device == "cuda" and params.open_loop and params.arrival == "poisson"
+    assert [m.name for m in params.models] == ["resnet50"] and params.batch_sizes == (1,)
+    assert params.precisions == ("fp32",) and params.runtimes == ("eager",)
+    assert params.threads == (2,) and params.max_batch_size == (1, 8) and params.grid_size == 4
+    low, high = params.rates_per_s
+    assert low <= 200 and high >= 20000  # two eager ResNet50 workers: some hundreds to a few thousand per s
+    assert not params.telemetry and not params.measure_peak_flops and params.price_usd_per_hour is not None
+    assert params.min_requests >= 368  # P99 is known at the low rate
+    # The verdict wants the low rate achieved within 10 %: the seeded schedule itself comes within 5 %.
+    schedule = arrival_times(params.arrival, low, params.warmup_requests * params.threads[0], params.duration_s,
+                             params.min_requests, params.seed)
+    measured = schedule.times_s[schedule.warmup:]
+    assert abs(len(measured) / (measured[-1] - measured[0]) / low - 1) < 0.05
+    # Well within SERVING_MAX_S (90 s) with the model's load: windows and drains (a warm-up batch of 0.2 s).
+    assert params.grid_size * (params.duration_s + drain_seconds(params.duration_s, 0.2)) <= 30
 
 
 def test_the_energy_step_is_one_busy_point_in_a_window_nvml_can_measure() -> None:
@@ -335,6 +364,124 @@ def test_the_verdict_fails_above_the_peak_without_telemetry_or_when_energy_disag
                                                              telemetry_note="no energy: NVML not available")], [])
     status, text = verdict(tmp_path / "runs2", tmp_path / "dest2")
     assert status == 1 and "PROBLEM: energy: no energy per inference (no energy: NVML not available)" in text
+
+
+def serving_point(rate: float, merge: int, status: str = "ok", **figures) -> dict:
+    """A serving step's summary row: at 200/s a point that kept up, at 20000/s an overloaded one."""
+    low = rate < 1000
+    row = {**point("eager", 1, 2, 195.0 if low else 900.0 * merge, status=status), "arrival": "poisson",
+           "offered_rate_per_s": rate, "max_batch_size": merge, "achieved_rate_per_s": 195.0 if low else 900.0 * merge,
+           "latency_p50_ms": 3.0 if low else 1500.0, "latency_p99_ms": 6.0 if low else 3000.0,
+           "mean_merged_batch": (1.3 if low else 7.9) if merge > 1 else 1.0, "queue_p99_ms": 1.0 if low else 2900.0,
+           "generator_lag_p99_ms": 0.2, "generator_late_share": 0.001, "n_dropped": 0 if low else 40000}
+    return {**row, **figures}
+
+
+def serving_rows(**changed: dict) -> list[dict]:
+    """The four points of params/gpu-acceptance-serving.yaml, named low1, high1, low8, high8; `changed` alters them."""
+    rows = {f"{'low' if rate < 1000 else 'high'}{merge}": serving_point(rate, merge,
+                                                                       "ok" if rate < 1000 else "overloaded")
+            for merge in (1, 8) for rate in (200.0, 20000.0)}
+    for name, figures in changed.items():
+        if figures is None:
+            del rows[name]
+        else:
+            rows[name].update(figures)
+    return list(rows.values())
+
+
+def serving_runs(runs: Path, rows: list[dict], rc: int = 0) -> Path:
+    fake_run(runs, "main", [point("eager", 1, 1, 100.0)], [])
+    fake_run(runs, "serving", rows, [], rc=rc)
+    return runs
+
+
+def test_the_verdict_shows_the_serving_step_that_kept_up_below_capacity_and_not_above(tmp_path: Path) -> None:
+    status, text = verdict(serving_runs(tmp_path / "runs", serving_rows()), tmp_path / "dest")
+    assert status == 0 and "PROBLEM" not in text, text
+    assert "serving (open-loop serving): 4/4 points ran (2 overloaded) in 100 s (limit 300 s), exit 0" in text
+    assert ("  merge 1 at 200/s: ok, achieved 195.0/s, P50 3.00 / P99 6.00 ms, merged 1.00, queue P99 1.00 ms, "
+            "lag P99 0.20 ms (0.1% late), 0 dropped") in text
+    assert ("  merge 8 at 20000/s: overloaded, achieved 7,200.0/s, P50 1500.00 / P99 3000.00 ms, merged 7.90, "
+            "queue P99 2900.00 ms, lag P99 0.20 ms (0.1% late), 40,000 dropped") in text
+    assert re.search(r"resnet50\s+fp32\s+eager\s+1\s+100\s", text)  # the throughput table: main's alone
+    assert "20000" not in text.split("open-loop serving,")[0].split("throughput in")[1]
+
+
+OVERLOAD_NOTE = ("12 request(s) dropped after the drain; overloaded: 12 of 800 requests dropped (still queued when "
+                 "the drain ran out); latency figures are not steady-state")
+
+
+@pytest.mark.parametrize(("changed", "problem"), [
+    ({"low1": {"status": "overloaded", "notes": OVERLOAD_NOTE}},
+     "serving: merge 1 at 200/s: overloaded below capacity (12 of 800 requests dropped (still queued when the "
+     "drain ran out))"),
+    ({"high8": {"status": "ok", "n_dropped": 0}}, "serving: merge 8 at 20000/s: ok, not flagged overloaded far "
+                                                 "above capacity"),
+    ({"low8": {"achieved_rate_per_s": 175.0}}, "serving: merge 8 at 200/s: achieved 175.0/s, not within 10% of "
+                                               "the offered rate"),
+    ({"low1": {"achieved_rate_per_s": float("nan")}}, "serving: merge 1 at 200/s: achieved -/s, not within 10%"),
+    ({"low1": {"generator_late_share": 0.03, "generator_lag_p99_ms": 2.5}},
+     "serving: merge 1 at 200/s: 3.0% of arrivals enqueued over 1 ms late (P99 lag 2.50 ms): the generator could "
+     "not keep up on this machine"),
+    ({"high1": {"latency_p50_ms": 2.0}}, "serving: merge 1: P50 latency 3.00 ms at 200/s is not below the 2.00 ms "
+                                         "at 20000/s"),
+    ({"high8": {"mean_merged_batch": 1.2}}, "serving: merge 8 at 20000/s: mean merged batch 1.20, not above 1.5: "
+                                            "the dynamic batcher did not merge under a backlog"),
+    ({"high8": None}, "serving: merge 8 at 20000/s: not in the summary"),
+    ({"low8": {"status": "oom", "notes": "CUDA out of memory", "latency_p50_ms": float("nan")}},
+     "serving: resnet50 fp32 eager batch 1 x2 merge 8 at 200/s: oom (CUDA out of memory)"),
+], ids=["low-overloaded", "high-kept-up", "low-short", "low-no-rate", "generator-late", "p50-not-lower",
+        "not-merged", "missing", "did-not-run"])
+def test_the_verdict_fails_a_serving_step_that_misbehaves(tmp_path: Path, changed: dict, problem: str) -> None:
+    status, text = verdict(serving_runs(tmp_path / "runs", serving_rows(**changed)), tmp_path / "dest")
+    assert status == 1 and text.startswith("benchlib GPU acceptance: FAIL"), text
+    problems = [line for line in text.splitlines() if line.startswith("PROBLEM: ")]
+    assert len(problems) == 1 and problems[0].startswith(f"PROBLEM: {problem}"), problems
+
+
+def test_the_verdict_fails_a_serving_step_without_its_points_and_notes_one_not_run(tmp_path: Path) -> None:
+    closed = [point("eager", 1, 2, 300.0)]  # a closed-loop summary: no offered rate
+    status, text = verdict(serving_runs(tmp_path / "runs", closed), tmp_path / "dest")
+    assert status == 1 and "PROBLEM: serving: the summary has no open-loop points" in text, text
+    status, text = verdict(serving_runs(tmp_path / "timed-out", serving_rows(high1=None, high8=None), rc=124),
+                           tmp_path / "dest2")
+    assert status == 1, text
+    assert "note: serving (open-loop serving): 2/2 points ok in 100 s (limit 300 s), exit 124: timed out" in text
+    assert "PROBLEM: serving: merge 1 at 20000/s: not in the summary" in text
+    assert "PROBLEM: serving: merge 8 at 20000/s: not in the summary" in text
+    runs = tmp_path / "skipped"
+    fake_run(runs, "main", [point("eager", 1, 1, 100.0)], [])
+    (runs / "serving.status").write_text("skipped=only_20s_of_the_budget_left\n")
+    status, text = verdict(runs, tmp_path / "dest3")
+    assert status == 0 and "note: serving (open-loop serving): not run, only 20s of the budget left" in text, text
+    assert "open-loop serving," not in text
+
+
+def test_the_verdict_expects_the_rates_the_run_was_given(tmp_path: Path) -> None:
+    runs = serving_runs(tmp_path / "runs", serving_rows())
+    given = yaml.safe_load(SERVING_PARAMS.read_text())
+    (runs / "serving" / "params.yaml").write_text(yaml.safe_dump({**given, "rates_per_s": [150, 20000]}))
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 1 and "PROBLEM: serving: merge 1 at 150/s: not in the summary" in text, text
+
+
+@pytest.mark.slow
+def test_the_verdict_of_a_real_open_loop_run(tmp_path: Path) -> None:
+    """The serving params as shipped, on the CPU with a model that holds each batch 2 ms: the same summary files
+    a GPU writes, and a server whose capacity (about 1000/s, 8000/s merging 8) lies between the two rates."""
+    from benchlib.measure.sweep import run_sweep
+    from benchlib.params import parse_params
+
+    given = yaml.safe_load(SERVING_PARAMS.read_text())
+    params = parse_params({**given, "device": "cpu", "models": [{"name": "synthetic:2"}]})
+    runs = tmp_path / "runs"
+    run_sweep(params, runs / "serving", progress=None)
+    (runs / "serving.status").write_text("rc=0 seconds=30 limit=90\n")
+    status, text = verdict(runs, tmp_path / "dest")
+    assert [line for line in text.splitlines() if "serving" in line and line.startswith("PROBLEM")] == [], text
+    assert "serving (open-loop serving): 4/4 points ran (2 overloaded)" in text
+    assert re.search(r"merge 8 at 20000/s: overloaded, achieved [\d,.]+/s, .*, merged [2-8]\.\d\d", text), text
 
 
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:

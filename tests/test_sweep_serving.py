@@ -91,7 +91,11 @@ def test_the_rate_search_finds_a_synthetic_models_capacity(tmp_path: Path) -> No
     low, high = max(met), min(r for r in missed if r > max(met))
     assert high / low - 1 <= 0.05
     assert low <= capacity * 1.01 and capacity <= high * 1.01, (low, capacity, high)
-    assert read_env(tmp_path)[FINISHED] is True
+    env = read_env(tmp_path)
+    assert env[FINISHED] is True
+    (found,) = env["rate_searches"]
+    assert (found["highest_met_per_s"], found["lowest_missed_per_s"]) == (low, high)
+    assert found["model"] == "synthetic:15" and found["probes"] == len(rates)
     # Resumed, the search replays the probes it has and measures nothing.
     run_sweep(params, tmp_path, progress=None, resume=True)
     assert len(read_records(tmp_path)) == len(records)

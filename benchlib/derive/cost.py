@@ -198,8 +198,8 @@ def recommend(
         points = all_points[~is_open_loop(all_points)]
         if points.empty:
             rows.append({"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile,
-                         "reason": "only open-loop points: their recommendation is recommend_serving's, from "
-                                   "the highest offered rate within the budget"})
+                         "reason": "only open-loop points: see the open-loop recommendation (the cheapest "
+                                   "configuration that carries the load, from its highest rate within the budget)"})
             continue
         passed = eligible(points)
         priced = passed[passed["usd_per_million"].notna()]

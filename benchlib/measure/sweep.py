@@ -187,7 +187,13 @@ def run_sweep(
                 sweep.measure(block)
             else:
                 for configuration in block:
-                    sweep.search(configuration)
+                    found = sweep.search(configuration)
+                    # What each search found, with its bracket, beside the probes it measured.
+                    env.setdefault("rate_searches", []).append({
+                        **dict(zip(GRID_KEYS[:-1], configuration.key[:-1])), "highest_met_per_s": found.low_per_s,
+                        "lowest_missed_per_s": found.high_per_s, "probes": len(found.probes),
+                        "reason": found.reason})
+                    writer.write_env(env)
         summary = sweep.summary
         shared.release()
         if summary is None:  # a resume that found every point done: the summary is rewritten all the same
