@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, ScalarFormatter
 from benchlib.derive.cost import is_open_loop, with_runtime
 
 from benchlib.results import with_load_keys
@@ -289,6 +289,8 @@ def latency_vs_load(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
         for axis in (ax.xaxis, ax.yaxis):  # plain numbers on the log axes: 50, 100, 200
             axis.set_major_formatter(ScalarFormatter())
             axis.get_major_formatter().set_scientific(False)
+        # Rates within one decade get only minor ticks: label them plainly too (3, 4, 6, not 3x10^0).
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.grid(alpha=0.3, which="both")
     _legend(fig, axes)
     fig.suptitle(f"{name} latency vs offered load")  # the legend says what the dashed line and an X are
