@@ -40,6 +40,8 @@ WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
 PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-acceptance-compile.yaml"]
 ENERGY_PARAMS = REPO / "params" / "gpu-acceptance-energy.yaml"
 SERVING_PARAMS = REPO / "params" / "gpu-acceptance-serving.yaml"
+#: The serving step's rates: one below capacity, one far above it.
+LOW, HIGH = yaml.safe_load(SERVING_PARAMS.read_text(encoding="utf-8"))["rates_per_s"]
 
 #: Made to look not installed while `bench` runs: needed by run/report/--cluster only, or absent on the GPU machine.
 ABSENT = ("dask", "distributed", "s3fs", "papermill", "nbformat", "nbconvert", "nbclient", "ipykernel", "IPython",
@@ -216,14 +218,15 @@ def test_the_serving_step_offers_one_rate_below_and_one_far_above_capacity() -> 
     assert params.precisions == ("fp32",) and params.runtimes == ("eager",)
     assert params.threads == (2,) and params.max_batch_size == (1, 8) and params.grid_size == 4
     low, high = params.rates_per_s
+    assert (low, high) == (LOW, HIGH)
     assert low <= 200 and high >= 20000  # two eager ResNet50 workers: some hundreds to a few thousand per s
     assert not params.telemetry and not params.measure_peak_flops and params.price_usd_per_hour is not None
     assert params.min_requests >= 368  # P99 is known at the low rate
-    # The verdict wants the low rate achieved within 10 %: the seeded schedule itself comes within 5 %.
+    # The verdict wants the low rate achieved within 10 %: the seeded schedule itself comes within 6 %.
     schedule = arrival_times(params.arrival, low, params.warmup_requests * params.threads[0], params.duration_s,
                              params.min_requests, params.seed)
     measured = schedule.times_s[schedule.warmup:]
-    assert abs(len(measured) / (measured[-1] - measured[0]) / low - 1) < 0.05
+    assert abs(len(measured) / (measured[-1] - measured[0]) / low - 1) < 0.06
     # Well within SERVING_MAX_S (90 s) with the model's load: windows and drains (a warm-up batch of 0.2 s).
     assert params.grid_size * (params.duration_s + drain_seconds(params.duration_s, 0.2)) <= 30
 
@@ -367,10 +370,11 @@ def test_the_verdict_fails_above_the_peak_without_telemetry_or_when_energy_disag
 
 
 def serving_point(rate: float, merge: int, status: str = "ok", **figures) -> dict:
-    """A serving step's summary row: at 200/s a point that kept up, at 20000/s an overloaded one."""
-    low = rate < 1000
-    row = {**point("eager", 1, 2, 195.0 if low else 900.0 * merge, status=status), "arrival": "poisson",
-           "offered_rate_per_s": rate, "max_batch_size": merge, "achieved_rate_per_s": 195.0 if low else 900.0 * merge,
+    """A serving step's summary row: at LOW a point that kept up (142/s achieved), at HIGH an overloaded one."""
+    low = rate == LOW
+    achieved = 142.0 if low else 900.0 * merge
+    row = {**point("eager", 1, 2, achieved, status=status), "arrival": "poisson", "offered_rate_per_s": rate,
+           "max_batch_size": merge, "achieved_rate_per_s": achieved,
            "latency_p50_ms": 3.0 if low else 1500.0, "latency_p99_ms": 6.0 if low else 3000.0,
            "mean_merged_batch": (1.3 if low else 7.9) if merge > 1 else 1.0, "queue_p99_ms": 1.0 if low else 2900.0,
            "generator_lag_p99_ms": 0.2, "generator_late_share": 0.001, "n_dropped": 0 if low else 40000}
@@ -379,9 +383,9 @@ def serving_point(rate: float, merge: int, status: str = "ok", **figures) -> dic
 
 def serving_rows(**changed: dict) -> list[dict]:
     """The four points of params/gpu-acceptance-serving.yaml, named low1, high1, low8, high8; `changed` alters them."""
-    rows = {f"{'low' if rate < 1000 else 'high'}{merge}": serving_point(rate, merge,
-                                                                       "ok" if rate < 1000 else "overloaded")
-            for merge in (1, 8) for rate in (200.0, 20000.0)}
+    rows = {f"{'low' if rate == LOW else 'high'}{merge}": serving_point(rate, merge,
+                                                                         "ok" if rate == LOW else "overloaded")
+            for merge in (1, 8) for rate in (LOW, HIGH)}
     for name, figures in changed.items():
         if figures is None:
             del rows[name]
@@ -391,7 +395,7 @@ def serving_rows(**changed: dict) -> list[dict]:
 
 
 def serving_runs(runs: Path, rows: list[dict], rc: int = 0) -> Path:
-    fake_run(runs, "main", [point("eager", 1, 1, 100.0)], [])
+    fake_run(runs, "main", [point("eager", 1, 1, 100.0), point("eager", 1, 2, 600.0)], [])
     fake_run(runs, "serving", rows, [], rc=rc)
     return runs
 
@@ -400,12 +404,14 @@ def test_the_verdict_shows_the_serving_step_that_kept_up_below_capacity_and_not_
     status, text = verdict(serving_runs(tmp_path / "runs", serving_rows()), tmp_path / "dest")
     assert status == 0 and "PROBLEM" not in text, text
     assert "serving (open-loop serving): 4/4 points ran (2 overloaded) in 100 s (limit 300 s), exit 0" in text
-    assert ("  merge 1 at 200/s: ok, achieved 195.0/s, P50 3.00 / P99 6.00 ms, merged 1.00, queue P99 1.00 ms, "
-            "lag P99 0.20 ms (0.1% late), 0 dropped") in text
-    assert ("  merge 8 at 20000/s: overloaded, achieved 7,200.0/s, P50 1500.00 / P99 3000.00 ms, merged 7.90, "
+    assert (f"  merge 1 at {LOW:g}/s: ok, achieved 142.0/s, P50 3.00 / P99 6.00 ms, merged 1.00, queue P99 1.00 "
+            "ms, lag P99 0.20 ms (0.1% late), 0 dropped") in text
+    assert (f"  merge 8 at {HIGH:g}/s: overloaded, achieved 7,200.0/s, P50 1500.00 / P99 3000.00 ms, merged 7.90, "
             "queue P99 2900.00 ms, lag P99 0.20 ms (0.1% late), 40,000 dropped") in text
+    assert (f"  about the capacity: main's closed loop, resnet50 fp32 eager batch 1 x2: 600.0 requests/s, so "
+            f"{LOW:g}/s is {LOW / 600:.0%} of it, {HIGH:g}/s {HIGH / 600:,.0f}x") in text
     assert re.search(r"resnet50\s+fp32\s+eager\s+1\s+100\s", text)  # the throughput table: main's alone
-    assert "20000" not in text.split("open-loop serving,")[0].split("throughput in")[1]
+    assert f"{HIGH:g}" not in text.split("open-loop serving,")[0].split("throughput in")[1]
 
 
 OVERLOAD_NOTE = ("12 request(s) dropped after the drain; overloaded: 12 of 800 requests dropped (still queued when "
@@ -414,23 +420,23 @@ OVERLOAD_NOTE = ("12 request(s) dropped after the drain; overloaded: 12 of 800 r
 
 @pytest.mark.parametrize(("changed", "problem"), [
     ({"low1": {"status": "overloaded", "notes": OVERLOAD_NOTE}},
-     "serving: merge 1 at 200/s: overloaded below capacity (12 of 800 requests dropped (still queued when the "
-     "drain ran out))"),
-    ({"high8": {"status": "ok", "n_dropped": 0}}, "serving: merge 8 at 20000/s: ok, not flagged overloaded far "
-                                                 "above capacity"),
-    ({"low8": {"achieved_rate_per_s": 175.0}}, "serving: merge 8 at 200/s: achieved 175.0/s, not within 10% of "
-                                               "the offered rate"),
-    ({"low1": {"achieved_rate_per_s": float("nan")}}, "serving: merge 1 at 200/s: achieved -/s, not within 10%"),
+     f"serving: merge 1 at {LOW:g}/s: overloaded below capacity (12 of 800 requests dropped (still queued when "
+     "the drain ran out))"),
+    ({"high8": {"status": "ok", "n_dropped": 0}}, f"serving: merge 8 at {HIGH:g}/s: ok, not flagged overloaded "
+                                                 "far above capacity"),
+    ({"low8": {"achieved_rate_per_s": 0.85 * LOW}}, f"serving: merge 8 at {LOW:g}/s: achieved {0.85 * LOW:,.1f}/s, "
+                                                    "not within 10% of the offered rate"),
+    ({"low1": {"achieved_rate_per_s": float("nan")}}, f"serving: merge 1 at {LOW:g}/s: achieved -/s, not within 10%"),
     ({"low1": {"generator_late_share": 0.03, "generator_lag_p99_ms": 2.5}},
-     "serving: merge 1 at 200/s: 3.0% of arrivals enqueued over 1 ms late (P99 lag 2.50 ms): the generator could "
-     "not keep up on this machine"),
-    ({"high1": {"latency_p50_ms": 2.0}}, "serving: merge 1: P50 latency 3.00 ms at 200/s is not below the 2.00 ms "
-                                         "at 20000/s"),
-    ({"high8": {"mean_merged_batch": 1.2}}, "serving: merge 8 at 20000/s: mean merged batch 1.20, not above 1.5: "
-                                            "the dynamic batcher did not merge under a backlog"),
-    ({"high8": None}, "serving: merge 8 at 20000/s: not in the summary"),
+     f"serving: merge 1 at {LOW:g}/s: 3.0% of arrivals enqueued over 1 ms late (P99 lag 2.50 ms): the generator "
+     "could not keep up on this machine"),
+    ({"high1": {"latency_p50_ms": 2.0}}, f"serving: merge 1: P50 latency 3.00 ms at {LOW:g}/s is not below the "
+                                         f"2.00 ms at {HIGH:g}/s"),
+    ({"high8": {"mean_merged_batch": 1.2}}, f"serving: merge 8 at {HIGH:g}/s: mean merged batch 1.20, not above "
+                                            "1.5: the dynamic batcher did not merge under a backlog"),
+    ({"high8": None}, f"serving: merge 8 at {HIGH:g}/s: not in the summary"),
     ({"low8": {"status": "oom", "notes": "CUDA out of memory", "latency_p50_ms": float("nan")}},
-     "serving: resnet50 fp32 eager batch 1 x2 merge 8 at 200/s: oom (CUDA out of memory)"),
+     f"serving: resnet50 fp32 eager batch 1 x2 merge 8 at {LOW:g}/s: oom (CUDA out of memory)"),
 ], ids=["low-overloaded", "high-kept-up", "low-short", "low-no-rate", "generator-late", "p50-not-lower",
         "not-merged", "missing", "did-not-run"])
 def test_the_verdict_fails_a_serving_step_that_misbehaves(tmp_path: Path, changed: dict, problem: str) -> None:
@@ -448,8 +454,8 @@ def test_the_verdict_fails_a_serving_step_without_its_points_and_notes_one_not_r
                            tmp_path / "dest2")
     assert status == 1, text
     assert "note: serving (open-loop serving): 2/2 points ok in 100 s (limit 300 s), exit 124: timed out" in text
-    assert "PROBLEM: serving: merge 1 at 20000/s: not in the summary" in text
-    assert "PROBLEM: serving: merge 8 at 20000/s: not in the summary" in text
+    assert f"PROBLEM: serving: merge 1 at {HIGH:g}/s: not in the summary" in text
+    assert f"PROBLEM: serving: merge 8 at {HIGH:g}/s: not in the summary" in text
     runs = tmp_path / "skipped"
     fake_run(runs, "main", [point("eager", 1, 1, 100.0)], [])
     (runs / "serving.status").write_text("skipped=only_20s_of_the_budget_left\n")
@@ -461,9 +467,9 @@ def test_the_verdict_fails_a_serving_step_without_its_points_and_notes_one_not_r
 def test_the_verdict_expects_the_rates_the_run_was_given(tmp_path: Path) -> None:
     runs = serving_runs(tmp_path / "runs", serving_rows())
     given = yaml.safe_load(SERVING_PARAMS.read_text())
-    (runs / "serving" / "params.yaml").write_text(yaml.safe_dump({**given, "rates_per_s": [150, 20000]}))
+    (runs / "serving" / "params.yaml").write_text(yaml.safe_dump({**given, "rates_per_s": [LOW + 10, HIGH]}))
     status, text = verdict(runs, tmp_path / "dest")
-    assert status == 1 and "PROBLEM: serving: merge 1 at 150/s: not in the summary" in text, text
+    assert status == 1 and f"PROBLEM: serving: merge 1 at {LOW + 10:g}/s: not in the summary" in text, text
 
 
 @pytest.mark.slow
@@ -481,7 +487,7 @@ def test_the_verdict_of_a_real_open_loop_run(tmp_path: Path) -> None:
     status, text = verdict(runs, tmp_path / "dest")
     assert [line for line in text.splitlines() if "serving" in line and line.startswith("PROBLEM")] == [], text
     assert "serving (open-loop serving): 4/4 points ran (2 overloaded)" in text
-    assert re.search(r"merge 8 at 20000/s: overloaded, achieved [\d,.]+/s, .*, merged [2-8]\.\d\d", text), text
+    assert re.search(rf"merge 8 at {HIGH:g}/s: overloaded, achieved [\d,.]+/s, .*, merged [2-8]\.\d\d", text), text
 
 
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:
