@@ -126,3 +126,13 @@ def test_a_closed_loop_run_is_as_before(tmp_path: Path) -> None:
     assert math.isnan(row["achieved_rate_per_s"]) and row["status"] == STATUS_OK
     records = read_records(tmp_path)
     assert records["enqueued_s"].isna().all() and (records["batch_id"] == -1).all()
+
+
+def test_a_rate_search_of_a_configuration_that_cannot_run_stops_at_once(tmp_path: Path) -> None:
+    params = parse_params(tiny_params(
+        models=["synthetic:1"], batch_sizes=[1], runtimes=["trace"], arrival="poisson", telemetry=False, min_requests=6,
+        rate_search={"latency_budget_ms": 30, "percentile": "p50", "max_probes": 8}))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    assert list(summary["status"]) == ["unsupported"]  # one point says why, not eight
+    (found,) = read_env(tmp_path)["rate_searches"]
+    assert found["highest_met_per_s"] is None and "cannot run here (unsupported" in found["reason"]

@@ -206,6 +206,10 @@ def run_sweep(
     return SweepResult(Path(out_dir), summary, knee_table)
 
 
+class _NotRunnable(Exception):
+    """A rate search's probe that did not run (out of memory, skipped, unsupported): no other rate will."""
+
+
 class _Sweep:
     """Measuring points: their trials in rounds (benchlib.measure.trials), each written as it ends."""
 
@@ -272,9 +276,15 @@ class _Sweep:
         def probe(rate: float) -> bool:
             point = replace(configuration, rate_per_s=rate)
             self.measure([point])
-            return meets_budget(self.row_of(point), spec.latency_budget_ms, spec.percentile)
+            row = self.row_of(point)
+            if row["status"] in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED):
+                raise _NotRunnable(f"the configuration cannot run here ({row['status']}: {row['notes']})")
+            return meets_budget(row, spec.latency_budget_ms, spec.percentile)
 
-        result = search_rate(probe, spec.start_per_s, spec.tolerance_pct, spec.max_probes, MAX_RATE_PER_S)
+        try:
+            result = search_rate(probe, spec.start_per_s, spec.tolerance_pct, spec.max_probes, MAX_RATE_PER_S)
+        except _NotRunnable as stopped:  # no rate will run: one point says why, not max_probes of them
+            result = SearchResult(probes=[(spec.start_per_s, False)], reason=str(stopped))
         self.report.forgo(spec.max_probes - len(result.probes))
         self.report.say(f"rate search {configuration.model.label} {configuration.precision.name} "
                         f"{configuration.runtime} batch {configuration.batch_size} x{configuration.threads} "
