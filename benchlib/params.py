@@ -47,8 +47,14 @@ RUNTIME_PACKAGES: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnxruntime", "
 MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "high", "medium")
 WEIGHTS: tuple[str, ...] = ("random", "pretrained")
 
+#: YOLOv5 detectors, built by the optional `ultralytics` package (benchlib[yolo], AGPL-3.0).
+YOLO_MODELS: tuple[str, ...] = ("yolov5s", "yolov5m", "yolov5l", "yolov5x")
+#: A YOLO model's image size when the entry gives none (the size YOLOv5 was trained and validated at).
+YOLO_IMAGE_SIZE = 640
+#: How to install what YOLO models need.
+YOLO_INSTALL = "pip install 'benchlib[yolo]'"
 #: Models known by name; anything else goes through one of the prefixes.
-ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "resnet50")
+ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "bert-large-uncased-squad", "resnet50", *YOLO_MODELS)
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:", "synthetic:")
 #: `synthetic:<milliseconds>`: a model that holds each request exactly that long (a known truth).
 MAX_SYNTHETIC_MS = 60_000.0
@@ -148,6 +154,9 @@ class ModelSpec(_Strict):
     #: FLOPs of one inference (one sample), for a model the counter cannot count or a figure of
     #: your own; unset: counted (see benchlib.measure.flops).
     flops_per_inference: PositiveFloat | None = None
+    #: Time the model's whole pipeline per request, on raw input, by stage (pre-processing, the
+    #: forward pass, post-processing; see benchlib.measure.pipelines), not the forward pass alone.
+    pipeline: StrictBool = False
     #: True when Params made the label up (so params_to_dict leaves it out and it round-trips).
     _label_is_default: bool = PrivateAttr(default=False)
 
@@ -210,6 +219,18 @@ class ModelSpec(_Strict):
         if self.kind == "synthetic" and (self.weights == "pretrained" or self.source or self.config):
             raise ValueError(f"{self.name}: a synthetic model has no weights or architecture; remove `weights: "
                              "pretrained`, `source` and `config`")
+        if self.name in YOLO_MODELS:
+            if self.weights == "pretrained":
+                raise ValueError(f"{self.name}: YOLO models are built offline from their architecture with random "
+                                 "weights; remove `weights: pretrained`")
+            if importlib.util.find_spec("ultralytics") is None:
+                raise ValueError(f"{self.name} needs the optional `ultralytics` package (AGPL-3.0): `{YOLO_INSTALL}`, "
+                                 "or remove the model")
+            if "image_size" not in self.model_fields_set:  # ModelSpec is frozen; this validator is where it is made
+                object.__setattr__(self, "image_size", YOLO_IMAGE_SIZE)
+        if self.pipeline and self.kind in ("synthetic", "torchscript"):
+            raise ValueError(f"{self.name}: `pipeline: true` needs a model whose raw input benchlib knows (images "
+                             "for vision models, text for BERT); remove it")
         if self.weights == "pretrained" and self.config:
             raise ValueError(
                 f"{self.name}: `config` overrides change the architecture and cannot apply to "

@@ -104,8 +104,16 @@ TEXT_MEASURES: list[str] = ["peak_dtype", "telemetry_note"]
 #: `status` is ok or dropped per request. Closed loop leaves these three times NaN and the two
 #: batch columns -1 (each request is its own batch).
 SERVING_RECORD_COLUMNS: list[str] = ["enqueued_s", "dispatched_s", "batch_id", "merged_requests"]
+#: A pipeline's stages (a model entry with `pipeline: true`): pre-processing (raw input to the
+#: model's tensors on the device, the transfer included), the forward pass, post-processing.
+STAGES: tuple[str, ...] = ("preprocess", "inference", "postprocess")
+#: Per request, each stage's seconds (NaN without a pipeline; `end_s - start_s` stays the
+#: end-to-end latency), and for a detector the candidate boxes NMS saw and those it kept, per
+#: image (NaN otherwise).
+PIPELINE_RECORD_COLUMNS: list[str] = [*(f"{stage}_s" for stage in STAGES), "candidate_boxes", "kept_boxes"]
 RECORD_COLUMNS: list[str] = ["point", "trial", *POINT_KEYS, "thread", "seq", "warmup", "start_s", "end_s",
-                             *SERVING_RECORD_COLUMNS, "status", "prepare_s", "note", "trial_s", *POINT_MEASURES]
+                             *SERVING_RECORD_COLUMNS, *PIPELINE_RECORD_COLUMNS, "status", "prepare_s", "note",
+                             "trial_s", *POINT_MEASURES]
 #: What stats derives per point from its records.
 STATS_COLUMNS: list[str] = [
     "throughput_per_s", "throughput_ci_low_per_s", "throughput_ci_high_per_s", "throughput_cv",
@@ -122,6 +130,10 @@ QUEUE_COLUMNS: dict[str, str] = {f"p{p}": f"queue_p{p}_ms" for p in PERCENTILES}
 #: more than a millisecond late, and how many requests were dropped.
 SERVING_COLUMNS: list[str] = ["achieved_rate_per_s", *QUEUE_COLUMNS.values(), "mean_merged_batch",
                               "generator_lag_p99_ms", "generator_late_share", "n_dropped"]
+#: A pipeline point's stage times (P50 and P95 of the pooled measured requests) and its detector's
+#: mean candidate and kept boxes per image (NaN without a pipeline, or for a model that is no detector).
+PIPELINE_COLUMNS: list[str] = [*(f"{stage}_p{p}_ms" for stage in STAGES for p in (50, 95)), "candidate_boxes_mean",
+                               "kept_boxes_mean"]
 #: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
 #: artifact (per batch size) against eager at the same precision (the gate).
 ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",
@@ -142,8 +154,8 @@ EFFICIENCY_COLUMNS: list[str] = [
     "inferences_per_kwh", "telemetry_note",
 ]
 #: summary.csv: one row per grid point.
-SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *ACCURACY_IN_SUMMARY, *COST_COLUMNS,
-                              *EFFICIENCY_COLUMNS]
+SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS, *ACCURACY_IN_SUMMARY,
+                              *COST_COLUMNS, *EFFICIENCY_COLUMNS]
 #: The least a summary needs to be compared in a report.
 REQUIRED_SUMMARY_COLUMNS: frozenset[str] = frozenset(
     {"instance", "model", "precision", "batch_size", "threads", "throughput_per_s", "status"})
