@@ -11,7 +11,7 @@ OUT ?= outputs
 # Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --ServerApp.port=8899"
 LAB_ARGS ?=
 
-.PHONY: run test lab clean
+.PHONY: run test test-yolo lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The YOLO models' tests: installs the optional `yolo` extra (ultralytics, AGPL-3.0; its opencv
+# needs the system's libGL.so.1 and glib) into .venv, then runs the tests marked `yolo`.
+# `make test` skips them while ultralytics is absent, and runs them once it is installed.
+$(VENV)/.installed-yolo: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,yolo]'
+	touch $@
+
+test-yolo: $(VENV)/.installed-yolo
+	$(BIN)/python -m pytest -m yolo
 
 # The notebooks' metadata name the `benchlib` kernel; new notebooks get it too.
 lab: $(STAMP)

@@ -133,7 +133,7 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
         from benchlib.derive.cost import load_prices
         from benchlib.present.study import import_runs, study_prices
 
-        import_runs(out, study_prices(load_prices(args.prices)))
+        import_runs(out, study_prices(load_prices(args.prices)), additional=True)  # with BERT-large
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")

@@ -38,6 +38,7 @@ from benchlib.vocabulary import (
     ARRIVAL_CLOSED,
     GRID_KEYS,
     LOAD_KEYS,
+    PIPELINE_RECORD_COLUMNS,
     POINT_KEYS,
     POINT_MEASURES,
     RECORD_COLUMNS,
@@ -99,13 +100,15 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 
         rows = [
             {"point": point, "trial": trial, **keys, "thread": r.thread, "seq": r.seq, "warmup": r.warmup,
              "start_s": r.start_s, "end_s": r.end_s, "enqueued_s": r.enqueued_s, "dispatched_s": r.dispatched_s,
-             "batch_id": r.batch_id, "merged_requests": r.merged_requests, **point_columns, "status": r.status}
+             "batch_id": r.batch_id, "merged_requests": r.merged_requests, "preprocess_s": r.preprocess_s,
+             "inference_s": r.inference_s, "postprocess_s": r.postprocess_s, "candidate_boxes": r.candidate_boxes,
+             "kept_boxes": r.kept_boxes, **point_columns, "status": r.status}
             for r in run.records
         ]
     else:
         rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan,
                  "end_s": nan, "enqueued_s": nan, "dispatched_s": nan, "batch_id": -1, "merged_requests": -1,
-                 **point_columns}]
+                 **dict.fromkeys(PIPELINE_RECORD_COLUMNS, nan), **point_columns}]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 

@@ -39,7 +39,9 @@ from benchlib.results import with_load_keys
 from benchlib.vocabulary import (
     PERCENTILES,
     PERCENTILES_WITH_CI,
+    PIPELINE_COLUMNS,
     POINT_KEYS,
+    STAGES,
     SERVING_COLUMNS,
     STATS_COLUMNS,
     STATUS_OK,
@@ -228,7 +230,28 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
         "status": status,
         "notes": "; ".join(notes),
         **figures,
+        **pipeline_figures(records),
     })
+    return row
+
+
+def pipeline_figures(records: pd.DataFrame) -> dict[str, Any]:
+    """PIPELINE_COLUMNS of one point's records (all trials pooled); NaN where a figure was not recorded."""
+    row: dict[str, Any] = dict.fromkeys(PIPELINE_COLUMNS, math.nan)
+    if "preprocess_s" not in records.columns or records.empty:  # records from before pipelines
+        return row
+    measured = records[(~records["warmup"].astype(bool)) & (records["status"] == STATUS_OK)]
+    for stage in STAGES:
+        seconds = pd.to_numeric(measured[f"{stage}_s"], errors="coerce").to_numpy(dtype=float)
+        seconds = seconds[np.isfinite(seconds)]
+        if len(seconds):
+            for p in (50, 95):
+                row[f"{stage}_p{p}_ms"] = float(np.percentile(seconds, p) * 1e3)
+    for column in ("candidate_boxes", "kept_boxes"):
+        boxes = pd.to_numeric(measured[column], errors="coerce").to_numpy(dtype=float)
+        boxes = boxes[np.isfinite(boxes)]
+        if len(boxes):
+            row[f"{column}_mean"] = float(boxes.mean())
     return row
 
 
@@ -255,7 +278,8 @@ def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str,
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS.
+    """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS,
+    PIPELINE_COLUMNS.
 
     Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`).
     """
@@ -264,4 +288,4 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     for _, group in records.groupby("point", sort=True):
         keys = {k: group[k].iloc[0] for k in POINT_KEYS}
         rows.append({**keys, **summarize_point(group)})
-    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS])
+    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS])

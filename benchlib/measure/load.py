@@ -11,6 +11,11 @@ How one grid point is measured (the clock is a parameter so tests can fake it)::
     stop rule, checked after every completion:
         clock() - t0 >= duration_s  and  completed >= min_requests
 
+A pipeline point (``staged``, see benchlib.measure.pipelines) runs a second copy of
+the timed loop in which ``send`` reads the clock itself at its stage boundaries and
+returns them (:class:`StageTimes`): the request's start and end are its first and last
+reads, so its stages sum to its latency. The plain loop above is untouched by it.
+
 A thread that sees the stop rule sends nothing more; requests already in flight
 finish and count. The measured window is therefore [t0, last completion], and
 throughput is completed inferences divided by that window (see ``stats``), not
@@ -38,6 +43,19 @@ Clock = Callable[[], float]
 ClientFactory = Callable[[int], AbstractContextManager[Callable[[], object]]]
 
 
+@dataclass(frozen=True)
+class StageTimes:
+    """What a pipeline's `send` returns: four clock reads (the request's start, the ends of
+    pre-processing, of the forward pass and of post-processing), and a detector's boxes per image."""
+
+    t0: float
+    t1: float
+    t2: float
+    t3: float
+    candidate_boxes: float = math.nan
+    kept_boxes: float = math.nan
+
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -57,6 +75,12 @@ class RequestRecord:
     batch_id: int = -1
     merged_requests: int = -1
     status: str = STATUS_OK
+    #: A pipeline point's stage seconds (they sum to `end_s - start_s`) and boxes per image; NaN otherwise.
+    preprocess_s: float = math.nan
+    inference_s: float = math.nan
+    postprocess_s: float = math.nan
+    candidate_boxes: float = math.nan
+    kept_boxes: float = math.nan
 
 
 @dataclass
@@ -121,9 +145,13 @@ def _client_thread(
     barrier: threading.Barrier,
     out: list[RequestRecord],
     finished: threading.Event,
+    staged: bool = False,
 ) -> None:
     clock = shared.clock
     try:
+        if staged:
+            _staged_client(index, make_client, warmup_requests, shared, barrier, out)
+            return
         with make_client(index) as send:
             warm: list[tuple[float, float]] = []
             for _ in range(warmup_requests):
@@ -153,6 +181,32 @@ def _client_thread(
         finished.set()
 
 
+def _staged_client(index: int, make_client: ClientFactory, warmup_requests: int, shared: _Shared,
+                   barrier: threading.Barrier, out: list[RequestRecord]) -> None:
+    """A pipeline client: its `send` returns :class:`StageTimes`, read with the point's clock."""
+    with make_client(index) as send:
+        warm: list[StageTimes] = []
+        for _ in range(warmup_requests):
+            if shared.stop.is_set():
+                return
+            warm.append(send())  # type: ignore[arg-type]
+        barrier.wait()
+        measured: list[StageTimes] = []
+        while not shared.stop.is_set():
+            stages: StageTimes = send()  # type: ignore[assignment]
+            measured.append(stages)
+            shared.count_completion(stages.t3)
+    t0 = shared.t0
+    out.extend(_staged_record(index, i - len(warm), True, s, t0) for i, s in enumerate(warm))
+    out.extend(_staged_record(index, i, False, s, t0) for i, s in enumerate(measured))
+
+
+def _staged_record(thread: int, seq: int, warmup: bool, s: StageTimes, t0: float) -> RequestRecord:
+    return RequestRecord(thread, seq, warmup, s.t0 - t0, s.t3 - t0, preprocess_s=s.t1 - s.t0,
+                         inference_s=s.t2 - s.t1, postprocess_s=s.t3 - s.t2, candidate_boxes=s.candidate_boxes,
+                         kept_boxes=s.kept_boxes)
+
+
 def run_point(
     make_client: ClientFactory,
     threads: int,
@@ -160,8 +214,12 @@ def run_point(
     duration_s: float,
     min_requests: int,
     clock: Clock = time.perf_counter,
+    staged: bool = False,
 ) -> PointRun:
     """Measure one grid point with `threads` closed-loop clients.
+
+    `staged`: each `send` returns the :class:`StageTimes` of a pipeline request (reading
+    `clock` itself); the records then carry its stages.
 
     Out-of-memory in any client ends the point with status ``oom`` (no records are
     kept: a partial window would mislead); any other error propagates.
@@ -173,7 +231,7 @@ def run_point(
     workers = [
         threading.Thread(
             target=_client_thread,
-            args=(i, make_client, warmup_requests, shared, barrier, per_thread[i], finished[i]),
+            args=(i, make_client, warmup_requests, shared, barrier, per_thread[i], finished[i], staged),
             name=f"benchlib-client-{i}",
             daemon=True,
         )

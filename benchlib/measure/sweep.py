@@ -44,6 +44,7 @@ from benchlib.measure.device import check_client_threads, device_name, intra_op_
 from benchlib.measure.environment import collect_env, fingerprint
 from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.inputs import Inputs
+from benchlib.measure import pipelines
 from benchlib.measure.arrivals import arrival_times
 from benchlib.measure.load import ClientFactory, Clock, PointRun, run_point
 from benchlib.measure.memory import PeakMemory, device_memory_bytes, first_line, is_out_of_memory, release_memory
@@ -456,6 +457,8 @@ class _Shared:
             reason = runtime.unsupported(workload)
             if reason:
                 return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
+            if point.model.pipeline and point.arrival != ARRIVAL_CLOSED:
+                return PointRun(status=STATUS_UNSUPPORTED, error=pipelines.open_loop_reason())
             # Text is timed with padding, as tokenised text comes: every runtime then takes the
             # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
             # needs every merged batch size's inputs and artifact, resident before its window.
@@ -470,13 +473,27 @@ class _Shared:
                                     prepare_s=artifact.prepare_s)
                 ready[batch // point.batch_size] = (inputs, artifact)
             prepare_s = sum(artifact.prepare_s for _, artifact in ready.values())
+            pipeline = None
+            if point.model.pipeline:  # raw inputs and stages, built before the clock starts
+                _, artifact = ready[1]
+                if artifact.prepared is not None and artifact.prepared.bind is not None:
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
+                                    error=pipelines.bound_runtime_reason(point.runtime))
+                try:
+                    pipeline = pipelines.build_pipeline(workload, point.batch_size, self.params.seed)
+                except pipelines.PipelineUnsupported as exc:
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s, error=str(exc))
             # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
             sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
             started = clock()
             with PeakMemory(self.device) as memory, sampler:
                 try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                    clients = {k: workload.client_factory(inputs, point.threads, artifact.prepared)
-                               for k, (inputs, artifact) in ready.items()}
+                    if pipeline is not None:
+                        clients = {1: workload.pipeline_client_factory(pipeline, point.threads,
+                                                                       ready[1][1].prepared, clock)}
+                    else:
+                        clients = {k: workload.client_factory(inputs, point.threads, artifact.prepared)
+                                   for k, (inputs, artifact) in ready.items()}
                 except Exception as exc:  # a client that cannot be prepared: the point cannot run here
                     if is_out_of_memory(exc):
                         raise
@@ -486,6 +503,8 @@ class _Shared:
             run.trial_s = clock() - started
             run.prepare_s = prepare_s
             said = []  # what each artifact says of itself (its notes, a recompile in the window), once
+            if pipeline is not None:
+                said.append(pipeline.note)
             for _, artifact in ready.values():
                 prepared = artifact.prepared
                 said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
@@ -506,7 +525,8 @@ class _Shared:
         params = self.params
         if point.rate_per_s is None:
             return run_point(clients[1], threads=point.threads, warmup_requests=params.warmup_requests,
-                             duration_s=params.duration_s, min_requests=params.min_requests, clock=clock)
+                             duration_s=params.duration_s, min_requests=params.min_requests, clock=clock,
+                             staged=point.model.pipeline)
         schedule = arrival_times(point.arrival, point.rate_per_s, params.warmup_requests * point.threads,
                                  params.duration_s, params.min_requests, params.seed, trial)
         load = Load(schedule, point.max_batch_size, params.max_queue_delay_ms / 1e3, params.duration_s)

@@ -2,7 +2,9 @@
 
 Its inputs for a batch size are built once, on the device, before any timing; each
 client thread then gets a ``send`` that runs one forward pass and returns when it
-is complete.
+is complete. A pipeline point's clients (:meth:`Workload.pipeline_client_factory`) run
+the model's whole request path on raw input instead, timed by stage
+(benchlib.measure.pipelines).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import torch
 
 from benchlib.measure.device import check_client_threads
 from benchlib.measure.inputs import Inputs, map_tensors, pad_attention_mask
-from benchlib.measure.load import ClientFactory
+from benchlib.measure.load import ClientFactory, Clock, StageTimes
+from benchlib.measure.pipelines import Pipeline
 from benchlib.measure.precision import Precision
 from benchlib.measure.runtimes.base import Prepared
 from benchlib.measure.zoo import LoadedModel
@@ -37,7 +40,7 @@ class Workload:
             module = copy.deepcopy(module)
         if precision.cast_dtype is not None:
             module = module.to(precision.cast_dtype)
-        if channels_last:  # NHWC weights for convolutions; 4-D inputs follow in _to_device
+        if channels_last:  # NHWC weights for convolutions; 4-D inputs follow in to_device
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         # One stream per client index, kept for the workload's life: the caching
@@ -54,12 +57,14 @@ class Workload:
         inputs = self.loaded.make_inputs(batch_size, generator)
         if padded:
             inputs = pad_attention_mask(inputs, generator)
-        moved = map_tensors(inputs, self._to_device)
+        moved = map_tensors(inputs, self.to_device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # resident before any client stream reads them
         return moved
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the device as the model takes it: floats in the precision's cast dtype, 4-D
+        floats channels-last when the workload is (a pipeline's pre-processing ends with this)."""
         dtype = self.precision.cast_dtype if tensor.is_floating_point() and self.precision.cast_dtype else None
         moved = tensor.to(self.device, dtype=dtype)
         if self.channels_last and moved.dim() == 4 and moved.is_floating_point():
@@ -90,12 +95,7 @@ class Workload:
         after another, before any client thread starts.
         """
         prepared = prepared or Prepared(call=self.forward)
-        streams: list[torch.cuda.Stream | None] = [None] * threads
-        if self.device.type == "cuda":
-            check_client_threads(self.device, (threads,))
-            while len(self._streams) < threads:  # created here, in order: distinct pool streams
-                self._streams.append(torch.cuda.Stream(self.device))
-            streams = list(self._streams[:threads])
+        streams = self._client_streams(threads)
         calls = [self._bound(prepared, index, streams[index], inputs) for index in range(threads)]
 
         @contextlib.contextmanager
@@ -113,6 +113,55 @@ class Workload:
                         return out
 
                     yield send
+
+        return client
+
+    def _client_streams(self, threads: int) -> list[torch.cuda.Stream | None]:
+        """One stream per client on CUDA (kept for the workload's life), None on the CPU."""
+        if self.device.type != "cuda":
+            return [None] * threads
+        check_client_threads(self.device, (threads,))
+        while len(self._streams) < threads:  # created here, in order: distinct pool streams
+            self._streams.append(torch.cuda.Stream(self.device))
+        return list(self._streams[:threads])
+
+    def pipeline_client_factory(self, pipeline: Pipeline, threads: int, prepared: Prepared | None,
+                                clock: Clock) -> ClientFactory:
+        """Per-thread `send` of one pipeline request on raw input: pre-processing, `prepared`'s call
+        (default: eager; it must take fresh inputs, i.e. have no `bind`), post-processing, each stage
+        ended by a synchronize of the client's own stream on CUDA. `send` returns the
+        :class:`~benchlib.measure.load.StageTimes` it read from `clock` (run_point with ``staged``)."""
+        call = (prepared or Prepared(call=self.forward)).call
+        streams = self._client_streams(threads)
+        preprocess, postprocess, raw = pipeline.preprocess, pipeline.postprocess, pipeline.raw
+
+        @contextlib.contextmanager
+        def client(index: int) -> Iterator[Callable[[], object]]:
+            stream = streams[index]
+            position = index % len(raw)
+
+            def send() -> StageTimes:
+                nonlocal position
+                batch = raw[position]
+                position = (position + 1) % len(raw)
+                t0 = clock()
+                inputs, context = preprocess(batch)
+                if stream is not None:
+                    stream.synchronize()
+                t1 = clock()
+                outputs = call(inputs)
+                if stream is not None:
+                    stream.synchronize()
+                t2 = clock()
+                answers = postprocess(outputs, context)
+                if stream is not None:
+                    stream.synchronize()
+                t3 = clock()
+                return StageTimes(t0, t1, t2, t3, answers.candidate_boxes, answers.kept_boxes)
+
+            with self.precision_context(), (torch.cuda.stream(stream) if stream is not None
+                                            else contextlib.nullcontext()):
+                yield send
 
         return client
 

@@ -12,10 +12,20 @@ from benchlib.errors import WorkloadError
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.measure.synthetic import SyntheticModel
-from benchlib.params import ModelSpec
+from benchlib.params import YOLO_MODELS, ModelSpec
 
 #: The study's checkpoint for the NLP model (used when `weights: pretrained`).
 BERT_SQUAD2_HUB_ID = "twmkn9/bert-base-uncased-squad2"
+#: bert-large-uncased-squad's checkpoint when `weights: pretrained` gives no `source:` (Google's
+#: whole-word-masking bert-large fine-tuned on SQuAD 1.1; the study names no checkpoint).
+BERT_LARGE_SQUAD_HUB_ID = "google-bert/bert-large-uncased-whole-word-masking-finetuned-squad"
+#: The bert-large-uncased architecture, over BertConfig's defaults (which are bert-base-uncased).
+BERT_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}
+#: The zoo's BERTs: (architecture over BertConfig's defaults, pretrained hub id).
+ZOO_BERTS: dict[str, tuple[dict[str, int], str]] = {
+    "bert-base-uncased-squad2": ({}, BERT_SQUAD2_HUB_ID),
+    "bert-large-uncased-squad": (BERT_LARGE, BERT_LARGE_SQUAD_HUB_ID),
+}
 
 
 @dataclass
@@ -52,13 +62,19 @@ def load_model(spec: ModelSpec, device: torch.device, seed: int) -> LoadedModel:
 def _load_zoo(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
     if spec.name == "resnet50":
         return _load_torchvision(spec.model_copy(update={"name": "torchvision:resnet50"}))
-    # bert-base-uncased-squad2: BertConfig's defaults are exactly bert-base-uncased.
+    if spec.name in YOLO_MODELS:
+        from benchlib.measure import yolo  # imports ultralytics (AGPL-3.0): only when a YOLO model is asked for
+
+        module = yolo.build(spec.name, spec.config)
+        return module, yolo.weights_source(spec.name, spec.config), image_inputs(spec.image_size, 3, key=None)
+    # The QA BERTs (no pooler): BertConfig's defaults are exactly bert-base-uncased.
     from transformers import BertConfig, BertForQuestionAnswering
 
+    architecture, hub_id = ZOO_BERTS[spec.name]
     if spec.weights == "pretrained":
-        module, source = _hf_pretrained(BertForQuestionAnswering, spec.source or BERT_SQUAD2_HUB_ID)
+        module, source = _hf_pretrained(BertForQuestionAnswering, spec.source or hub_id)
     else:
-        config = BertConfig(**spec.config)
+        config = BertConfig(**{**architecture, **spec.config})
         module, source = BertForQuestionAnswering(config), _random_source(spec)
     return module, source, text_inputs(module, spec.seq_len)
 

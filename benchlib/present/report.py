@@ -276,6 +276,8 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
                 wide[("usd_per_million", baseline)] / wide[("usd_per_million", instance)])
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index = table.index.set_names(levels)
+    # The pivot keeps every model x batch x precision combination; drop those no instance measured.
+    table = table.loc[wide[[c for c in wide.columns if c[0] == "throughput_per_s"]].notna().any(axis=1)]
     ascending = [True, False, True, True][:len(levels)]
     return table.sort_index(level=levels, ascending=ascending, key=_runtime_order)
 
