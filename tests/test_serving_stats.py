@@ -28,6 +28,7 @@ from benchlib.vocabulary import (
     POINT_KEYS,
     QUEUE_COLUMNS,
     RECORD_COLUMNS,
+    PIPELINE_COLUMNS,
     SERVING_COLUMNS,
     STATS_COLUMNS,
     STATUS_DROPPED,
@@ -127,7 +128,7 @@ def test_closed_loop_summaries_have_empty_serving_columns_and_the_summary_order(
     assert "queueing" not in row["notes"]
     both = pd.concat([closed, constant_stream().assign(point=1)], ignore_index=True)
     summary = summarize(both)
-    assert list(summary.columns) == [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS]
+    assert list(summary.columns) == [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS]
     assert summary["n_dropped"].isna().tolist() == [True, False]
 
 
