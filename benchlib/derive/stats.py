@@ -215,7 +215,7 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     trial_s = records.groupby("trial")["trial_s"].first() if "trial_s" in records.columns else pd.Series(dtype=float)
     figures = serving.serving_figures(records)
     if open_loop:
-        status, serving_notes = _serving_status(records, figures, status, n_trials, serving)
+        status, serving_notes = _serving_status(records, figures, status, n_trials)
         notes.extend(serving_notes)
     row.update({
         "latency_mean_ms": float(latencies_ms.mean()) if n else nan,
@@ -255,9 +255,10 @@ def pipeline_figures(records: pd.DataFrame) -> dict[str, Any]:
     return row
 
 
-def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str, n_trials: int,
-                    serving: Any) -> tuple[str, list[str]]:
+def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str, n_trials: int) -> tuple[str, list[str]]:
     """An open-loop point's status (overloaded unless it did not run) and its notes on drops, overload, the generator."""
+    from benchlib.derive import serving  # imported here, as in summarize_point: serving imports this module
+
     notes = []
     if figures["n_dropped"]:
         notes.append(f"{figures['n_dropped']} dropped requests are counted, not in the latency figures")

@@ -354,8 +354,8 @@ def serve_point(factories: dict[int, ClientFactory], workers: int, load: Load,
         raise server.failure
     t0 = requests[schedule.warmup].scheduled if len(requests) > schedule.warmup else origin[0]
     records = [_record(request, t0, schedule.warmup) for request in requests]
-    note = "; ".join(filter(None, [f"{sum(r.dropped for r in requests)} request(s) dropped after the drain"
-                                   if any(r.dropped for r in requests) else ""]))
+    dropped = sum(r.dropped for r in requests)
+    note = f"{dropped} request(s) dropped after the drain" if dropped else ""
     return PointRun(records=records, t0=t0, error=note)
 
 
