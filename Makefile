@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 # Extra JupyterLab options, e.g. make lab LAB_ARGS="--no-browser --ServerApp.port=8899"
 LAB_ARGS ?=
+# Jupyter refuses to start as root without --allow-root; our Dockerfile runs as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: run test test-yolo lab clean
 
@@ -40,9 +42,10 @@ test-yolo: $(VENV)/.installed-yolo
 	$(BIN)/python -m pytest -m yolo
 
 # The notebooks' metadata name the `benchlib` kernel; new notebooks get it too.
+# As root (in the container) --allow-root is passed; it still listens on 127.0.0.1 only.
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --ServerApp.ip=127.0.0.1 \
-		--MappingKernelManager.default_kernel_name=benchlib $(LAB_ARGS)
+		--MappingKernelManager.default_kernel_name=benchlib $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
