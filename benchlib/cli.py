@@ -74,6 +74,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from benchlib.ownership import check_outputs_root
     from benchlib.present.runner import run_benchmarks
     from benchlib.scale.storage import is_url, upload_tree
 
@@ -88,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     elif is_url(args.out):
         if args.resume or args.force:
             raise InputError(f"--resume and --force need a local --out, not {args.out}")
+        check_outputs_root(args.out)  # before measuring anything
         with tempfile.TemporaryDirectory(prefix="benchlib-run-") as scratch:
             outcomes = run_benchmarks(args.params, scratch)
             upload_tree(Path(scratch), args.out)
@@ -113,15 +115,24 @@ def _check_force(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from benchlib.ownership import MARK, Folder, check_outputs_root, report_files_owned
     from benchlib.scale.storage import download_runs, is_url, upload_tree
 
+    check_outputs_root(args.out)  # before anything is written: a user's folder is theirs
     if not is_url(args.out):
         print(f"report: {_local_report(args, Path(args.out))}")
         return EXIT_OK
     with tempfile.TemporaryDirectory(prefix="benchlib-report-") as scratch:
-        download_runs(args.out, Path(scratch))
+        copied = download_runs(args.out, Path(scratch))
+        remote = Folder.at(args.out)
+        ours = report_files_owned(remote)  # replaced up there: checked as benchlib's above
+        mark = remote.read(MARK)
+        if mark is not None:  # the hashes of what earlier reports wrote up there
+            (Path(scratch) / MARK).write_bytes(mark)
         _local_report(args, Path(scratch))
-        upload_tree(Path(scratch), args.out)
+        replaceable = [p.relative_to(scratch).as_posix() for p in Path(scratch).rglob("*")
+                       if p.relative_to(scratch).parts[0] in ours]
+        upload_tree(Path(scratch), args.out, unchanged=copied, replaceable=[*replaceable, MARK])
     print(f"report: {args.out.rstrip('/')}/report.html")
     return EXIT_OK
 
@@ -164,7 +175,8 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     """The closed-loop recommendation; with open-loop points, also the cheapest configuration that
     carries --target-per-s within the budget, from each configuration's highest rate within it."""
     from benchlib.derive.cost import is_open_loop, recommend
-    from benchlib.results import SERVING_RECOMMENDATION, with_load_keys, write_recommendation
+    from benchlib.results import with_load_keys, write_recommendation
+    from benchlib.vocabulary import SERVING_RECOMMENDATION
 
     if args.latency_budget_ms is None:
         return

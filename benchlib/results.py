@@ -33,18 +33,28 @@ import yaml
 from pandas._libs.parsers import STR_NA_VALUES
 
 from benchlib.errors import InputError
-from benchlib.vocabulary import (
+from benchlib.ownership import check_run_folder
+from benchlib.vocabulary import (  # the run folder's file names are re-exported for its readers
+    ACCURACY,
     ACCURACY_COLUMNS,
     ARRIVAL_CLOSED,
+    ENV,
     GRID_KEYS,
+    KNEES,
     LOAD_KEYS,
+    LOCK,
+    PARAMS,
     PIPELINE_RECORD_COLUMNS,
     POINT_KEYS,
     POINT_MEASURES,
+    RECOMMENDATION,
     RECORD_COLUMNS,
+    RECORDS,
     STATUS_DROPPED,
     STATUS_OK,
     STATUS_OOM,
+    SUMMARY,
+    TELEMETRY,
     TEXT_KEYS,
     TEXT_MEASURES,
     TELEMETRY_COLUMNS,
@@ -53,18 +63,6 @@ from benchlib.vocabulary import (
 if TYPE_CHECKING:  # the report reads runs without importing torch
     from benchlib.measure.load import PointRun
 
-RECORDS = "records.parquet"
-SUMMARY = "summary.csv"
-ACCURACY = "accuracy.csv"
-ENV = "env.json"
-KNEES = "knees.csv"
-PARAMS = "params.yaml"
-RECOMMENDATION = "recommendation.csv"
-#: Open loop: the cheapest configuration carrying a load within the budget (`bench --latency-budget-ms`).
-SERVING_RECOMMENDATION = "serving_recommendation.csv"
-TELEMETRY = "telemetry.parquet"
-
-LOCK = ".lock"
 #: env.json's mark of a sweep that ran to its end (a rate search's point count is known only then).
 FINISHED = "finished"
 #: The load keys of a closed-loop point (and of every point measured before open loop existed).
@@ -158,8 +156,8 @@ class RunWriter:
     """Keeps a run's records and accuracy rows, and its files on disk current after each point.
 
     It holds an exclusive lock on the folder while open: a second writer fails at
-    once instead of interleaving its points. A new run needs an empty folder;
-    ``resume=True`` reopens a run of the same params and keeps its points, and only
+    once instead of interleaving its points. A new run needs a new or empty folder (or
+    one benchlib made: see benchlib.ownership); ``resume=True`` reopens a run of the same params and keeps its points, and only
     of the same code unless ``force=True`` (see :func:`check_resumable`).
     """
 
@@ -167,6 +165,7 @@ class RunWriter:
                  force: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.fingerprint = fingerprint or {}
+        check_run_folder(self.out_dir, resume)  # a user's folder is theirs
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out_dir)
         self._records: list[pd.DataFrame] = []
@@ -180,6 +179,9 @@ class RunWriter:
                     raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose "
                                      "another output folder")
                 self._reopen(force)
+            elif resume and (self.out_dir / ENV).exists():  # a run stopped before its first point
+                self.previous_env = read_env(self.out_dir)
+                check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
         except BaseException:
             self.close()
             raise

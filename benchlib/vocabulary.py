@@ -22,6 +22,30 @@ STATUS_OVERLOADED = "overloaded"
 #: `end_s` is when it was given up, so `end_s - start_s` is its age then (a lower bound).
 STATUS_DROPPED = "dropped"
 
+# --- a run folder's files (benchlib.results writes them) -------------------------
+
+RECORDS = "records.parquet"
+SUMMARY = "summary.csv"
+ACCURACY = "accuracy.csv"
+ENV = "env.json"
+KNEES = "knees.csv"
+PARAMS = "params.yaml"
+RECOMMENDATION = "recommendation.csv"
+#: Open loop: the cheapest configuration carrying a load within the budget (`bench --latency-budget-ms`).
+SERVING_RECOMMENDATION = "serving_recommendation.csv"
+TELEMETRY = "telemetry.parquet"
+#: The run folder's lock: one writer at a time.
+LOCK = ".lock"
+#: The study's published figures, imported as a run folder of each instance (`report --example seed`).
+PUBLISHED_RUN_ID = "published"
+#: What a notebook run leaves beside its outputs: the executed notebook, its page, the kernel's own log.
+BENCHMARK_NOTEBOOK_FILE = "benchmark.ipynb"
+KERNEL_LOG = "kernel.log"
+#: The report's files in its outputs folder (`benchlib report --out`).
+REPORT_NOTEBOOK_FILE = "report.ipynb"
+REPORT_PAGE = "report.html"
+FIGURES = "figures"
+
 # --- arrivals -------------------------------------------------------------------
 
 #: `arrival` of a closed-loop point: N clients, one request in flight each (no offered rate).

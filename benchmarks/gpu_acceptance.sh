@@ -418,9 +418,15 @@ if [ $? -ne 0 ]; then  # pipefail: python's status
 fi
 
 DEST=${OUT:-outputs/gpu-acceptance}
+MARK=.benchlib.json  # benchlib.ownership.MARK: this folder is benchlib's, so its files may be replaced
+if [ -z "${OUT:-}" ] && [ -d "$DEST" ] && [ ! -f "$DEST/$MARK" ] && [ -n "$(ls -A "$DEST")" ]; then
+    echo "gpu_acceptance: $DEST holds files benchlib did not write; move them away, or set OUT to a new folder" >&2
+    exit 2
+fi
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$DEST/runs/$stamp; fi
 mkdir -p "$DEST" "$RUNS" || exit 2
+if [ -z "${OUT:-}" ]; then echo '{"made": "gpu-acceptance"}' >"$DEST/$MARK"; fi
 # None left from an earlier run (main-accuracy.csv and compile-accuracy.csv: an older script's).
 for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,compile}-{summary,accuracy}.csv; do
     rm -f "${DEST:?}/$file"

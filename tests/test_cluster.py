@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,9 @@ def s3(monkeypatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
+    # moto keeps its buckets in this process across servers: each test starts from none.
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+                           timeout=10).close()
     for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
@@ -204,3 +208,19 @@ def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) 
     assert sorted(Path(p).name for p in s3.ls("bench/study/figures")) == [
         "cost_vs_batch.png", "efficiency_vs_batch.png", "energy_vs_batch.png", "throughput_latency_vs_batch.png",
         "throughput_vs_latency.png"]
+    # A second report replaces its own files up there (the mark's hashes came back down and up again).
+    code, log = run_cli("report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
+    assert code == 0, log
+    assert set(json.loads(s3.cat_file("bench/study/.benchlib.json"))["files"]) >= {"report.html", "report.ipynb"}
+
+
+def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path) -> None:
+    s3.pipe_file("bench/mine/report.html", b"the user's page")
+    s3.pipe_file("bench/mine/tiny-s/notes.txt", b"the user's notes")
+    for argv in (["run", str(write_params(tmp_path, "tiny-s")), "--out", "s3://bench/mine"],
+                 ["report", "--out", "s3://bench/mine"]):
+        code, log = run_cli(*argv)
+        assert code == 2 and "s3://bench/mine is not a benchlib outputs folder" in log, log
+        assert "report.html (not written by benchlib" in log and "tiny-s/notes.txt" in log
+    assert s3.cat_file("bench/mine/report.html") == b"the user's page"
+    assert sorted(s3.find("bench/mine")) == ["bench/mine/report.html", "bench/mine/tiny-s/notes.txt"]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import benchlib.measure.environment as environment
 from benchlib.errors import InputError
@@ -52,9 +53,12 @@ def test_resume_across_a_code_change_needs_force(tmp_path: Path, monkeypatch) ->
 def test_a_resume_whose_points_the_grid_does_not_have_is_refused(tmp_path: Path) -> None:
     run_sweep(parse_params(tiny_params(batch_sizes=[1], models=[{**TINY_BERT, "label": "old name"}])), tmp_path,
               progress=None)
+    # The folder now says it is a run of the new params (params.yaml and fingerprint), but its records are not.
     env = json.loads((tmp_path / "env.json").read_text())
-    env["fingerprint"]["params"] = fingerprint(params_to_dict(parse_params(tiny_params(batch_sizes=[1]))))["params"]
+    new = params_to_dict(parse_params(tiny_params(batch_sizes=[1])))
+    env["fingerprint"]["params"] = fingerprint(new)["params"]
     (tmp_path / "env.json").write_text(json.dumps(env))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(new, sort_keys=False))
     with pytest.raises(InputError, match="holds points this grid does not have"):
         run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None, resume=True)
 

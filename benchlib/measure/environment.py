@@ -5,7 +5,6 @@ import contextlib
 import functools
 import importlib.metadata
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import benchlib
+from benchlib.ownership import params_hash
 
 if TYPE_CHECKING:
     import torch
@@ -67,8 +67,7 @@ def code_fingerprint() -> str:
 
 def fingerprint(params: dict[str, Any]) -> dict[str, str]:
     """What a run may be resumed under: the same params, and (unless forced) the same code."""
-    text = json.dumps(params, sort_keys=True, default=str)
-    return {"params": hashlib.sha256(text.encode()).hexdigest()[:16], "code": code_fingerprint()}
+    return {"params": params_hash(params), "code": code_fingerprint()}
 
 
 def installed_versions(names: tuple[str, ...]) -> dict[str, str]:

@@ -35,19 +35,19 @@ from traitlets import default
 
 from benchlib.measure.environment import fingerprint
 from benchlib.errors import InputError
+from benchlib.ownership import check_outputs_root, mark_made, record_report_files
 from benchlib.params import Params, load_params, params_to_dict
 from benchlib.results import ENV, SUMMARY, check_resumable, measured_everything, read_env, read_summary
+from benchlib.vocabulary import BENCHMARK_NOTEBOOK_FILE, FIGURES, KERNEL_LOG, REPORT_NOTEBOOK_FILE, REPORT_PAGE
 
 #: Shipped in the package: benchlib/notebooks is a symlink to the repository's notebooks/.
 NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
-BENCHMARK_NOTEBOOK = NOTEBOOKS / "benchmark.ipynb"
-REPORT_NOTEBOOK = NOTEBOOKS / "report.ipynb"
+BENCHMARK_NOTEBOOK = NOTEBOOKS / BENCHMARK_NOTEBOOK_FILE
+REPORT_NOTEBOOK = NOTEBOOKS / REPORT_NOTEBOOK_FILE
 #: The kernel the notebooks' metadata name: `make` registers it in .venv (for JupyterLab and
 #: `papermill -k benchlib`). `benchlib run` and `benchlib report` do not look it up: see
 #: ThisInterpreterKernelManager.
 KERNEL_NAME = "benchlib"
-#: The kernel process's own log, beside the executed notebook.
-KERNEL_LOG = "kernel.log"
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,7 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
     since, unless `force`); otherwise it gets a new one.
     """
     log = sys.stderr if log is None else log
+    check_outputs_root(out_root)  # a user's folder is theirs
     out_root = Path(out_root).resolve()
     outcomes: list[RunOutcome] = []
     for path, params in load_each(params_paths, outcomes, log):
@@ -214,11 +215,11 @@ def benchmark_into(params: Params, run_dir: Path, resume: bool = False, force: b
                   "out_dir": str(run_dir), "resume": resume, "force": force}
     error = ""
     try:
-        execute(BENCHMARK_NOTEBOOK, run_dir / "benchmark.ipynb", parameters, cwd=run_dir, progress=progress)
+        execute(BENCHMARK_NOTEBOOK, run_dir / BENCHMARK_NOTEBOOK_FILE, parameters, cwd=run_dir, progress=progress)
     except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
         error = _notebook_error(exc)
-    if (run_dir / "benchmark.ipynb").exists():
-        render_html(run_dir / "benchmark.ipynb", run_dir / "benchmark.html")
+    if (run_dir / BENCHMARK_NOTEBOOK_FILE).exists():
+        render_html(run_dir / BENCHMARK_NOTEBOOK_FILE, run_dir / "benchmark.html")
     return error
 
 
@@ -245,25 +246,34 @@ def _unfinished_run(instance_dir: Path, params: Params, force: bool) -> Path | N
 
 
 def _make_run_dir(parent: Path, run_id: str) -> Path:
-    """A fresh folder: the same params started twice in one second get -2, -3, ..."""
+    """A fresh folder, with benchlib's mark: the same params started twice in one second get -2, -3, ..."""
     parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 1000):
         run_dir = parent / (run_id if attempt == 1 else f"{run_id}-{attempt}")
         try:
             run_dir.mkdir()
-            return run_dir
         except FileExistsError:
             continue
+        mark_made(run_dir)  # so a run whose notebook failed before measuring is still known as benchlib's
+        return run_dir
     raise FileExistsError(f"cannot make a new run folder under {parent}")
 
 
 def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:
-    """Execute the report notebook over every run under `out_root`; return the HTML's path."""
+    """Execute the report notebook over every run under `out_root`; return the HTML's path.
+
+    Its files (report.ipynb, report.html, kernel.log, figures/) replace only files benchlib wrote
+    there before, and are recorded in the folder's mark (see benchlib.ownership).
+    """
+    check_outputs_root(out_root)
     out_root = Path(out_root).resolve()
-    notebook = out_root / "report.ipynb"
-    parameters = {"outputs_dir": str(out_root), "figures_dir": str(out_root / "figures"), **parameters}
-    execute(REPORT_NOTEBOOK, notebook, parameters, cwd=out_root)
-    return render_html(notebook, out_root / "report.html", hide_code=True)
+    notebook = out_root / REPORT_NOTEBOOK_FILE
+    parameters = {"outputs_dir": str(out_root), "figures_dir": str(out_root / FIGURES), **parameters}
+    try:
+        execute(REPORT_NOTEBOOK, notebook, parameters, cwd=out_root)
+        return render_html(notebook, out_root / REPORT_PAGE, hide_code=True)
+    finally:  # a failed report's files are benchlib's too: the next report may replace them
+        record_report_files(out_root)
 
 
 def render_html(notebook: Path, output: Path, hide_code: bool = False) -> Path:

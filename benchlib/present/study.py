@@ -24,8 +24,9 @@ import pandas as pd
 
 from benchlib.derive.cost import Price, cost_ratio, usd_per_million
 from benchlib.params import YOLO_IMAGE_SIZE, YOLO_INSTALL
+from benchlib.ownership import check_published_folder
 from benchlib.results import write_env, write_summary
-from benchlib.vocabulary import STATUS_OK, latency_column
+from benchlib.vocabulary import PUBLISHED_RUN_ID, STATUS_OK, latency_column
 
 #: The prices as the post's instance table prints them (swapped, see above).
 POST_TABLE_USD_PER_HOUR = {"g5.4xlarge": 1.204, "g4dn.4xlarge": 1.624}
@@ -81,7 +82,6 @@ def study_prices(prices: dict[str, Price]) -> dict[str, float]:
 
 #: What the post says about each instance's GPU, for env.json.
 STUDY_DEVICES = {"g5.4xlarge": "NVIDIA A10G (24 GiB)", "g4dn.4xlarge": "NVIDIA T4 (16 GiB)"}
-PUBLISHED_RUN_ID = "published"
 
 
 def import_runs(root: str | Path, usd_per_hour: dict[str, float], additional: bool = False) -> list[Path]:
@@ -95,6 +95,8 @@ def import_runs(root: str | Path, usd_per_hour: dict[str, float], additional: bo
     """
     table = reproduce_costs(usd_per_hour)
     extra = bert_large_runs(usd_per_hour) if additional else None
+    for instance in table["instance"].unique():  # all checked before any is written: never over a user's files
+        check_published_folder(Path(root) / str(instance) / PUBLISHED_RUN_ID)
     written = []
     for instance, rows in table.groupby("instance"):
         summary = _published_summary(str(instance), rows, "published figures; latency is the post's table value")

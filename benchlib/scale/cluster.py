@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import yaml
 
 from benchlib.errors import InputError
+from benchlib.ownership import check_outputs_root, mark_made, new_run_folder
 from benchlib.params import Params, parse_params
 from benchlib.results import ENV, update_env
 from benchlib.present.runner import RunOutcome, benchmark_into, load_each, new_run_id
@@ -40,6 +41,7 @@ def remote_benchmark(params_text: str, source: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="benchlib-") as scratch:
         run_dir = Path(scratch) / "run"
         run_dir.mkdir()
+        mark_made(run_dir)  # the notebook's pages come first; the sweep then knows the folder as benchlib's
         error = benchmark_into(params, run_dir)
         if (run_dir / ENV).is_file():  # say where it ran
             update_env(run_dir, dask_worker=worker)
@@ -63,6 +65,7 @@ def run_on_cluster(
     from distributed import Client
 
     outcomes: list[RunOutcome] = []
+    check_outputs_root(out)  # a user's folder is theirs: refused before any task is sent
     try:
         client = Client(address, timeout="15s")
     except OSError as exc:
@@ -106,7 +109,10 @@ def _collect(client: Any, tasks: dict[Any, tuple[Path, Params, str]], out: str, 
             except Exception as exc:  # noqa: BLE001 - a task's failure is reported, the rest go on
                 outcomes.append(RunOutcome(path, None, False, f"{type(exc).__name__}: {exc}"))
                 continue
-            where = write_files(out, f"{params.instance}/{run_id}", result["files"])
+            # A new folder, with benchlib's mark: an existing one (the same run id) is never written into.
+            folder = new_run_folder(f"{out.rstrip('/')}/{params.instance}", run_id)
+            where = write_files(out, f"{params.instance}/{folder}", result["files"])
+            mark_made(where)
             outcomes.append(RunOutcome(path, Path(where) if "://" not in where else None, not result["error"],
                                        result["error"]))
             print(f"{path}: {'ran' if not result['error'] else 'failed'} on {result['worker']} -> {where}",
