@@ -14,16 +14,15 @@ A run directory holds::
 This is the only module that writes a run folder. It writes what it is given: the
 summary and knees are derived elsewhere, by pure functions of the records. Every
 file is written to a temporary name and renamed into place, so a reader never sees
-half a file; records and summary are rewritten after every grid point.
+half a file; records and telemetry grow by one part per trial, joined when the run
+closes (benchlib.files), and the summary is rewritten after every trial.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import yaml
 from pandas._libs.parsers import STR_NA_VALUES
 
 from benchlib.errors import InputError
+from benchlib.files import append_part, join_parts, next_part, read_table_parts, table_exists, write_atomic
 from benchlib.ownership import check_run_folder
 from benchlib.vocabulary import (  # the run folder's file names are re-exported for its readers
     ACCURACY,
@@ -67,20 +67,6 @@ if TYPE_CHECKING:  # the report reads runs without importing torch
 FINISHED = "finished"
 #: The load keys of a closed-loop point (and of every point measured before open loop existed).
 CLOSED_LOOP_KEYS: dict[str, Any] = {"max_batch_size": 1, "arrival": ARRIVAL_CLOSED, "offered_rate_per_s": math.nan}
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the group and from sync tools
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 0) -> pd.DataFrame:
@@ -168,13 +154,16 @@ class RunWriter:
         check_run_folder(self.out_dir, resume)  # a user's folder is theirs
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out_dir)
-        self._records: list[pd.DataFrame] = []
+        self._opened = False
+        self._next_part = {table: next_part(self.out_dir / table) for table in (RECORDS, TELEMETRY)}
+        #: Every trial's records in the order they ran (a resumed run's first), and each point's.
+        self._frames: list[pd.DataFrame] = []
+        self._points: dict[int, list[pd.DataFrame]] = {}
         self._accuracy: list[dict[str, Any]] = []
-        self._telemetry: list[pd.DataFrame] = []
         #: The env.json of the run being resumed (empty for a new run).
         self.previous_env: dict[str, Any] = {}
         try:
-            if (self.out_dir / RECORDS).exists():
+            if table_exists(self.out_dir / RECORDS):
                 if not resume:
                     raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose "
                                      "another output folder")
@@ -185,16 +174,17 @@ class RunWriter:
         except BaseException:
             self.close()
             raise
+        self._opened = True
 
     def _reopen(self, force: bool) -> None:
         try:
             self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
             check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
-            self._records = [read_records(self.out_dir)]
+            records = read_records(self.out_dir)
+            self._frames = [records]
+            self._points = {int(point): [frame] for point, frame in records.groupby("point", sort=True)}
             if (self.out_dir / ACCURACY).exists():
                 self._accuracy = read_accuracy(self.out_dir).to_dict("records")
-            if (self.out_dir / TELEMETRY).exists():
-                self._telemetry = [read_telemetry(self.out_dir)]
         except (OSError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as exc:
             if isinstance(exc, InputError):
                 raise
@@ -203,7 +193,14 @@ class RunWriter:
                              "folder") from None
 
     def close(self) -> None:
-        if self._lock is not None:
+        """Join the tables' parts into their files (see benchlib.files), then release the folder."""
+        if self._lock is None:
+            return
+        try:
+            if self._opened:  # a writer refused at the door leaves the run as it found it
+                join_parts(self.out_dir / RECORDS)
+                join_parts(self.out_dir / TELEMETRY)
+        finally:
             self._lock.close()  # closing the descriptor releases the lock
             self._lock = None
 
@@ -215,12 +212,28 @@ class RunWriter:
 
     @property
     def records(self) -> pd.DataFrame:
-        """Every record of the run so far (resumed ones first)."""
-        if not self._records:
+        """Every record of the run so far, in the order the trials ran (a cost that grows with the run: not
+        for every trial)."""
+        if not self._frames:
             return pd.DataFrame(columns=RECORD_COLUMNS)
-        if len(self._records) > 1:  # joined once, not again for every reader
-            self._records = [pd.concat(self._records, ignore_index=True)]
-        return self._records[0]
+        if len(self._frames) > 1:  # joined once, not again for every reader
+            self._frames = [pd.concat(self._frames, ignore_index=True)]
+        return self._frames[0]
+
+    @property
+    def point_numbers(self) -> list[int]:
+        """The numbers of the points that have records, in order."""
+        return sorted(self._points)
+
+    def point_records(self, point: int) -> pd.DataFrame:
+        """One point's records so far (none for a point not measured yet)."""
+        frames = self._points.get(point)
+        if not frames:
+            return pd.DataFrame(columns=RECORD_COLUMNS)
+        if len(frames) > 1:
+            frames[:] = [pd.concat(frames, ignore_index=True)]
+        return frames[0]
+
 
     @property
     def accuracy(self) -> pd.DataFrame:
@@ -256,9 +269,7 @@ class RunWriter:
     @property
     def n_points(self) -> int:
         """The next point's number (points are numbered in the order they ran)."""
-        if not self._records:
-            return 0
-        return int(max(frame["point"].max() for frame in self._records)) + 1
+        return max(self._points, default=-1) + 1
 
     def write_params(self, params: dict[str, Any]) -> None:
         text = yaml.safe_dump(params, sort_keys=False)
@@ -273,20 +284,24 @@ class RunWriter:
         write_atomic(self.out_dir / ACCURACY, lambda p: frame.to_csv(p, index=False))
 
     def add_records(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Keep one point's records, rewrite records.parquet, and return every record so far."""
-        self._records.append(records)
-        everything = self.records
-        write_atomic(self.out_dir / RECORDS, lambda p: everything.to_parquet(p, index=False))
-        return everything
+        """Keep one trial's records (one point, one trial), append them to records.parquet as a part,
+        and return the point's records so far: a cost that does not grow with the run."""
+        point, trial = int(records["point"].iloc[0]), int(records["trial"].iloc[0])
+        self._append(RECORDS, records, point, trial)
+        self._frames.append(records)
+        self._points.setdefault(point, []).append(records)
+        return self.point_records(point)
 
     def add_telemetry(self, samples: pd.DataFrame) -> None:
-        """Keep one point's telemetry samples (TELEMETRY_COLUMNS) and rewrite telemetry.parquet."""
+        """Keep one trial's telemetry samples (TELEMETRY_COLUMNS), appended as a part of telemetry.parquet."""
         if samples.empty:
             return
-        self._telemetry.append(samples[TELEMETRY_COLUMNS])
-        self._telemetry = [pd.concat(self._telemetry, ignore_index=True)]
-        everything = self._telemetry[0]
-        write_atomic(self.out_dir / TELEMETRY, lambda p: everything.to_parquet(p, index=False))
+        samples = samples[TELEMETRY_COLUMNS]
+        self._append(TELEMETRY, samples, int(samples["point"].iloc[0]), int(samples["trial"].iloc[0]))
+
+    def _append(self, table: str, frame: pd.DataFrame, point: int, trial: int) -> None:
+        append_part(self.out_dir / table, frame, self._next_part[table], point, trial)
+        self._next_part[table] += 1
 
     def write_summary(self, summary: pd.DataFrame) -> None:
         write_summary(self.out_dir, summary)
@@ -348,11 +363,12 @@ def read_accuracy(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / RECORDS)
+    """Every record of a run, also one a kill left with parts not yet joined (see benchlib.files)."""
+    return read_table_parts(Path(run_dir) / RECORDS)
 
 
 def read_telemetry(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / TELEMETRY)
+    return read_table_parts(Path(run_dir) / TELEMETRY)
 
 
 def read_summary(run_dir: str | Path) -> pd.DataFrame:

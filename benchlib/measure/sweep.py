@@ -197,9 +197,9 @@ def run_sweep(
                     writer.write_env(env)
         summary = sweep.summary
         shared.release()
-        if summary is None:  # a resume that found every point done: the summary is rewritten all the same
+        if summary is None:  # no point at all (an empty grid cannot be): an empty summary
             summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
-            writer.write_summary(summary)
+        writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
         env[FINISHED] = True  # a rate search's number of points is known only now
@@ -220,7 +220,13 @@ class _Sweep:
         self.report, self.interrupts, self.clock = report, interrupts, clock
         self.usd_per_hour, self.ceilings = usd_per_hour, ceilings
         self.trials = writer.trials()  # grid key -> (point number, each trial's status)
-        self.summary: pd.DataFrame | None = None
+        #: Point number -> its summary row, derived from that point's records alone after each trial
+        #: (a resumed run's points once, here).
+        self.rows: dict[int, pd.DataFrame] = {}
+        if writer.point_numbers:
+            resumed = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
+            self.rows = {n: resumed.iloc[[i]] for i, n in enumerate(writer.point_numbers)}
+        self._summary: pd.DataFrame | None = None
 
     def measure(self, points: list[GridPoint]) -> None:
         """Every trial the stop rule asks of `points` (one block), interleaved in rounds."""
@@ -249,23 +255,32 @@ class _Sweep:
         finished, said = rule.verdict(pd.concat([self._records_of(point), new]), statuses)
         if said:  # the stop rule's word goes with the trial that ended the point
             new["note"] = "; ".join(filter(None, [run.error, said]))
-        records = writer.add_records(new)
+        records = writer.add_records(new)  # the point's: a trial's cost does not grow with the run
         if run.samples is not None:
             writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
-        self.summary = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
+        self.rows[number] = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
+        self._summary = None
         writer.write_summary(self.summary)
         self.report(self.row_of(point), run, trial=len(statuses) if rule.rounds_after_the_first else None,
                     finished=finished)
         self.interrupts.check()
         return finished
 
+    @property
+    def summary(self) -> pd.DataFrame | None:
+        """The rows of the points measured here, in point order (None before any)."""
+        if self._summary is None and self.rows:
+            self._summary = pd.concat([self.rows[n] for n in sorted(self.rows)], ignore_index=True)
+        return self._summary
+
     def row_of(self, point: GridPoint) -> pd.Series:
-        """The point's summary row (the summary is brought up to date first when a resume measured nothing)."""
-        if self.summary is None:
-            self.summary = summary_table(self.writer.records, self.writer.accuracy, self.usd_per_hour,
-                                         self.ceilings)
-        numbers = sorted(set(self.writer.records["point"]))
-        return self.summary.iloc[numbers.index(self.trials[point.key][0])]
+        """The point's summary row (derived from its records when a resume found it measured already)."""
+        number = self.trials[point.key][0]
+        if number not in self.rows:
+            self.rows[number] = summary_table(self.writer.point_records(number), self.writer.accuracy,
+                                              self.usd_per_hour, self.ceilings)
+            self._summary = None
+        return self.rows[number].iloc[0]
 
     def search(self, configuration: GridPoint) -> SearchResult:
         """The rate search of one configuration: each probe is a point, measured in full (all its
@@ -294,10 +309,7 @@ class _Sweep:
 
     def _records_of(self, point: GridPoint) -> pd.DataFrame:
         """The records a point has so far (none for a point not measured yet)."""
-        records = self.writer.records
-        if point.key not in self.trials:
-            return records.iloc[0:0]
-        return records[records["point"] == self.trials[point.key][0]]
+        return self.writer.point_records(self.trials[point.key][0] if point.key in self.trials else -1)
 
 
 def _device_ceilings(device: torch.device, params: Params, precisions: list[Precision],
