@@ -45,7 +45,9 @@ def remote_benchmark(params_text: str, source: str) -> dict[str, Any]:
         error = benchmark_into(params, run_dir)
         if (run_dir / ENV).is_file():  # say where it ran
             update_env(run_dir, dask_worker=worker)
-        files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+        # Subfolders too: a run whose kernel died keeps its records as parts (benchlib.files).
+        files = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
     return {"error": error, "worker": worker, "files": files}
 
 

@@ -21,12 +21,12 @@ def is_url(location: str | Path) -> bool:
 
 
 def write_files(location: str, relative_dir: str, files: dict[str, bytes]) -> str:
-    """Write `files` into `location/relative_dir/`; return where they went."""
+    """Write `files` (names relative to it) into `location/relative_dir/`; return where they went."""
     fs, root = fsspec.core.url_to_fs(str(location))
     relative_dir = relative_dir.strip("/.")
     target = "/".join(part for part in (root.rstrip("/"), relative_dir) if part)
-    fs.makedirs(target, exist_ok=True)
-    for name, data in files.items():
+    for name, data in files.items():  # a name may hold a folder: records/part-...
+        fs.makedirs(f"{target}/{name}".rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(f"{target}/{name}", data)
     return "/".join(part for part in (str(location).rstrip("/"), relative_dir) if part)
 
@@ -66,9 +66,11 @@ def download_runs(location: str, local: Path) -> dict[str, str]:
     fs, root = fsspec.core.url_to_fs(str(location))
     root = root.rstrip("/")
     copied = {}
-    for remote in fs.glob(f"{root}/*/*/*"):
+    # A run's files, and the parts of its tables a killed run left (records/part-..., see benchlib.files).
+    for remote in [*fs.glob(f"{root}/*/*/*"), *fs.glob(f"{root}/*/*/*/part-*.parquet")]:
         relative = remote[len(root) + 1:]
-        if relative.count("/") != 2 or (is_ignored(relative.rsplit("/", 1)[1]) and not relative.endswith(MARK)):
+        if relative.count("/") not in (2, 3) or (is_ignored(relative.rsplit("/", 1)[1])
+                                                  and not relative.endswith(MARK)):
             continue
         if fs.isdir(remote):
             continue
