@@ -61,7 +61,7 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
 )
 
 if TYPE_CHECKING:  # the report reads runs without importing torch
-    from benchlib.measure.load import PointRun
+    from benchlib.measure.records import PointRun
 
 #: env.json's mark of a sweep that ran to its end (a rate search's point count is known only then).
 FINISHED = "finished"

@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib.measure import sweep as sweep_module  # noqa: E402
-from benchlib.measure.load import PointRun, RequestRecord  # noqa: E402
-from benchlib.params import parse_params  # noqa: E402
+from benchlib.measure import sweep as sweep_module
+from benchlib.measure.records import PointRun, RequestRecord
+from benchlib.params import parse_params
 
 EDGE = 20  # trials at each end compared
 

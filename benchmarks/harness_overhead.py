@@ -31,17 +31,30 @@ in alternating rounds at the first batch size, and the time one sample takes.
     .venv/bin/python benchmarks/harness_overhead.py
     .venv/bin/python benchmarks/harness_overhead.py --model resnet50 --batch-sizes 1 4
     .venv/bin/python benchmarks/harness_overhead.py --synthetic-only
+    .venv/bin/python benchmarks/harness_overhead.py --against HEAD~1   # this loop vs a revision's
+
+With ``--against REV`` it first sets this checkout's closed loop beside the one in git
+revision REV (its benchlib/measure/load.py, loaded beside this one) on synthetic:0, in
+alternating rounds in this process: the median ratio of their throughputs, for 1 and 2
+client threads. Within 1 % is no change; a loop that needs modules REV's load.py no
+longer finds cannot be compared this way.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import subprocess
+import sys
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from benchlib.measure.load import PointRun, run_point
+from benchlib.measure.load import run_point
+from benchlib.measure.records import PointRun
 from benchlib.measure.synthetic import Overshoot, sleep_overshoot
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.precision import resolve_precision
@@ -52,6 +65,7 @@ from benchlib.results import CLOSED_LOOP_KEYS, point_records
 from benchlib.derive.stats import summarize_point
 
 TARGET = 0.98
+ROOT = Path(__file__).resolve().parents[1]
 #: The synthetic view's target: reported figures within this fraction of the truth.
 SYNTHETIC_TOLERANCE = 0.02
 
@@ -181,6 +195,37 @@ def sampler_cost(workload: Workload, batch_size: int, rounds: int, duration_s: f
           f"{per_sample_s * 1e6:.1f} us, {per_sample_s * SAMPLE_HZ:.4%} of one core")
 
 
+def against(revision: str, rounds: int, duration_s: float) -> None:
+    """This checkout's run_point against `revision`'s on synthetic:0, alternating, in one process."""
+    source = subprocess.run(["git", "show", f"{revision}:benchlib/measure/load.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "load_then.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("load_then", path)
+        then = importlib.util.module_from_spec(spec)
+        sys.modules["load_then"] = then  # dataclasses look their module up
+        spec.loader.exec_module(then)
+    device = torch.device("cpu")
+    workload = Workload(load_model(ModelSpec(name="synthetic:0"), device, seed=0), resolve_precision("fp32", device))
+    inputs = workload.inputs(1, seed=0)
+
+    def throughput(run_point_of, threads: int) -> float:
+        run = run_point_of(workload.client_factory(inputs, threads), threads=threads, warmup_requests=10,
+                           duration_s=duration_s, min_requests=10)
+        measured = [r for r in run.records if not r.warmup]
+        return len(measured) / max(r.end_s for r in measured)
+
+    for threads in (1, 2):
+        ratios = []
+        for i in range(rounds):
+            order = [("now", run_point), ("then", then.run_point)]
+            got = {name: throughput(fn, threads) for name, fn in (order if i % 2 else order[::-1])}
+            ratios.append(got["now"] / got["then"])
+        print(f"synthetic:0, {threads} client thread(s): this loop / {revision}'s throughput, median of {rounds} "
+              f"alternating rounds {statistics.median(ratios):.4f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="torchvision:resnet18")
@@ -196,9 +241,12 @@ def main() -> None:
     parser.add_argument("--synthetic-duration", type=float, default=0.5, help="seconds per synthetic point")
     parser.add_argument("--overshoot-holds", type=int, default=50, help="holds that measure the sleep's overshoot")
     parser.add_argument("--synthetic-only", action="store_true", help="only the first view (seconds, not minutes)")
+    parser.add_argument("--against", metavar="REV", help="first compare this closed loop with git revision REV's")
     args = parser.parse_args()
 
     torch.set_num_threads(args.intra_op_threads)
+    if args.against:
+        against(args.against, args.rounds, min(args.duration, 0.3))
     synthetic_view(args.synthetic_ms, args.synthetic_threads, args.synthetic_batch_sizes, args.synthetic_duration,
                    args.overshoot_holds)
     if args.synthetic_only:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
-from benchlib.measure.load import PointRun, RequestRecord, run_point
+from benchlib.measure.load import run_point
+from benchlib.measure.records import PointRun, RequestRecord
 from benchlib.results import point_records
 from benchlib.derive.stats import (
     NOISY_CV,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchlib.measure.load import PointRun, RequestRecord
+from benchlib.measure.records import PointRun, RequestRecord
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.params import parse_params

@@ -9,7 +9,7 @@ from typing import TextIO
 import pandas as pd
 from tqdm import tqdm
 
-from benchlib.measure.load import PointRun
+from benchlib.measure.records import PointRun
 from benchlib.vocabulary import DEFAULT_PERCENTILE, STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED, latency_column
 
 

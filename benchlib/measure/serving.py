@@ -53,10 +53,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from benchlib.measure.arrivals import Schedule
-from benchlib.measure.load import Clock, ClientFactory, PointRun, RequestRecord
-from benchlib.measure.memory import first_line, is_out_of_memory
+from benchlib.measure.crew import Crew
+from benchlib.measure.records import Clock, ClientFactory, PointRun, RequestRecord
 from benchlib.measure.synthetic import hold
-from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK, STATUS_OOM
+from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK
 
 #: The interpreter's thread switch interval during an open-loop point (CPython's default is 5 ms).
 SWITCH_INTERVAL_S = 5e-4
@@ -192,15 +192,12 @@ class _Server:
         self.clock = clock
         self.batcher = Batcher(load.max_batch_size, load.max_queue_delay_s)
         self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.failure: BaseException | None = None
+        self.crew = Crew(wake=self.wake)
+        self.stop = self.crew.stop
         self.busy = 0  # workers running a batch
 
-    def fail(self, exc: BaseException) -> None:
+    def wake(self) -> None:
         with self.cond:
-            if self.failure is None:
-                self.failure = exc
-            self.stop.set()
             self.cond.notify_all()
 
     def put(self, request: Request) -> None:
@@ -234,50 +231,34 @@ class _Server:
 
 
 def _worker(index: int, factories: dict[int, ClientFactory], server: _Server, warmed: threading.Barrier,
-            service_s: list[float], finished: threading.Event) -> None:
+            service_s: list[float]) -> None:
     clock = server.clock
-    try:
-        with contextlib.ExitStack() as stack:
-            sends = {k: stack.enter_context(make(index)) for k, make in factories.items()}
-            for send in sends.values():  # every merged size this worker may meet, once
-                start = clock()
-                send()
-                service_s.append(clock() - start)
-            warmed.wait()
-            while (batch := server.next_batch(index)) is not None:
-                try:
-                    sends[len(batch)]()
-                    end = clock()
-                    for request in batch:
-                        request.completed = end
-                finally:
-                    server.done_batch()
-    except threading.BrokenBarrierError:
-        pass  # another thread failed before the window; it holds the reason
-    except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread
-        server.fail(exc)
-        warmed.abort()
-    finally:
-        finished.set()
-
-
-def _generator(requests: list[Request], server: _Server, warmed: threading.Barrier, origin: list[float],
-               finished: threading.Event) -> None:
-    try:
+    with contextlib.ExitStack() as stack:
+        sends = {k: stack.enter_context(make(index)) for k, make in factories.items()}
+        for send in sends.values():  # every merged size this worker may meet, once
+            start = clock()
+            send()
+            service_s.append(clock() - start)
         warmed.wait()
-        start = server.clock() + LEAD_S
-        origin.append(start)
-        for request in requests:  # the schedule's offsets become the clock's times
-            request.scheduled += start
-        enqueue_on_schedule(requests, server.clock, lambda deadline: hold(0.0, deadline, server.clock),
-                            server.put, server.stop.is_set)
-        server.close()
-    except threading.BrokenBarrierError:
-        pass
-    except BaseException as exc:  # noqa: BLE001
-        server.fail(exc)
-    finally:
-        finished.set()
+        while (batch := server.next_batch(index)) is not None:
+            try:
+                sends[len(batch)]()
+                end = clock()
+                for request in batch:
+                    request.completed = end
+            finally:
+                server.done_batch()
+
+
+def _generator(requests: list[Request], server: _Server, warmed: threading.Barrier, origin: list[float]) -> None:
+    warmed.wait()
+    start = server.clock() + LEAD_S
+    origin.append(start)
+    for request in requests:  # the schedule's offsets become the clock's times
+        request.scheduled += start
+    enqueue_on_schedule(requests, server.clock, lambda deadline: hold(0.0, deadline, server.clock),
+                        server.put, server.stop.is_set)
+    server.close()
 
 
 @contextlib.contextmanager
@@ -301,7 +282,7 @@ def serve_point(factories: dict[int, ClientFactory], workers: int, load: Load,
     """Measure one open-loop point: `factories[k]` makes a worker's `send` of a batch of k requests.
 
     Out-of-memory in any worker ends the point with status ``oom`` and no records, as in the
-    closed loop; any other error propagates.
+    closed loop; any other error propagates (see Crew).
     """
     missing = set(range(1, load.max_batch_size + 1)) - set(factories)
     if missing:
@@ -309,49 +290,37 @@ def serve_point(factories: dict[int, ClientFactory], workers: int, load: Load,
     schedule = load.schedule
     requests = [Request(i, float(t), warmup=i < schedule.warmup) for i, t in enumerate(schedule.times_s)]
     server = _Server(load, clock)
-    warmed = threading.Barrier(workers + 1)
+    crew = server.crew
+    warmed = crew.barrier(workers + 1)
     service_s: list[float] = []
     origin: list[float] = []
-    done = [threading.Event() for _ in range(workers + 1)]
-    threads = [threading.Thread(target=_worker, args=(i, factories, server, warmed, service_s, done[i]),
-                                name=f"benchlib-worker-{i}", daemon=True) for i in range(workers)]
-    threads.append(threading.Thread(target=_generator, args=(requests, server, warmed, origin, done[-1]),
-                                    name="benchlib-generator", daemon=True))
+    for i in range(workers):
+        crew.add(f"benchlib-worker-{i}", lambda i=i: _worker(i, factories, server, warmed, service_s))
+    generated = crew.add("benchlib-generator", lambda: _generator(requests, server, warmed, origin))
+
+    def drain() -> None:
+        generated.wait()  # every arrival enqueued (or the point failed)
+        if crew.failure is None and requests:
+            drain_until = requests[-1].scheduled + drain_seconds(load.duration_s, max(service_s, default=0.0))
+            with server.cond:
+                while (server.batcher.queue or server.busy) and not server.stop.is_set():
+                    left = drain_until - clock()
+                    if left <= 0:
+                        break
+                    server.cond.wait(left)
+                given_up = clock()
+                for request in server.batcher.queue:
+                    request.dropped, request.completed = True, given_up
+                server.batcher.queue.clear()
+        server.stop.set()
+        server.wake()
+        crew.wait()
+
     with switch_interval(SWITCH_INTERVAL_S):
-        try:
-            for thread in threads:
-                thread.start()
-            done[-1].wait()  # the generator: every arrival enqueued (or the point failed)
-            if server.failure is None and requests:
-                drain_until = requests[-1].scheduled + drain_seconds(load.duration_s, max(service_s, default=0.0))
-                with server.cond:
-                    while (server.batcher.queue or server.busy) and not server.stop.is_set():
-                        left = drain_until - clock()
-                        if left <= 0:
-                            break
-                        server.cond.wait(left)
-                    given_up = clock()
-                    for request in server.batcher.queue:
-                        request.dropped, request.completed = True, given_up
-                    server.batcher.queue.clear()
-            server.stop.set()
-            with server.cond:
-                server.cond.notify_all()
-            for event in done:
-                event.wait()
-        except KeyboardInterrupt:
-            server.stop.set()
-            warmed.abort()
-            with server.cond:
-                server.cond.notify_all()
-            for thread, event in zip(threads, done):
-                if thread.ident is not None:
-                    event.wait()
-            raise
-    if server.failure is not None:
-        if is_out_of_memory(server.failure):
-            return PointRun(records=[], status=STATUS_OOM, error=first_line(server.failure))
-        raise server.failure
+        crew.run(drain)
+    failed = crew.failed_run()
+    if failed is not None:
+        return failed
     t0 = requests[schedule.warmup].scheduled if len(requests) > schedule.warmup else origin[0]
     records = [_record(request, t0, schedule.warmup) for request in requests]
     dropped = sum(r.dropped for r in requests)

@@ -46,7 +46,8 @@ from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.inputs import Inputs
 from benchlib.measure import pipelines
 from benchlib.measure.arrivals import arrival_times
-from benchlib.measure.load import ClientFactory, Clock, PointRun, run_point
+from benchlib.measure.load import run_point
+from benchlib.measure.records import ClientFactory, Clock, PointRun
 from benchlib.measure.memory import PeakMemory, device_memory_bytes, first_line, is_out_of_memory, release_memory
 from benchlib.measure.peaks import measure_peak_flops, peak_dtype, published_peak
 from benchlib.measure.progress import Progress

@@ -18,7 +18,7 @@ import torch
 
 from benchlib.measure.device import check_client_threads
 from benchlib.measure.inputs import Inputs, map_tensors, pad_attention_mask
-from benchlib.measure.load import ClientFactory, Clock, StageTimes
+from benchlib.measure.records import ClientFactory, Clock, StageTimes
 from benchlib.measure.pipelines import Pipeline
 from benchlib.measure.precision import Precision
 from benchlib.measure.runtimes.base import Prepared
