@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from benchlib.errors import ParamsError
+from benchlib.percentiles import min_samples_for_percentile
 from benchlib.labels import LabelError, model_labels, with_default_label
 from benchlib.textfiles import read_text
 from benchlib.vocabulary import ARRIVAL_CLOSED, ARRIVALS, DEFAULT_PERCENTILE
@@ -445,7 +446,6 @@ class Params(_Strict):
             raise ValueError(f"arrival: {self.arrival} needs the offered load: `rates_per_s: [50, 100]` (requests/s), "
                              "or `rate_search: {latency_budget_ms: 50}`")
         if self.rate_search is not None:
-            from benchlib.derive.stats import min_samples_for_percentile  # scipy: only when a search is asked for
 
             percentile = self.rate_search.percentile
             needed = min_samples_for_percentile(int(percentile[1:]) / 100)

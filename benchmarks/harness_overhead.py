@@ -62,7 +62,7 @@ from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import ModelSpec
 from benchlib.results import CLOSED_LOOP_KEYS, point_records
-from benchlib.derive.stats import summarize_point
+from benchlib.derive.point_summary import summarize_point
 
 TARGET = 0.98
 ROOT = Path(__file__).resolve().parents[1]

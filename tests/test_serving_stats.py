@@ -21,7 +21,7 @@ from benchlib.derive.serving import (
     serving_figures,
     with_load_keys,
 )
-from benchlib.derive.stats import summarize, summarize_point
+from benchlib.derive.point_summary import summarize, summarize_point
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
     LOAD_KEYS,

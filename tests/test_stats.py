@@ -11,13 +11,12 @@ from scipy.stats import binom
 from benchlib.measure.load import run_point
 from benchlib.measure.records import PointRun, RequestRecord
 from benchlib.results import point_records
+from benchlib.derive.point_summary import summarize, summarize_point
+from benchlib.percentiles import min_samples_for_percentile
 from benchlib.derive.stats import (
     NOISY_CV,
     bootstrap_mean_ci,
-    min_samples_for_percentile,
     percentile_with_ci,
-    summarize,
-    summarize_point,
     window_throughputs,
 )
 from tests.conftest import FakeClock

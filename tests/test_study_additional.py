@@ -5,7 +5,6 @@ import ast
 import contextlib
 import importlib.util
 import io
-import sys
 import types
 from pathlib import Path
 
@@ -180,15 +179,13 @@ def test_yolo_table_beside_our_counts_says_where_they_differ(monkeypatch) -> Non
     assert notes[3].startswith("we build yolov5xu, the anchor-free variant: 97.2M parameters against the study's 86M")
 
 
-def test_yolo_counts_come_lazily_from_benchlib_measure_yolo(monkeypatch) -> None:
-    fake = types.ModuleType("benchlib.measure.yolo")
-    fake.model_counts = fake_counts
-    monkeypatch.setitem(sys.modules, "benchlib.measure.yolo", fake)
+def test_yolo_counts_are_counted_only_with_the_yolo_extra(monkeypatch) -> None:
+    monkeypatch.setattr(study, "model_counts", fake_counts)
     monkeypatch.setattr(study, "ultralytics_installed", lambda: True)
     assert study.yolo_table()["Built as"].tolist() == ["yolov5su", "yolov5mu", "yolov5lu", "yolov5xu"]
     assert YOLO_INSTALL not in study.yolo_note()
     monkeypatch.setattr(study, "ultralytics_installed", lambda: False)
-    fake.model_counts = lambda *a, **k: pytest.fail("model_counts called without ultralytics")
+    monkeypatch.setattr(study, "model_counts", lambda *a, **k: pytest.fail("model_counts called without ultralytics"))
     assert study.yolo_table()["Built as"].isna().all()
 
 

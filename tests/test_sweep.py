@@ -15,7 +15,7 @@ from benchlib.cli import main
 from benchlib.errors import WorkloadError
 from benchlib.params import parse_params
 from benchlib.results import read_records, read_summary
-from benchlib.derive.stats import summarize
+from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.sweep import run_sweep

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from benchlib.derive.stats import summarize_point
+from benchlib.derive.point_summary import summarize_point
 from benchlib.measure.flops import flops_per_inference
 from benchlib.measure.load import run_point
 from benchlib.measure.precision import resolve_precision

@@ -211,7 +211,7 @@ class TestWithUltralytics:
                                       pytest.param("yolov5l", marks=pytest.mark.slow),
                                       pytest.param("yolov5x", marks=pytest.mark.slow)])
     def test_model_counts_of_the_u_variants_next_to_the_study(self, name: str) -> None:
-        from benchlib.measure.yolo import model_counts
+        from benchlib.present.study import model_counts
 
         counts = model_counts(name)
         gflops, millions = OURS[name]

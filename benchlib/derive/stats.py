@@ -35,24 +35,9 @@ import pandas as pd
 from scipy.stats import binom
 from scipy.stats import t as student_t
 
-from benchlib.results import with_load_keys
-from benchlib.vocabulary import (
-    PERCENTILES,
-    PERCENTILES_WITH_CI,
-    PIPELINE_COLUMNS,
-    POINT_KEYS,
-    STAGES,
-    SERVING_COLUMNS,
-    STATS_COLUMNS,
-    STATUS_OK,
-    STATUS_OOM,
-    STATUS_OVERLOADED,
-    STATUS_SKIPPED,
-    STATUS_UNSUPPORTED,
-    latency_column,
-)
+from benchlib.percentiles import CONFIDENCE, min_samples_for_percentile
+from benchlib.vocabulary import STATUS_OK
 
-CONFIDENCE = 0.95
 #: A 95 % interval is this many standard errors either side (knee refits, run comparisons).
 Z95 = 1.96
 #: Sub-windows for the throughput interval: at most this many ...
@@ -63,12 +48,6 @@ MIN_WINDOWS = 5
 #: Throughput varying more than this across sub-windows (std / mean) is flagged.
 NOISY_CV = 0.10
 BOOTSTRAP_RESAMPLES = 2000
-
-
-def min_samples_for_percentile(p: float, confidence: float = CONFIDENCE) -> int:
-    """The smallest sample whose largest value can bound the p-quantile from above."""
-    # The upper order statistic exists when P(Binomial(n, p) <= n - 1) = 1 - p**n >= 1 - alpha/2.
-    return math.ceil(math.log((1 - confidence) / 2) / math.log(p))
 
 
 def percentile_with_ci(samples: np.ndarray, percent: float, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -104,7 +83,7 @@ def bootstrap_mean_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: 
     return float(low), float(high)
 
 
-def _trial(records: pd.DataFrame) -> dict[str, Any]:
+def trial_figures(records: pd.DataFrame) -> dict[str, Any]:
     """One trial's own figures: throughput with its within-window interval, its latencies."""
     measured = records[(~records["warmup"]) & (records["status"] == STATUS_OK)]
     n = len(measured)
@@ -143,150 +122,3 @@ def pooled_interval(estimate: float, within: tuple[float, float], trial_values: 
     below = estimate - low if math.isfinite(low) else 0.0
     above = high - estimate if math.isfinite(high) else 0.0
     return estimate - math.hypot(below, between), estimate + math.hypot(above, between)
-
-
-def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
-    """One summary row from the records of one grid point, pooling its trials.
-
-    Each trial's window starts at 0 (all client threads released together) and ends at
-    its last completion; warm-up records (negative times) are counted, not used.
-    Throughput is the mean of the trials' throughputs; latency percentiles come from
-    the pooled latencies of every trial; each interval is :func:`pooled_interval`.
-    """
-    # serving builds on this module's percentiles: imported here, not at the top, to keep the import acyclic.
-    from benchlib.derive import serving
-
-    nan = math.nan
-    if "trial" not in records.columns:  # records from before trials: one trial
-        records = records.assign(trial=0)
-    open_loop = bool(serving.is_open_loop(records).any())
-    statuses = set(records["status"])
-    status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
-    trials = [_trial(group) for _, group in records.groupby("trial", sort=True)]
-    trials = [t for t in trials if t["n"]] or trials[:1]
-    n_trials = sum(1 for t in trials if t["n"])
-    latencies_ms = np.concatenate([t["latencies_ms"] for t in trials])
-    n = len(latencies_ms)
-    # What the run itself said (an OOM's message, why a runtime is unsupported, a recompile), once each.
-    notes: list[str] = list(dict.fromkeys(str(v) for v in records["note"] if isinstance(v, str) and v))
-    throughputs = np.array([t["throughput"] for t in trials], dtype=float)
-    throughput = float(throughputs.mean()) if n else nan
-    row: dict[str, Any] = {"throughput_per_s": throughput}
-
-    # The mean's within-window interval: each trial's half-widths combined, over N.
-    halves = [(t["throughput"] - t["ci"][0], t["ci"][1] - t["throughput"]) for t in trials]
-    if n and all(math.isfinite(low) for low, _ in halves):
-        within = (throughput - math.sqrt(sum(low**2 for low, _ in halves)) / len(halves),
-                  throughput + math.sqrt(sum(high**2 for _, high in halves)) / len(halves))
-    else:
-        within = (nan, nan)
-        if n:
-            fewest = min(t["n"] for t in trials)
-            what = "throughput CI" if n_trials == 1 else "within-window throughput CI"
-            notes.append(f"no {what}: {fewest} requests{' in a trial' if n_trials > 1 else ''} < "
-                         f"{MIN_WINDOWS * REQUESTS_PER_WINDOW}")
-    row["throughput_ci_low_per_s"], row["throughput_ci_high_per_s"] = (
-        pooled_interval(throughput, within, throughputs) if n else (nan, nan))
-    cvs = [t["cv"] for t in trials if math.isfinite(t["cv"])]
-    row["throughput_cv"] = float(np.mean(cvs)) if cvs else nan
-    if cvs and row["throughput_cv"] > NOISY_CV and not open_loop:
-        notes.append(f"noisy: throughput varies {row['throughput_cv']:.0%} across sub-windows")
-    row["throughput_trial_cv"] = (float(throughputs.std(ddof=1) / throughput)
-                                  if n_trials >= 2 and throughput else nan)
-    if n_trials == 1 and open_loop:
-        notes.append("1 trial: its intervals leave out run-to-run variation, and its percentile intervals assume "
-                     "independent requests while queueing correlates them (set repeats: 3)")
-    elif n_trials == 1:
-        notes.append("1 trial: its interval leaves out run-to-run variation (set repeats: 3)")
-
-    unbounded = []
-    for p in PERCENTILES:
-        value, low, high = percentile_with_ci(latencies_ms, p)
-        if n_trials >= 2 and math.isfinite(value):
-            per_trial = np.array([np.percentile(t["latencies_ms"], p) for t in trials if t["n"]])
-            low, high = pooled_interval(value, (low, high), per_trial)
-        row[latency_column(f"p{p}")] = value
-        if p in PERCENTILES_WITH_CI:
-            row[f"latency_p{p}_ci_low_ms"], row[f"latency_p{p}_ci_high_ms"] = low, high
-        if n and math.isnan(value):
-            unbounded.append(f"p{p} needs {min_samples_for_percentile(p / 100)}")
-    if unbounded:
-        notes.append(f"too few requests ({n}): {', '.join(unbounded)}")
-    trial_s = records.groupby("trial")["trial_s"].first() if "trial_s" in records.columns else pd.Series(dtype=float)
-    figures = serving.serving_figures(records)
-    if open_loop:
-        status, serving_notes = _serving_status(records, figures, status, n_trials)
-        notes.extend(serving_notes)
-    row.update({
-        "latency_mean_ms": float(latencies_ms.mean()) if n else nan,
-        "latency_max_ms": float(latencies_ms.max()) if n else nan,
-        "n_requests": n,
-        "n_warmup": int(records["warmup"].sum()),
-        "n_trials": n_trials,
-        "n_inferences": int(sum(t["inferences"] for t in trials)),
-        "window_s": float(np.nansum([t["window_s"] for t in trials])) if n else nan,
-        "measured_s": float(trial_s.sum()) if trial_s.notna().any() else nan,
-        "prepare_s": float(records["prepare_s"].iloc[0]),
-        "status": status,
-        "notes": "; ".join(notes),
-        **figures,
-        **pipeline_figures(records),
-    })
-    return row
-
-
-def pipeline_figures(records: pd.DataFrame) -> dict[str, Any]:
-    """PIPELINE_COLUMNS of one point's records (all trials pooled); NaN where a figure was not recorded."""
-    row: dict[str, Any] = dict.fromkeys(PIPELINE_COLUMNS, math.nan)
-    if "preprocess_s" not in records.columns or records.empty:  # records from before pipelines
-        return row
-    measured = records[(~records["warmup"].astype(bool)) & (records["status"] == STATUS_OK)]
-    for stage in STAGES:
-        seconds = pd.to_numeric(measured[f"{stage}_s"], errors="coerce").to_numpy(dtype=float)
-        seconds = seconds[np.isfinite(seconds)]
-        if len(seconds):
-            for p in (50, 95):
-                row[f"{stage}_p{p}_ms"] = float(np.percentile(seconds, p) * 1e3)
-    for column in ("candidate_boxes", "kept_boxes"):
-        boxes = pd.to_numeric(measured[column], errors="coerce").to_numpy(dtype=float)
-        boxes = boxes[np.isfinite(boxes)]
-        if len(boxes):
-            row[f"{column}_mean"] = float(boxes.mean())
-    return row
-
-
-def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str, n_trials: int) -> tuple[str, list[str]]:
-    """An open-loop point's status (overloaded unless it did not run) and its notes on drops, overload, the generator."""
-    from benchlib.derive import serving  # imported here, as in summarize_point: serving imports this module
-
-    notes = []
-    if figures["n_dropped"]:
-        notes.append(f"{figures['n_dropped']} dropped requests are counted, not in the latency figures")
-    if status == STATUS_OK:
-        rate = float(pd.to_numeric(records["offered_rate_per_s"], errors="coerce").iloc[0])
-        verdicts = [(trial, *serving.overload_test(group, rate)) for trial, group in records.groupby("trial", sort=True)]
-        overloaded = [(trial, reason) for trial, over, reason in verdicts if over]
-        if overloaded:
-            trial, reason = overloaded[0]
-            where = f" (trial {trial}; {len(overloaded)} of {len(verdicts)} trials overloaded)" if n_trials > 1 else ""
-            notes.append(f"{reason}{where}; latency figures are not steady-state")
-            status = STATUS_OVERLOADED
-    late = figures["generator_late_share"]
-    if math.isfinite(late) and late > serving.MAX_LATE_SHARE:
-        notes.append(f"the generator could not keep up: {late:.1%} of enqueues were more than "
-                     f"{serving.LATE_ENQUEUE_S * 1e3:g} ms late; this point measured the client, not the model")
-    return status, notes
-
-
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS,
-    PIPELINE_COLUMNS.
-
-    Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`).
-    """
-    records = with_load_keys(records)
-    rows = []
-    for _, group in records.groupby("point", sort=True):
-        keys = {k: group[k].iloc[0] for k in POINT_KEYS}
-        rows.append({**keys, **summarize_point(group)})
-    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS])

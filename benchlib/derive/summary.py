@@ -10,7 +10,7 @@ import pandas as pd
 
 from benchlib.derive.cost import add_cost
 from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures
-from benchlib.derive.stats import summarize
+from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import (
     ACCURACY_IN_SUMMARY,
     GATE_KEYS,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from benchlib.derive.stats import summarize_point
+from benchlib.derive.point_summary import summarize_point
 from benchlib.params import Params
 from benchlib.vocabulary import STATUS_OK, latency_column
 

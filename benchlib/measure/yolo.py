@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from benchlib.errors import WorkloadError
-from benchlib.params import YOLO_IMAGE_SIZE, YOLO_INSTALL, YOLO_MODELS
+from benchlib.params import YOLO_INSTALL, YOLO_MODELS
 
 #: The confidence threshold of the YOLO pipeline's NMS: YOLOv5's val.py default. With our
 #: random weights (see the module docstring) yolov5s sends 1,144 to 3,356 of its 8,400 boxes
@@ -172,30 +172,6 @@ def _set_batchnorm_statistics(model: torch.nn.Module) -> None:
     with torch.no_grad():
         model(images)
     model.eval()
-
-
-def model_counts(name: str, image_size: int = YOLO_IMAGE_SIZE) -> dict[str, Any]:
-    """Parameters and GFLOPs per image of the YOLO model as benchlib builds it (fused), at `image_size`.
-
-    GFLOPs come from benchlib's own counter (benchlib.measure.flops.count_flops, FlopCounterMode),
-    which counts a multiply-add as 2 FLOPs: the convention of YOLOv5's and ultralytics' "GFLOPs"
-    (thop MACs x 2), so the figures compare with the study's directly.
-    """
-    from benchlib.measure.flops import count_flops
-
-    module = build(name)
-    head = module.model.model[-1]
-    flops = count_flops(module, torch.zeros(1, 3, image_size, image_size))
-    return {
-        "model": name,
-        "variant": variant(name),
-        "ultralytics_version": import_ultralytics().__version__,
-        "image_size": image_size,
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "head_parameters": sum(p.numel() for p in head.parameters()),
-        "gflops": flops / 1e9,
-        "flops_convention": "FLOPs = 2 x multiply-adds (convolutions and matrix products), batch 1, fused Conv+BN",
-    }
 
 
 def letterbox(images_uint8_hwc: list[np.ndarray] | torch.Tensor, size: int) -> torch.Tensor:

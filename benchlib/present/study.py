@@ -313,16 +313,36 @@ def ultralytics_installed() -> bool:
 
 
 def _model_counts() -> Callable[..., dict[str, Any]] | None:
-    """benchlib.measure.yolo.model_counts where the yolo extra is installed (imported only then), else None."""
-    if not ultralytics_installed():
-        return None
-    try:
-        from benchlib.measure.yolo import model_counts  # sets YOLO_OFFLINE before ultralytics is imported
-    except ModuleNotFoundError as exc:
-        if exc.name != "benchlib.measure.yolo":
-            raise
-        return None  # a benchlib without YOLO models
-    return model_counts
+    """:func:`model_counts` where the yolo extra is installed, else None."""
+    return model_counts if ultralytics_installed() else None
+
+
+def model_counts(name: str, image_size: int = YOLO_IMAGE_SIZE) -> dict[str, Any]:
+    """Parameters and GFLOPs per image of the YOLO model as benchlib builds it (fused), at `image_size`
+    (needs the yolo extra: see :func:`_model_counts`).
+
+    GFLOPs come from benchlib's own counter (benchlib.measure.flops.count_flops, FlopCounterMode),
+    which counts a multiply-add as 2 FLOPs: the convention of YOLOv5's and ultralytics' "GFLOPs"
+    (thop MACs x 2), so the figures compare with the study's directly.
+    """
+    import torch
+
+    from benchlib.measure.flops import count_flops
+    from benchlib.measure.yolo import build, import_ultralytics, variant  # sets YOLO_OFFLINE first
+
+    module = build(name)
+    head = module.model.model[-1]
+    flops = count_flops(module, torch.zeros(1, 3, image_size, image_size))
+    return {
+        "model": name,
+        "variant": variant(name),
+        "ultralytics_version": import_ultralytics().__version__,
+        "image_size": image_size,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "head_parameters": sum(p.numel() for p in head.parameters()),
+        "gflops": flops / 1e9,
+        "flops_convention": "FLOPs = 2 x multiply-adds (convolutions and matrix products), batch 1, fused Conv+BN",
+    }
 
 
 def _count(counts: dict[str, Any], *keys: str) -> Any:
