@@ -34,9 +34,12 @@ EXIT_BAD_INPUT = 2
 def _validate(args: argparse.Namespace) -> int:
     from benchlib.derive.cost import load_prices, require_price
 
+    from benchlib.measure.runnable import check_runnable_here
+
     prices = load_prices(args.prices)
     for path in args.params:
         params = load_params(path)
+        check_runnable_here(params, source=str(path))
         usd = require_price(params.instance, prices, params.price_usd_per_hour)
         if not params.open_loop:
             load = f"{len(params.threads)} thread count(s)"
@@ -57,10 +60,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     # torch is imported here, not at start-up, so `validate` answers in a blink.
     from benchlib.derive.cost import load_prices
+    from benchlib.measure.runnable import check_runnable_here
     from benchlib.measure.sweep import run_sweep
 
     _check_force(args)
     params = load_params(args.params)
+    check_runnable_here(params, source=args.params)
     prices = load_prices(args.prices)
     result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
                        resume=args.resume, force=args.force, percentile=args.percentile)

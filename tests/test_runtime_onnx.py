@@ -172,7 +172,7 @@ def test_a_params_file_with_onnxruntime_validates_when_it_is_installed(write_par
 
 def test_without_its_packages_validate_exits_2_with_the_pip_line(write_params, capsys, monkeypatch) -> None:
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr("benchlib.params.importlib.util.find_spec",
+    monkeypatch.setattr("benchlib.measure.runnable.importlib.util.find_spec",
                         lambda name, *args: None if name == "onnxruntime" else find_spec(name, *args))
     path = write_params(tiny_params(runtimes=["eager", "onnxruntime"]))
     assert main(["validate", str(path)]) == 2

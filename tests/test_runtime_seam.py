@@ -15,6 +15,7 @@ from benchlib.derive.accuracy import GATE_TOLERANCE, gate_tolerance
 from benchlib.derive.cost import recommend
 from benchlib.measure.runtimes import RUNTIMES, Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.sweep import run_sweep
+from benchlib.measure.runnable import check_runnable_here
 from benchlib.params import RUNTIMES as PARAMS_RUNTIMES
 from benchlib.params import ParamsError, parse_params
 from benchlib.results import read_records
@@ -108,7 +109,7 @@ def test_prepare_time_is_recorded_per_artifact_and_kept_out_of_the_window(gated)
 
 def test_an_unsupported_runtime_is_a_point_status_and_resume_counts_it_done(tmp_path: Path, monkeypatch) -> None:
     with_runtimes(monkeypatch, onnxruntime=Refusing())
-    monkeypatch.setattr("benchlib.params.importlib.util.find_spec", lambda name: object())
+    monkeypatch.setattr("benchlib.measure.runnable.importlib.util.find_spec", lambda name: object())
     params = parse_params(tiny_params(runtimes=["eager", "onnxruntime"], batch_sizes=[1], threads=[1, 2]))
     summary = run_sweep(params, tmp_path, progress=None).summary
     assert summary["status"].tolist() == ["ok", "ok", "unsupported", "unsupported"]
@@ -145,11 +146,12 @@ def test_cuda_only_runtimes_with_device_cpu_exit_2_before_anything_loads(write_p
 
 
 def test_a_runtime_that_is_not_installed_is_refused_with_the_pip_line(monkeypatch) -> None:
-    monkeypatch.setattr("benchlib.params.importlib.util.find_spec",
+    monkeypatch.setattr("benchlib.measure.runnable.importlib.util.find_spec",
                         lambda name: None if name == "onnxscript" else object())
+    params = parse_params(tiny_params(runtimes=["onnxruntime"]))  # the schema does not look at the machine
     with pytest.raises(ParamsError, match=r"runtimes.0: onnxruntime needs the package\(s\) onnxscript; "
                                           r"`pip install onnxscript`"):
-        parse_params(tiny_params(runtimes=["onnxruntime"]))
+        check_runnable_here(params)
 
 
 def test_runtimes_multiply_the_grid_and_are_listed_once() -> None:

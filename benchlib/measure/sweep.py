@@ -48,6 +48,7 @@ from benchlib.measure import pipelines
 from benchlib.measure.arrivals import arrival_times
 from benchlib.measure.load import run_point
 from benchlib.measure.records import ClientFactory, Clock, PointRun
+from benchlib.measure.runnable import check_runnable_here
 from benchlib.measure.memory import PeakMemory, device_memory_bytes, first_line, is_out_of_memory, release_memory
 from benchlib.measure.peaks import measure_peak_flops, peak_dtype, published_peak
 from benchlib.measure.progress import Progress
@@ -145,6 +146,7 @@ def run_sweep(
     """
     if percentile not in PERCENTILE_COLUMNS:
         raise InputError(f"percentile {percentile!r} is not one of {', '.join(PERCENTILE_COLUMNS)}")
+    check_runnable_here(params)  # the packages its models and runtimes need, on this machine
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]

@@ -1,0 +1,71 @@
+"""Checks that need this machine are apart from the schema: a run measured elsewhere (YOLO, onnxruntime)
+is read and reported here without those packages; measuring here still asks for them."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from benchlib.cli import main
+from benchlib.errors import ParamsError
+from benchlib.measure.environment import fingerprint
+from benchlib.measure.runnable import check_runnable_here
+from benchlib.params import parse_params, params_to_dict
+from benchlib.present.report import load_runs
+from tests.conftest import tiny_params
+
+ELSEWHERE = tiny_params(instance="g5.4xlarge", device="cuda", models=[{"name": "yolov5s"}], batch_sizes=[1],
+                        runtimes=["eager", "onnxruntime"])
+
+
+@pytest.fixture
+def bare_machine(monkeypatch):
+    """A machine where neither ultralytics nor onnxruntime (nor its export packages) can be found."""
+    real = importlib.util.find_spec
+    absent = {"ultralytics", "onnxruntime", "onnx", "onnxscript"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name.split(".")[0] in absent else real(name, *a, **k))
+
+
+def a_gpu_run(root: Path) -> Path:
+    """A finished run as a GPU machine with YOLO and onnxruntime wrote it."""
+    params = params_to_dict(parse_params(ELSEWHERE))
+    run_dir = root / "g5.4xlarge" / "20261201T000000Z-abcdef"
+    run_dir.mkdir(parents=True)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (run_dir / "env.json").write_text(json.dumps({"fingerprint": fingerprint(params), "finished": True}))
+    pd.DataFrame({"instance": "g5.4xlarge", "model": "yolov5s", "precision": "fp32", "runtime": ["eager", "onnxruntime"],
+                  "batch_size": 1, "threads": 1, "throughput_per_s": [100.0, 150.0], "latency_p50_ms": [9.0, 6.0],
+                  "latency_p95_ms": [10.0, 7.0], "usd_per_hour": 1.624, "usd_per_million": [4.5, 3.0],
+                  "status": "ok", "notes": ""}).to_csv(run_dir / "summary.csv", index=False)
+    return run_dir
+
+
+def test_a_run_made_elsewhere_is_read_and_recommended_here_without_its_packages(bare_machine, tmp_path, capsys) -> None:
+    run_dir = a_gpu_run(tmp_path / "out")
+    runs = load_runs(tmp_path / "out")
+    assert runs.unusable.empty and not runs.skipped, runs.skipped
+    assert sorted(runs.summary["runtime"]) == ["eager", "onnxruntime"]
+    assert main(["recommend", str(run_dir), "--latency-budget-ms", "50", "--percentile", "p95"]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_measuring_here_still_needs_them(bare_machine, tmp_path, capsys) -> None:
+    params = parse_params(ELSEWHERE)  # the schema alone accepts it
+    with pytest.raises(ParamsError) as refused:
+        check_runnable_here(params, source="p.yaml")
+    lines = str(refused.value).splitlines()
+    assert lines[0].startswith("p.yaml: models.0: yolov5s needs the optional `ultralytics` package (AGPL-3.0)")
+    assert lines[1].startswith("p.yaml: runtimes.1: onnxruntime needs the package(s) onnxruntime, onnx, onnxscript")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(ELSEWHERE))
+    for command in (["validate", str(path)], ["bench", str(path), "--out", str(tmp_path / "run")],
+                    ["run", str(path), "--out", str(tmp_path / "outputs")]):
+        code = main(command)
+        captured = capsys.readouterr()
+        assert code in (1, 2) and "pip install 'benchlib[yolo]'" in captured.out + captured.err, command
+    assert not (tmp_path / "run").exists() and not any((tmp_path / "outputs").glob("*/*"))
