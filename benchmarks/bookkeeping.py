@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib.measure import point as point_module
 from benchlib.measure import sweep as sweep_module
 from benchlib.measure.records import PointRun, RequestRecord
 from benchlib.params import parse_params
@@ -72,7 +73,7 @@ def main() -> int:
         finally:
             spent.append(time.perf_counter() - start)
 
-    sweep_module._Shared.measure = measure
+    point_module.PointMeasurer.measure = measure
     sweep_module._Sweep._trial = timed_trial
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="benchlib-bookkeeping-") as out:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-import benchlib.measure.sweep as sweep
+import benchlib.measure.point as point_module
 from benchlib.cli import main
 from benchlib.derive.accuracy import GATE_TOLERANCE, gate_tolerance
 from benchlib.derive.cost import recommend
@@ -51,7 +51,7 @@ class Refusing(Runtime):
 
 def with_runtimes(monkeypatch, **fakes: Runtime) -> None:
     """Serve the fakes under real runtime names (params only accept those)."""
-    monkeypatch.setattr(sweep, "get_runtime", lambda name: fakes.get(name) or get_runtime(name))
+    monkeypatch.setattr(point_module, "get_runtime", lambda name: fakes.get(name) or get_runtime(name))
 
 
 def test_every_params_runtime_has_a_module() -> None:
@@ -119,7 +119,7 @@ def test_an_unsupported_runtime_is_a_point_status_and_resume_counts_it_done(tmp_
     def fail(*args, **kwargs):
         raise AssertionError("a done point was measured again")
 
-    monkeypatch.setattr(sweep, "run_point", fail)
+    monkeypatch.setattr(point_module, "run_point", fail)
     again = run_sweep(params, tmp_path, progress=None, resume=True).summary
     assert again["status"].tolist() == summary["status"].tolist()
 

@@ -181,10 +181,10 @@ def test_an_instance_without_a_price_is_refused_before_anything_loads(tmp_path: 
 
 
 def test_a_missing_weights_path_is_refused_before_any_model_loads(tmp_path: Path, monkeypatch) -> None:
-    import benchlib.measure.sweep as sweep
+    import benchlib.measure.point as point_module
 
     loaded = []
-    monkeypatch.setattr(sweep, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
+    monkeypatch.setattr(point_module, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
     params = parse_params(tiny_params(models=[TINY_BERT, {"name": "torchscript:./missing.pt", "input_shape": [3]}]))
     with pytest.raises(WorkloadError, match="does not exist"):
         run_sweep(params, tmp_path, progress=None)
@@ -249,16 +249,16 @@ def test_cuda_sweep_with_per_thread_streams(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_in_the_accuracy_check_is_recorded(tmp_path: Path, monkeypatch) -> None:
-    import benchlib.measure.sweep as sweep
+    import benchlib.measure.gates as gates
 
-    real = sweep._outputs
+    real = gates.outputs
 
     def fail_for_reduced_precision(workload, call, batches, matmul):
         if workload.precision.name != "fp32":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real(workload, call, batches, matmul)
 
-    monkeypatch.setattr(sweep, "_outputs", fail_for_reduced_precision)
+    monkeypatch.setattr(gates, "outputs", fail_for_reduced_precision)
     params = parse_params(tiny_params(batch_sizes=[1], precisions=["fp32", "bf16"]))
     summary = run_sweep(params, tmp_path, progress=None).summary
     assert summary["status"].tolist() == ["ok", "ok"]  # the timing still ran

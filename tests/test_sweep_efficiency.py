@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import benchlib.measure.point as point_module
 import benchlib.measure.sweep as sweep_module
 from benchlib.measure.flops import COUNTED, FROM_PARAMS
 from benchlib.measure.sweep import run_sweep
@@ -105,7 +106,7 @@ class LinearEnergy:
 
 def test_window_energy_per_inference_is_power_over_throughput(tmp_path: Path, monkeypatch) -> None:
     telemetry = Telemetry((LinearEnergy(),), ENERGY_NVML_COUNTER, "", 5.0)
-    monkeypatch.setattr(sweep_module, "open_telemetry", lambda device, gpu_uuid=None: telemetry)
+    monkeypatch.setattr(point_module, "open_telemetry", lambda device, gpu_uuid=None: telemetry)
     params = parse_params(tiny_params(batch_sizes=[2], duration_s=0.3))
     summary = run_sweep(params, tmp_path / "run", progress=None).summary
     row = summary.iloc[0]

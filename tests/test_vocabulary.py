@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchlib.measure.precision import resolve_precision
-from benchlib.measure.sweep import GridPoint, grid
+from benchlib.measure.grid import GridPoint, grid
 from benchlib.params import parse_params
 from benchlib.vocabulary import GRID_KEYS, POINT_KEYS, RECORD_COLUMNS, SUMMARY_COLUMNS, latency_column
 from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,3 +116,30 @@ def collect_env(device: torch.device, params: dict[str, Any]) -> dict[str, Any]:
         "torch_inter_op_threads": torch.get_num_interop_threads(),
         "params": params,
     }
+
+
+class RunEnv:
+    """env.json as a run builds it: one object that every part of the sweep edits through, written to the
+    run folder after each edit (a killed run keeps what it had learnt)."""
+
+    def __init__(self, write: Callable[[dict[str, Any]], None], fields: dict[str, Any]) -> None:
+        self.fields = dict(fields)
+        self._write = write
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+        self._write(self.fields)
+
+    def add_model(self, record: dict[str, Any]) -> None:
+        """A loaded model's record (its label, weights, FLOPs), replacing an earlier one of that label."""
+        models = [m for m in self.fields.get("models", []) if m["label"] != record["label"]]
+        self.update(models=[*models, record])
+
+    def add_rate_search(self, record: dict[str, Any]) -> None:
+        self.update(rate_searches=[*self.fields.get("rate_searches", []), record])

@@ -1,0 +1,321 @@
+"""Measuring one trial of a grid point: everything it needs made ready before the clock starts.
+
+Per point (see :meth:`PointMeasurer.measure`)::
+
+    ruled out already?    a smaller batch of its model, precision and runtime ran out of memory -> skipped;
+                          its model does not fit -> oom; its runtime cannot run it -> unsupported
+    ready                 the model (loaded once), its workload (once per precision, with its accuracy
+                          against fp32), inputs and the runtime's artifact per merged batch size (once
+                          per block, each held to its gate before it is timed): nested caches
+    measure               clients prepared, then the closed loop (benchlib.measure.load) or the open
+                          loop (benchlib.measure.serving), inside peak-memory and telemetry windows
+    annotate              FLOPs, dtype, peak memory, window energy and what to know about them
+
+A point that runs out of memory is recorded as ``oom``; its memory is released and larger
+batches of the same model and precision are recorded as ``skipped``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from benchlib.derive.efficiency import window_energy
+from benchlib.measure import gates, pipelines
+from benchlib.measure.arrivals import arrival_times
+from benchlib.measure.caches import Level
+from benchlib.measure.environment import RunEnv
+from benchlib.measure.flops import FlopCount, flops_per_inference
+from benchlib.measure.grid import GridPoint
+from benchlib.measure.inputs import Inputs
+from benchlib.measure.load import run_point
+from benchlib.measure.memory import PeakMemory, first_line, is_out_of_memory, release_memory
+from benchlib.measure.peaks import peak_dtype
+from benchlib.measure.records import ClientFactory, Clock, PointRun
+from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
+from benchlib.measure.serving import Load, serve_point
+from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
+from benchlib.measure.workload import Workload
+from benchlib.measure.zoo import LoadedModel, load_model
+from benchlib.params import ModelSpec, Params
+from benchlib.results import RunWriter
+from benchlib.vocabulary import (
+    ARRIVAL_CLOSED,
+    GATE_FAIL,
+    REFERENCE_EAGER,
+    REFERENCE_FP32,
+    REFERENCE_PRECISION,
+    REFERENCE_RUNTIME,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    STATUS_UNSUPPORTED,
+)
+
+
+@dataclass
+class Artifact:
+    """A runtime's preparation for one batch size: the prepared model, or why there is none."""
+
+    prepared: Prepared | None
+    prepare_s: float
+    unsupported: str = ""
+
+
+class PointMeasurer:
+    """Measures a point's trials: what consecutive points share (nested caches), the accuracy gates, what
+    out-of-memory points rule out, and each trial's measures."""
+
+    def __init__(self, device: torch.device, params: Params, writer: RunWriter, env: RunEnv,
+                 keep_block: bool = False) -> None:
+        self.device = device
+        self.params = params
+        self.writer = writer
+        self.env = env
+        # With trials taking turns, a block's inputs and artifacts (per batch size) are all kept.
+        self.inputs = Level(keep_all=keep_block)
+        self.artifact = Level(keep_all=keep_block)
+        #: eager's outputs on the gate's batches, per batch size of the current workload
+        self.gate_references = Level(keep_all=True)
+        self.workload = Level(self.artifact, self.inputs, self.gate_references)
+        self.reference = Level()  # fp32 outputs on the accuracy samples, per model
+        self.model = Level(self.workload, self.reference)
+        self.runtimes: dict[str, Runtime] = {}
+        #: (model, precision, runtime) -> the smallest batch size that ran out of memory.
+        self.oom_batch = writer.smallest_oom_batches()
+        #: model label -> why loading it ran out of memory.
+        self.model_oom: dict[str, str] = {}
+        #: model label -> its FLOPs per inference, counted when it is loaded.
+        self.flops: dict[str, FlopCount] = {}
+        # Opened once (NVML's init), sampled per point; None when params turn telemetry off.
+        self.telemetry: Telemetry | None = None
+        if params.telemetry:
+            uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
+            self.telemetry = open_telemetry(device, gpu_uuid=uuid)
+            env.update(telemetry={"energy_method": self.telemetry.energy_method,
+                                "energy_note": self.telemetry.energy_note,
+                                "min_energy_window_s": (self.telemetry.min_energy_window_s
+                                                        if math.isfinite(self.telemetry.min_energy_window_s) else None),
+                                "sources": [source.name for source in self.telemetry.sources]})
+        else:
+            env.update(telemetry={"energy_method": None, "energy_note": "telemetry: false in the params"})
+
+    def measure(self, point: GridPoint, clock: Clock, trial: int = 0) -> PointRun:
+        """Measure one trial of a point, or say why it was not: out of memory now, or infeasible after an
+        earlier one (only before its first trial: a batch that ran is feasible), or a runtime that cannot run it."""
+        limit = self.oom_batch.get(point.key[:3])
+        if limit is not None and point.batch_size > limit and trial == 0:
+            return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
+        if point.model.label in self.model_oom:
+            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
+        try:
+            self.model.get(point.model.label, lambda: self._load(point.model))
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(self.device)  # the model itself does not fit: no batch of it is tried again
+            self.model_oom[point.model.label] = f"the model does not fit: {first_line(exc)}"
+            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
+        try:
+            workload = self._workload(point)
+            if point.runtime not in self.runtimes:
+                self.runtimes[point.runtime] = get_runtime(point.runtime)
+            runtime = self.runtimes[point.runtime]
+            if point.model.kind == "synthetic" and point.runtime != REFERENCE_RUNTIME:
+                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: a synthetic model has nothing to "
+                                "trace, compile or export; it runs with eager only")
+            reason = runtime.unsupported(workload)
+            if reason:
+                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
+            if point.model.pipeline and point.arrival != ARRIVAL_CLOSED:
+                return PointRun(status=STATUS_UNSUPPORTED, error=pipelines.open_loop_reason())
+            # Text is timed with padding, as tokenised text comes: every runtime then takes the
+            # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
+            # needs every merged batch size's inputs and artifact, resident before its window.
+            ready = {}
+            for batch in point.merged_batch_sizes:
+                inputs = self.inputs.get((point.model.label, point.precision.name, batch),
+                                         lambda b=batch: workload.inputs(b, self.params.seed, padded=True))
+                artifact = self.artifact.get((*point.key[:3], batch), lambda b=batch, i=inputs: self._prepare(
+                    runtime, workload, i, point, b))
+                if artifact.prepared is None:
+                    return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported,
+                                    prepare_s=artifact.prepare_s)
+                ready[batch // point.batch_size] = (inputs, artifact)
+            prepare_s = sum(artifact.prepare_s for _, artifact in ready.values())
+            pipeline = None
+            if point.model.pipeline:  # raw inputs and stages, built before the clock starts
+                _, artifact = ready[1]
+                if artifact.prepared is not None and artifact.prepared.bind is not None:
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
+                                    error=pipelines.bound_runtime_reason(point.runtime))
+                try:
+                    pipeline = pipelines.build_pipeline(workload, point.batch_size, self.params.seed)
+                except pipelines.PipelineUnsupported as exc:
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s, error=str(exc))
+            # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
+            sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
+            started = clock()
+            with PeakMemory(self.device) as memory, sampler:
+                try:  # per-client preparation (a CUDA graph captured on each client's stream)
+                    if pipeline is not None:
+                        clients = {1: workload.pipeline_client_factory(pipeline, point.threads,
+                                                                       ready[1][1].prepared, clock)}
+                    else:
+                        clients = {k: workload.client_factory(inputs, point.threads, artifact.prepared)
+                                   for k, (inputs, artifact) in ready.items()}
+                except Exception as exc:  # a client that cannot be prepared: the point cannot run here
+                    if is_out_of_memory(exc):
+                        raise
+                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
+                                    error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
+                run = self._run(point, clients, trial, clock)
+            run.trial_s = clock() - started
+            run.prepare_s = prepare_s
+            said = []  # what each artifact says of itself (its notes, a recompile in the window), once
+            if pipeline is not None:
+                said.append(pipeline.note)
+            for _, artifact in ready.values():
+                prepared = artifact.prepared
+                said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
+            flops = self.flops[point.model.label]
+            run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
+            if run.status == STATUS_OK:
+                self._add_measures(run, point, flops, memory, sampler if self.telemetry else None)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            run = PointRun(status=STATUS_OOM, error=first_line(exc))
+        if run.status == STATUS_OOM:
+            self._out_of_memory(point)
+        return run
+
+    def _run(self, point: GridPoint, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
+        """One trial's requests: closed-loop clients, or an open-loop schedule served by workers."""
+        params = self.params
+        if point.rate_per_s is None:
+            return run_point(clients[1], threads=point.threads, warmup_requests=params.warmup_requests,
+                             duration_s=params.duration_s, min_requests=params.min_requests, clock=clock,
+                             staged=point.model.pipeline)
+        schedule = arrival_times(point.arrival, point.rate_per_s, params.warmup_requests * point.threads,
+                                 params.duration_s, params.min_requests, params.seed, trial)
+        load = Load(schedule, point.max_batch_size, params.max_queue_delay_ms / 1e3, params.duration_s)
+        return serve_point(clients, point.threads, load, clock=clock)
+
+    def start_block(self) -> None:
+        """A new model, precision and runtime: the previous block's inputs and artifacts go."""
+        if self.artifact.keep_all:
+            self.artifact.clear()
+            self.inputs.clear()
+
+    def _add_measures(self, run: PointRun, point: GridPoint, flops: FlopCount, memory: PeakMemory,
+                      sampler: Sampler | None) -> None:
+        """The point's FLOPs, peak memory, window energy and telemetry samples, with what to know about them."""
+        notes: list[str] = []
+        samples = sampler.samples(run.t0) if sampler is not None else None
+        peak_bytes = memory.peak_bytes
+        if memory.note:
+            rss = samples["rss_bytes"].max() if samples is not None else math.nan
+            if peak_bytes is None and math.isfinite(rss):
+                peak_bytes = float(rss)
+                notes.append(f"{memory.note}: peak RSS sampled at {SAMPLE_HZ:g} Hz instead")
+            else:
+                notes.append(memory.note)
+        energy_j = math.nan
+        if sampler is None or self.telemetry is None:
+            notes.append("no energy or telemetry: turned off (params: telemetry: false)")
+        else:
+            window_s = max((r.end_s for r in run.records if not r.warmup), default=math.nan)
+            method = self.telemetry.energy_method
+            if method is None:
+                notes.append(self.telemetry.energy_note)
+            else:
+                energy_j = window_energy(samples, window_s)
+                if math.isnan(energy_j):
+                    notes.append(f"no energy: the samples ({method}) did not cover the {window_s:.2f} s window")
+                elif window_s < self.telemetry.min_energy_window_s:
+                    notes.append(f"energy is coarse: a {window_s:.1f} s window is shorter than the "
+                                 f"{self.telemetry.min_energy_window_s:g} s {method} needs; raise duration_s")
+            notes.extend(sampler.notes())
+        run.samples = samples
+        run.measures = {
+            "flops_per_inference": flops.flops_per_inference if flops.flops_per_inference is not None else math.nan,
+            "peak_dtype": peak_dtype(point.precision.dtype, self.device.type, self.params.matmul_precision),
+            "peak_memory_bytes": peak_bytes if peak_bytes is not None else math.nan,
+            "peak_memory_reserved_bytes": memory.reserved_bytes if memory.reserved_bytes is not None else math.nan,
+            "device_memory_used_bytes": samples["device_memory_used_bytes"].max() if samples is not None else math.nan,
+            "energy_j": energy_j,
+            "telemetry_note": "; ".join(filter(None, notes)),
+        }
+
+    def _out_of_memory(self, point: GridPoint) -> None:
+        """Release what the point held and mark larger batches of its model, precision and runtime infeasible."""
+        self.artifact.clear()
+        self.inputs.clear()
+        release_memory(self.device)
+        key = point.key[:3]
+        self.oom_batch[key] = min(self.oom_batch.get(key, point.batch_size), point.batch_size)
+
+    def _workload(self, point: GridPoint) -> Workload:
+        loaded = self.model.get(point.model.label, lambda: self._load(point.model))
+        workload = self.workload.get((point.model.label, point.precision.name), lambda: self._new_workload(
+            loaded, point))
+        if point.precision.name != REFERENCE_PRECISION and not self.writer.has_accuracy(
+                model=point.model.label, precision=point.precision.name, reference=REFERENCE_FP32):
+            self.writer.add_accuracy(gates.precision_row(loaded, workload, self.params, self.reference))
+        return workload
+
+    def _new_workload(self, loaded: LoadedModel, point: GridPoint) -> Workload:
+        # The previous precision's inputs and artifact are gone (the cache dropped them): near the
+        # memory limit their memory matters.
+        release_memory(self.device)
+        return Workload(loaded, point.precision, channels_last=self.params.channels_last_for(point.model))
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        # What the previous model held is gone (the cache dropped it and everything nested): free it first.
+        release_memory(self.device)
+        loaded = load_model(spec, self.device, self.params.seed)
+        flops = self.flops[spec.label] = flops_per_inference(loaded, self.params.seed)
+        self.env.add_model({"label": spec.label, "model": spec.name, "weights": loaded.weights,
+                            "weights_source": loaded.weights_source, "flops_per_inference": flops.flops_per_inference,
+                            "flops_source": flops.source})
+        return loaded
+
+    def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint,
+                 batch_size: int) -> Artifact:
+        """Prepare (timed as prepare_s, never in a window), then hold the artifact to the gate."""
+        started = time.perf_counter()
+        try:
+            with workload.precision_context():
+                prepared = runtime.prepare(workload, inputs)
+            if self.device.type == "cuda":  # the warm-up's kernels belong to the preparation
+                torch.cuda.synchronize(self.device)
+        except Unsupported as exc:
+            return Artifact(None, time.perf_counter() - started, f"{point.runtime}: {exc}")
+        except Exception as exc:  # a runtime that fails to prepare this model cannot run it here
+            if is_out_of_memory(exc):
+                raise
+            return Artifact(None, time.perf_counter() - started, f"{point.runtime}: preparing failed: "
+                             f"{first_line(exc)}")
+        prepare_s = time.perf_counter() - started
+        if point.runtime != REFERENCE_RUNTIME and not self.writer.has_accuracy(
+                model=point.model.label, precision=point.precision.name, runtime=point.runtime,
+                batch_size=batch_size):
+            try:
+                self.writer.add_accuracy(gates.gate_row(workload, prepared, point, batch_size, self.params,
+                                                        self.gate_references))
+            except Exception as exc:  # noqa: BLE001 - a gate that cannot run fails; the sweep goes on
+                if is_out_of_memory(exc):
+                    release_memory(self.device)
+                note = "out of memory" if is_out_of_memory(exc) else first_line(exc)
+                self.writer.add_accuracy({**gates.accuracy_keys(workload, point.runtime, batch_size,
+                                                                REFERENCE_EAGER),
+                                          "gate": GATE_FAIL, "status": f"not checked: {note}"})
+        return Artifact(prepared, prepare_s)
+
+    def release(self) -> None:
+        self.model.clear()  # and everything nested under it
+        release_memory(self.device)
