@@ -179,8 +179,9 @@ def _recommend(args: argparse.Namespace) -> int:
 def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: Path | None) -> None:
     """The closed-loop recommendation; with open-loop points, also the cheapest configuration that
     carries --target-per-s within the budget, from each configuration's highest rate within it."""
-    from benchlib.derive.cost import is_open_loop, recommend
-    from benchlib.results import with_load_keys, write_recommendation
+    from benchlib.derive.cost import recommend
+    from benchlib.results import write_recommendation
+    from benchlib.schema import is_open_loop, with_load_keys
     from benchlib.vocabulary import SERVING_RECOMMENDATION
 
     if args.latency_budget_ms is None:
@@ -347,7 +348,7 @@ SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "ba
 def summary_shown(summary: pd.DataFrame) -> list[str]:
     """The summary columns printed: SUMMARY_SHOWN, with the open-loop ones after `threads` where any point was
     open loop (a closed-loop run prints as before)."""
-    from benchlib.derive.cost import is_open_loop
+    from benchlib.schema import is_open_loop
 
     if not is_open_loop(summary).any():
         return SUMMARY_SHOWN

@@ -34,14 +34,13 @@ from pandas._libs.parsers import STR_NA_VALUES
 from benchlib.errors import InputError
 from benchlib.files import append_part, join_parts, next_part, read_table_parts, table_exists, write_atomic
 from benchlib.ownership import check_run_folder
+from benchlib.schema import upgraded
 from benchlib.vocabulary import (  # the run folder's file names are re-exported for its readers
     ACCURACY,
     ACCURACY_COLUMNS,
-    ARRIVAL_CLOSED,
     ENV,
     GRID_KEYS,
     KNEES,
-    LOAD_KEYS,
     LOCK,
     PARAMS,
     PIPELINE_RECORD_COLUMNS,
@@ -65,8 +64,6 @@ if TYPE_CHECKING:  # the report reads runs without importing torch
 
 #: env.json's mark of a sweep that ran to its end (a rate search's point count is known only then).
 FINISHED = "finished"
-#: The load keys of a closed-loop point (and of every point measured before open loop existed).
-CLOSED_LOOP_KEYS: dict[str, Any] = {"max_batch_size": 1, "arrival": ARRIVAL_CLOSED, "offered_rate_per_s": math.nan}
 
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 0) -> pd.DataFrame:
@@ -107,35 +104,6 @@ def grid_key(values: Iterable[Any]) -> tuple[Any, ...]:
     """A point's identity as a tuple (GRID_KEYS order), with the closed loop's missing rate as None:
     NaN is not equal to itself, so it cannot key a dict."""
     return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
-
-
-def with_load_keys(points: pd.DataFrame) -> pd.DataFrame:
-    """`points` (a summary or records) with the load keys of runs from before open loop filled in.
-
-    Such runs were closed loop: `max_batch_size` 1, `arrival` ``closed``, no
-    `offered_rate_per_s` (NaN, as a closed-loop point has today). A missing column is
-    added where it belongs among the point keys; in a column that exists (summaries of
-    old and new runs concatenated) only the empty cells of old rows are filled. Merges
-    then pair old closed-loop points with new ones (pandas matches NaN rates to NaN);
-    a groupby over these keys needs ``dropna=False``, or it drops every closed-loop point.
-    """
-    out = points
-    for key in LOAD_KEYS:
-        fill = CLOSED_LOOP_KEYS[key]
-        if key not in out.columns:
-            if out is points:
-                out = points.copy()
-            before = [k for k in POINT_KEYS[:POINT_KEYS.index(key)] if k in out.columns]
-            out.insert(out.columns.get_loc(before[-1]) + 1 if before else len(out.columns), key, fill)
-        elif key != "offered_rate_per_s" and out[key].isna().any():
-            if out is points:
-                out = points.copy()
-            out[key] = out[key].fillna(fill)
-    if "max_batch_size" in out.columns and out is not points and out["max_batch_size"].notna().all():
-        numbers = pd.to_numeric(out["max_batch_size"], errors="coerce")
-        if numbers.notna().all() and (numbers == numbers.round()).all():
-            out["max_batch_size"] = numbers.astype("int64")
-    return out
 
 
 class RunWriter:
@@ -244,9 +212,7 @@ class RunWriter:
         records = self.records
         if records.empty:
             return {}
-        if "trial" not in records.columns:  # a run from before trials: one each
-            records = records.assign(trial=0)
-        records = with_load_keys(records)
+        records = upgraded(records)  # a run from before trials: one each; before open loop: closed
         firsts = records.groupby(["point", "trial"], sort=True)[[*GRID_KEYS, "status"]].first()
         out: dict[tuple[Any, ...], tuple[int, list[str]]] = {}
         for (point, _trial), row in firsts.iterrows():
@@ -363,8 +329,9 @@ def read_accuracy(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:
-    """Every record of a run, also one a kill left with parts not yet joined (see benchlib.files)."""
-    return read_table_parts(Path(run_dir) / RECORDS)
+    """Every record of a run, also one a kill left with parts not yet joined (see benchlib.files), with
+    today's columns (benchlib.schema)."""
+    return upgraded(read_table_parts(Path(run_dir) / RECORDS))
 
 
 def read_telemetry(run_dir: str | Path) -> pd.DataFrame:
@@ -372,7 +339,8 @@ def read_telemetry(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_summary(run_dir: str | Path) -> pd.DataFrame:
-    return read_table(Path(run_dir) / SUMMARY)
+    """A run's summary, with today's columns (benchlib.schema)."""
+    return upgraded(read_table(Path(run_dir) / SUMMARY))
 
 
 def read_env(run_dir: str | Path) -> dict[str, Any]:

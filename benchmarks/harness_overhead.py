@@ -61,7 +61,8 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import ModelSpec
-from benchlib.results import CLOSED_LOOP_KEYS, point_records
+from benchlib.results import point_records
+from benchlib.schema import CLOSED_LOOP_KEYS
 from benchlib.derive.point_summary import summarize_point
 
 TARGET = 0.98

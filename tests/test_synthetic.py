@@ -27,7 +27,8 @@ from benchlib.measure.synthetic import SLEEP_SLICE_S, Overshoot, SyntheticModel,
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
 from benchlib.params import ModelSpec, parse_params
-from benchlib.results import CLOSED_LOOP_KEYS, point_records
+from benchlib.results import point_records
+from benchlib.schema import CLOSED_LOOP_KEYS
 from tests.conftest import FakeClock, tiny_params
 
 CPU = torch.device("cpu")

@@ -11,7 +11,8 @@ from benchlib.measure.records import PointRun, RequestRecord
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.params import parse_params
-from benchlib.results import CLOSED_LOOP_KEYS, RECORDS, point_records, read_records
+from benchlib.results import RECORDS, point_records, read_records
+from benchlib.schema import CLOSED_LOOP_KEYS
 from tests.conftest import tiny_params
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",

@@ -43,9 +43,8 @@ import math
 from typing import Any
 
 import pandas as pd
-from benchlib.derive.cost import with_runtime
 
-from benchlib.results import with_load_keys
+from benchlib.schema import with_load_keys, with_runtime
 from benchlib.derive.stats import Z95
 from benchlib.errors import InputError
 from benchlib.vocabulary import GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK, latency_column

@@ -16,12 +16,11 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
-from benchlib.results import with_load_keys
+from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GATE_PASS,
     GRID_KEYS,
-    OPEN_ARRIVALS,
     PERCENTILE_COLUMNS,
     REFERENCE_RUNTIME,
     STATUS_OK,
@@ -111,25 +110,6 @@ def add_cost(summary: pd.DataFrame, usd_per_hour: float | None) -> pd.DataFrame:
         out["usd_per_million_ci_low"] = [usd_per_million(t, usd) for t in out["throughput_ci_high_per_s"]]
         out["usd_per_million_ci_high"] = [usd_per_million(t, usd) for t in out["throughput_ci_low_per_s"]]
     return out
-
-
-def with_runtime(summary: pd.DataFrame) -> pd.DataFrame:
-    """`summary` with a missing `runtime` filled in as ``eager``.
-
-    Runs from before runtimes were a grid dimension ran the model's own forward pass,
-    which is ``eager``; mixed with newer runs, their points then pair with eager points.
-    A summary without a `runtime` column at all is returned as it is.
-    """
-    if "runtime" not in summary.columns or summary["runtime"].notna().all():
-        return summary
-    return summary.assign(runtime=summary["runtime"].fillna(REFERENCE_RUNTIME))
-
-
-def is_open_loop(points: pd.DataFrame) -> pd.Series:
-    """Per row, whether the point was open loop (`arrival` poisson or constant); all False without `arrival`."""
-    if "arrival" not in points.columns:
-        return pd.Series(False, index=points.index)
-    return points["arrival"].isin(OPEN_ARRIVALS)
 
 
 def eligible(points: pd.DataFrame) -> pd.DataFrame:

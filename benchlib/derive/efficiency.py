@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchlib.schema import with_trials
 from benchlib.vocabulary import EFFICIENCY_COLUMNS, POINT_MEASURES, TEXT_MEASURES
 
 JOULES_PER_KWH = 3.6e6
@@ -94,9 +95,7 @@ def point_measures(records: pd.DataFrame) -> pd.DataFrame:
     the energy of all of them."""
     records = records.assign(**{c: "" if c in TEXT_MEASURES else math.nan
                                 for c in POINT_MEASURES if c not in records.columns})
-    if "trial" not in records.columns:
-        records = records.assign(trial=0)
-    per_trial = records.groupby(["point", "trial"], sort=True)[POINT_MEASURES].first().reset_index()
+    per_trial = with_trials(records).groupby(["point", "trial"], sort=True)[POINT_MEASURES].first().reset_index()
     measures = per_trial.groupby("point", sort=True)[POINT_MEASURES].first()
     numbers = per_trial[list(_ACROSS_TRIALS)].apply(pd.to_numeric, errors="coerce").groupby(per_trial["point"])
     for column, how in _ACROSS_TRIALS.items():

@@ -53,7 +53,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit
 
-from benchlib.derive.cost import is_open_loop
+from benchlib.schema import is_open_loop
 from benchlib.derive.stats import Z95
 from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
 

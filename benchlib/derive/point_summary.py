@@ -22,7 +22,7 @@ from benchlib.derive.stats import (
     pooled_interval,
 )
 from benchlib.percentiles import min_samples_for_percentile
-from benchlib.results import with_load_keys
+from benchlib.schema import is_open_loop, with_load_keys, with_trials
 from benchlib.vocabulary import (
     PERCENTILES,
     PERCENTILES_WITH_CI,
@@ -49,9 +49,8 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     the pooled latencies of every trial; each interval is :func:`pooled_interval`.
     """
     nan = math.nan
-    if "trial" not in records.columns:  # records from before trials: one trial
-        records = records.assign(trial=0)
-    open_loop = bool(serving.is_open_loop(records).any())
+    records = with_trials(records)  # records from before trials: one trial
+    open_loop = bool(is_open_loop(records).any())
     statuses = set(records["status"])
     status = next((s for s in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED) if s in statuses), STATUS_OK)
     trials = [trial_figures(group) for _, group in records.groupby("trial", sort=True)]

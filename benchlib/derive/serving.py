@@ -96,10 +96,10 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from benchlib.derive.cost import eligible, is_open_loop, with_runtime
+from benchlib.derive.cost import eligible
 from benchlib.derive.stats import percentile_with_ci
 from benchlib.errors import InputError
-from benchlib.results import with_load_keys
+from benchlib.schema import is_open_loop, with_load_keys, with_runtime, with_trials
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     PERCENTILE_COLUMNS,
@@ -114,7 +114,7 @@ from benchlib.vocabulary import (
 )
 
 __all__ = [
-    "LATE_ENQUEUE_S", "MAX_LATE_SHARE", "MAX_RATE_COLUMNS", "CONFIG_KEYS", "is_open_loop", "max_rate_table",
+    "LATE_ENQUEUE_S", "MAX_LATE_SHARE", "MAX_RATE_COLUMNS", "CONFIG_KEYS", "max_rate_table",
     "meets_budget", "overload_test", "queue_growth", "recommend_serving", "serving_figures",
 ]
 
@@ -234,9 +234,7 @@ def serving_figures(records: pd.DataFrame) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(SERVING_COLUMNS, math.nan)
     if records.empty or not is_open_loop(records).any():
         return row
-    if "trial" not in records.columns:
-        records = records.assign(trial=0)
-    measured = _measured(records)
+    measured = _measured(with_trials(records))
     completed = measured[measured["status"] == STATUS_OK]
     rates = []
     for _, trial in completed.groupby("trial", sort=True):

@@ -15,9 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
-from benchlib.derive.cost import is_open_loop, with_runtime
 
-from benchlib.results import with_load_keys
+from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
     DEFAULT_PERCENTILE,

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import yaml
 from pandas.io.formats.style import Styler
-from benchlib.derive.cost import eligible, is_open_loop, with_runtime
+from benchlib.derive.cost import eligible
 
-from benchlib.results import with_load_keys
+from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.errors import InputError
 from benchlib.params import RUNTIMES, parse_params
 from benchlib.results import ENV, PARAMS, find_runs, measured_everything, read_env, read_summary
