@@ -72,7 +72,10 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(result.summary, summary_shown(result.summary)))
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
-    _print_recommendation(result.summary, args, Path(args.out))
+    try:
+        _print_recommendation(result.summary, args, Path(args.out))
+    except InputError as exc:  # the percentile asked for: the run is measured and written all the same
+        raise InputError(f"{exc} The run itself is written in {result.out_dir}/.") from None
     print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml, "
           "and telemetry.parquet where sampled)")
     return EXIT_OK
@@ -153,9 +156,20 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
+    _check_report_percentile(out, args.percentile)
     parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile,
                   "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
     return run_report(out, {k: v for k, v in parameters.items() if v is not None})
+
+
+def _check_report_percentile(out: Path, percentile: str) -> None:
+    """Before the notebook runs: a percentile none of the runs it compares holds is exit 2, saying why."""
+    from benchlib.derive.coverage import require_percentile
+    from benchlib.present.report import load_runs
+
+    runs = load_runs(out)
+    if not runs.latest.empty:
+        require_percentile(runs.latest, percentile)
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -180,14 +194,18 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     """The closed-loop recommendation; with open-loop points, also the cheapest configuration that
     carries --target-per-s within the budget, from each configuration's highest rate within it."""
     from benchlib.derive.cost import recommend
+    from benchlib.derive.coverage import require_percentile
     from benchlib.results import write_recommendation
     from benchlib.schema import is_open_loop, with_load_keys
     from benchlib.vocabulary import SERVING_RECOMMENDATION
 
     if args.latency_budget_ms is None:
         return
+    notes = require_percentile(summary, args.percentile)  # none holding it at all: exit 2, saying why
     table = recommend(summary, args.latency_budget_ms, args.percentile, args.target_per_s)
     print(f"\ncheapest configuration with {args.percentile} <= {args.latency_budget_ms:g} ms:")
+    for note in notes:
+        print(f"  {note}")
     print(format_table(table, list(table.columns)))
     if out is not None:
         write_recommendation(out, table)

@@ -44,10 +44,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchlib.derive.coverage import check_percentile, percentile_columns
 from benchlib.schema import with_load_keys, with_runtime
 from benchlib.derive.stats import Z95
 from benchlib.errors import InputError
-from benchlib.vocabulary import GRID_KEYS, PERCENTILE_COLUMNS, STATUS_OK, latency_column
+from benchlib.vocabulary import GRID_KEYS, STATUS_OK
 
 DEFAULT_THRESHOLD_PCT = 5.0
 
@@ -72,16 +73,12 @@ COMPARE_COLUMNS: list[str] = [
 ]
 
 
-def latency_columns(percentile: str) -> tuple[str, str, str]:
-    """The summary's estimate, low and high columns of a percentile: ``latency_p95_ms``, ``..._ci_low_ms``, ..."""
-    stem = latency_column(percentile).removesuffix("_ms")
-    return latency_column(percentile), f"{stem}_ci_low_ms", f"{stem}_ci_high_ms"
+latency_columns = percentile_columns  # the summary's estimate, low and high columns of a percentile
 
 
 def check_options(threshold_pct: float, percentile: str) -> None:
     """The threshold is a finite number >= 0; the percentile one of PERCENTILE_COLUMNS' keys."""
-    if percentile not in PERCENTILE_COLUMNS:
-        raise InputError(f"percentile {percentile!r} is not one of {', '.join(PERCENTILE_COLUMNS)}")
+    check_percentile(percentile)
     if isinstance(threshold_pct, bool) or not isinstance(threshold_pct, (int, float)) \
             or not math.isfinite(threshold_pct) or threshold_pct < 0:
         raise InputError(f"threshold {threshold_pct!r}: give a finite number of percent, 0 or more")

@@ -16,12 +16,12 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
+from benchlib.derive.coverage import percentile_columns, percentile_notes, with_percentile
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GATE_PASS,
     GRID_KEYS,
-    PERCENTILE_COLUMNS,
     REFERENCE_RUNTIME,
     STATUS_OK,
     STATUS_UNSUPPORTED,
@@ -169,10 +169,8 @@ def recommend(
     highest rate within the budget, is `benchlib.derive.serving.recommend_serving`. A
     model with only open-loop points gets a row whose reason says so.
     """
-    if percentile not in PERCENTILE_COLUMNS:
-        raise InputError(f"percentile {percentile!r} is not one of {sorted(PERCENTILE_COLUMNS)}")
-    latency = PERCENTILE_COLUMNS[percentile]
-    summary = with_runtime(summary)
+    latency = percentile_columns(percentile)[0]
+    summary = with_percentile(with_runtime(summary), percentile)  # empty where a run did not record it
     rows: list[dict[str, Any]] = []
     for model, all_points in summary.groupby("model", sort=False):
         points = all_points[~is_open_loop(all_points)]
@@ -188,6 +186,8 @@ def recommend(
         row: dict[str, Any] = {"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile}
         if meets.empty:
             row["reason"] = _why_nothing(points, passed, priced, known, latency, latency_budget_ms, percentile)
+            if known.empty and not priced.empty:  # the percentile was not recorded: say why, and the fix
+                row["reason"] = "; ".join(note.split("; ", 1)[1] for note in percentile_notes(priced, percentile))
             rows.append(row)
             continue
         # Ties in cost and latency go to the point measured first (a stable sort).

@@ -97,12 +97,12 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from benchlib.derive.cost import eligible
+from benchlib.derive.coverage import percentile_columns, with_percentile
 from benchlib.derive.stats import percentile_with_ci
 from benchlib.errors import InputError
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime, with_trials
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
-    PERCENTILE_COLUMNS,
     PERCENTILES,
     POINT_KEYS,
     QUEUE_COLUMNS,
@@ -110,7 +110,6 @@ from benchlib.vocabulary import (
     STATUS_DROPPED,
     STATUS_OK,
     STATUS_OVERLOADED,
-    latency_column,
 )
 
 __all__ = [
@@ -263,9 +262,7 @@ def serving_figures(records: pd.DataFrame) -> dict[str, Any]:
 
 
 def _check_percentile(percentile: str) -> str:
-    if percentile not in PERCENTILE_COLUMNS:
-        raise InputError(f"percentile {percentile!r} is not one of {', '.join(PERCENTILE_COLUMNS)}")
-    return latency_column(percentile)
+    return percentile_columns(percentile)[0]
 
 
 def _number(value: Any) -> float:
@@ -283,7 +280,7 @@ def meets_budget(row: Mapping[str, Any] | pd.Series, latency_budget_ms: float, p
 
 
 def _ci_high_column(percentile: str) -> str:
-    return latency_column(percentile).removesuffix("_ms") + "_ci_high_ms"
+    return percentile_columns(percentile)[2]
 
 
 def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str) -> tuple[pd.DataFrame, list[Any]]:
@@ -368,12 +365,13 @@ def max_rate_table(summary: pd.DataFrame, latency_budget_ms: float,
     a lower rate failed although a higher one met; `reason`, when no rate met, why (the
     figures are then NaN and `next_rate_per_s` is the lowest rate tried).
     """
-    table, _ = _max_rates(_prepared(summary), latency_budget_ms, percentile)
+    table, _ = _max_rates(_prepared(summary, percentile), latency_budget_ms, percentile)
     return table
 
 
-def _prepared(summary: pd.DataFrame) -> pd.DataFrame:
-    return with_load_keys(with_runtime(summary)).reset_index(drop=True)
+def _prepared(summary: pd.DataFrame, percentile: str) -> pd.DataFrame:
+    """Today's columns, and the percentile's (empty where a run did not record it: benchlib.derive.coverage)."""
+    return with_percentile(with_load_keys(with_runtime(summary)), percentile).reset_index(drop=True)
 
 
 #: recommend_serving's columns after the configuration keys (and before the target's).
@@ -403,7 +401,7 @@ def recommend_serving(summary: pd.DataFrame, latency_budget_ms: float, percentil
     if target_per_s is not None and not (isinstance(target_per_s, (int, float)) and not isinstance(target_per_s, bool)
                                          and math.isfinite(target_per_s) and target_per_s > 0):
         raise InputError(f"target {target_per_s!r}: give a positive number of inferences per second")
-    summary = _prepared(summary)
+    summary = _prepared(summary, percentile)
     table, chosen = _max_rates(summary, latency_budget_ms, percentile)
     passed = set(eligible(summary).index)
     keys = [k for k in CONFIG_KEYS if k in table.columns and k != "model"]

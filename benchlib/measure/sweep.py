@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import pandas as pd
 import torch
 
+from benchlib.derive.coverage import check_percentile
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings
 from benchlib.derive.knee import knees
@@ -54,7 +55,6 @@ from benchlib.results import FINISHED, RunWriter, point_records
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GRID_KEYS,
-    PERCENTILE_COLUMNS,
     STATUS_OOM,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
@@ -85,8 +85,7 @@ def run_sweep(
     finished and measures only the rest; if benchlib's code changed since, only with
     `force`. Progress lines show `percentile`.
     """
-    if percentile not in PERCENTILE_COLUMNS:
-        raise InputError(f"percentile {percentile!r} is not one of {', '.join(PERCENTILE_COLUMNS)}")
+    check_percentile(percentile)
     check_runnable_here(params)  # the packages its models and runtimes need, on this machine
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.

@@ -16,6 +16,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
+from benchlib.derive.coverage import with_percentile
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
@@ -117,6 +118,7 @@ def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.Dat
 def throughput_vs_latency(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
                           curves: Sequence[str] | None = None) -> Figure:
     """Throughput against a latency percentile; one line per curve, points labelled by batch size."""
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     latency = latency_column(percentile)
     data, _, palette = _curves(summary.dropna(subset=[latency, "throughput_per_s"]), curves)
     fig, axes, models = _panels(summary)
@@ -147,6 +149,7 @@ def throughput_vs_latency(summary: pd.DataFrame, percentile: str = DEFAULT_PERCE
 def throughput_and_latency_vs_batch(summary: pd.DataFrame, knees: pd.DataFrame | None = None,
                                     percentile: str = DEFAULT_PERCENTILE, curves: Sequence[str] | None = None) -> Figure:
     """Throughput (top) and latency (bottom) against batch size, each curve's knee dashed."""
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     latency = latency_column(percentile)
     data, columns, palette = _curves(summary, curves)
     fig, axes, models = _panels(summary, rows=2)
@@ -254,6 +257,7 @@ def latency_vs_load(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
     instances an order of magnitude apart (or a search's doublings) spread evenly. None when no open-loop point has a known
     percentile (a closed-loop run has nothing to show here).
     """
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     latency = latency_column(percentile)
     summary = with_runtime(with_load_keys(summary))
     measured = summary["status"].isin([STATUS_OK, STATUS_OVERLOADED])

@@ -16,6 +16,7 @@ import yaml
 from pandas.io.formats.style import Styler
 from benchlib.derive.cost import eligible
 
+from benchlib.derive.coverage import percentile_notes, with_percentile
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.errors import InputError
 from benchlib.params import RUNTIMES, parse_params
@@ -250,6 +251,7 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
     runtimes ran, the index gains Runtime: each instance is compared at the same runtime.
     Closed-loop points only (see :func:`closed_loop`): open-loop points alone give an empty table.
     """
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     best = best_threads(summary)
     if best.empty:
         return pd.DataFrame()
@@ -635,6 +637,7 @@ def max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str =
     max rate; $ per million is priced at the rate achieved there. A configuration that met the
     budget at no rate has empty figures and says why. Empty (no columns) without open-loop points.
     """
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     from benchlib.derive.serving import max_rate_table
 
     if not has_open_loop(summary):
@@ -680,6 +683,7 @@ def batching_comparison(summary: pd.DataFrame, latency_budget_ms: float,
     batch there, the latency there and $ per million there. Configurations that batch on both
     sides are left out. Empty (no columns) where no such pair was run.
     """
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     from benchlib.derive.serving import max_rate_table
 
     if not has_open_loop(summary):
@@ -738,6 +742,7 @@ def serving_recommendation(summary: pd.DataFrame, latency_budget_ms: float, perc
     """Per model, the cheapest open-loop configuration that carries `target_per_s` inferences/s within
     the budget (see `benchlib.derive.serving.recommend_serving`), in readable units; without a
     target, the cheapest per million at its max rate. Empty (no columns) without open-loop points."""
+    summary = with_percentile(summary, percentile)  # empty where a run did not record it
     from benchlib.derive.serving import recommend_serving
 
     if not has_open_loop(summary):
@@ -763,3 +768,9 @@ def people_serving_recommendation(table: pd.DataFrame, percentile: str = DEFAULT
                "usd_per_million_at_target": "$ per million inferences at the target",
                "reason": "Nothing qualifies because"}
     return table[[c for c in columns if c in table.columns]].rename(columns=columns)
+
+
+def percentile_note(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE) -> str:
+    """What the tables and charts cannot say of `percentile`, per model, and the fix (benchlib.derive.coverage)."""
+    notes = percentile_notes(summary, percentile)
+    return "\n".join(notes) if notes else f"Every point that ran holds a {PERCENTILE_NAMES[percentile]} latency."
