@@ -10,7 +10,8 @@ with the folder, what is in it and the way out:
   mark, MARK, in every run folder it creates, so one whose notebook failed before
   measuring is still known), or the study's *published* figures (``report --example``);
 - an **outputs root** (``run --out``, ``report --out``, the cluster's ``--out``) is
-  new, empty, or holds only benchlib's things: instance folders of run folders, folders
+  new, empty, or holds only benchlib's things: instance folders of run folders (benchlib's,
+  or any in the layout the report reads: ``<instance>/<run_id>/summary.csv``), folders
   benchlib made (a nested report's root: ``outputs/seed``), and the report's files that
   the root's MARK lists with the hash of what benchlib wrote;
 - a **report file** (report.ipynb, report.html, kernel.log, figures/*) replaces only a
@@ -270,9 +271,15 @@ def _foreign_in_subfolder(sub: Folder, name: str) -> list[str]:
     for child, is_dir in sorted((sub.entries() or {}).items()):
         if is_ignored(child):
             continue
-        if not is_dir or not is_benchlibs_run_folder(sub.child(child)):
+        if not is_dir or not (is_benchlibs_run_folder(sub.child(child)) or _holds_summary(sub.child(child))):
             foreign.append(f"{name}/{child}{'/' if is_dir else ''}")
     return foreign
+
+
+def _holds_summary(folder: Folder) -> bool:
+    """A run in the outputs layout the report reads (``<instance>/<run_id>/summary.csv``), wherever it came
+    from: benchlib writes nothing into it, only beside it."""
+    return SUMMARY in (folder.entries() or {})
 
 
 def report_files_owned(folder: Folder, entries: dict[str, bool] | None = None) -> set[str]:

@@ -179,7 +179,7 @@ def test_report_example_refuses_foreign_published_files(tmp_path, capsys) -> Non
     out = tmp_path / "seed"
     before = foreign(out, "g5.4xlarge/published/summary.csv")
     code, text = cli(capsys, "report", "--example", "seed", "--out", str(out))
-    assert code == 2 and "g5.4xlarge/published/" in text, text
+    assert code == 2 and "g5.4xlarge/published is not the study's published figures" in text, text
     assert snapshot(out) == before
     out = tmp_path / "seed2"
     before = foreign(out, "g4dn.4xlarge/published/env.json")
