@@ -81,3 +81,17 @@ def is_open_loop(points: pd.DataFrame) -> pd.Series:
     if "arrival" not in points.columns:
         return pd.Series(False, index=points.index)
     return points["arrival"].isin(OPEN_ARRIVALS)
+
+
+def has_open_loop(points: pd.DataFrame) -> bool:
+    """Whether any point was offered open-loop load (the serving sections then show)."""
+    return bool(is_open_loop(points).any())
+
+
+def closed_loop(points: pd.DataFrame) -> pd.DataFrame:
+    """The closed-loop points: what the batch-size tables, knees and the closed-loop recommendation compare.
+
+    An open-loop point's throughput is the traffic it was offered, not what its configuration can
+    do, so it would read as a slow point there; the serving tables judge it instead.
+    """
+    return points[~is_open_loop(points)]

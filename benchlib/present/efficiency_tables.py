@@ -1,0 +1,76 @@
+"""The efficiency tables people read: % of peak, memory limits and headroom, energy per inference."""
+from __future__ import annotations
+
+import pandas as pd
+
+from benchlib.schema import with_runtime
+from benchlib.present.style import GIB
+from benchlib.present.tables import runtime_order, several_runtimes
+from benchlib.vocabulary import (
+    EFFICIENCY_COLUMNS,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+)
+
+
+def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per instance, model and precision (and runtime, when several ran): the largest batch that ran,
+    the peak memory it held and the device memory left beside it (the least over its thread counts),
+    and the smallest batch that did not fit."""
+    keys, names = ["instance", "model", "precision"], ["Instance", "Model", "Precision"]
+    if several_runtimes(summary):
+        summary = with_runtime(summary)
+        keys, names = [*keys, "runtime"], [*names, "Runtime"]
+    rows = []
+    for values, points in summary.groupby(keys, sort=True):
+        ran = points.loc[points["status"] == STATUS_OK, "batch_size"]
+        oom = points.loc[points["status"] == STATUS_OOM, "batch_size"]
+        skipped = points.loc[points["status"] == STATUS_SKIPPED, "batch_size"]
+        largest = points[(points["status"] == STATUS_OK) & (points["batch_size"] == ran.max())] if len(ran) else None
+        rows.append({**dict(zip(names, values)),
+                     "Largest batch measured": ran.max() if len(ran) else None,
+                     "Peak memory there (GiB)": _extreme(largest, "peak_memory_bytes", "max") / GIB,
+                     "Headroom there (GiB)": _extreme(largest, "memory_headroom_bytes", "min") / GIB,
+                     "Smallest batch out of memory": oom.min() if len(oom) else None,
+                     "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
+    table = pd.DataFrame(rows)
+    if "Runtime" in names:  # eager first, as the params list them
+        table = table.sort_values(names, key=runtime_order, kind="stable", ignore_index=True)
+    return table
+
+
+def _extreme(points: pd.DataFrame | None, column: str, how: str) -> float:
+    """The `how` ("max" or "min") of a column of `points`; NaN where there are none or no such column."""
+    if points is None or column not in points.columns:
+        return float("nan")
+    return float(pd.to_numeric(points[column], errors="coerce").agg(how))
+
+
+def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per point that ran: its FLOPs, the FLOP/s it reached and what share of the device's peak
+    (measured today, and the datasheet's), the memory it held and left, and its energy per inference.
+
+    Runs from before these figures were recorded show them empty.
+    """
+    ok = summary[summary["status"] == STATUS_OK]
+    ok = ok.assign(**{c: float("nan") for c in EFFICIENCY_COLUMNS if c not in ok.columns})
+    table = pd.DataFrame({"Instance": ok["instance"], "Model": ok["model"], "Precision": ok["precision"]})
+    if summary["instance"].nunique() < 2:  # one run's table: its instance goes without saying
+        table = table.drop(columns="Instance")
+    if several_runtimes(summary):
+        table["Runtime"] = with_runtime(ok)["runtime"]
+    return table.assign(**{
+        "Batch size": ok["batch_size"],
+        "Client threads": ok["threads"],
+        "Throughput (inferences/s)": ok["throughput_per_s"],
+        "FLOPs per inference (GFLOP)": ok["flops_per_inference"] / 1e9,
+        "Achieved (GFLOP/s)": ok["achieved_flops_per_s"] / 1e9,
+        "Peak of": ok["peak_dtype"],
+        "% of measured peak": ok["pct_of_measured_peak"],
+        "% of published peak": ok["pct_of_published_peak"],
+        "Peak memory (GiB)": ok["peak_memory_bytes"] / GIB,
+        "Headroom (GiB)": ok["memory_headroom_bytes"] / GIB,
+        "Energy per inference (J)": ok["joules_per_inference"],
+        "Notes": ok["telemetry_note"].astype(object).fillna("").astype(str),
+    }).reset_index(drop=True)

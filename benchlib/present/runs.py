@@ -1,0 +1,173 @@
+"""The runs a report compares: every run folder under an outputs folder, read, checked, and listed."""
+from __future__ import annotations
+
+import shlex
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from benchlib.errors import InputError
+from benchlib.params import parse_params
+from benchlib.results import ENV, PARAMS, find_runs, measured_everything, read_env, read_summary
+from benchlib.schema import has_open_loop, is_open_loop, with_load_keys
+from benchlib.vocabulary import (
+    ARRIVAL_CLOSED,
+    REQUIRED_SUMMARY_COLUMNS,
+    STATUS_OK,
+    STATUS_OVERLOADED,
+)
+
+
+#: The Runs table's columns.
+RUN_COLUMNS: list[str] = ["Instance", "Run", "Compared", "Device", "torch", "Points", "Measured", "Folder"]
+
+
+#: `Compared` of the newest run of each instance: the one the report's tables and charts use.
+COMPARED = "yes"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Every readable, finished run under an outputs folder, and what was skipped and why.
+
+    `runs` has a row per usable run (RUN_COLUMNS); its `Compared` column says which one
+    of each instance the report compares (the newest) and why the others are not.
+    `unusable` has a row per run folder skipped, with the reason in `Compared`.
+    """
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    skipped: tuple[str, ...] = ()
+    unusable: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RUN_COLUMNS))
+
+    @property
+    def latest(self) -> pd.DataFrame:
+        """The summary rows of each instance's most recent run (what comparisons use)."""
+        compared = self.runs.loc[self.runs["Compared"] == COMPARED, ["Instance", "Run"]]
+        keys = pd.MultiIndex.from_frame(self.summary[["instance", "run_id"]].astype(str))
+        return self.summary[keys.isin(list(compared.astype(str).itertuples(index=False, name=None)))]
+
+
+def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's summary and env, or ValueError saying why they cannot be read."""
+    try:
+        summary = read_summary(run_dir)
+        env = read_env(run_dir) if (run_dir / ENV).is_file() else {}
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    missing = REQUIRED_SUMMARY_COLUMNS - set(summary.columns)
+    if missing:
+        raise ValueError(f"summary.csv lacks {sorted(missing)}")
+    return with_load_keys(summary), env
+
+
+def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A finished run in the outputs layout (``<instance>/<run_id>/``), or ValueError saying why not."""
+    summary, env = read_run(run_dir)
+    if (run_dir / PARAMS).is_file():
+        try:
+            params = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8")))
+        except (InputError, yaml.YAMLError) as exc:
+            raise ValueError(f"params.yaml is not valid ({str(exc).splitlines()[0]})") from None
+        if not measured_everything(len(summary), params.grid_size, params.rate_search is not None, env):
+            measured = (f"a rate search that did not finish ({len(summary)} probes so far)"
+                        if params.rate_search is not None else f"{len(summary)} of {params.grid_size} points")
+            raise ValueError(f"partial: {measured}; finish it with `benchlib run --resume` (or `benchlib bench "
+                             "--resume`)")
+    if summary["instance"].nunique() != 1 or summary["instance"].iloc[0] != run_dir.parent.name:
+        raise ValueError(f"its summary's instance {sorted(set(summary['instance']))} is not the folder's "
+                         f"{run_dir.parent.name!r}")
+    return summary, env
+
+
+def load_runs(root: str | Path) -> Runs:
+    """Read every ``<instance>/<run_id>/`` folder with a summary under `root`.
+
+    A corrupted, partial or mislabelled folder is skipped with a warning that names
+    it (and listed in `unusable`); only the newest run of each instance is compared, so
+    runs of different params never mix under one instance's label. The others are
+    listed, with the newest they lost to in `Compared` (see :func:`compare_note`).
+    """
+    rows, summaries, skipped, unusable = [], [], [], []
+    for run_dir in find_runs(root):
+        try:
+            summary, env = check_run(run_dir)
+        except ValueError as exc:
+            skipped.append(f"{run_dir}: {exc}")
+            unusable.append({"Instance": run_dir.parent.name, "Run": run_dir.name,
+                             "Compared": f"no: skipped, {exc}", "Folder": str(run_dir)})
+            warnings.warn(f"skipping run folder {run_dir}: {exc}", stacklevel=2)
+            continue
+        summary = summary.assign(run_id=run_dir.name)
+        summaries.append(summary)
+        rows.append({
+            "Instance": run_dir.parent.name,
+            "Run": run_dir.name,
+            "Device": env.get("device_name", ""),
+            "torch": env.get("torch", "–"),
+            "Load": load_description(summary),
+            "Points": len(summary),
+            "Measured": int(summary["status"].isin([STATUS_OK, STATUS_OVERLOADED]).sum()),
+            "Overloaded": int((summary["status"] == STATUS_OVERLOADED).sum()),
+            "Folder": str(run_dir),
+        })
+    if not summaries:
+        raise InputError(f"no usable runs under {root} (expected <instance>/<run_id>/summary.csv)"
+                         + "".join(f"\n  skipped {s}" for s in skipped))
+    runs = pd.DataFrame(rows).sort_values(["Instance", "Run"], kind="stable", ignore_index=True)
+    newest = runs.groupby("Instance")["Run"].transform("max")
+    runs["Compared"] = [COMPARED if run == last else f"no: older (the newest is {last})"
+                        for run, last in zip(runs["Run"], newest)]
+    merged = pd.concat(summaries, ignore_index=True)
+    # How the load was offered, and how many points fell behind it, only where some run was open loop.
+    columns = RUN_COLUMNS if not has_open_loop(merged) else [
+        *RUN_COLUMNS[:RUN_COLUMNS.index("Points")], "Load", "Points", "Measured", "Overloaded", "Folder"]
+    return Runs(runs[columns], merged, tuple(skipped), pd.DataFrame(unusable, columns=columns))
+
+
+def load_description(summary: pd.DataFrame) -> str:
+    """How a run offered its load: ``closed``, or e.g. ``poisson, 3 rates 50–200/s``."""
+    parts = []
+    if (~is_open_loop(summary)).any():
+        parts.append(ARRIVAL_CLOSED)
+    points = summary[is_open_loop(summary)]
+    for arrival, rows in points.groupby("arrival", sort=True):
+        rates = rows["offered_rate_per_s"].dropna().unique()
+        if len(rates) == 0:
+            parts.append(str(arrival))
+        elif len(rates) == 1:
+            parts.append(f"{arrival}, {rates[0]:g}/s")
+        else:
+            parts.append(f"{arrival}, {len(rates)} rates {min(rates):g}–{max(rates):g}/s")
+    return "; ".join(parts)
+
+
+def runs_table(runs: Runs) -> pd.DataFrame:
+    """Every run folder found, by instance and run: the compared ones, the older ones and the skipped ones."""
+    unusable = runs.unusable.astype(object)
+    table = pd.concat([runs.runs.astype(object), unusable], ignore_index=True) if len(unusable) else runs.runs
+    return table.sort_values(["Instance", "Run"], kind="stable", ignore_index=True)
+
+
+def compare_note(runs: Runs) -> str:
+    """What the report leaves out when an instance has several runs, and the `benchlib compare` that shows it.
+
+    One command per older run, each against the newest (the one compared): `benchlib
+    compare OLD NEW` matches their points and says what got slower or faster.
+    """
+    lines = []
+    for instance, rows in runs.runs.groupby("Instance", sort=True):
+        if len(rows) < 2:
+            continue
+        newest = rows[rows["Compared"] == COMPARED].iloc[0]
+        older = rows[rows["Compared"] != COMPARED].sort_values("Run", ascending=False)
+        lines.append(f"{instance} has {len(rows)} runs; the report compares the newest, {newest['Run']}. "
+                     "What changed since an older one:")
+        lines += [f"  benchlib compare {shlex.quote(old)} {shlex.quote(newest['Folder'])}" for old in older["Folder"]]
+    if not lines:
+        return "One run per instance: every run found is compared."
+    return "\n".join(lines)
