@@ -210,7 +210,7 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     if out is not None:
         write_recommendation(out, table)
     if is_open_loop(summary).any():
-        from benchlib.derive.serving import recommend_serving
+        from benchlib.derive.capacity import recommend_serving
 
         serving = recommend_serving(with_load_keys(summary), args.latency_budget_ms, args.percentile,
                                     args.target_per_s)

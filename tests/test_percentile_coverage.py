@@ -15,7 +15,7 @@ import yaml
 from benchlib.cli import main
 from benchlib.derive.cost import load_prices, recommend
 from benchlib.derive.coverage import percentile_notes, require_percentile
-from benchlib.derive.serving import max_rate_table, recommend_serving
+from benchlib.derive.capacity import max_rate_table, recommend_serving
 from benchlib.errors import InputError
 from benchlib.present import plots, report
 from benchlib.present.study import import_runs, study_prices

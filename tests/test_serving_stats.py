@@ -10,17 +10,10 @@ import pytest
 from benchlib.derive.compare import compare_runs
 from benchlib.derive.cost import cost_ratio, recommend
 from benchlib.derive.knee import knees
-from benchlib.derive.serving import (
-    LATE_ENQUEUE_S,
-    MAX_LATE_SHARE,
-    max_rate_table,
-    meets_budget,
-    overload_test,
-    queue_growth,
-    recommend_serving,
-    serving_figures,
-    with_load_keys,
-)
+from benchlib.derive.capacity import max_rate_table, meets_budget, recommend_serving
+from benchlib.derive.overload import overload_test, queue_growth
+from benchlib.derive.serving import LATE_ENQUEUE_S, MAX_LATE_SHARE, serving_figures
+from benchlib.schema import with_load_keys
 from benchlib.derive.point_summary import summarize, summarize_point
 from benchlib.errors import InputError
 from benchlib.vocabulary import (

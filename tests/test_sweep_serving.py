@@ -84,7 +84,7 @@ def test_the_rate_search_finds_a_synthetic_models_capacity(tmp_path: Path) -> No
     capacity = 1 / (ok["end_s"] - ok["dispatched_s"]).mean()
     rates = list(summary["offered_rate_per_s"])
     assert rates[:4] == [10.0, 20.0, 40.0, 80.0]  # the bracket: every probe is a point
-    from benchlib.derive.serving import meets_budget
+    from benchlib.derive.capacity import meets_budget
 
     met = [rate for rate, (_, row) in zip(rates, summary.iterrows()) if meets_budget(row, 30, "p50")]
     missed = [rate for rate in rates if rate not in met]

@@ -4,7 +4,7 @@ A server can batch in two ways at the same load: clients send batches of b (`bat
 no merging: `max_batch_size` 1), or clients send single requests that the server merges up to k
 (`batch_size` 1, `max_batch_size` k > 1). Where a run measured both for one instance, model,
 precision, runtime, worker count and arrival process, their highest rates within the budget
-(benchlib.derive.serving.max_rate_table) are compared, beside batch 1 without merging where it
+(benchlib.derive.capacity.max_rate_table) are compared, beside batch 1 without merging where it
 ran. Configurations that batch on both sides are left out.
 """
 from __future__ import annotations

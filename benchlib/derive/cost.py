@@ -166,7 +166,7 @@ def recommend(
     constant) are left out. Their latency belongs to an offered rate and their
     $ per million to the rate achieved there, so the cheapest of them is merely the
     busiest rate tried, not a configuration's capacity; the open-loop answer, from the
-    highest rate within the budget, is `benchlib.derive.serving.recommend_serving`. A
+    highest rate within the budget, is `benchlib.derive.capacity.recommend_serving`. A
     model with only open-loop points gets a row whose reason says so.
     """
     latency = percentile_columns(percentile)[0]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive import serving
+from benchlib.derive.overload import overload_test
 from benchlib.derive.stats import (
     MIN_WINDOWS,
     NOISY_CV,
@@ -153,7 +154,7 @@ def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str,
         notes.append(f"{figures['n_dropped']} dropped requests are counted, not in the latency figures")
     if status == STATUS_OK:
         rate = float(pd.to_numeric(records["offered_rate_per_s"], errors="coerce").iloc[0])
-        verdicts = [(trial, *serving.overload_test(group, rate)) for trial, group in records.groupby("trial", sort=True)]
+        verdicts = [(trial, *overload_test(group, rate)) for trial, group in records.groupby("trial", sort=True)]
         overloaded = [(trial, reason) for trial, over, reason in verdicts if over]
         if overloaded:
             trial, reason = overloaded[0]

@@ -21,7 +21,7 @@
   its latency from the *scheduled* arrival, plus ``SERVING_COLUMNS``
   (:mod:`benchlib.derive.serving`; NaN in closed loop). Its dropped requests are
   counted, never in a latency; it is ``overloaded`` when any trial failed
-  :func:`benchlib.derive.serving.overload_test`. Its completions follow the
+  :func:`benchlib.derive.overload.overload_test`. Its completions follow the
   arrivals, so their spread across sub-windows is the arrivals' Poisson noise, not
   the server's: it is not flagged noisy.
 """

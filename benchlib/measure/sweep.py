@@ -33,7 +33,7 @@ from benchlib.derive.coverage import check_percentile
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings
 from benchlib.derive.knee import knees
-from benchlib.derive.serving import meets_budget
+from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts

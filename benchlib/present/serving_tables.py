@@ -6,7 +6,7 @@ import pandas as pd
 
 from benchlib.derive.batching import CLIENT_BATCHING, NO_BATCHING, SERVER_BATCHING, batching_pairs
 from benchlib.derive.coverage import with_percentile
-from benchlib.derive.serving import max_rate_table, recommend_serving
+from benchlib.derive.capacity import max_rate_table, recommend_serving
 from benchlib.schema import has_open_loop, is_open_loop, with_load_keys, with_runtime
 from benchlib.present.runs import load_description
 from benchlib.present.tables import several_runtimes
@@ -48,7 +48,7 @@ def _serving_keys(table: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str,
 
 def max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
     """Per instance and open-loop configuration, the highest offered rate whose latency percentile met
-    the budget (see `benchlib.derive.serving.max_rate_table`), in readable units.
+    the budget (see `benchlib.derive.capacity.max_rate_table`), in readable units.
 
     The capacity lies in the bracket [**Max rate within budget**, **Next rate tried**): the
     lowest rate above it that missed the budget (empty where none did). The latency, its
@@ -134,7 +134,7 @@ def _with_merged_batch(table: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFra
 def serving_recommendation(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE,
                            target_per_s: float | None = None) -> pd.DataFrame:
     """Per model, the cheapest open-loop configuration that carries `target_per_s` inferences/s within
-    the budget (see `benchlib.derive.serving.recommend_serving`), in readable units; without a
+    the budget (see `benchlib.derive.capacity.recommend_serving`), in readable units; without a
     target, the cheapest per million at its max rate. Empty (no columns) without open-loop points."""
     summary = with_percentile(summary, percentile)  # empty where a run did not record it
     if not has_open_loop(summary):
