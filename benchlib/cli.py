@@ -156,8 +156,9 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
-    _check_report_percentile(out, args.percentile)
-    parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile,
+    if args.percentile is not None:  # asked for (the default's absence is said in the report, per model)
+        _check_report_percentile(out, args.percentile)
+    parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile or DEFAULT_PERCENTILE,
                   "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
     return run_report(out, {k: v for k, v in parameters.items() if v is not None})
 
@@ -238,15 +239,22 @@ Exit 0 when no point is slower or mixed, 1 when one is, 2 on bad input.
 
 def _compare(args: argparse.Namespace) -> int:
     from benchlib.derive.compare import compare_runs, environment_differences, failed, tally, unmatched
+    from benchlib.derive.coverage import require_percentile
 
     (summary_a, env_a), (summary_b, env_b) = _compared_run(args.run_a), _compared_run(args.run_b)
+    percentile = args.percentile or DEFAULT_PERCENTILE
+    if args.percentile:  # asked for: neither run holding it is exit 2; the default's absence is a note per row
+        try:
+            require_percentile(pd.concat([summary_a, summary_b], ignore_index=True), percentile)
+        except InputError as exc:
+            raise InputError(f"{args.run_a} vs {args.run_b}: {exc}") from None
     try:
-        table = compare_runs(summary_a, summary_b, args.threshold_pct, args.percentile)
+        table = compare_runs(summary_a, summary_b, args.threshold_pct, percentile)
     except InputError as exc:
         raise InputError(f"{args.run_a} vs {args.run_b}: {exc}") from None
     print(f"B {args.run_b}\n  vs\nA {args.run_a}\n"
           f"changes of B against A in %, 95 % intervals; threshold {args.threshold_pct:g} %, latency "
-          f"{args.percentile}")
+          f"{percentile}")
     differences = environment_differences(env_a, env_b)
     if not env_a or not env_b:
         missing = " and ".join(str(r) for r, env in ((args.run_a, env_a), (args.run_b, env_b)) if not env)
@@ -255,7 +263,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"environment differs (A vs B): {'; '.join(differences)}")
     else:
         print("environment: the same device, torch, CUDA build and params (but the grid)")
-    shown = _compare_shown(table, args.percentile)
+    shown = _compare_shown(table, percentile)
     print(format_table(shown, list(shown.columns)))
     for note, rows in table.index[table["note"] != ""].groupby(table.loc[table["note"] != "", "note"]).items():
         print(f"  {note} ({'row' if len(rows) == 1 else 'rows'} {_ranges([i + 1 for i in rows])})")
@@ -475,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
     report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
     _add_budget_options(report, required=False)
-    report.set_defaults(func=_report, latency_budget_ms=DEFAULT_LATENCY_BUDGET_MS)
+    # No default percentile here: one asked for that no run holds is exit 2; the default's absence is
+    # said in the report, per model.
+    report.set_defaults(func=_report, latency_budget_ms=DEFAULT_LATENCY_BUDGET_MS, percentile=None)
 
     recommend = commands.add_parser("recommend", help="cheapest configuration over one or more runs")
     recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")
@@ -489,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", metavar="RUN_B", help="the run judged (e.g. the newer one)")
     compare.add_argument("--threshold-pct", type=non_negative_number, default=5.0,
                          help="changes smaller than this many %% do not count, however certain (default 5)")
-    compare.add_argument("--percentile", default=DEFAULT_PERCENTILE, choices=list(PERCENTILE_COLUMNS),
-                         help=f"the latency percentile compared (default {DEFAULT_PERCENTILE})")
+    compare.add_argument("--percentile", choices=list(PERCENTILE_COLUMNS),
+                         help=f"the latency percentile compared (default {DEFAULT_PERCENTILE}; one neither run "
+                              "holds is refused only when asked for)")
     compare.set_defaults(func=_compare)
 
     study = commands.add_parser("study", help="reproduce the G5 vs G4dn study's cost table and knees")

@@ -165,7 +165,8 @@ def test_recommend_says_when_nothing_meets_the_budget() -> None:
     rec = recommend(summary_rows(), latency_budget_ms=5.0).iloc[0]
     assert pd.isna(rec.get("instance")) and "nothing meets p95 <= 5 ms; the lowest is 6.0 ms" in rec["reason"]
     unknown = recommend(summary_rows(), latency_budget_ms=500.0, percentile="p99").iloc[0]
-    assert "enough requests to know its p99" in unknown["reason"]
+    assert "no P99 latency: too few requests" in unknown["reason"]
+    assert "raise `min_requests` to 368 to bound a P99" in unknown["reason"]
     unpriced = recommend(summary_rows().assign(usd_per_million=np.nan), 50.0).iloc[0]
     assert "no price" in unpriced["reason"]
     with pytest.raises(InputError, match="p97"):

@@ -57,7 +57,8 @@ def test_recommend_on_the_published_runs_says_what_they_hold(published, capsys) 
     code, text = cli(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p99")
     assert code == 2
     assert "the runs hold no P99 latency (they hold P95: ask for that)" in text
-    assert "resnet50: none of its points hold a P99 latency; the study published P95 only" in text
+    assert ("resnet50: none of its points hold a P99 latency; the study published P95 only: raise `min_requests` "
+            "to 368 to bound a P99") in text
     code, text = cli(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p95")
     assert code == 0
     assert "bert-large-uncased-squad: none of its points hold a P95 latency; the study published no latency" in text
@@ -65,9 +66,11 @@ def test_recommend_on_the_published_runs_says_what_they_hold(published, capsys) 
 
 
 def test_compare_on_the_published_runs_answers_per_point(published, capsys) -> None:
-    code, text = cli(capsys, "compare", str(published / "g4dn.4xlarge" / "published"),
-                     str(published / "g5.4xlarge" / "published"), "--percentile", "p99")
-    assert code == 0 and "no p99 latency in A and B" in text
+    runs = [str(published / "g4dn.4xlarge" / "published"), str(published / "g5.4xlarge" / "published")]
+    code, text = cli(capsys, "compare", *runs, "--percentile", "p99")  # asked for, held by neither
+    assert code == 2 and "the runs hold no P99 latency (they hold P95: ask for that)" in text
+    code, text = cli(capsys, "compare", *runs)  # the default: judged where held, said per row where not
+    assert code == 0 and "no p95 latency in A and B" in text
 
 
 def test_report_refuses_a_percentile_no_run_holds_before_the_notebook(published, tmp_path, capsys) -> None:
@@ -98,7 +101,8 @@ def test_the_notes_name_each_model_and_the_fix(published, few_requests) -> None:
     summary = pd.concat([read_summary(published / "g5.4xlarge" / "published"),
                          read_summary(few_requests / "test-cpu" / "run1")], ignore_index=True)
     notes = percentile_notes(summary, "p99")
-    assert notes[0] == "bert-base-uncased: none of its points hold a P99 latency; the study published P95 only"
+    assert notes[0] == ("bert-base-uncased: none of its points hold a P99 latency; the study published P95 only: "
+                        "raise `min_requests` to 368 to bound a P99")
     assert notes[-1].startswith("synthetic:1: none of its points hold a P99 latency; too few requests (")
     assert percentile_notes(summary, "p50")[0].startswith("bert-base-uncased: none of its points hold a P50")
     assert require_percentile(summary, "p95") == percentile_notes(summary, "p95")
@@ -109,7 +113,8 @@ def test_the_notes_name_each_model_and_the_fix(published, few_requests) -> None:
 def test_derivations_charts_and_tables_take_a_percentile_a_summary_lacks(published) -> None:
     summary = read_summary(published / "g5.4xlarge" / "published")
     table = recommend(summary, 25.0, "p99")
-    assert table["reason"].str.contains("the study published (P95 only|no latency for it)").all()
+    assert table["reason"].str.contains("no P99 latency: the study published (P95 only|no latency for it): raise "
+                                        "`min_requests` to 368").all()
     for figure in (plots.throughput_vs_latency(summary, "p99"),
                    plots.throughput_and_latency_vs_batch(summary, pd.DataFrame(), "p99")):
         assert figure is not None

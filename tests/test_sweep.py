@@ -141,7 +141,7 @@ def test_knees_and_recommendation_files(bench_run) -> None:
     for _, rec in recommendation.iterrows():
         candidates = summary[(summary["model"] == rec["model"]) & (summary["latency_p50_ms"] <= 1000)]
         if candidates.empty:  # a loaded machine gives a tiny window fewer than the 6 requests a P50 needs
-            assert "enough requests to know its p50" in rec["reason"]
+            assert "raise `min_requests` to 6 to bound a P50" in rec["reason"]
             continue
         assert rec["usd_per_million"] == pytest.approx(candidates["usd_per_million"].min())
         assert rec["instances_needed"] >= 1

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive.cost import eligible
-from benchlib.derive.coverage import percentile_columns, with_percentile
+from benchlib.derive.coverage import percentile_columns, why_lacking, with_percentile
 from benchlib.errors import InputError
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
@@ -121,7 +121,7 @@ def _why_no_rate(tried: pd.DataFrame, latency: str, budget_ms: float, percentile
     elif lowest.get("status") != STATUS_OK:
         what = f"the point did not run ({lowest.get('status')})"
     elif not math.isfinite(value):
-        what = f"the {percentile} is unknown (too few requests: raise min_requests)"
+        what = f"the {percentile} is unknown ({why_lacking(lowest.to_frame().T, percentile)})"
     else:
         what = f"the {percentile} was {value:.1f} ms"
     return f"no rate tried meets {percentile} <= {budget_ms:g} ms: {at} {what}; try lower rates"

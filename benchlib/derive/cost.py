@@ -16,12 +16,13 @@ import pandas as pd
 import yaml
 
 from benchlib.errors import InputError
-from benchlib.derive.coverage import percentile_columns, percentile_notes, with_percentile
+from benchlib.derive.coverage import percentile_columns, why_lacking, with_percentile
 from benchlib.schema import is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GATE_PASS,
     GRID_KEYS,
+    PERCENTILE_NAMES,
     REFERENCE_RUNTIME,
     STATUS_OK,
     STATUS_UNSUPPORTED,
@@ -186,8 +187,6 @@ def recommend(
         row: dict[str, Any] = {"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile}
         if meets.empty:
             row["reason"] = _why_nothing(points, passed, priced, known, latency, latency_budget_ms, percentile)
-            if known.empty and not priced.empty:  # the percentile was not recorded: say why, and the fix
-                row["reason"] = "; ".join(note.split("; ", 1)[1] for note in percentile_notes(priced, percentile))
             rows.append(row)
             continue
         # Ties in cost and latency go to the point measured first (a stable sort).
@@ -215,7 +214,7 @@ def _why_nothing(points: pd.DataFrame, passed: pd.DataFrame, priced: pd.DataFram
     if priced.empty:
         return "no price for these instances: add them to the price table or set price_usd_per_hour"
     if known.empty:
-        return f"no point has enough requests to know its {percentile}: raise min_requests"
+        return f"no {PERCENTILE_NAMES[percentile]} latency: {why_lacking(priced, percentile)}"
     reason = f"nothing meets {percentile} <= {budget_ms:g} ms; the lowest is {known[latency].min():.1f} ms"
     failed = points[ran & ~points.index.isin(passed.index)]
     within = failed[failed[latency] <= budget_ms]

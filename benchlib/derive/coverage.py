@@ -53,30 +53,39 @@ def held(summary: pd.DataFrame, percentile: str) -> pd.Series:
     return with_percentile(summary, percentile)[PERCENTILE_COLUMNS[percentile]].notna()
 
 
+def requests_needed(percentile: str) -> int:
+    """The requests a point needs to bound `percentile` (P99: 368)."""
+    return min_samples_for_percentile(int(percentile[1:]) / 100)
+
+
+def why_lacking(points: pd.DataFrame, percentile: str) -> str:
+    """Why these points (of one model) lack the percentile, and the fix: the study's figures, or too few
+    requests; the fix is the same, measuring with enough requests to bound it."""
+    name, need = PERCENTILE_NAMES[percentile], requests_needed(percentile)
+    reasons = []
+    published = points["weights"].eq(PUBLISHED_WEIGHTS) if "weights" in points else pd.Series(False, points.index)
+    if published.any():
+        other = [p for p in PERCENTILE_COLUMNS if p != percentile and held(points[published], p).any()]
+        reasons.append(f"the study published {', '.join(PERCENTILE_NAMES[p] for p in other)} only"
+                       if other else "the study published no latency for it")
+    measured = points[~published]
+    if len(measured):
+        requests = pd.to_numeric(measured["n_requests"], errors="coerce") if "n_requests" in measured else None
+        reasons.append("too few requests" + (f" ({int(requests.min())} to {int(requests.max())})"
+                                              if requests is not None and requests.notna().any() else ""))
+    return f"{'; '.join(reasons)}: raise `min_requests` to {need} to bound a {name}"
+
+
 def percentile_notes(summary: pd.DataFrame, percentile: str) -> list[str]:
     """One line per model some of whose points that ran lack the percentile: why, and how to get it."""
     name = PERCENTILE_NAMES[percentile]
-    need = min_samples_for_percentile(int(percentile[1:]) / 100)
     ran = summary[summary["status"].isin([STATUS_OK, STATUS_OVERLOADED])] if "status" in summary else summary
     lacking = ran[~held(ran, percentile)]
     notes = []
     for model, points in lacking.groupby("model", sort=False):
-        reasons = []
-        published = points["weights"].eq(PUBLISHED_WEIGHTS) if "weights" in points else pd.Series(False, points.index)
-        if published.any():
-            other = [p for p in PERCENTILE_COLUMNS if p != percentile
-                     and held(points[published], p).any()]
-            reasons.append(f"the study published {', '.join(PERCENTILE_NAMES[p] for p in other)} only"
-                           if other else "the study published no latency for it")
-        measured = points[~published]
-        if len(measured):
-            requests = pd.to_numeric(measured.get("n_requests"), errors="coerce") if "n_requests" in measured else None
-            fewest = (f" ({int(requests.min())} to {int(requests.max())} requests)"
-                      if requests is not None and requests.notna().any() else "")
-            reasons.append(f"too few requests{fewest}: raise `min_requests` to {need} to bound a {name}")
         total = len(ran[ran["model"] == model])
         count = "none of its" if len(points) == total else f"{len(points)} of its {total}"
-        notes.append(f"{model}: {count} points hold a {name} latency; {'; '.join(reasons)}")
+        notes.append(f"{model}: {count} points hold a {name} latency; {why_lacking(points, percentile)}")
     return notes
 
 
