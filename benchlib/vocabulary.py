@@ -87,6 +87,12 @@ def latency_column(percentile: str) -> str:
     return PERCENTILE_COLUMNS[percentile]
 
 
+def latency_interval_columns(percentile: str) -> tuple[str, str]:
+    """``p95`` -> (``latency_p95_ci_low_ms``, ``latency_p95_ci_high_ms``): its 95 % interval's ends."""
+    stem = latency_column(percentile).removesuffix("_ms")
+    return f"{stem}_ci_low_ms", f"{stem}_ci_high_ms"
+
+
 # --- grid points --------------------------------------------------------------
 
 #: How a point's load was offered: `arrival` (closed, poisson, constant), the most requests a

@@ -23,7 +23,14 @@ import pandas as pd
 
 from benchlib.errors import InputError
 from benchlib.percentiles import min_samples_for_percentile
-from benchlib.vocabulary import PERCENTILE_COLUMNS, PERCENTILE_NAMES, STATUS_OK, STATUS_OVERLOADED
+from benchlib.vocabulary import (
+    PERCENTILE_COLUMNS,
+    PERCENTILE_NAMES,
+    STATUS_OK,
+    STATUS_OVERLOADED,
+    latency_column,
+    latency_interval_columns,
+)
 
 #: The study's imported figures (benchlib.present.study) carry this `weights`.
 PUBLISHED_WEIGHTS = "published"
@@ -38,8 +45,7 @@ def check_percentile(percentile: str) -> None:
 def percentile_columns(percentile: str) -> tuple[str, str, str]:
     """The summary's estimate, low and high columns of a percentile: ``latency_p95_ms``, ``..._ci_low_ms``, ..."""
     check_percentile(percentile)
-    stem = PERCENTILE_COLUMNS[percentile].removesuffix("_ms")
-    return PERCENTILE_COLUMNS[percentile], f"{stem}_ci_low_ms", f"{stem}_ci_high_ms"
+    return (latency_column(percentile), *latency_interval_columns(percentile))
 
 
 def with_percentile(summary: pd.DataFrame, percentile: str) -> pd.DataFrame:

@@ -71,8 +71,8 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
+from benchlib.derive.stats import measured_requests
 from benchlib.vocabulary import (
-    STATUS_DROPPED,
     STATUS_OK,
 )
 
@@ -94,11 +94,6 @@ MIN_QUEUE_GROWTH_S = 1e-3
 
 #: The growth's threshold in standard errors: Student t (2B - 2 df) with the one-sided tail of OVERLOAD_Z.
 QUEUE_GROWTH_T = float(student_t.ppf(norm.cdf(OVERLOAD_Z), 2 * QUEUE_BATCHES - 2))
-
-
-def measured_requests(records: pd.DataFrame) -> pd.DataFrame:
-    """The measured requests: not warm-up, completed or dropped (marker rows of a point that did not run are neither)."""
-    return records[~records["warmup"].astype(bool) & records["status"].isin([STATUS_OK, STATUS_DROPPED])]
 
 
 def queue_growth(waits_s: np.ndarray) -> tuple[float, float, float] | None:

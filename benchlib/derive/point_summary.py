@@ -19,6 +19,7 @@ from benchlib.derive.stats import (
     NOISY_CV,
     REQUESTS_PER_WINDOW,
     trial_figures,
+    completed_requests,
     percentile_with_ci,
     pooled_interval,
 )
@@ -38,6 +39,7 @@ from benchlib.vocabulary import (
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
     latency_column,
+    latency_interval_columns,
 )
 
 
@@ -99,7 +101,7 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
             low, high = pooled_interval(value, (low, high), per_trial)
         row[latency_column(f"p{p}")] = value
         if p in PERCENTILES_WITH_CI:
-            row[f"latency_p{p}_ci_low_ms"], row[f"latency_p{p}_ci_high_ms"] = low, high
+            row.update(zip(latency_interval_columns(f"p{p}"), (low, high)))
         if n and math.isnan(value):
             unbounded.append(f"p{p} needs {min_samples_for_percentile(p / 100)}")
     if unbounded:
@@ -132,7 +134,7 @@ def pipeline_figures(records: pd.DataFrame) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(PIPELINE_COLUMNS, math.nan)
     if "preprocess_s" not in records.columns or records.empty:  # records from before pipelines
         return row
-    measured = records[(~records["warmup"].astype(bool)) & (records["status"] == STATUS_OK)]
+    measured = completed_requests(records)
     for stage in STAGES:
         seconds = pd.to_numeric(measured[f"{stage}_s"], errors="coerce").to_numpy(dtype=float)
         seconds = seconds[np.isfinite(seconds)]

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchlib.derive.overload import measured_requests
-from benchlib.derive.stats import percentile_with_ci
+from benchlib.derive.stats import measured_requests, percentile_with_ci
 from benchlib.schema import is_open_loop, with_trials
 from benchlib.vocabulary import (
     PERCENTILES,

@@ -36,7 +36,7 @@ from scipy.stats import binom
 from scipy.stats import t as student_t
 
 from benchlib.percentiles import CONFIDENCE, min_samples_for_percentile
-from benchlib.vocabulary import STATUS_OK
+from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK
 
 #: A 95 % interval is this many standard errors either side (knee refits, run comparisons).
 Z95 = 1.96
@@ -83,9 +83,20 @@ def bootstrap_mean_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: 
     return float(low), float(high)
 
 
+def measured_requests(records: pd.DataFrame) -> pd.DataFrame:
+    """The measured requests: not warm-up, completed or dropped (a point that did not run leaves a marker row,
+    neither)."""
+    return records[~records["warmup"].astype(bool) & records["status"].isin([STATUS_OK, STATUS_DROPPED])]
+
+
+def completed_requests(records: pd.DataFrame) -> pd.DataFrame:
+    """The requests latencies and throughput are made of: measured and completed (not dropped)."""
+    return records[~records["warmup"].astype(bool) & (records["status"] == STATUS_OK)]
+
+
 def trial_figures(records: pd.DataFrame) -> dict[str, Any]:
     """One trial's own figures: throughput with its within-window interval, its latencies."""
-    measured = records[(~records["warmup"]) & (records["status"] == STATUS_OK)]
+    measured = completed_requests(records)
     n = len(measured)
     window_s = float(measured["end_s"].max()) if n else math.nan
     inferences = int(measured["batch_size"].sum())

@@ -35,7 +35,7 @@ import pandas as pd
 
 from benchlib.derive.point_summary import summarize_point
 from benchlib.params import Params
-from benchlib.vocabulary import STATUS_OK, latency_column
+from benchlib.vocabulary import STATUS_OK, latency_column, latency_interval_columns
 
 T = TypeVar("T")
 
@@ -87,8 +87,8 @@ class StopRule:
         column = latency_column(self.target_percentile)
         bounds = {"throughput": (row["throughput_per_s"], row["throughput_ci_low_per_s"],
                                  row["throughput_ci_high_per_s"]),
-                  self.target_percentile: (row[column], row[f"{column.removesuffix('_ms')}_ci_low_ms"],
-                                           row[f"{column.removesuffix('_ms')}_ci_high_ms"])}
+                  self.target_percentile: (row[column], *(row[c] for c in latency_interval_columns(
+                      self.target_percentile)))}
         return {name: 100 * max(estimate - low, high - estimate) / estimate if estimate else math.nan
                 for name, (estimate, low, high) in bounds.items()}
 
