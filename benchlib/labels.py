@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from benchlib.params import ModelSpec
+    from benchlib.model_spec import ModelSpec
 
 #: Path parts that say nothing about which model it is; default labels look past them.
 GENERIC_PATH_NAMES = frozenset({

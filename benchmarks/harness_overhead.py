@@ -60,7 +60,7 @@ from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telem
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
-from benchlib.params import ModelSpec
+from benchlib.model_spec import ModelSpec
 from benchlib.results import point_records
 from benchlib.schema import CLOSED_LOOP_KEYS
 from benchlib.derive.point_summary import summarize_point

@@ -50,7 +50,7 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.runtimes import RUNTIMES, Prepared, Unsupported, get_runtime
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
-from benchlib.params import ModelSpec
+from benchlib.model_spec import ModelSpec
 from benchlib.vocabulary import REFERENCE_RUNTIME
 
 TARGET = 1.3

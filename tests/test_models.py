@@ -12,7 +12,7 @@ from benchlib.measure.device import resolve_device
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
-from benchlib.params import ModelSpec
+from benchlib.model_spec import ModelSpec
 from tests.conftest import TINY_BERT, TINY_RESNET
 
 CPU = torch.device("cpu")

@@ -10,17 +10,8 @@ import pytest
 import yaml
 
 from benchlib.cli import main
-from benchlib.params import (
-    YOLO_MODELS,
-    MAX_DURATION_S,
-    MAX_LABEL_CHARS,
-    MAX_MIN_REQUESTS,
-    PARAMS_FILE_FIX,
-    ParamsError,
-    load_params,
-    params_to_dict,
-    parse_params,
-)
+from benchlib.params import ParamsError, load_params, params_to_dict, parse_params
+from benchlib.params_base import MAX_DURATION_S, MAX_LABEL_CHARS, MAX_MIN_REQUESTS, PARAMS_FILE_FIX, YOLO_MODELS
 from benchlib.textfiles import MAX_TEXT_BYTES
 from tests.conftest import TINY_BERT, deny_reading, tiny_params
 

@@ -20,7 +20,8 @@ from benchlib.measure.runtimes import Prepared
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
-from benchlib.params import ModelSpec, parse_params
+from benchlib.model_spec import ModelSpec
+from benchlib.params import parse_params
 from benchlib.vocabulary import PIPELINE_COLUMNS, PIPELINE_RECORD_COLUMNS, STATUS_OK, STATUS_UNSUPPORTED
 from tests.conftest import TINY_BERT, TINY_RESNET, FakeClock, tiny_params
 

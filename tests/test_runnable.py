@@ -14,7 +14,7 @@ from benchlib.cli import main
 from benchlib.errors import ParamsError
 from benchlib.measure.environment import fingerprint
 from benchlib.measure.runnable import check_runnable_here
-from benchlib.params import parse_params, params_to_dict
+from benchlib.params import params_to_dict, parse_params
 from benchlib.present.report import load_runs
 from tests.conftest import tiny_params
 

@@ -16,7 +16,7 @@ from benchlib.derive.cost import recommend
 from benchlib.measure.runtimes import RUNTIMES, Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.runnable import check_runnable_here
-from benchlib.params import RUNTIMES as PARAMS_RUNTIMES
+from benchlib.params_base import RUNTIMES as PARAMS_RUNTIMES
 from benchlib.params import ParamsError, parse_params
 from benchlib.results import read_records
 from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from benchlib.derive.cost import load_prices
-from benchlib.params import YOLO_INSTALL, YOLO_MODELS, load_params, parse_params
+from benchlib.params import load_params, parse_params
+from benchlib.params_base import YOLO_INSTALL, YOLO_MODELS
 from benchlib.present import report, study
 from benchlib.results import read_summary
 

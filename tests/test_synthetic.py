@@ -26,7 +26,8 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.synthetic import SLEEP_SLICE_S, Overshoot, SyntheticModel, hold, sleep_overshoot
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
-from benchlib.params import ModelSpec, parse_params
+from benchlib.model_spec import ModelSpec
+from benchlib.params import parse_params
 from benchlib.results import point_records
 from benchlib.schema import CLOSED_LOOP_KEYS
 from tests.conftest import FakeClock, tiny_params

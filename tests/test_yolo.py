@@ -118,7 +118,7 @@ OFFLINE_PROBE = textwrap.dedent("""
     import torch
     torch.set_num_threads(3)
     from benchlib.measure.zoo import load_model
-    from benchlib.params import ModelSpec
+    from benchlib.model_spec import ModelSpec
     loaded = load_model(ModelSpec(name="yolov5s", image_size=64), torch.device("cpu"), seed=0)
     print(json.dumps({"attempts": attempts, "threads": torch.get_num_threads(),
                       "omp": os.environ.get("OMP_NUM_THREADS"), "offline": os.environ.get("YOLO_OFFLINE"),
@@ -165,7 +165,7 @@ class TestWithUltralytics:
     def test_yolov5s_loads_through_the_zoo_at_640_and_returns_one_tensor(self) -> None:
         from benchlib.measure.flops import flops_per_inference
         from benchlib.measure.zoo import load_model
-        from benchlib.params import ModelSpec
+        from benchlib.model_spec import ModelSpec
 
         spec = ModelSpec(name="yolov5s")
         assert spec.image_size == 640
@@ -183,7 +183,7 @@ class TestWithUltralytics:
     def test_config_overrides_the_architecture_definition(self) -> None:
         from benchlib.errors import WorkloadError
         from benchlib.measure.zoo import load_model
-        from benchlib.params import ModelSpec
+        from benchlib.model_spec import ModelSpec
 
         loaded = load_model(ModelSpec(name="yolov5s", image_size=64, config={"nc": 20}), torch.device("cpu"), 0)
         with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 
 from benchlib.measure.flops import COUNTED, flops_per_inference
 from benchlib.measure.zoo import BERT_LARGE_SQUAD_HUB_ID, _load_zoo, load_model
-from benchlib.params import ModelSpec
+from benchlib.model_spec import ModelSpec
 
 
 def test_bert_large_squad_has_the_bert_large_architecture_without_a_pooler() -> None:

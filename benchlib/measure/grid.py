@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchlib.measure.precision import Precision
-from benchlib.params import ModelSpec, Params
+from benchlib.model_spec import ModelSpec
+from benchlib.params import Params
 from benchlib.vocabulary import ARRIVAL_CLOSED, GRID_KEYS
 
 

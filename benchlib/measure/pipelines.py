@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from benchlib.params import YOLO_MODELS
+from benchlib.params_base import YOLO_MODELS
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -40,7 +40,8 @@ from benchlib.measure.serving import Load, serve_point
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
-from benchlib.params import ModelSpec, Params
+from benchlib.model_spec import ModelSpec
+from benchlib.params import Params
 from benchlib.results import RunWriter
 from benchlib.vocabulary import (
     ARRIVAL_CLOSED,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.util
 
 from benchlib.errors import ParamsError
-from benchlib.params import RUNTIME_PACKAGES, YOLO_INSTALL, YOLO_MODELS, Params
+from benchlib.params import Params
+from benchlib.params_base import RUNTIME_PACKAGES, YOLO_INSTALL, YOLO_MODELS
 
 
 def missing_packages(names: tuple[str, ...]) -> list[str]:

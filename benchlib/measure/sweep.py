@@ -50,7 +50,8 @@ from benchlib.measure.precision import Precision, matmul_precision, resolve_prec
 from benchlib.measure.rate_search import SearchResult, search_rate
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.measure.zoo import check_sources
-from benchlib.params import MAX_RATE_PER_S, Params, params_to_dict
+from benchlib.params import Params, params_to_dict
+from benchlib.params_base import MAX_RATE_PER_S
 from benchlib.results import FINISHED, RunWriter, point_records
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from benchlib.errors import WorkloadError
-from benchlib.params import YOLO_INSTALL, YOLO_MODELS
+from benchlib.params_base import YOLO_INSTALL, YOLO_MODELS
 
 #: The confidence threshold of the YOLO pipeline's NMS: YOLOv5's val.py default. With our
 #: random weights (see the module docstring) yolov5s sends 1,144 to 3,356 of its 8,400 boxes

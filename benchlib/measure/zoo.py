@@ -12,7 +12,8 @@ from benchlib.errors import WorkloadError
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.measure.synthetic import SyntheticModel
-from benchlib.params import YOLO_MODELS, ModelSpec
+from benchlib.model_spec import ModelSpec
+from benchlib.params_base import YOLO_MODELS
 
 #: The study's checkpoint for the NLP model (used when `weights: pretrained`).
 BERT_SQUAD2_HUB_ID = "twmkn9/bert-base-uncased-squad2"

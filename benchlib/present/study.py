@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive.cost import Price, cost_ratio, usd_per_million
-from benchlib.params import YOLO_IMAGE_SIZE, YOLO_INSTALL
+from benchlib.params_base import YOLO_IMAGE_SIZE, YOLO_INSTALL
 from benchlib.ownership import check_published_folder
 from benchlib.results import write_env, write_summary
 from benchlib.vocabulary import PUBLISHED_RUN_ID, STATUS_OK, latency_column

@@ -11,7 +11,7 @@ import pandas as pd
 
 from benchlib.derive.cost import eligible
 from benchlib.derive.coverage import percentile_notes, with_percentile
-from benchlib.params import RUNTIMES
+from benchlib.params_base import RUNTIMES
 from benchlib.schema import closed_loop, has_open_loop, with_load_keys, with_runtime
 from benchlib.present.style import GIB
 from benchlib.vocabulary import (

@@ -4,7 +4,7 @@ One module per runtime, each a :class:`~benchlib.measure.runtimes.base.Runtime`;
 :data:`RUNTIMES` maps the params' names to them. Modules are imported only when
 their runtime is asked for, so ``onnxruntime`` (or TensorRT, later) is needed only
 by the runs that use it. Adding a runtime is one module and one line here, plus
-its name in ``benchlib.params.RUNTIMES``.
+its name in ``benchlib.params_base.RUNTIMES``.
 """
 from __future__ import annotations
 
