@@ -197,7 +197,7 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     from benchlib.derive.cost import recommend
     from benchlib.derive.coverage import require_percentile
     from benchlib.results import write_recommendation
-    from benchlib.schema import is_open_loop, with_load_keys
+    from benchlib.schema import has_open_loop, with_load_keys
     from benchlib.vocabulary import SERVING_RECOMMENDATION
 
     if args.latency_budget_ms is None:
@@ -210,7 +210,7 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     print(format_table(table, list(table.columns)))
     if out is not None:
         write_recommendation(out, table)
-    if is_open_loop(summary).any():
+    if has_open_loop(summary):
         from benchlib.derive.capacity import recommend_serving
 
         serving = recommend_serving(with_load_keys(summary), args.latency_budget_ms, args.percentile,
@@ -374,9 +374,9 @@ SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "ba
 def summary_shown(summary: pd.DataFrame) -> list[str]:
     """The summary columns printed: SUMMARY_SHOWN, with the open-loop ones after `threads` where any point was
     open loop (a closed-loop run prints as before)."""
-    from benchlib.schema import is_open_loop
+    from benchlib.schema import has_open_loop
 
-    if not is_open_loop(summary).any():
+    if not has_open_loop(summary):
         return SUMMARY_SHOWN
     at = SUMMARY_SHOWN.index("threads") + 1
     return [*SUMMARY_SHOWN[:at], *SERVING_SHOWN, *SUMMARY_SHOWN[at:]]

@@ -42,6 +42,11 @@ class GridPoint:
         return tuple(values[k] for k in GRID_KEYS)
 
     @property
+    def open_loop(self) -> bool:
+        """The point's load: open loop (arrivals at a rate into a server's queue) or closed loop (clients)."""
+        return self.arrival != ARRIVAL_CLOSED
+
+    @property
     def merged_batch_sizes(self) -> list[int]:
         """The batch sizes its requests run at: k requests of batch_size, k = 1 .. max_batch_size."""
         return [self.batch_size * k for k in range(1, self.max_batch_size + 1)]

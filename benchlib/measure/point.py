@@ -44,7 +44,6 @@ from benchlib.model_spec import ModelSpec
 from benchlib.params import Params
 from benchlib.results import RunWriter
 from benchlib.vocabulary import (
-    ARRIVAL_CLOSED,
     GATE_FAIL,
     REFERENCE_EAGER,
     REFERENCE_FP32,
@@ -131,7 +130,7 @@ class PointMeasurer:
             reason = runtime.unsupported(workload)
             if reason:
                 return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
-            if point.model.pipeline and point.arrival != ARRIVAL_CLOSED:
+            if point.model.pipeline and point.open_loop:
                 return PointRun(status=STATUS_UNSUPPORTED, error=pipelines.open_loop_reason())
             # Text is timed with padding, as tokenised text comes: every runtime then takes the
             # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
@@ -197,7 +196,7 @@ class PointMeasurer:
     def _run(self, point: GridPoint, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
         """One trial's requests: closed-loop clients, or an open-loop schedule served by workers."""
         params = self.params
-        if point.rate_per_s is None:
+        if not point.open_loop:
             return run_point(clients[1], threads=point.threads, warmup_requests=params.warmup_requests,
                              duration_s=params.duration_s, min_requests=params.min_requests, clock=clock,
                              staged=point.model.pipeline)
