@@ -146,47 +146,43 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _local_report(args: argparse.Namespace, out: Path) -> Path:
+    from benchlib.derive.cost import load_prices
     from benchlib.present.runner import run_report
 
+    prices = load_prices(args.prices)  # a price table given is read, and checked, whether or not it is used
+
     if args.example == "seed":
-        from benchlib.derive.cost import load_prices
         from benchlib.present.study import import_runs, study_prices
 
-        import_runs(out, study_prices(load_prices(args.prices)), additional=True)  # with BERT-large
+        import_runs(out, study_prices(prices), additional=True)  # with BERT-large
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
-    if args.percentile is not None:  # asked for (the default's absence is said in the report, per model)
-        _check_report_percentile(out, args.percentile)
+    _check_report_inputs(out, args)
     parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile or DEFAULT_PERCENTILE,
                   "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
     return run_report(out, {k: v for k, v in parameters.items() if v is not None})
 
 
-def _check_report_percentile(out: Path, percentile: str) -> None:
-    """Before the notebook runs: a percentile none of the runs it compares holds is exit 2, saying why."""
+def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
+    """Before the notebook runs, what the report is asked about must be in the runs it compares: the
+    `--baseline` instance, and a `--percentile` asked for (the default's absence is said in the report)."""
     from benchlib.derive.coverage import require_percentile
     from benchlib.present.report import load_runs
 
-    runs = load_runs(out)
-    if not runs.latest.empty:
-        require_percentile(runs.latest, percentile)
+    latest = load_runs(out).latest
+    if latest.empty:
+        return
+    instances = sorted(map(str, latest["instance"].unique()))
+    if args.baseline is not None and args.baseline not in instances:
+        raise InputError(f"--baseline {args.baseline!r} is not an instance of the runs under {args.out}; give one of "
+                         f"{', '.join(instances)}, or leave it out (the cheapest per hour)")
+    if args.percentile is not None:
+        require_percentile(latest, args.percentile)
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from benchlib.present.report import read_run
-    from benchlib.results import SUMMARY
-
-    summaries = []
-    for run_dir in map(Path, args.runs):
-        if not (run_dir / SUMMARY).is_file():
-            raise InputError(f"{run_dir}: no {SUMMARY} here; give run folders written by `benchlib bench` or "
-                             "`benchlib run` (<out>/<instance>/<run_id>/)")
-        try:
-            summaries.append(read_run(run_dir)[0])
-        except ValueError as exc:
-            raise InputError(f"{run_dir}: cannot use this run folder: {exc}") from None
-    summary = pd.concat(summaries, ignore_index=True)
+    summary = pd.concat([_run_folder(text)[0] for text in args.runs], ignore_index=True)
     _print_recommendation(summary, args, None)
     return EXIT_OK
 
@@ -241,7 +237,7 @@ def _compare(args: argparse.Namespace) -> int:
     from benchlib.derive.compare import compare_runs, environment_differences, failed, tally, unmatched
     from benchlib.derive.coverage import require_percentile
 
-    (summary_a, env_a), (summary_b, env_b) = _compared_run(args.run_a), _compared_run(args.run_b)
+    (summary_a, env_a), (summary_b, env_b) = _run_folder(args.run_a), _run_folder(args.run_b)
     percentile = args.percentile or DEFAULT_PERCENTILE
     if args.percentile:  # asked for: neither run holding it is exit 2; the default's absence is a note per row
         try:
@@ -274,8 +270,9 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed(table) else EXIT_OK
 
 
-def _compared_run(text: str) -> tuple[pd.DataFrame, dict]:
-    """A run folder's summary and env.json (empty without one), or InputError naming the folder and the fix."""
+def _run_folder(text: str) -> tuple[pd.DataFrame, dict]:
+    """A run folder given on the command line (`recommend`, `compare`): its summary and env.json (empty
+    without one), or InputError naming the folder and the fix (a folder of runs: one of them)."""
     from benchlib.present.report import read_run
     from benchlib.results import SUMMARY, find_runs
 

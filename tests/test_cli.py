@@ -77,3 +77,26 @@ def test_validate_counts_the_open_loop_grid(write_params, capsys) -> None:
                                "(poisson arrivals) = 12 points, $0.5/h")
     assert search_line.endswith("x 1 merged batch size(s) x a rate search of up to 6 rates (constant arrivals) "
                                 "= 12 points, $0.5/h")
+
+
+def test_report_and_recommend_arguments_that_name_nothing_in_the_runs(tmp_path: Path, capsys) -> None:
+    """--baseline an instance the runs lack, --prices a missing file, recommend aimed at a folder of runs."""
+    import yaml as yaml_module
+
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml_module.safe_dump(tiny_params(models=[{"name": "synthetic:1"}], batch_sizes=[1],
+                                                        duration_s=0.02)))
+    run = tmp_path / "out" / "test-cpu" / "r1"
+    assert main(["bench", str(params), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    cases = [(["report", "--out", str(tmp_path / "out"), "--baseline", "NOPE"],
+              "--baseline 'NOPE' is not an instance of the runs under"),
+             (["report", "--out", str(tmp_path / "out"), "--prices", str(tmp_path / "missing.yaml")],
+              "cannot read the price table"),
+             (["recommend", str(tmp_path / "out"), "--latency-budget-ms", "10"],
+              "not a run folder, it holds 1 run(s); give one of them")]
+    for argv, said in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "report.html").exists()
