@@ -424,6 +424,17 @@ def local_folder(text: str) -> str:
     return text
 
 
+def scheduler_address(text: str) -> str:
+    """A Dask scheduler's address: PROTOCOL://HOST:PORT (tcp, tls, ws, wss, inproc, ucx), the port 1-65535."""
+    protocol, sep, rest = text.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or protocol not in ("tcp", "tls", "ws", "wss", "ucx") or not host or not colon or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the scheduler's address as tcp://HOST:PORT, e.g. "
+                                         "tcp://127.0.0.1:8786 (what `dask scheduler` prints)")
+    return text
+
+
 def folder_or_url(text: str) -> str:
     """An fsspec URL, or a local folder (see :func:`local_folder`)."""
     return text if "://" in text else local_folder(text)
@@ -463,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
     run.add_argument("--out", default="outputs", type=folder_or_url,
                      help="outputs folder or fsspec URL (s3://bucket/prefix): <out>/<instance>/<run_id>/")
-    run.add_argument("--cluster", metavar="tcp://HOST:8786",
+    run.add_argument("--cluster", metavar="tcp://HOST:8786", type=scheduler_address,
                      help="run each params file as a task on a Dask worker advertising its instance as a resource")
     run.add_argument("--worker-wait-s", type=positive_number, default=60.0,
                      help="with --cluster: how long a task may wait with no worker of its kind (default 60)")

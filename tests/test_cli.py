@@ -100,3 +100,10 @@ def test_report_and_recommend_arguments_that_name_nothing_in_the_runs(tmp_path: 
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://127.0.0.1", "tcp://127.0.0.1:99999", "http://h:1"])
+def test_a_cluster_address_that_is_not_one_is_refused(tmp_path: Path, address: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "p.yaml", "--out", str(tmp_path / "o"), "--cluster", address])
+    assert exit_.value.code == 2 and "tcp://HOST:PORT" in capsys.readouterr().err
