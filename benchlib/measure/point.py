@@ -65,6 +65,28 @@ class Artifact:
     unsupported: str = ""
 
 
+class _NotRun(Exception):
+    """A point that will not be measured, with its run: its status and why."""
+
+    def __init__(self, run: PointRun) -> None:
+        super().__init__(run.error)
+        self.run = run
+
+    @classmethod
+    def unsupported(cls, why: str, prepare_s: float = 0.0) -> _NotRun:
+        return cls(PointRun(status=STATUS_UNSUPPORTED, error=why, prepare_s=prepare_s))
+
+
+@dataclass
+class _Ready:
+    """A point made ready: its workload, each merged size's inputs and artifact, and a pipeline's stages."""
+
+    workload: Workload
+    merged: dict[int, tuple[Inputs, Artifact]]
+    prepare_s: float
+    pipeline: pipelines.Pipeline | None
+
+
 class PointMeasurer:
     """Measures a point's trials: what consecutive points share (nested caches), the accuracy gates, what
     out-of-memory points rule out, and each trial's measures."""
@@ -104,87 +126,23 @@ class PointMeasurer:
             env.update(telemetry={"energy_method": None, "energy_note": "telemetry: false in the params"})
 
     def measure(self, point: GridPoint, clock: Clock, trial: int = 0) -> PointRun:
-        """Measure one trial of a point, or say why it was not: out of memory now, or infeasible after an
-        earlier one (only before its first trial: a batch that ran is feasible), or a runtime that cannot run it."""
-        limit = self.oom_batch.get(point.key[:3])
-        if limit is not None and point.batch_size > limit and trial == 0:
-            return PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory")
-        if point.model.label in self.model_oom:
-            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
+        """Measure one trial of a point, or say why it was not (its run's status and error)::
+
+            ruled out?   a smaller batch ran out of memory (before its first trial only: a batch that ran is
+                         feasible), or its model does not fit                   -> skipped / oom
+            ready        model, workload, inputs and artifacts of each merged size, gated
+                         (a runtime or pipeline that cannot run it                -> unsupported)
+            timed        its clients prepared, then its requests, inside peak-memory and telemetry windows
+            annotated    what its artifacts said, its FLOPs, memory and energy
+        Out of memory anywhere -> oom, what it held released, larger batches ruled out.
+        """
         try:
-            self.model.get(point.model.label, lambda: self._load(point.model))
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            release_memory(self.device)  # the model itself does not fit: no batch of it is tried again
-            self.model_oom[point.model.label] = f"the model does not fit: {first_line(exc)}"
-            return PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])
-        try:
-            workload = self._workload(point)
-            if point.runtime not in self.runtimes:
-                self.runtimes[point.runtime] = get_runtime(point.runtime)
-            runtime = self.runtimes[point.runtime]
-            if point.model.kind == "synthetic" and point.runtime != REFERENCE_RUNTIME:
-                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: a synthetic model has nothing to "
-                                "trace, compile or export; it runs with eager only")
-            reason = runtime.unsupported(workload)
-            if reason:
-                return PointRun(status=STATUS_UNSUPPORTED, error=f"{point.runtime}: {reason}")
-            if point.model.pipeline and point.open_loop:
-                return PointRun(status=STATUS_UNSUPPORTED, error=pipelines.open_loop_reason())
-            # Text is timed with padding, as tokenised text comes: every runtime then takes the
-            # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
-            # needs every merged batch size's inputs and artifact, resident before its window.
-            ready = {}
-            for batch in point.merged_batch_sizes:
-                inputs = self.inputs.get((point.model.label, point.precision.name, batch),
-                                         lambda b=batch: workload.inputs(b, self.params.seed, padded=True))
-                artifact = self.artifact.get((*point.key[:3], batch), lambda b=batch, i=inputs: self._prepare(
-                    runtime, workload, i, point, b))
-                if artifact.prepared is None:
-                    return PointRun(status=STATUS_UNSUPPORTED, error=artifact.unsupported,
-                                    prepare_s=artifact.prepare_s)
-                ready[batch // point.batch_size] = (inputs, artifact)
-            prepare_s = sum(artifact.prepare_s for _, artifact in ready.values())
-            pipeline = None
-            if point.model.pipeline:  # raw inputs and stages, built before the clock starts
-                _, artifact = ready[1]
-                if artifact.prepared is not None and artifact.prepared.bind is not None:
-                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
-                                    error=pipelines.bound_runtime_reason(point.runtime))
-                try:
-                    pipeline = pipelines.build_pipeline(workload, point.batch_size, self.params.seed)
-                except pipelines.PipelineUnsupported as exc:
-                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s, error=str(exc))
-            # The point's peak memory and telemetry cover its clients' preparation, warm-up and window.
-            sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else contextlib.nullcontext()
-            started = clock()
-            with PeakMemory(self.device) as memory, sampler:
-                try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                    if pipeline is not None:
-                        clients = {1: workload.pipeline_client_factory(pipeline, point.threads,
-                                                                       ready[1][1].prepared, clock)}
-                    else:
-                        clients = {k: workload.client_factory(inputs, point.threads, artifact.prepared)
-                                   for k, (inputs, artifact) in ready.items()}
-                except Exception as exc:  # a client that cannot be prepared: the point cannot run here
-                    if is_out_of_memory(exc):
-                        raise
-                    return PointRun(status=STATUS_UNSUPPORTED, prepare_s=prepare_s,
-                                    error=f"{point.runtime}: preparing the clients failed: {first_line(exc)}")
-                run = self._run(point, clients, trial, clock)
-            run.trial_s = clock() - started
-            run.prepare_s = prepare_s
-            said = []  # what each artifact says of itself (its notes, a recompile in the window), once
-            if pipeline is not None:
-                said.append(pipeline.note)
-            for _, artifact in ready.values():
-                prepared = artifact.prepared
-                said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
-            flops = self.flops[point.model.label]
-            run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
-            if run.status == STATUS_OK:
-                self._add_measures(run, point, flops, memory, sampler if self.telemetry else None)
+            self._rule_out(point, trial)
+            ready = self._ready(point)
+            run, memory, sampler = self._timed(point, ready, clock, trial)
+            self._annotate(run, point, ready, memory, sampler)
+        except _NotRun as not_run:
+            return not_run.run
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -192,6 +150,96 @@ class PointMeasurer:
         if run.status == STATUS_OOM:
             self._out_of_memory(point)
         return run
+
+    def _rule_out(self, point: GridPoint, trial: int) -> None:
+        limit = self.oom_batch.get(point.key[:3])
+        if limit is not None and point.batch_size > limit and trial == 0:
+            raise _NotRun(PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory"))
+        if point.model.label in self.model_oom:
+            raise _NotRun(PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label]))
+        try:
+            self.model.get(point.model.label, lambda: self._load(point.model))
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(self.device)  # the model itself does not fit: no batch of it is tried again
+            self.model_oom[point.model.label] = f"the model does not fit: {first_line(exc)}"
+            raise _NotRun(PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])) from None
+
+    def _ready(self, point: GridPoint) -> _Ready:
+        """Everything the point's window needs, on the device: or _NotRun saying why the point cannot run."""
+        workload = self._workload(point)
+        if point.runtime not in self.runtimes:
+            self.runtimes[point.runtime] = get_runtime(point.runtime)
+        runtime = self.runtimes[point.runtime]
+        if point.model.kind == "synthetic" and point.runtime != REFERENCE_RUNTIME:
+            raise _NotRun.unsupported(f"{point.runtime}: a synthetic model has nothing to trace, compile or "
+                                      "export; it runs with eager only")
+        reason = runtime.unsupported(workload)
+        if reason:
+            raise _NotRun.unsupported(f"{point.runtime}: {reason}")
+        if point.model.pipeline and point.open_loop:
+            raise _NotRun.unsupported(pipelines.open_loop_reason())
+        # Text is timed with padding, as tokenised text comes: every runtime then takes the
+        # same (masked) attention path, eager's all-ones shortcut included. An open-loop point
+        # needs every merged batch size's inputs and artifact, resident before its window.
+        merged = {}
+        for batch in point.merged_batch_sizes:
+            inputs = self.inputs.get((point.model.label, point.precision.name, batch),
+                                     lambda b=batch: workload.inputs(b, self.params.seed, padded=True))
+            artifact = self.artifact.get((*point.key[:3], batch), lambda b=batch, i=inputs: self._prepare(
+                runtime, workload, i, point, b))
+            if artifact.prepared is None:
+                raise _NotRun.unsupported(artifact.unsupported, artifact.prepare_s)
+            merged[batch // point.batch_size] = (inputs, artifact)
+        prepare_s = sum(artifact.prepare_s for _, artifact in merged.values())
+        pipeline = None
+        if point.model.pipeline:  # raw inputs and stages, built before the clock starts
+            _, artifact = merged[1]
+            if artifact.prepared is not None and artifact.prepared.bind is not None:
+                raise _NotRun.unsupported(pipelines.bound_runtime_reason(point.runtime), prepare_s)
+            try:
+                pipeline = pipelines.build_pipeline(workload, point.batch_size, self.params.seed)
+            except pipelines.PipelineUnsupported as exc:
+                raise _NotRun.unsupported(str(exc), prepare_s) from None
+        return _Ready(workload, merged, prepare_s, pipeline)
+
+    def _timed(self, point: GridPoint, ready: _Ready, clock: Clock,
+               trial: int) -> tuple[PointRun, PeakMemory, Sampler | None]:
+        """The point's clients and its requests; its peak memory and telemetry cover the clients' preparation,
+        warm-up and window."""
+        sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else None
+        started = clock()
+        with PeakMemory(self.device) as memory, sampler or contextlib.nullcontext():
+            try:  # per-client preparation (a CUDA graph captured on each client's stream)
+                if ready.pipeline is not None:
+                    clients = {1: ready.workload.pipeline_client_factory(ready.pipeline, point.threads,
+                                                                         ready.merged[1][1].prepared, clock)}
+                else:
+                    clients = {k: ready.workload.client_factory(inputs, point.threads, artifact.prepared)
+                               for k, (inputs, artifact) in ready.merged.items()}
+            except Exception as exc:  # a client that cannot be prepared: the point cannot run here
+                if is_out_of_memory(exc):
+                    raise
+                raise _NotRun.unsupported(f"{point.runtime}: preparing the clients failed: {first_line(exc)}",
+                                          ready.prepare_s) from None
+            run = self._run(point, clients, trial, clock)
+        run.trial_s = clock() - started
+        run.prepare_s = ready.prepare_s
+        return run, memory, sampler
+
+    def _annotate(self, run: PointRun, point: GridPoint, ready: _Ready, memory: PeakMemory,
+                  sampler: Sampler | None) -> None:
+        said = []  # what each artifact says of itself (its notes, a recompile in the window), once
+        if ready.pipeline is not None:
+            said.append(ready.pipeline.note)
+        for _, artifact in ready.merged.values():
+            prepared = artifact.prepared
+            said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
+        flops = self.flops[point.model.label]
+        run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
+        if run.status == STATUS_OK:
+            self._add_measures(run, point, flops, memory, sampler)
 
     def _run(self, point: GridPoint, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
         """One trial's requests: closed-loop clients, or an open-loop schedule served by workers."""
