@@ -95,3 +95,8 @@ def closed_loop(points: pd.DataFrame) -> pd.DataFrame:
     do, so it would read as a slow point there; the serving tables judge it instead.
     """
     return points[~is_open_loop(points)]
+
+
+def open_loop_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The open-loop points: what the serving tables judge, each at its offered rate."""
+    return points[is_open_loop(points)]

@@ -18,7 +18,7 @@ import pandas as pd
 from benchlib.derive.cost import eligible
 from benchlib.derive.coverage import percentile_columns, why_lacking, with_percentile
 from benchlib.errors import InputError
-from benchlib.schema import is_open_loop, with_load_keys, with_runtime
+from benchlib.schema import open_loop_points, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     POINT_KEYS,
@@ -66,7 +66,7 @@ def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str)
     latency = _check_percentile(percentile)
     ci_high = _ci_high_column(percentile)
     keys = [k for k in CONFIG_KEYS if k in summary.columns]
-    points = summary[is_open_loop(summary)]
+    points = open_loop_points(summary)
     rows: list[dict[str, Any]] = []
     chosen: list[Any] = []
     for values, group in points.groupby(keys, sort=False, dropna=False):

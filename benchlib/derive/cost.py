@@ -17,7 +17,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.derive.coverage import percentile_columns, why_lacking, with_percentile
-from benchlib.schema import is_open_loop, with_load_keys, with_runtime
+from benchlib.schema import closed_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
     GATE_PASS,
@@ -174,7 +174,7 @@ def recommend(
     summary = with_percentile(with_runtime(summary), percentile)  # empty where a run did not record it
     rows: list[dict[str, Any]] = []
     for model, all_points in summary.groupby("model", sort=False):
-        points = all_points[~is_open_loop(all_points)]
+        points = closed_loop(all_points)
         if points.empty:
             rows.append({"model": model, "latency_budget_ms": latency_budget_ms, "percentile": percentile,
                          "reason": "only open-loop points: see the open-loop recommendation (the cheapest "

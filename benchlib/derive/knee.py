@@ -53,7 +53,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 from scipy.special import expit
 
-from benchlib.schema import is_open_loop
+from benchlib.schema import closed_loop
 from benchlib.derive.stats import Z95
 from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
 
@@ -306,7 +306,7 @@ def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION, resamples: 
     """
     keys = [c for c in CURVE_KEYS if c in summary.columns]
     ok = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
-    ok = ok[~is_open_loop(ok)]
+    ok = closed_loop(ok)
     rows = []
     for values, group in ok.groupby(keys, sort=False, dropna=False):  # unpublished threads stay NaN
         low, high = (group[c] if c in group.columns else None

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from benchlib.derive.coverage import with_percentile
-from benchlib.schema import is_open_loop, with_load_keys, with_runtime
+from benchlib.schema import closed_loop, open_loop_points, is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
     DEFAULT_PERCENTILE,
@@ -107,7 +107,7 @@ def _curves(summary: pd.DataFrame, curves: Sequence[str] | None) -> tuple[pd.Dat
     configuration can do (they have their own chart, :func:`latency_vs_load`).
     """
     summary = with_runtime(summary)  # runs from before runtimes, mixed with newer ones: eager
-    summary = summary[~is_open_loop(summary)]
+    summary = closed_loop(summary)
     data = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
     columns = list(curves or varying(summary))
     data = data.assign(curve=curve_labels(data, columns)).sort_values("batch_size")
@@ -261,7 +261,7 @@ def latency_vs_load(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
     latency = latency_column(percentile)
     summary = with_runtime(with_load_keys(summary))
     measured = summary["status"].isin([STATUS_OK, STATUS_OVERLOADED])
-    data = summary[is_open_loop(summary) & measured].dropna(subset=[latency, "offered_rate_per_s"])
+    data = open_loop_points(summary[measured]).dropna(subset=[latency, "offered_rate_per_s"])
     if data.empty:
         return None
     columns = list(curves or varying(data, LOAD_CURVE_COLUMNS))

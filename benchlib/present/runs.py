@@ -13,7 +13,7 @@ import yaml
 from benchlib.errors import InputError
 from benchlib.params import parse_params
 from benchlib.results import ENV, PARAMS, find_runs, measured_everything, read_env, read_summary
-from benchlib.schema import has_open_loop, is_open_loop, with_load_keys
+from benchlib.schema import closed_loop, open_loop_points, has_open_loop, with_load_keys
 from benchlib.vocabulary import (
     ARRIVAL_CLOSED,
     REQUIRED_SUMMARY_COLUMNS,
@@ -132,9 +132,9 @@ def load_runs(root: str | Path) -> Runs:
 def load_description(summary: pd.DataFrame) -> str:
     """How a run offered its load: ``closed``, or e.g. ``poisson, 3 rates 50–200/s``."""
     parts = []
-    if (~is_open_loop(summary)).any():
+    if not closed_loop(summary).empty:
         parts.append(ARRIVAL_CLOSED)
-    points = summary[is_open_loop(summary)]
+    points = open_loop_points(summary)
     for arrival, rows in points.groupby("arrival", sort=True):
         rates = rows["offered_rate_per_s"].dropna().unique()
         if len(rates) == 0:

@@ -7,7 +7,7 @@ import pandas as pd
 from benchlib.derive.batching import CLIENT_BATCHING, NO_BATCHING, SERVER_BATCHING, batching_pairs
 from benchlib.derive.coverage import with_percentile
 from benchlib.derive.capacity import max_rate_table, recommend_serving
-from benchlib.schema import has_open_loop, is_open_loop, with_load_keys, with_runtime
+from benchlib.schema import open_loop_points, has_open_loop, with_load_keys, with_runtime
 from benchlib.present.runs import load_description
 from benchlib.present.tables import several_runtimes
 from benchlib.vocabulary import (
@@ -20,7 +20,7 @@ from benchlib.vocabulary import (
 def serving_note(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE) -> str:
     """One line on what the serving sections show: the open-loop points and the budget they are held to,
     or that there are none (a closed-loop run), and how to measure them."""
-    points = summary[is_open_loop(summary)]
+    points = open_loop_points(summary)
     if points.empty:
         return ("No open-loop points: these runs offered closed-loop load only, so the serving sections show "
                 "nothing. To measure serving under traffic, set `arrival: poisson` and `rates_per_s` (or "
@@ -41,7 +41,7 @@ def _serving_keys(table: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str,
     keys = [("instance", "Instance"), ("model", "Model"), ("precision", "Precision")]
     if several_runtimes(summary):
         keys.append(("runtime", "Runtime"))
-    if "arrival" in summary.columns and summary.loc[is_open_loop(summary), "arrival"].nunique() > 1:
+    if "arrival" in summary.columns and open_loop_points(summary)["arrival"].nunique() > 1:
         keys.append(("arrival", "Arrival"))
     return [(column, name) for column, name in keys if column in table.columns]
 
@@ -127,7 +127,7 @@ def _with_merged_batch(table: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFra
         return table if "mean_merged_batch" in table.columns else table.assign(mean_merged_batch=float("nan"))
     keys = [k for k in ["instance", "model", "precision", "runtime", "batch_size", "threads", "max_batch_size",
                         "arrival", "offered_rate_per_s"] if k in table.columns and k in summary.columns]
-    points = summary[is_open_loop(summary)][[*keys, "mean_merged_batch"]].drop_duplicates(keys)
+    points = open_loop_points(summary)[[*keys, "mean_merged_batch"]].drop_duplicates(keys)
     return table.merge(points, on=keys, how="left").set_axis(table.index)
 
 
