@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import benchlib.measure.loads as loads
 import benchlib.measure.point as point_module
 from benchlib.cli import main
 from benchlib.derive.accuracy import GATE_TOLERANCE, gate_tolerance
@@ -119,7 +120,7 @@ def test_an_unsupported_runtime_is_a_point_status_and_resume_counts_it_done(tmp_
     def fail(*args, **kwargs):
         raise AssertionError("a done point was measured again")
 
-    monkeypatch.setattr(point_module, "run_point", fail)
+    monkeypatch.setattr(loads, "run_point", fail)
     again = run_sweep(params, tmp_path, progress=None, resume=True).summary
     assert again["status"].tolist() == summary["status"].tolist()
 

@@ -25,18 +25,16 @@ import torch
 
 from benchlib.derive.efficiency import window_energy
 from benchlib.measure import gates, pipelines
-from benchlib.measure.arrivals import arrival_times
 from benchlib.measure.caches import Level
 from benchlib.measure.environment import RunEnv
 from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.grid import GridPoint
 from benchlib.measure.inputs import Inputs
-from benchlib.measure.load import run_point
+from benchlib.measure.loads import load_of
 from benchlib.measure.memory import PeakMemory, first_line, is_out_of_memory, release_memory
 from benchlib.measure.peaks import peak_dtype
-from benchlib.measure.records import ClientFactory, Clock, PointRun
+from benchlib.measure.records import Clock, PointRun
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
-from benchlib.measure.serving import Load, serve_point
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
@@ -223,7 +221,7 @@ class PointMeasurer:
                     raise
                 raise _NotRun.unsupported(f"{point.runtime}: preparing the clients failed: {first_line(exc)}",
                                           ready.prepare_s) from None
-            run = self._run(point, clients, trial, clock)
+            run = load_of(point, self.params).run(clients, trial, clock)
         run.trial_s = clock() - started
         run.prepare_s = ready.prepare_s
         return run, memory, sampler
@@ -240,18 +238,6 @@ class PointMeasurer:
         run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
         if run.status == STATUS_OK:
             self._add_measures(run, point, flops, memory, sampler)
-
-    def _run(self, point: GridPoint, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
-        """One trial's requests: closed-loop clients, or an open-loop schedule served by workers."""
-        params = self.params
-        if not point.open_loop:
-            return run_point(clients[1], threads=point.threads, warmup_requests=params.warmup_requests,
-                             duration_s=params.duration_s, min_requests=params.min_requests, clock=clock,
-                             staged=point.model.pipeline)
-        schedule = arrival_times(point.arrival, point.rate_per_s, params.warmup_requests * point.threads,
-                                 params.duration_s, params.min_requests, params.seed, trial)
-        load = Load(schedule, point.max_batch_size, params.max_queue_delay_ms / 1e3, params.duration_s)
-        return serve_point(clients, point.threads, load, clock=clock)
 
     def start_block(self) -> None:
         """A new model, precision and runtime: the previous block's inputs and artifacts go."""

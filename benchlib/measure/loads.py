@@ -1,0 +1,68 @@
+"""A grid point's load: one object, with one way to run it.
+
+    load = load_of(point, params)       closed loop: N client threads, one request in flight each
+                                        open loop: seeded arrivals at a rate into one queue, N server
+                                        workers merging up to k queued requests (dynamic batching)
+    load.open                           the one question "is this open loop?" asked of a point's load
+    load.run(clients, trial, clock)     a trial's requests: benchlib.measure.load.run_point, or
+                                        benchlib.measure.serving.serve_point on the trial's schedule
+
+`clients[k]` makes a client's `send` of k merged requests (closed loop uses k = 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchlib.measure.arrivals import arrival_times
+from benchlib.measure.grid import GridPoint
+from benchlib.measure.load import run_point
+from benchlib.measure.records import ClientFactory, Clock, PointRun
+from benchlib.measure.serving import Load, serve_point
+from benchlib.params import Params
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    threads: int
+    warmup_requests: int
+    duration_s: float
+    min_requests: int
+    staged: bool  # a pipeline's clients, timed by stage
+    open = False
+
+    def run(self, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
+        return run_point(clients[1], threads=self.threads, warmup_requests=self.warmup_requests,
+                         duration_s=self.duration_s, min_requests=self.min_requests, clock=clock, staged=self.staged)
+
+
+@dataclass(frozen=True)
+class OpenLoop:
+    arrival: str
+    rate_per_s: float
+    workers: int
+    max_batch_size: int
+    max_queue_delay_s: float
+    warmup_requests: int  # per worker
+    duration_s: float
+    min_requests: int
+    seed: int
+    open = True
+
+    def run(self, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
+        # Every configuration and rate of a run meets the same pattern, scaled; each trial its own.
+        schedule = arrival_times(self.arrival, self.rate_per_s, self.warmup_requests * self.workers,
+                                 self.duration_s, self.min_requests, self.seed, trial)
+        load = Load(schedule, self.max_batch_size, self.max_queue_delay_s, self.duration_s)
+        return serve_point(clients, self.workers, load, clock=clock)
+
+
+def load_of(point: GridPoint, params: Params) -> ClosedLoop | OpenLoop:
+    """The load `point` is measured under (an open-loop point's rate is set: a rate search's probe sets it)."""
+    if not point.open_loop:
+        return ClosedLoop(point.threads, params.warmup_requests, params.duration_s, params.min_requests,
+                          staged=point.model.pipeline)
+    if point.rate_per_s is None:
+        raise ValueError("an open-loop point is measured at a rate: a rate search's probe sets it")
+    return OpenLoop(point.arrival, point.rate_per_s, point.threads, point.max_batch_size,
+                    params.max_queue_delay_ms / 1e3, params.warmup_requests, params.duration_s,
+                    params.min_requests, params.seed)
