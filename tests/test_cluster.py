@@ -17,7 +17,7 @@ import yaml
 
 from benchlib.cli import main
 from benchlib.results import read_records, read_summary
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 BIN = Path(sys.executable).parent
 

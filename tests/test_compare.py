@@ -29,7 +29,7 @@ from benchlib.derive.compare import (
 )
 from benchlib.errors import InputError
 from benchlib.present.report import COMPARED, compare_note, load_runs, runs_table
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 NAN = math.nan
 

@@ -21,7 +21,7 @@ from benchlib.present.report import load_runs
 from benchlib.results import RunWriter, read_records, read_summary
 from benchlib.present.study import import_runs
 from benchlib.measure.sweep import run_sweep
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 points of about 0.25 s each: long enough to kill in the middle.

@@ -15,7 +15,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.params import parse_params
 from benchlib.results import RunWriter, read_accuracy, read_env, read_records, read_summary
 from benchlib.derive.efficiency import Ceilings
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 
 def trial(point: int, trial: int, n: int = 3) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import yaml
 from benchlib.measure.runtimes import get_runtime
 from benchlib.measure.runtimes.cuda_graphs import _clone, _copy_into
 from benchlib.params import load_params
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEPTANCE = REPO / "benchmarks" / "gpu_acceptance.sh"

@@ -13,7 +13,7 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.model_spec import ModelSpec
-from tests.conftest import TINY_BERT, TINY_RESNET
+from tests.helpers import TINY_BERT, TINY_RESNET
 
 CPU = torch.device("cpu")
 

@@ -33,7 +33,7 @@ from benchlib.present.runner import (
     this_interpreter_kernel_spec,
 )
 from benchlib.vocabulary import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PERCENTILE
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 NOTEBOOK_ONLY = {"params_file", "out_dir", "resume", "force", "latency_budget_ms", "percentile"}
 REPORT_PARAMETERS = {"outputs_dir", "latency_budget_ms", "percentile", "target_per_s", "baseline_instance",

@@ -36,7 +36,7 @@ from benchlib.vocabulary import (
     SUMMARY,
     TELEMETRY,
 )
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 #: Every file a sweep writes into its run folder.
 RUN_FILES = (RECORDS, SUMMARY, ACCURACY, ENV, KNEES, PARAMS, RECOMMENDATION, SERVING_RECOMMENDATION, TELEMETRY)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchlib.params import Params, ParamsError, params_to_dict, parse_params
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),

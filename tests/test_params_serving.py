@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from benchlib.cli import main
 from benchlib.params import Params, ParamsError, RateSearch, load_params, params_from_namespace, params_to_dict, parse_params
 from benchlib.params_base import MAX_MERGED_REQUESTS, MAX_PROBES, MAX_QUEUE_DELAY_MS, MAX_RATE_PER_S
-from tests.conftest import tiny_params as _tiny_params
+from tests.helpers import tiny_params as _tiny_params
 
 
 def tiny_params(**overrides: Any) -> dict[str, Any]:

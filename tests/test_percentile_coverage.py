@@ -20,7 +20,7 @@ from benchlib.errors import InputError
 from benchlib.present import plots, report
 from benchlib.present.study import import_runs, study_prices
 from benchlib.results import read_summary
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 from tests.test_report_serving import serving_summary
 
 matplotlib.use("Agg")

@@ -23,7 +23,7 @@ from benchlib.measure.zoo import load_model
 from benchlib.model_spec import ModelSpec
 from benchlib.params import parse_params
 from benchlib.vocabulary import PIPELINE_COLUMNS, PIPELINE_RECORD_COLUMNS, STATUS_OK, STATUS_UNSUPPORTED
-from tests.conftest import TINY_BERT, TINY_RESNET, FakeClock, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, FakeClock, tiny_params
 
 CPU = torch.device("cpu")
 #: perf_counter's reads are exact to well under a microsecond; the stages' sum is exact up to float rounding.

@@ -13,7 +13,7 @@ from benchlib.measure.environment import code_files, code_fingerprint, fingerpri
 from benchlib.measure.sweep import run_sweep
 from benchlib.params import params_to_dict, parse_params
 from benchlib.results import read_accuracy, read_records, read_summary
-from tests.conftest import TINY_BERT, tiny_params
+from tests.helpers import TINY_BERT, tiny_params
 
 
 def test_the_code_fingerprint_covers_modules_notebooks_and_data_but_not_prices() -> None:

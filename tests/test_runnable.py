@@ -16,7 +16,7 @@ from benchlib.measure.environment import fingerprint
 from benchlib.measure.runnable import check_runnable_here
 from benchlib.params import params_to_dict, parse_params
 from benchlib.present.report import load_runs
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 ELSEWHERE = tiny_params(instance="g5.4xlarge", device="cuda", models=[{"name": "yolov5s"}], batch_sizes=[1],
                         runtimes=["eager", "onnxruntime"])

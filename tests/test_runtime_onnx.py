@@ -19,7 +19,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import parse_params
-from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
 
 CPU = torch.device("cpu")
 

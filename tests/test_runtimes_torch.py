@@ -28,7 +28,7 @@ from benchlib.measure.zoo import load_model
 from benchlib.params import parse_params
 from benchlib.results import read_summary
 from benchlib.vocabulary import REFERENCE_EAGER
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 CPU = torch.device("cpu")
 RUNTIMES = ["eager", "trace", "compile"]

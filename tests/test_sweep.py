@@ -19,7 +19,7 @@ from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.sweep import run_sweep
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 SWEEP = tiny_params(
     models=[TINY_BERT, TINY_RESNET],

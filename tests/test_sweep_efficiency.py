@@ -17,7 +17,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.telemetry import ENERGY_NVML_COUNTER, Telemetry
 from benchlib.params import parse_params
 from benchlib.results import read_records, read_telemetry
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 #: TINY_BERT by hand (see tests/test_flops.py): 2 layers of 4 projections, a feed-forward
 #: block and attention, and the QA head; a multiply-add is 2 FLOPs.

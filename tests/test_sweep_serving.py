@@ -16,7 +16,7 @@ from benchlib.vocabulary import (
     STATUS_OVERLOADED,
     SUMMARY_COLUMNS,
 )
-from tests.conftest import TINY_RESNET, tiny_params
+from tests.helpers import TINY_RESNET, tiny_params
 
 
 def serving_params(**overrides):

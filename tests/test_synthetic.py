@@ -30,7 +30,7 @@ from benchlib.model_spec import ModelSpec
 from benchlib.params import parse_params
 from benchlib.results import point_records
 from benchlib.schema import CLOSED_LOOP_KEYS
-from tests.conftest import FakeClock, tiny_params
+from tests.helpers import FakeClock, tiny_params
 
 CPU = torch.device("cpu")
 HOLD_MS = 10.0

@@ -13,7 +13,7 @@ from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.params import parse_params
 from benchlib.results import RECORDS, point_records, read_records
 from benchlib.schema import CLOSED_LOOP_KEYS
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",
         "runtime": "eager", "batch_size": 2, "threads": 1, **CLOSED_LOOP_KEYS}
