@@ -1,10 +1,15 @@
-"""Builders the tests share: tiny params and models, a fake clock, a patched sweep, unreadable files.
+"""Builders the tests share: tiny params and models, a fake clock, fabricated run folders and summary
+rows, and the command line with its output captured.
 
 Plain functions and classes only; the fixtures that hand them out live in tests/conftest.py.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,4 +81,64 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
         return real_open(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "open", open_or_deny)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str] | None, *argv: str | Path) -> tuple[int, str]:
+    """`benchlib ARGV...` in this process: its exit status and what it printed (stdout, then stderr).
+
+    Through pytest's `capsys` (what was captured before the call is dropped). A module- or
+    session-scoped fixture has no capsys: pass None, and the output is redirected instead.
+    """
+    from benchlib.cli import main
+
+    args = [str(arg) for arg in argv]
+    if capsys is None:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+        return code, out.getvalue() + err.getvalue()
+    capsys.readouterr()
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+# --- fabricated summaries and run folders ----------------------------------------------------------
+
+#: A run id as `benchlib run` names run folders, for fabricated runs: <root>/<instance>/RUN_ID/.
+RUN_ID = "20260101T000000Z-aaaaaa"
+
+#: The configuration of a fabricated summary row unless it says otherwise: one closed-loop point.
+ROW_KEYS: dict[str, Any] = {"instance": "x", "model": "m", "precision": "fp32", "runtime": "eager",
+                            "batch_size": 1, "threads": 1}
+
+
+def summary_row(**columns: Any) -> dict[str, Any]:
+    """One row of a fabricated summary.csv: ROW_KEYS, status ok and no notes, then `columns` (any summary
+    column). A row with `usd_per_hour` and `throughput_per_s` but no `usd_per_million` is priced as the
+    sweep prices it."""
+    from benchlib.derive.cost import usd_per_million
+
+    row = {**ROW_KEYS, "status": "ok", "notes": "", **columns}
+    if "usd_per_million" not in row and "usd_per_hour" in row and "throughput_per_s" in row:
+        throughput = row["throughput_per_s"]
+        row["usd_per_million"] = (usd_per_million(throughput, row["usd_per_hour"])
+                                  if isinstance(throughput, (int, float)) else math.nan)
+    return row
+
+
+def write_run(folder: Path, summary: pd.DataFrame | Iterable[dict[str, Any]], env: dict[str, Any] | None = None,
+              accuracy: pd.DataFrame | Iterable[dict[str, Any]] | None = None) -> Path:
+    """A fabricated run folder (made here, not by benchlib): summary.csv, and env.json and accuracy.csv
+    when given. Returns the folder."""
+    folder.mkdir(parents=True)
+    pd.DataFrame(summary).to_csv(folder / "summary.csv", index=False)
+    if env is not None:
+        (folder / "env.json").write_text(json.dumps(env))
+    if accuracy is not None:
+        pd.DataFrame(accuracy).to_csv(folder / "accuracy.csv", index=False)
+    return folder
 

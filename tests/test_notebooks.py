@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import os
@@ -33,18 +32,11 @@ from benchlib.present.runner import (
     this_interpreter_kernel_spec,
 )
 from benchlib.vocabulary import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PERCENTILE
-from tests.helpers import tiny_params
+from tests.helpers import RUN_ID, run_cli, tiny_params, write_run
 
 NOTEBOOK_ONLY = {"params_file", "out_dir", "resume", "force", "latency_budget_ms", "percentile"}
 REPORT_PARAMETERS = {"outputs_dir", "latency_budget_ms", "percentile", "target_per_s", "baseline_instance",
                      "figures_dir"}
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
 
 
 @pytest.mark.parametrize("notebook", [BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK], ids=lambda p: p.name)
@@ -174,7 +166,7 @@ def outputs(tmp_path_factory) -> dict:
     out = tmp / "outputs"
     run_code, run_out, run_err = run_streaming(
         [sys.executable, "-m", "benchlib", "run", str(good), str(invalid), str(failing), "--out", str(out)], cwd=tmp)
-    report_code, report_out = run_cli("report", "--out", str(out), "--latency-budget-ms", "1000")
+    report_code, report_out = run_cli(None, "report", "--out", str(out), "--latency-budget-ms", "1000")
     return {"out": out, "run": (run_code, run_out), "run_stderr": run_err, "report": (report_code, report_out)}
 
 
@@ -248,8 +240,8 @@ def test_report_without_runs_says_what_to_do(tmp_path: Path, capsys) -> None:
     assert "benchlib run PARAMS.yaml" in capsys.readouterr().err
 
 
-def test_seed_example_reproduces_the_study_table(tmp_path: Path) -> None:
-    code, _ = run_cli("report", "--example", "seed", "--out", str(tmp_path), "--latency-budget-ms", "50")
+def test_seed_example_reproduces_the_study_table(tmp_path: Path, capsys) -> None:
+    code, _ = run_cli(capsys, "report", "--example", "seed", "--out", str(tmp_path), "--latency-budget-ms", "50")
     assert code == 0
     nb = nbformat.read(str(tmp_path / "report.ipynb"), as_version=4)
     table_cell = next(c for c in nb.cells if "study_table" in c.source)
@@ -323,14 +315,14 @@ def test_papermill_with_params_file_refuses_an_unknown_key(papermill_env, tmp_pa
     assert not (tmp_path / "run").exists()  # stopped before measuring anything
 
 
-def test_report_shows_the_serving_section_for_open_loop_runs(tmp_path: Path) -> None:
+def test_report_shows_the_serving_section_for_open_loop_runs(tmp_path: Path, capsys) -> None:
     """Open-loop run folders made by hand (see tests/test_report_serving.py): the report draws latency
     vs offered load and tabulates the highest rate within the budget and the serving recommendation."""
-    from tests.test_report_serving import serving_summary, write_run
+    from tests.test_report_serving import serving_summary
 
-    for _, rows in serving_summary().groupby("instance"):
-        write_run(tmp_path, rows)
-    code, _ = run_cli("report", "--out", str(tmp_path), "--latency-budget-ms", "50", "--percentile", "p99",
+    for instance, rows in serving_summary().groupby("instance"):
+        write_run(tmp_path / instance / RUN_ID, rows)
+    code, _ = run_cli(capsys, "report", "--out", str(tmp_path), "--latency-budget-ms", "50", "--percentile", "p99",
                       "--target-per-s", "2500")
     assert code == 0
     assert (tmp_path / "figures" / "latency_vs_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

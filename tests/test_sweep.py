@@ -1,8 +1,6 @@
 """End to end on CPU: `benchlib bench` on tiny models writes records, summary and env."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.sweep import run_sweep
-from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, run_cli, tiny_params
 
 SWEEP = tiny_params(
     models=[TINY_BERT, TINY_RESNET],
@@ -38,11 +36,10 @@ def bench_run(tmp_path_factory) -> tuple[Path, str]:
     params_path = tmp / "tiny.yaml"
     params_path.write_text(yaml.safe_dump(SWEEP))
     out = tmp / "out"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main(["bench", str(params_path), "--out", str(out), "--quiet",
-                     "--latency-budget-ms", "1000", "--percentile", "p50", "--target-per-s", "100"]) == 0
-    return out, stdout.getvalue()
+    code, text = run_cli(None, "bench", params_path, "--out", out, "--quiet", "--latency-budget-ms", "1000",
+                         "--percentile", "p50", "--target-per-s", "100")
+    assert code == 0, text
+    return out, text
 
 
 def test_writes_every_file(bench_run) -> None:
