@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, TinyRun
 
 
 @pytest.fixture
@@ -32,3 +32,9 @@ def write_params(tmp_path: Path):
 def fake_clock() -> FakeClock:
     return FakeClock()
 
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """One finished run of `tiny_params()`, measured once per session, for tests that only read a run.
+    Never change it: a test that changes a run takes `tiny_run.copy_to(tmp_path)`."""
+    return TinyRun.make(tmp_path_factory.mktemp("tiny-run"))

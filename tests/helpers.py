@@ -1,5 +1,5 @@
 """Builders the tests share: tiny params and models, a fake clock, fabricated run folders and summary
-rows, and the command line with its output captured.
+rows, the command line with its output captured, and one finished tiny run to copy.
 
 Plain functions and classes only; the fixtures that hand them out live in tests/conftest.py.
 """
@@ -9,7 +9,9 @@ import contextlib
 import io
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,4 +143,47 @@ def write_run(folder: Path, summary: pd.DataFrame | Iterable[dict[str, Any]], en
     if accuracy is not None:
         pd.DataFrame(accuracy).to_csv(folder / "accuracy.csv", index=False)
     return folder
+
+
+# --- one finished tiny run, shared ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TinyRun:
+    """A finished run of `tiny_params()` (tiny BERT, batch 1 and 2) made by `benchlib bench` in a folder
+    `benchlib run` made: <root>/test-cpu/<run id>/, with the params file it ran (outside the root).
+
+    The session's one copy is for reading only; a test that changes a run works on `copy_to(tmp_path)`.
+    """
+
+    root: Path
+    folder: Path
+    params_path: Path
+
+    @classmethod
+    def make(cls, where: Path) -> TinyRun:
+        """Measure it (a few seconds): the session fixture `tiny_run` does this once."""
+        import yaml
+
+        from benchlib.present.runner import _make_run_dir
+
+        params_path = where / "tiny.yaml"
+        params_path.write_text(yaml.safe_dump(tiny_params()), encoding="utf-8")
+        folder = _make_run_dir(where / "root" / "test-cpu", RUN_ID)
+        code, text = run_cli(None, "bench", params_path, "--out", folder, "--quiet")
+        assert code == 0, text
+        return cls(where / "root", folder, params_path)
+
+    @property
+    def params(self) -> Any:
+        """The run's params, parsed."""
+        from benchlib.params import load_params
+
+        return load_params(self.params_path)
+
+    def copy_to(self, dest: Path) -> TinyRun:
+        """A copy of the whole outputs root (and the params file) under `dest`, to change freely."""
+        dest.mkdir(parents=True, exist_ok=True)
+        root = Path(shutil.copytree(self.root, dest / "out", symlinks=True))
+        params_path = Path(shutil.copy2(self.params_path, dest / self.params_path.name))
+        return TinyRun(root, root / self.folder.relative_to(self.root), params_path)
 

@@ -79,14 +79,15 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicate
                                   records[records["point"].isin(before.index)].reset_index(drop=True))
 
 
-def test_resume_refuses_other_params(tmp_path: Path) -> None:
-    run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None)
+def test_resume_refuses_other_params(tiny_run, tmp_path: Path) -> None:
+    run = tiny_run.copy_to(tmp_path)  # batch sizes 1 and 2
     with pytest.raises(InputError, match="other params"):
-        run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path, progress=None, resume=True)
+        run_sweep(parse_params(tiny_params(batch_sizes=[1])), run.folder, progress=None, resume=True)
     # and resuming a finished run measures nothing again, and keeps what env.json said of its models
-    summary = run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None, resume=True).summary
-    assert len(summary) == 1 and read_records(tmp_path)["point"].nunique() == 1
-    env = json.loads((tmp_path / "env.json").read_text())
+    before = read_records(run.folder)
+    summary = run_sweep(run.params, run.folder, progress=None, resume=True).summary
+    assert len(summary) == 2 and read_records(run.folder)["end_s"].tolist() == before["end_s"].tolist()
+    env = json.loads((run.folder / "env.json").read_text())
     assert [(m["label"], m["model"]) for m in env["models"]] == [(TINY_BERT["name"], TINY_BERT["name"])]
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from benchlib.cli import main
 from benchlib.errors import InputError
 from benchlib.ownership import (
     MARK,
@@ -65,20 +63,6 @@ def synthetic_params(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def a_run(tmp_path_factory) -> Path:
-    """One finished run (synthetic model, one point) in <root>/test-cpu/<run_id>/, copied by tests that need one."""
-    tmp = tmp_path_factory.mktemp("run")
-    root = tmp / "root"
-    run_dir = _make_run_dir(root / "test-cpu", "20260101T000000Z-abcdef")
-    assert main(["bench", str(synthetic_params(tmp)), "--out", str(run_dir), "--quiet"]) == 0
-    return root
-
-
-def copy_root(a_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(a_run, tmp_path / "out"))
-
-
 # --- bench --out: a run folder --------------------------------------------------------------------
 
 
@@ -122,26 +106,25 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, where, capsys) -> No
     assert not out.exists() or snapshot(out) == {}
 
 
-def test_resume_aimed_at_an_outputs_root_is_refused(a_run, tmp_path, capsys) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_resume_aimed_at_an_outputs_root_is_refused(tiny_run, tmp_path, capsys) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     before = snapshot(root)
     code, text = run_cli(capsys, "bench", str(synthetic_params(tmp_path)), "--out", str(root), "--resume")
     assert code == 2 and "is an outputs folder holding runs (test-cpu), not a run folder" in text, text
     assert snapshot(root) == before
 
 
-def test_a_run_of_benchlib_is_resumed_and_a_made_folder_taken(a_run, tmp_path, capsys) -> None:
-    root = copy_root(a_run, tmp_path)
-    (run_dir,) = (root / "test-cpu").iterdir()
-    code, text = run_cli(capsys, "bench", str(synthetic_params(tmp_path)), "--out", str(run_dir), "--resume", "--quiet")
+def test_a_run_of_benchlib_is_resumed_and_a_made_folder_taken(tiny_run, tmp_path, capsys) -> None:
+    run = tiny_run.copy_to(tmp_path)
+    code, text = run_cli(capsys, "bench", run.params_path, "--out", run.folder, "--resume", "--quiet")
     assert code == 0, text
     made = _make_run_dir(tmp_path / "made", "x")  # as `benchlib run` makes it: the notebook's pages come first
     foreign(made, "benchmark.ipynb", "kernel.log")
     check_run_folder(made, resume=False)
 
 
-def test_a_fingerprint_that_is_not_its_params_is_not_a_run(a_run, tmp_path) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_a_fingerprint_that_is_not_its_params_is_not_a_run(tiny_run, tmp_path) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     (run_dir,) = (root / "test-cpu").iterdir()
     assert is_run(Folder.at(run_dir))
     (run_dir / PARAMS).write_text(yaml.safe_dump({"instance": "someone else's"}))
@@ -157,8 +140,8 @@ def test_a_fingerprint_that_is_not_its_params_is_not_a_run(a_run, tmp_path) -> N
 @pytest.mark.parametrize("names", [[n] for n in REPORT_FILES] + [["test-cpu"], ["test-cpu/notes.txt"],
                                                                   ["readme.md", "data/x.csv"]])
 @pytest.mark.parametrize("command", ["run", "report"])
-def test_run_and_report_refuse_a_root_holding_foreign_files(a_run, tmp_path, names, command, capsys) -> None:
-    root = copy_root(a_run, tmp_path) if names != ["test-cpu"] else tmp_path / "out"
+def test_run_and_report_refuse_a_root_holding_foreign_files(tiny_run, tmp_path, names, command, capsys) -> None:
+    root = tiny_run.copy_to(tmp_path).root if names != ["test-cpu"] else tmp_path / "out"
     before = foreign(root, *names)
     argv = (["run", str(synthetic_params(tmp_path)), "--out", str(root)] if command == "run"
             else ["report", "--out", str(root)])
@@ -197,8 +180,8 @@ def test_cluster_refuses_a_foreign_root_before_sending_a_task(tmp_path, capsys) 
     assert snapshot(tmp_path / "out") == before
 
 
-def test_an_outputs_root_may_hold_gitkeep_checkpoints_and_a_nested_report(a_run, tmp_path) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_an_outputs_root_may_hold_gitkeep_checkpoints_and_a_nested_report(tiny_run, tmp_path) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     foreign(root, ".gitkeep", ".ipynb_checkpoints/report-checkpoint.ipynb")
     nested = root / "seed"  # `benchlib report --example seed --out outputs/seed` inside outputs/
     foreign(nested, "report.html")
@@ -206,8 +189,8 @@ def test_an_outputs_root_may_hold_gitkeep_checkpoints_and_a_nested_report(a_run,
     check_outputs_root(root)
 
 
-def test_the_report_replaces_only_its_own_files(a_run, tmp_path) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_the_report_replaces_only_its_own_files(tiny_run, tmp_path) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     foreign(root, *REPORT_FILES)
     with pytest.raises(InputError, match="report files benchlib did not write"):
         check_report_files(root)
@@ -224,8 +207,8 @@ def test_the_report_replaces_only_its_own_files(a_run, tmp_path) -> None:
         check_outputs_root(root)
 
 
-def test_a_report_from_before_the_mark_is_known_by_its_notebook(a_run, tmp_path) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_a_report_from_before_the_mark_is_known_by_its_notebook(tiny_run, tmp_path) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     foreign(root, REPORT_PAGE, KERNEL_LOG, "figures/a.png")
     notebook = {"cells": [], "metadata": {"papermill": {"parameters": {"outputs_dir": str(root),
                                                                       "figures_dir": str(root / "figures")}}}}
@@ -236,8 +219,8 @@ def test_a_report_from_before_the_mark_is_known_by_its_notebook(a_run, tmp_path)
         check_outputs_root(root)
 
 
-def test_a_run_folder_is_not_an_outputs_root(a_run, tmp_path, capsys) -> None:
-    root = copy_root(a_run, tmp_path)
+def test_a_run_folder_is_not_an_outputs_root(tiny_run, tmp_path, capsys) -> None:
+    root = tiny_run.copy_to(tmp_path).root
     (run_dir,) = (root / "test-cpu").iterdir()
     before = snapshot(run_dir)
     code, text = run_cli(capsys, "report", "--out", str(run_dir))

@@ -144,14 +144,14 @@ def test_knees_and_recommendation_files(bench_run) -> None:
         assert rec["instances_needed"] >= 1
 
 
-def test_price_override_prices_every_point(tmp_path: Path) -> None:
-    params = parse_params(tiny_params(batch_sizes=[1], price_usd_per_hour=0.36))
-    result = run_sweep(params, tmp_path, progress=None)
-    row = result.summary.iloc[0]
-    assert row["usd_per_hour"] == 0.36
-    assert row["usd_per_million"] == pytest.approx(0.36 / (row["throughput_per_s"] * 3600) * 1e6)
-    env = json.loads((tmp_path / "env.json").read_text())
-    assert env["price"] == {"usd_per_hour": 0.36, "source": "price_usd_per_hour in the params file"}
+def test_price_override_prices_every_point(tiny_run) -> None:
+    assert tiny_run.params.price_usd_per_hour == 0.5  # not test-cpu's price: there is none
+    summary = read_summary(tiny_run.folder)
+    assert (summary["usd_per_hour"] == 0.5).all()
+    assert summary["usd_per_million"].tolist() == pytest.approx(
+        (0.5 / (summary["throughput_per_s"] * 3600) * 1e6).tolist())
+    env = json.loads((tiny_run.folder / "env.json").read_text())
+    assert env["price"] == {"usd_per_hour": 0.5, "source": "price_usd_per_hour in the params file"}
 
 
 def test_recommend_command_across_runs(tmp_path: Path, capsys) -> None:
