@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -187,3 +188,38 @@ class TinyRun:
         params_path = Path(shutil.copy2(self.params_path, dest / self.params_path.name))
         return TinyRun(root, root / self.folder.relative_to(self.root), params_path)
 
+
+# --- params properties ------------------------------------------------------------------------------
+
+
+def assert_round_trips(params: Any) -> None:
+    """Accepted params are what a run writes and reads back: parse_params(params_to_dict(p)) == p, and the
+    same through a YAML dump (params.yaml, env.json)."""
+    import yaml
+
+    from benchlib.params import params_to_dict, parse_params
+
+    data = params_to_dict(params)
+    assert parse_params(data) == params, data
+    dumped = yaml.safe_dump(data, sort_keys=False)
+    assert parse_params(yaml.safe_load(dumped)) == params, dumped
+
+
+def assert_names_a_key(error: Exception, data: Any, source: str = "params") -> None:
+    """Every line of a refusal names a key: it says where (`params: models.0.name: ...`, a params key first),
+    or, at the top level, which key: the unknown key the data gave, or a params key by name (`give either
+    rates_per_s or rate_search`, `the file must be a mapping of keys (instance, models, ...)`)."""
+    from benchlib.params import Params
+
+    fields = list(Params.model_fields)
+    given = list(data) if isinstance(data, dict) else []
+    lines = str(error).splitlines()
+    assert lines, f"{type(error).__name__} without a message"
+    for line in lines:
+        assert line.startswith(f"{source}: "), line
+        if any(line.startswith(f"{source}: {field}{end}") for field in fields for end in (".", ":")):
+            continue  # located at a params key
+        if line.startswith(f"{source}: (top level): unknown key "):
+            assert any(line.startswith(f"{source}: (top level): unknown key {key!r}") for key in given), line
+            continue
+        assert any(re.search(rf"\b{re.escape(field)}\b", line) for field in fields), f"names no key: {line}"

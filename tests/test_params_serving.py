@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from benchlib.cli import main
 from benchlib.params import Params, ParamsError, RateSearch, load_params, params_from_namespace, params_to_dict, parse_params
 from benchlib.params_base import MAX_MERGED_REQUESTS, MAX_PROBES, MAX_QUEUE_DELAY_MS, MAX_RATE_PER_S
-from tests.helpers import tiny_params
+from tests.helpers import assert_names_a_key, assert_round_trips, tiny_params
 
 
 def enough_requests(**overrides: Any) -> dict[str, Any]:
@@ -601,8 +601,7 @@ def test_valid_open_loop_params_round_trip_and_size_their_grid(load: dict) -> No
              else 1 if isinstance(given_rates, float) else len(given_rates))
     assert params.open_loop and params.max_batch_size == tuple(merged)
     assert params.grid_size == len(load["batch_sizes"]) * len(load["threads"]) * len(merged) * count
-    assert parse_params(params_to_dict(params)) == params
-    assert parse_params(yaml.safe_load(yaml.safe_dump(params_to_dict(params)))) == params
+    assert_round_trips(params)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -618,8 +617,10 @@ def test_any_value_of_a_new_key_is_params_or_a_params_error(key: str, value: Any
     except ParamsError as exc:
         assert key in str(exc) or "needs the offered load" in str(exc) or "not both" in str(exc) \
             or "only for open-loop load" in str(exc)
+        assert_names_a_key(exc, {**open_loop(), key: value}, source="p.yaml")
     else:
-        assert isinstance(params, Params) and params.grid_size >= 1
+        assert params.grid_size >= 1
+        assert_round_trips(params)
 
 
 def test_the_readme_lists_every_new_key() -> None:
