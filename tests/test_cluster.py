@@ -16,6 +16,10 @@ import yaml
 from benchlib.results import read_records, read_summary
 from tests.helpers import run_cli, tiny_params
 
+# Real processes: a scheduler, workers and an S3 server, and notebooks run on them (seconds to tens of seconds
+# each; an unreachable scheduler alone waits for its timeout): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 

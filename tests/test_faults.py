@@ -43,6 +43,7 @@ def wait_for_points(summary: Path, count: int, process: subprocess.Popen, timeou
     pytest.fail("the sweep did not reach the point to interrupt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicates(tmp_path: Path, sig) -> None:
     params_path = tmp_path / "p.yaml"
@@ -130,6 +131,7 @@ def test_one_writer_per_run_folder(tmp_path: Path) -> None:
     RunWriter(tmp_path).close()  # free again once the first closed
 
 
+@pytest.mark.slow
 def test_concurrent_runs_into_one_outputs_folder_do_not_clobber(tmp_path: Path) -> None:
     paths = []
     for name in ("a", "b"):
@@ -207,6 +209,7 @@ def kernel_pids(ancestor: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_dead_kernel_fails_its_run_keeps_its_points_and_resumes(tmp_path: Path) -> None:
     params_path = tmp_path / "slow.yaml"
     params_path.write_text(yaml.safe_dump(SLOW))

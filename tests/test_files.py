@@ -62,6 +62,7 @@ def test_a_writer_refused_at_the_door_leaves_the_parts_alone(tiny_run, tmp_path:
     pd.testing.assert_frame_equal(read_records(run), records)
 
 
+@pytest.mark.slow
 def test_the_sweeps_summary_is_the_summary_of_its_records(tmp_path: Path) -> None:
     """Each point's row is derived from its own records: together they are what the whole run's records give."""
     params = parse_params(tiny_params(precisions=["fp32", "bf16"], runtimes=["eager", "trace"], batch_sizes=[1, 2],

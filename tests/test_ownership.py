@@ -85,6 +85,7 @@ def test_bench_refuses_a_folder_of_unrelated_files_and_folders(tmp_path, capsys)
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_bench_takes_a_new_an_empty_and_a_gitkeep_only_folder(tmp_path, capsys) -> None:
     params = synthetic_params(tmp_path)
     (tmp_path / "empty").mkdir()

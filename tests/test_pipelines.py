@@ -84,6 +84,7 @@ def pipeline_run(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(out / "records.parquet"), summary
 
 
+@pytest.mark.slow
 def test_a_pipeline_sweep_records_stages_that_sum_to_the_latency(pipeline_run) -> None:
     records, _ = pipeline_run
     staged = records[records["model"] != "resnet-forward"]
@@ -97,6 +98,7 @@ def test_a_pipeline_sweep_records_stages_that_sum_to_the_latency(pipeline_run) -
     assert staged["note"].str.contains("pipeline: ").all()
 
 
+@pytest.mark.slow
 def test_without_pipeline_the_stage_columns_are_empty(pipeline_run) -> None:
     records, summary = pipeline_run
     plain = records[records["model"] == "resnet-forward"]
@@ -107,6 +109,7 @@ def test_without_pipeline_the_stage_columns_are_empty(pipeline_run) -> None:
     assert (row["status"] == STATUS_OK).all()
 
 
+@pytest.mark.slow
 def test_the_summary_holds_each_stage_p50_and_p95(pipeline_run) -> None:
     _, summary = pipeline_run
     staged = summary[summary["model"] != "resnet-forward"]

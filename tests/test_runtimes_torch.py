@@ -138,6 +138,7 @@ def _trace_gate(out: Path) -> str:
     return accuracy.loc[accuracy["runtime"] == "trace", "gate"].item()
 
 
+@pytest.mark.slow
 def test_a_trace_that_bakes_the_mask_in_fails_the_gate_and_a_padded_example_prevents_it(tmp_path, monkeypatch) -> None:
     """A model that skips an all-ones mask even while traced (transformers before its `is_tracing`
     checks, or any model's own shortcut), simulated by hiding the tracer from transformers' mask code."""
