@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchlib.cli import main
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "fast"])

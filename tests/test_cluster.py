@@ -1,8 +1,6 @@
 """Scale-out for real: a Dask scheduler and workers on 127.0.0.1, and an S3 server on 127.0.0.1."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import socket
 import subprocess
@@ -15,9 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchlib.cli import main
 from benchlib.results import read_records, read_summary
-from tests.conftest import tiny_params
+from tests.helpers import run_cli, tiny_params
+
+# Real processes: a scheduler, workers and an S3 server, and notebooks run on them (seconds to tens of seconds
+# each; an unreachable scheduler alone waits for its timeout): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 
@@ -26,13 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue() + err.getvalue()
 
 
 class Cluster:
@@ -83,19 +77,20 @@ def cluster(tmp_path: Path):
         cluster.stop()
 
 
-def write_params(tmp: Path, instance: str, **overrides) -> Path:
+def instance_params(tmp: Path, instance: str, **overrides) -> Path:
     path = tmp / f"{instance}.yaml"
     path.write_text(yaml.safe_dump(tiny_params(instance=instance, **{"batch_sizes": [1, 2], **overrides})))
     return path
 
 
-def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path) -> None:
+def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path,
+                                                                             capsys) -> None:
     cluster.add_worker("worker-a", "tiny-a")
     cluster.add_worker("worker-b", "tiny-b")
     addresses = cluster.wait_for_workers(2)
-    paths = [write_params(tmp_path, "tiny-a"), write_params(tmp_path, "tiny-b"), write_params(tmp_path, "tiny-c")]
+    paths = [instance_params(tmp_path, "tiny-a"), instance_params(tmp_path, "tiny-b"), instance_params(tmp_path, "tiny-c")]
     out = tmp_path / "outputs"
-    code, log = run_cli("run", *map(str, paths), "--out", str(out), "--cluster", cluster.address)
+    code, log = run_cli(capsys, "run", *map(str, paths), "--out", str(out), "--cluster", cluster.address)
     assert code == 1, log  # tiny-c has no worker: reported at once, not left waiting
     assert "no worker advertises the resource 'tiny-c'" in log and "2 of 3 params files ran" in log
     assert "tiny-a: 1 done, 0 running, 0 waiting, 0 failed" in log
@@ -104,21 +99,21 @@ def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cl
         env = json.loads((run_dir / "env.json").read_text())
         assert env["dask_worker"] == addresses[worker]
         assert len(read_summary(run_dir)) == 2 and (run_dir / "benchmark.html").exists()
-    code, log = run_cli("report", "--out", str(out), "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(capsys, "report", "--out", str(out), "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     html = (out / "report.html").read_text()
     assert "tiny-a" in html and "tiny-b" in html
 
 
-def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path) -> None:
+def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path, capsys) -> None:
     cluster.add_worker("k1", "tiny-k")
     cluster.add_worker("k2", "tiny-k")
     addresses = cluster.wait_for_workers(2)
-    path = write_params(tmp_path, "tiny-k", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
+    path = instance_params(tmp_path, "tiny-k", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
     out = tmp_path / "outputs"
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "log"), run_cli(
-        "run", str(path), "--out", str(out), "--cluster", cluster.address))))
+        capsys, "run", str(path), "--out", str(out), "--cluster", cluster.address))))
     runner.start()
     victim = None
     with cluster.client() as client:
@@ -140,13 +135,13 @@ def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path)
     assert read_records(run_dir)["point"].nunique() == 8
 
 
-def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path) -> None:
+def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path, capsys) -> None:
     cluster.add_worker("only", "tiny-o")
     cluster.wait_for_workers(1)
-    path = write_params(tmp_path, "tiny-o", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
+    path = instance_params(tmp_path, "tiny-o", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "log"), run_cli(
-        "run", str(path), "--out", str(tmp_path / "out"), "--cluster", cluster.address, "--worker-wait-s", "5"))))
+        capsys, "run", str(path), "--out", str(tmp_path / "out"), "--cluster", cluster.address, "--worker-wait-s", "5"))))
     runner.start()
     with cluster.client() as client:
         deadline = time.monotonic() + 120
@@ -159,8 +154,8 @@ def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path) -> None
     assert not (tmp_path / "out" / "tiny-o").exists()  # nothing partial merged
 
 
-def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path) -> None:
-    code, log = run_cli("run", str(write_params(tmp_path, "tiny-a")), "--out", str(tmp_path / "o"),
+def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path, capsys) -> None:
+    code, log = run_cli(capsys, "run", str(instance_params(tmp_path, "tiny-a")), "--out", str(tmp_path / "o"),
                         "--cluster", f"tcp://127.0.0.1:{free_port()}")
     assert code == 2 and "cannot reach the Dask scheduler" in log
 
@@ -192,15 +187,15 @@ def s3(monkeypatch):
         server.stop()
 
 
-def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) -> None:
+def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path, capsys) -> None:
     url = "s3://bench/study"
-    code, log = run_cli("run", str(write_params(tmp_path, "tiny-s")), "--out", url)
+    code, log = run_cli(capsys, "run", str(instance_params(tmp_path, "tiny-s")), "--out", url)
     assert code == 0, log
     assert "-> s3://bench/study/tiny-s/" in log
     (run_dir,) = s3.ls("bench/study/tiny-s")
     names = {Path(p).name for p in s3.ls(run_dir)}
     assert {"summary.csv", "records.parquet", "benchmark.ipynb", "benchmark.html", "env.json"} <= names
-    code, log = run_cli("report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(capsys, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     assert "report: s3://bench/study/report.html" in log
     html = s3.cat_file("bench/study/report.html").decode()
@@ -209,17 +204,17 @@ def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) 
         "cost_vs_batch.png", "efficiency_vs_batch.png", "energy_vs_batch.png", "throughput_latency_vs_batch.png",
         "throughput_vs_latency.png"]
     # A second report replaces its own files up there (the mark's hashes came back down and up again).
-    code, log = run_cli("report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(capsys, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     assert set(json.loads(s3.cat_file("bench/study/.benchlib.json"))["files"]) >= {"report.html", "report.ipynb"}
 
 
-def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path) -> None:
+def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path, capsys) -> None:
     s3.pipe_file("bench/mine/report.html", b"the user's page")
     s3.pipe_file("bench/mine/tiny-s/notes.txt", b"the user's notes")
-    for argv in (["run", str(write_params(tmp_path, "tiny-s")), "--out", "s3://bench/mine"],
+    for argv in (["run", str(instance_params(tmp_path, "tiny-s")), "--out", "s3://bench/mine"],
                  ["report", "--out", "s3://bench/mine"]):
-        code, log = run_cli(*argv)
+        code, log = run_cli(capsys, *argv)
         assert code == 2 and "s3://bench/mine is not a benchlib outputs folder" in log, log
         assert "report.html (not written by benchlib" in log and "tiny-s/notes.txt" in log
     assert s3.cat_file("bench/mine/report.html") == b"the user's page"

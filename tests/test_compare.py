@@ -2,9 +2,6 @@
 and the report's list of every run with the compare commands for the older ones."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -29,18 +26,17 @@ from benchlib.derive.compare import (
 )
 from benchlib.errors import InputError
 from benchlib.present.report import COMPARED, compare_note, load_runs, runs_table
-from tests.conftest import tiny_params
+from tests.helpers import run_cli, summary_row, tiny_params, write_run
 
 NAN = math.nan
 
 
-def point(batch: int = 1, thr: tuple[float, float, float] = (100, 99, 101),
-          p95: tuple[float, float, float] = (10, 9.9, 10.1), status: str = "ok", **keys: Any) -> dict[str, Any]:
+def compared(batch: int = 1, thr: tuple[float, float, float] = (100, 99, 101),
+             p95: tuple[float, float, float] = (10, 9.9, 10.1), status: str = "ok", **keys: Any) -> dict[str, Any]:
     """One summary row: throughput and P95 as (estimate, CI low, CI high)."""
-    return {"instance": "x", "model": "m", "precision": "fp32", "runtime": "eager", "batch_size": batch,
-            "threads": 1, "status": status, "throughput_per_s": thr[0], "throughput_ci_low_per_s": thr[1],
-            "throughput_ci_high_per_s": thr[2], "latency_p95_ms": p95[0], "latency_p95_ci_low_ms": p95[1],
-            "latency_p95_ci_high_ms": p95[2], **keys}
+    return summary_row(batch_size=batch, status=status, throughput_per_s=thr[0], throughput_ci_low_per_s=thr[1],
+                       throughput_ci_high_per_s=thr[2], latency_p95_ms=p95[0], latency_p95_ci_low_ms=p95[1],
+                       latency_p95_ci_high_ms=p95[2], **keys)
 
 
 def frame(*rows: dict[str, Any]) -> pd.DataFrame:
@@ -83,16 +79,16 @@ def test_no_change_without_an_estimate() -> None:
 # --- verdicts ------------------------------------------------------------------------
 
 def test_each_verdict() -> None:
-    a = frame(*(point(batch) for batch in range(1, 9)))
+    a = frame(*(compared(batch) for batch in range(1, 9)))
     b = frame(
-        point(1, thr=(80, 79, 81)),                          # throughput -20 %: slower
-        point(2, p95=(20, 19.8, 20.2)),                      # P95 +100 %: slower
-        point(3, thr=(120, 119, 121)),                       # throughput +20 %: faster
-        point(4, p95=(5, 4.95, 5.05)),                       # P95 -50 %: faster
-        point(5, thr=(120, 119, 121), p95=(20, 19.8, 20.2)),  # more throughput, more latency: mixed
-        point(6),                                            # the same: no change
-        point(7, thr=(97, 96.5, 97.5)),                      # -3 %, certain, within the 5 % threshold
-        point(8, thr=(50, 10, 250)),                         # -50 % but the interval is huge
+        compared(1, thr=(80, 79, 81)),                          # throughput -20 %: slower
+        compared(2, p95=(20, 19.8, 20.2)),                      # P95 +100 %: slower
+        compared(3, thr=(120, 119, 121)),                       # throughput +20 %: faster
+        compared(4, p95=(5, 4.95, 5.05)),                       # P95 -50 %: faster
+        compared(5, thr=(120, 119, 121), p95=(20, 19.8, 20.2)),  # more throughput, more latency: mixed
+        compared(6),                                            # the same: no change
+        compared(7, thr=(97, 96.5, 97.5)),                      # -3 %, certain, within the 5 % threshold
+        compared(8, thr=(50, 10, 250)),                         # -50 % but the interval is huge
     )
     table = compare_runs(a, b, 5, "p95")
     assert table["batch_size"].tolist() == list(range(1, 9))
@@ -106,25 +102,25 @@ def test_each_verdict() -> None:
 
 
 def test_the_threshold_is_on_the_interval_not_the_estimate() -> None:
-    a = frame(point())
+    a = frame(compared())
     # -8 % with an interval reaching to about -3 %: not wholly below -5 %.
-    b = frame(point(thr=(92, 88, 96)))
+    b = frame(compared(thr=(92, 88, 96)))
     row = compare_runs(a, b, 5, "p95").iloc[0]
     assert row["throughput_change_pct"] == pytest.approx(-8)
     assert row["throughput_change_ci_high_pct"] > -5 and row["verdict"] == NO_CHANGE
 
 
 def test_faster_only_passes() -> None:
-    table = compare_runs(frame(point()), frame(point(thr=(150, 149, 151))), 5, "p95")
+    table = compare_runs(frame(compared()), frame(compared(thr=(150, 149, 151))), 5, "p95")
     assert table["verdict"].tolist() == [FASTER] and not failed(table)
     assert tally(table) == "0 slower, 0 mixed, 1 faster, 0 no change"
 
 
 def test_without_an_interval_there_is_no_verdict_but_no_change_no_interval() -> None:
-    a = frame(point(1), point(2), point(3))
-    b = frame(point(1, thr=(50, NAN, NAN)),                          # -50 %, but B has no interval
-              point(2, thr=(50, NAN, NAN), p95=(20, 19.8, 20.2)),    # the latency still tells: slower
-              point(3, p95=(10, NAN, NAN)))                          # unchanged throughput, no P95 interval
+    a = frame(compared(1), compared(2), compared(3))
+    b = frame(compared(1, thr=(50, NAN, NAN)),                          # -50 %, but B has no interval
+              compared(2, thr=(50, NAN, NAN), p95=(20, 19.8, 20.2)),    # the latency still tells: slower
+              compared(3, p95=(10, NAN, NAN)))                          # unchanged throughput, no P95 interval
     table = compare_runs(a, b, 5, "p95")
     assert table["verdict"].tolist() == [NO_INTERVAL, SLOWER, NO_INTERVAL]
     assert table["note"].tolist() == ["no throughput interval in B", "no throughput interval in B",
@@ -135,8 +131,8 @@ def test_without_an_interval_there_is_no_verdict_but_no_change_no_interval() -> 
 
 def test_older_runs_have_no_p50_interval() -> None:
     # Runs from before p50/p90 intervals: their summaries have latency_p50_ms but no CI columns.
-    a = frame(point(latency_p50_ms=5.0))
-    b = frame(point(thr=(100, 99, 101), latency_p50_ms=50.0))
+    a = frame(compared(latency_p50_ms=5.0))
+    b = frame(compared(thr=(100, 99, 101), latency_p50_ms=50.0))
     table = compare_runs(a, b, 5, "p50")
     assert table["verdict"].tolist() == [NO_INTERVAL]
     assert table.loc[0, "latency_change_pct"] == pytest.approx(900)
@@ -147,17 +143,17 @@ def test_older_runs_have_no_p50_interval() -> None:
 def test_an_unknown_percentile_or_a_bad_threshold_is_refused() -> None:
     for threshold in (-1, math.inf, math.nan, True):
         with pytest.raises(InputError, match="threshold"):
-            compare_runs(frame(point()), frame(point()), threshold, "p95")
+            compare_runs(frame(compared()), frame(compared()), threshold, "p95")
     with pytest.raises(InputError, match="p42.*p50, p90, p95, p99"):
-        compare_runs(frame(point()), frame(point()), 5, "p42")
+        compare_runs(frame(compared()), frame(compared()), 5, "p42")
 
 
 # --- matching ------------------------------------------------------------------------
 
 def test_points_match_on_the_grid_keys_among_those_that_ran_in_both() -> None:
-    a = frame(point(1), point(2), point(4, status="oom"), point(1, precision="fp16"), point(1, threads=2))
-    b = frame(point(2, thr=(80, 79, 81)), point(1), point(4), point(8), point(1, runtime="trace"),
-              point(1, threads=2, thr=(150, 149, 151)))
+    a = frame(compared(1), compared(2), compared(4, status="oom"), compared(1, precision="fp16"), compared(1, threads=2))
+    b = frame(compared(2, thr=(80, 79, 81)), compared(1), compared(4), compared(8), compared(1, runtime="trace"),
+              compared(1, threads=2, thr=(150, 149, 151)))
     table = compare_runs(a, b, 5, "p95")
     assert table[["batch_size", "precision", "threads", "verdict"]].values.tolist() == [
         [1, "fp32", 1, NO_CHANGE], [2, "fp32", 1, SLOWER], [1, "fp32", 2, FASTER]]  # A's order
@@ -167,29 +163,29 @@ def test_points_match_on_the_grid_keys_among_those_that_ran_in_both() -> None:
 
 def test_a_new_grid_key_joins_the_matching_by_itself(monkeypatch) -> None:
     monkeypatch.setattr(cmp, "GRID_KEYS", [*cmp.GRID_KEYS, "seq_len"])
-    a = frame(point(seq_len=16), point(seq_len=128))
-    b = frame(point(seq_len=128, thr=(50, 49, 51)), point(seq_len=16))
+    a = frame(compared(seq_len=16), compared(seq_len=128))
+    b = frame(compared(seq_len=128, thr=(50, 49, 51)), compared(seq_len=16))
     table = compare_runs(a, b, 5, "p95")
     assert table[["seq_len", "verdict"]].values.tolist() == [[16, NO_CHANGE], [128, SLOWER]]
 
 
 def test_a_run_from_before_runtimes_pairs_with_eager() -> None:
-    a = frame(point(runtime=NAN)).astype({"runtime": object})
-    b = frame(point(runtime="eager", thr=(50, 49, 51)), point(runtime="trace"))
+    a = frame(compared(runtime=NAN)).astype({"runtime": object})
+    b = frame(compared(runtime="eager", thr=(50, 49, 51)), compared(runtime="trace"))
     assert compare_runs(a, b, 5, "p95")[["runtime", "verdict"]].values.tolist() == [["eager", SLOWER]]
 
 
 def test_no_common_points_says_why() -> None:
     with pytest.raises(InputError, match=r"no configuration .* ran in both runs \(A's models \['m'\], B's \['n'\]\)"
                                          r".*same `label`"):
-        compare_runs(frame(point()), frame(point(model="n")), 5, "p95")
+        compare_runs(frame(compared()), frame(compared(model="n")), 5, "p95")
     with pytest.raises(InputError, match="no point ran .* in B"):
-        compare_runs(frame(point()), frame(point(status="oom")), 5, "p95")
+        compare_runs(frame(compared()), frame(compared(status="oom")), 5, "p95")
 
 
 def test_a_summary_with_a_configuration_twice_is_refused() -> None:
     with pytest.raises(InputError, match="twice"):
-        compare_runs(frame(point(), point()), frame(point()), 5, "p95")
+        compare_runs(frame(compared(), compared()), frame(compared()), 5, "p95")
 
 
 # --- environments --------------------------------------------------------------------
@@ -208,48 +204,33 @@ def test_environment_differences_name_each_field_with_both_values() -> None:
 
 # --- the command line, on fabricated run folders ----------------------------------------
 
-def write_run(folder: Path, rows: list[dict[str, Any]], env: dict[str, Any] | None = None) -> Path:
-    folder.mkdir(parents=True)
-    frame(*rows).to_csv(folder / "summary.csv", index=False)
-    if env is not None:
-        (folder / "env.json").write_text(json.dumps(env))
-    return folder
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["compare", *argv])
-    return code, out.getvalue()
-
-
 ENV = {"device_name": "cpu", "torch": "2.13.0", "cuda_build": None, "params": {"duration_s": 3.0}}
 
 
 @pytest.fixture
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
-    a = write_run(tmp_path / "x" / "20260101T000000Z-aaaaaa", [point(1), point(2), point(4)], ENV)
+    a = write_run(tmp_path / "x" / "20260101T000000Z-aaaaaa", [compared(1), compared(2), compared(4)], ENV)
     b = write_run(tmp_path / "x" / "20260102T000000Z-bbbbbb",
-                  [point(1), point(2, thr=(80, 79, 81)), point(4, thr=(130, 129, 131))],
+                  [compared(1), compared(2, thr=(80, 79, 81)), compared(4, thr=(130, 129, 131))],
                   {**ENV, "torch": "2.14.1", "params": {"duration_s": 10.0}})
     return a, b
 
 
-def test_cli_prints_each_point_the_tally_and_exits_1_when_slower(two_runs) -> None:
+def test_cli_prints_each_point_the_tally_and_exits_1_when_slower(two_runs, capsys) -> None:
     a, b = two_runs
-    code, text = cli(str(a), str(b))
+    code, text = run_cli(capsys, "compare", a, b)
     assert code == 1
     assert "environment differs (A vs B): torch 2.13.0 vs 2.14.1; params.duration_s 3 vs 10" in text
     assert "thr 95% CI" in text and "P95 95% CI" in text and "slower" in text and "faster" in text
     assert text.rstrip().endswith("1 slower, 0 mixed, 1 faster, 1 no change")
-    code, text = cli(str(b), str(a), "--threshold-pct", "50")  # -20 % and +30 % are within 50 %
+    code, text = run_cli(capsys, "compare", b, a, "--threshold-pct", "50")  # -20 % and +30 % are within 50 %
     assert code == 0 and text.rstrip().endswith("0 slower, 0 mixed, 0 faster, 3 no change")
 
 
-def test_cli_notes_missing_intervals_and_unmatched_points(tmp_path: Path) -> None:
-    a = write_run(tmp_path / "a", [point(1), point(2)], ENV)
-    b = write_run(tmp_path / "b", [point(1, thr=(100, NAN, NAN)), point(8)], ENV)
-    code, text = cli(str(a), str(b))
+def test_cli_notes_missing_intervals_and_unmatched_points(tmp_path: Path, capsys) -> None:
+    a = write_run(tmp_path / "a", [compared(1), compared(2)], ENV)
+    b = write_run(tmp_path / "b", [compared(1, thr=(100, NAN, NAN)), compared(8)], ENV)
+    code, text = run_cli(capsys, "compare", a, b)
     assert code == 0
     assert "environment: the same device, torch, CUDA build and params (but the grid)" in text
     assert "no throughput interval in B (row 1)" in text
@@ -257,10 +238,10 @@ def test_cli_notes_missing_intervals_and_unmatched_points(tmp_path: Path) -> Non
     assert "no change (1 of them without an interval to judge by)" in text
 
 
-def test_cli_says_when_an_environment_is_unknown(tmp_path: Path) -> None:
-    a = write_run(tmp_path / "a", [point()])
-    b = write_run(tmp_path / "b", [point()], ENV)
-    assert f"environment unknown: no env.json in {a}" in cli(str(a), str(b))[1]
+def test_cli_says_when_an_environment_is_unknown(tmp_path: Path, capsys) -> None:
+    a = write_run(tmp_path / "a", [compared()])
+    b = write_run(tmp_path / "b", [compared()], ENV)
+    assert f"environment unknown: no env.json in {a}" in run_cli(capsys, "compare", a, b)[1]
 
 
 def test_cli_bad_folders_exit_2_naming_the_folder_and_the_fix(tmp_path: Path, two_runs, capsys) -> None:
@@ -269,9 +250,9 @@ def test_cli_bad_folders_exit_2_naming_the_folder_and_the_fix(tmp_path: Path, tw
     a_file.write_text("hello")
     empty = tmp_path / "empty"
     empty.mkdir()
-    corrupt = write_run(tmp_path / "corrupt", [point()])
+    corrupt = write_run(tmp_path / "corrupt", [compared()])
     (corrupt / "summary.csv").write_bytes(b"instance,model,precision,batch_size,thr")
-    other = write_run(tmp_path / "other", [point(model="n")], ENV)
+    other = write_run(tmp_path / "other", [compared(model="n")], ENV)
     cases = [
         (tmp_path / "missing", "no such folder; give a run folder written by `benchlib bench --out DIR`"),
         (a_file, "a file, not a run folder"),
@@ -281,12 +262,12 @@ def test_cli_bad_folders_exit_2_naming_the_folder_and_the_fix(tmp_path: Path, tw
         (corrupt, "cannot use this run folder: summary.csv lacks"),
     ]
     for folder, message in cases:
-        assert cli(str(a), str(folder))[0] == 2
-        err = capsys.readouterr().err
+        code, err = run_cli(capsys, "compare", a, folder)
+        assert code == 2
         assert err.startswith(f"error: {folder}: ") and message in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
-    assert cli(str(a), str(other))[0] == 2
-    err = capsys.readouterr().err
+    code, err = run_cli(capsys, "compare", a, other)
+    assert code == 2
     assert err.startswith(f"error: {a} vs {other}: no configuration") and "same `label`" in err
 
 
@@ -302,17 +283,17 @@ def test_cli_options_are_checked_like_params(two_runs, argv, message, capsys) ->
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_cli_threshold_zero_is_allowed(two_runs) -> None:
+def test_cli_threshold_zero_is_allowed(two_runs, capsys) -> None:
     a, b = two_runs
-    assert cli(str(a), str(a), "--threshold-pct", "0")[0] == 0
+    assert run_cli(capsys, "compare", a, a, "--threshold-pct", "0")[0] == 0
 
 
 # --- the report lists every run ------------------------------------------------------
 
 def test_report_lists_every_run_and_points_to_compare(tmp_path: Path, two_runs) -> None:
     a, b = two_runs
-    y = write_run(tmp_path / "y" / "20260101T000000Z-aaaaaa", [point(16, instance="y")], ENV)
-    broken = write_run(tmp_path / "y" / "20251231T000000Z-broken", [point(instance="z")], ENV)
+    y = write_run(tmp_path / "y" / "20260101T000000Z-aaaaaa", [compared(16, instance="y")], ENV)
+    broken = write_run(tmp_path / "y" / "20251231T000000Z-broken", [compared(instance="z")], ENV)
     with pytest.warns(UserWarning, match="skipping run folder"):
         runs = load_runs(tmp_path)
     assert runs.runs[["Instance", "Run", "Compared"]].values.tolist() == [
@@ -329,7 +310,7 @@ def test_report_lists_every_run_and_points_to_compare(tmp_path: Path, two_runs) 
 
 
 def test_one_run_per_instance_needs_no_compare(tmp_path: Path) -> None:
-    write_run(tmp_path / "x" / "r1", [point()], ENV)
+    write_run(tmp_path / "x" / "r1", [compared()], ENV)
     runs = load_runs(tmp_path)
     assert runs.runs["Compared"].tolist() == [COMPARED] and len(runs_table(runs)) == 1
     assert compare_note(runs) == "One run per instance: every run found is compared."
@@ -357,12 +338,12 @@ def real_runs(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_real_runs_slower_exits_1_and_faster_exits_0(real_runs) -> None:
+def test_real_runs_slower_exits_1_and_faster_exits_0(real_runs, capsys) -> None:
     a, b = real_runs
-    code, text = cli(str(a), str(b))
+    code, text = run_cli(capsys, "compare", a, b)
     assert code == 1, text
     assert "1 slower, 0 mixed, 0 faster, 0 no change" in text
-    code, text = cli(str(b), str(a))
+    code, text = run_cli(capsys, "compare", b, a)
     assert code == 0, text
     assert "0 slower, 0 mixed, 1 faster, 0 no change" in text
 

@@ -20,7 +20,7 @@ from benchlib.derive.cost import (
 )
 from benchlib.errors import InputError
 from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
-from tests.conftest import deny_reading
+from tests.helpers import deny_reading
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from benchlib.present.report import load_runs
 from benchlib.results import RunWriter, read_records, read_summary
 from benchlib.present.study import import_runs
 from benchlib.measure.sweep import run_sweep
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 points of about 0.25 s each: long enough to kill in the middle.
@@ -43,6 +43,7 @@ def wait_for_points(summary: Path, count: int, process: subprocess.Popen, timeou
     pytest.fail("the sweep did not reach the point to interrupt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicates(tmp_path: Path, sig) -> None:
     params_path = tmp_path / "p.yaml"
@@ -79,14 +80,15 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resumes_without_duplicate
                                   records[records["point"].isin(before.index)].reset_index(drop=True))
 
 
-def test_resume_refuses_other_params(tmp_path: Path) -> None:
-    run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None)
+def test_resume_refuses_other_params(tiny_run, tmp_path: Path) -> None:
+    run = tiny_run.copy_to(tmp_path)  # batch sizes 1 and 2
     with pytest.raises(InputError, match="other params"):
-        run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path, progress=None, resume=True)
+        run_sweep(parse_params(tiny_params(batch_sizes=[1])), run.folder, progress=None, resume=True)
     # and resuming a finished run measures nothing again, and keeps what env.json said of its models
-    summary = run_sweep(parse_params(tiny_params(batch_sizes=[1])), tmp_path, progress=None, resume=True).summary
-    assert len(summary) == 1 and read_records(tmp_path)["point"].nunique() == 1
-    env = json.loads((tmp_path / "env.json").read_text())
+    before = read_records(run.folder)
+    summary = run_sweep(run.params, run.folder, progress=None, resume=True).summary
+    assert len(summary) == 2 and read_records(run.folder)["end_s"].tolist() == before["end_s"].tolist()
+    env = json.loads((run.folder / "env.json").read_text())
     assert [(m["label"], m["model"]) for m in env["models"]] == [(TINY_BERT["name"], TINY_BERT["name"])]
 
 
@@ -129,6 +131,7 @@ def test_one_writer_per_run_folder(tmp_path: Path) -> None:
     RunWriter(tmp_path).close()  # free again once the first closed
 
 
+@pytest.mark.slow
 def test_concurrent_runs_into_one_outputs_folder_do_not_clobber(tmp_path: Path) -> None:
     paths = []
     for name in ("a", "b"):
@@ -206,6 +209,7 @@ def kernel_pids(ancestor: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_dead_kernel_fails_its_run_keeps_its_points_and_resumes(tmp_path: Path) -> None:
     params_path = tmp_path / "slow.yaml"
     params_path.write_text(yaml.safe_dump(SLOW))

@@ -15,7 +15,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.params import parse_params
 from benchlib.results import RunWriter, read_accuracy, read_env, read_records, read_summary
 from benchlib.derive.efficiency import Ceilings
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 
 def trial(point: int, trial: int, n: int = 3) -> pd.DataFrame:
@@ -47,10 +47,8 @@ def test_a_kill_between_joining_and_removing_the_parts_leaves_no_duplicate(tmp_p
     assert records.groupby(["point", "trial"]).size().to_dict() == {(0, 0): 3, (1, 0): 3, (2, 0): 3}
 
 
-def test_a_writer_refused_at_the_door_leaves_the_parts_alone(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    params = parse_params(tiny_params(models=[{"name": "synthetic:1"}], batch_sizes=[1, 2], duration_s=0.02))
-    run_sweep(params, run, progress=None)
+def test_a_writer_refused_at_the_door_leaves_the_parts_alone(tiny_run, tmp_path: Path) -> None:
+    run = tiny_run.copy_to(tmp_path).folder
     records = read_records(run)
     # As a kill leaves it: the joined file gone, the records in parts.
     table = run / "records.parquet"
@@ -64,6 +62,7 @@ def test_a_writer_refused_at_the_door_leaves_the_parts_alone(tmp_path: Path) -> 
     pd.testing.assert_frame_equal(read_records(run), records)
 
 
+@pytest.mark.slow
 def test_the_sweeps_summary_is_the_summary_of_its_records(tmp_path: Path) -> None:
     """Each point's row is derived from its own records: together they are what the whole run's records give."""
     params = parse_params(tiny_params(precisions=["fp32", "bf16"], runtimes=["eager", "trace"], batch_sizes=[1, 2],

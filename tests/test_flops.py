@@ -8,7 +8,7 @@ import torch
 from benchlib.measure.flops import COUNTED, FROM_PARAMS, count_flops, flops_per_inference
 from benchlib.measure.zoo import load_model
 from benchlib.model_spec import ModelSpec
-from tests.conftest import TINY_BERT
+from tests.helpers import TINY_BERT
 
 CPU = torch.device("cpu")
 

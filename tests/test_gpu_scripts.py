@@ -32,7 +32,7 @@ import yaml
 from benchlib.measure.runtimes import get_runtime
 from benchlib.measure.runtimes.cuda_graphs import _clone, _copy_into
 from benchlib.params import load_params
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, summary_row, tiny_params, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEPTANCE = REPO / "benchmarks" / "gpu_acceptance.sh"
@@ -279,20 +279,17 @@ def test_the_verdict_of_a_real_run_folder(bench_without_extras, tmp_path: Path) 
 
 def fake_run(runs: Path, name: str, rows: list[dict], gates: list[dict], rc: int = 0,
              telemetry: str | None = None) -> None:
-    folder = runs / name
-    folder.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
-    pd.DataFrame(gates).to_csv(folder / "accuracy.csv", index=False)
-    (folder / "env.json").write_text(json.dumps({"device_name": "NVIDIA H200", "torch": "2.11.0+cu130",
-                                                 "telemetry": {"energy_method": telemetry}}))
+    """A step's run folder as the acceptance script leaves it under `runs`, and the step's status file."""
+    write_run(runs / name, rows, env={"device_name": "NVIDIA H200", "torch": "2.11.0+cu130",
+                                      "telemetry": {"energy_method": telemetry}}, accuracy=gates)
     (runs / f"{name}.status").write_text(f"rc={rc} seconds=100 limit=300\n")
 
 
-def point(runtime: str, batch: int, threads: int, throughput: float, status: str = "ok", gate: str | None = None,
-          precision: str = "fp32") -> dict:
-    return {"model": "resnet50", "precision": precision, "runtime": runtime, "batch_size": batch,
-            "threads": threads, "throughput_per_s": throughput, "status": status, "notes": "",
-            "prepare_s": 0.5 if runtime != "eager" else 0.0, "accuracy_gate": gate}
+def runtime_point(runtime: str, batch: int, threads: int, throughput: float, status: str = "ok",
+                  gate: str | None = None, precision: str = "fp32") -> dict:
+    return summary_row(model="resnet50", precision=precision, runtime=runtime, batch_size=batch, threads=threads,
+                       throughput_per_s=throughput, status=status, prepare_s=0.5 if runtime != "eager" else 0.0,
+                       accuracy_gate=gate)
 
 
 def gate_row(batch: int, gate: str) -> dict:
@@ -302,12 +299,12 @@ def gate_row(batch: int, gate: str) -> dict:
 
 
 def test_the_verdict_compares_runtimes_and_threads_and_fails_on_a_failed_gate(tmp_path: Path) -> None:
-    rows = [point("eager", 1, 1, 100.0), point("eager", 1, 2, 180.0), point("eager", 8, 1, 400.0),
-            point("eager", 8, 2, 420.0), point("cuda-graphs", 1, 1, 300.0, gate="pass"),
-            point("cuda-graphs", 1, 2, 500.0, gate="pass"), point("cuda-graphs", 8, 1, 450.0, gate="fail"),
-            point("cuda-graphs", 8, 2, 0.0, status="oom")]
+    rows = [runtime_point("eager", 1, 1, 100.0), runtime_point("eager", 1, 2, 180.0), runtime_point("eager", 8, 1, 400.0),
+            runtime_point("eager", 8, 2, 420.0), runtime_point("cuda-graphs", 1, 1, 300.0, gate="pass"),
+            runtime_point("cuda-graphs", 1, 2, 500.0, gate="pass"), runtime_point("cuda-graphs", 8, 1, 450.0, gate="fail"),
+            runtime_point("cuda-graphs", 8, 2, 0.0, status="oom")]
     fake_run(tmp_path / "runs", "main", rows, [gate_row(1, "pass"), gate_row(8, "fail")])
-    fake_run(tmp_path / "runs", "compile", [point("compile", 8, 1, 500.0, gate="pass")], [], rc=124)
+    fake_run(tmp_path / "runs", "compile", [runtime_point("compile", 8, 1, 500.0, gate="pass")], [], rc=124)
     status, text = verdict(tmp_path / "runs", tmp_path / "dest")
     assert status == 1 and text.startswith("benchlib GPU acceptance: FAIL")
     assert "PROBLEM: main: gate FAILED: resnet50 fp32 cuda-graphs batch 8" in text
@@ -321,7 +318,7 @@ def test_the_verdict_compares_runtimes_and_threads_and_fails_on_a_failed_gate(tm
 
 
 def efficiency_point(pct: float, **extra) -> dict:
-    return {**point("eager", 32, 1, 2000.0), "flops_per_inference": 8.18e9, "peak_dtype": "float32",
+    return {**runtime_point("eager", 32, 1, 2000.0), "flops_per_inference": 8.18e9, "peak_dtype": "float32",
             "pct_of_measured_peak": pct, "pct_of_published_peak": pct / 2, "peak_memory_bytes": 2**31,
             "window_s": 6.0, "energy_j": 1800.0, "joules_per_inference": 1800.0 / 12000,
             "inferences_per_kwh": 3.6e6 / (1800.0 / 12000), "telemetry_note": "", **extra}
@@ -374,7 +371,7 @@ def serving_point(rate: float, merge: int, status: str = "ok", **figures) -> dic
     """A serving step's summary row: at LOW a point that kept up (142/s achieved), at HIGH an overloaded one."""
     low = rate == LOW
     achieved = 142.0 if low else 900.0 * merge
-    row = {**point("eager", 1, 2, achieved, status=status), "arrival": "poisson", "offered_rate_per_s": rate,
+    row = {**runtime_point("eager", 1, 2, achieved, status=status), "arrival": "poisson", "offered_rate_per_s": rate,
            "max_batch_size": merge, "achieved_rate_per_s": achieved,
            "latency_p50_ms": 3.0 if low else 1500.0, "latency_p99_ms": 6.0 if low else 3000.0,
            "mean_merged_batch": (1.3 if low else 7.9) if merge > 1 else 1.0, "queue_p99_ms": 1.0 if low else 2900.0,
@@ -396,7 +393,7 @@ def serving_rows(**changed: dict) -> list[dict]:
 
 
 def serving_runs(runs: Path, rows: list[dict], rc: int = 0) -> Path:
-    fake_run(runs, "main", [point("eager", 1, 1, 100.0), point("eager", 1, 2, 600.0)], [])
+    fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0), runtime_point("eager", 1, 2, 600.0)], [])
     fake_run(runs, "serving", rows, [], rc=rc)
     return runs
 
@@ -448,7 +445,7 @@ def test_the_verdict_fails_a_serving_step_that_misbehaves(tmp_path: Path, change
 
 
 def test_the_verdict_fails_a_serving_step_without_its_points_and_notes_one_not_run(tmp_path: Path) -> None:
-    closed = [point("eager", 1, 2, 300.0)]  # a closed-loop summary: no offered rate
+    closed = [runtime_point("eager", 1, 2, 300.0)]  # a closed-loop summary: no offered rate
     status, text = verdict(serving_runs(tmp_path / "runs", closed), tmp_path / "dest")
     assert status == 1 and "PROBLEM: serving: the summary has no open-loop points" in text, text
     status, text = verdict(serving_runs(tmp_path / "timed-out", serving_rows(high1=None, high8=None), rc=124),
@@ -458,7 +455,7 @@ def test_the_verdict_fails_a_serving_step_without_its_points_and_notes_one_not_r
     assert f"PROBLEM: serving: merge 1 at {HIGH:g}/s: not in the summary" in text
     assert f"PROBLEM: serving: merge 8 at {HIGH:g}/s: not in the summary" in text
     runs = tmp_path / "skipped"
-    fake_run(runs, "main", [point("eager", 1, 1, 100.0)], [])
+    fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
     (runs / "serving.status").write_text("skipped=only_20s_of_the_budget_left\n")
     status, text = verdict(runs, tmp_path / "dest3")
     assert status == 0 and "note: serving (open-loop serving): not run, only 20s of the budget left" in text, text

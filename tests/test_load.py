@@ -11,7 +11,7 @@ import torch
 
 from benchlib.measure.load import run_point
 from benchlib.vocabulary import STATUS_OK, STATUS_OOM
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 
 def fake_client(clock: FakeClock, latencies_s: list[float]) -> Callable:

@@ -13,7 +13,7 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.model_spec import ModelSpec
-from tests.conftest import TINY_BERT, TINY_RESNET
+from tests.helpers import TINY_BERT, TINY_RESNET
 
 CPU = torch.device("cpu")
 
@@ -165,6 +165,7 @@ def test_pretrained_hf_checkpoint_loads_its_real_weights() -> None:
     assert not torch.equal(random.module.embeddings.word_embeddings.weight, stored[key])
 
 
+@pytest.mark.slow
 def test_pretrained_reduced_precision_stays_close_to_fp32() -> None:
     loaded = load_model(ModelSpec(name=f"hf:{minilm_path()}", weights="pretrained", seq_len=32), CPU, seed=0)
     outputs = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import os
@@ -33,18 +32,11 @@ from benchlib.present.runner import (
     this_interpreter_kernel_spec,
 )
 from benchlib.vocabulary import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PERCENTILE
-from tests.conftest import tiny_params
+from tests.helpers import RUN_ID, run_cli, tiny_params, write_run
 
 NOTEBOOK_ONLY = {"params_file", "out_dir", "resume", "force", "latency_budget_ms", "percentile"}
 REPORT_PARAMETERS = {"outputs_dir", "latency_budget_ms", "percentile", "target_per_s", "baseline_instance",
                      "figures_dir"}
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
 
 
 @pytest.mark.parametrize("notebook", [BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK], ids=lambda p: p.name)
@@ -174,10 +166,11 @@ def outputs(tmp_path_factory) -> dict:
     out = tmp / "outputs"
     run_code, run_out, run_err = run_streaming(
         [sys.executable, "-m", "benchlib", "run", str(good), str(invalid), str(failing), "--out", str(out)], cwd=tmp)
-    report_code, report_out = run_cli("report", "--out", str(out), "--latency-budget-ms", "1000")
+    report_code, report_out = run_cli(None, "report", "--out", str(out), "--latency-budget-ms", "1000")
     return {"out": out, "run": (run_code, run_out), "run_stderr": run_err, "report": (report_code, report_out)}
 
 
+@pytest.mark.slow
 def test_run_reports_each_params_file_and_fails_overall(outputs) -> None:
     code, text = outputs["run"]
     assert code == 1  # not all succeeded
@@ -187,6 +180,7 @@ def test_run_reports_each_params_file_and_fails_overall(outputs) -> None:
     assert "1 of 3 params files ran" in text
 
 
+@pytest.mark.slow
 def test_run_streams_a_line_per_grid_point_while_the_notebook_runs(outputs) -> None:
     progress = [(t, line) for t, line in outputs["run_stderr"] if re.match(r"\[\d+/\d+\] ", line)]
     assert [line.split()[0] for _, line in progress] == [f"[{i}/6]" for i in range(1, 7)]  # failing.yaml: none
@@ -199,6 +193,7 @@ def test_run_streams_a_line_per_grid_point_while_the_notebook_runs(outputs) -> N
     assert progress[-1][0] < cell_time(cells[-1], "start_time")
 
 
+@pytest.mark.slow
 def test_run_prints_no_kernel_or_papermill_noise(outputs) -> None:
     text = "\n".join(line for _, line in outputs["run_stderr"])
     assert "without encryption" not in text and "IPKernelApp" not in text and "WARNING" not in text
@@ -206,6 +201,7 @@ def test_run_prints_no_kernel_or_papermill_noise(outputs) -> None:
         assert re.match(r"(\S+\.yaml: |\[\d+/\d+\] )", line), line
 
 
+@pytest.mark.slow
 def test_a_run_folder_holds_the_executed_notebook_beside_its_data(outputs) -> None:
     (run_dir,) = list((outputs["out"] / "tiny-a").iterdir())
     assert {p.name for p in run_dir.iterdir()} >= {
@@ -220,6 +216,7 @@ def test_a_run_folder_holds_the_executed_notebook_beside_its_data(outputs) -> No
     assert html.count("data:image/png;base64") >= 3 and "Throughput vs latency" in html
 
 
+@pytest.mark.slow
 def test_a_failed_notebook_is_kept_with_its_error(outputs) -> None:
     (run_dir,) = list((outputs["out"] / "tiny-c").iterdir())
     nb = nbformat.read(str(run_dir / "benchmark.ipynb"), as_version=4)
@@ -229,6 +226,7 @@ def test_a_failed_notebook_is_kept_with_its_error(outputs) -> None:
     assert not (outputs["out"] / "tiny-b").exists()  # invalid params never start a run
 
 
+@pytest.mark.slow
 def test_report_merges_the_runs_into_html_and_figures(outputs) -> None:
     code, text = outputs["report"]
     out = outputs["out"]
@@ -248,8 +246,9 @@ def test_report_without_runs_says_what_to_do(tmp_path: Path, capsys) -> None:
     assert "benchlib run PARAMS.yaml" in capsys.readouterr().err
 
 
-def test_seed_example_reproduces_the_study_table(tmp_path: Path) -> None:
-    code, _ = run_cli("report", "--example", "seed", "--out", str(tmp_path), "--latency-budget-ms", "50")
+@pytest.mark.slow
+def test_seed_example_reproduces_the_study_table(tmp_path: Path, capsys) -> None:
+    code, _ = run_cli(capsys, "report", "--example", "seed", "--out", str(tmp_path), "--latency-budget-ms", "50")
     assert code == 0
     nb = nbformat.read(str(tmp_path / "report.ipynb"), as_version=4)
     table_cell = next(c for c in nb.cells if "study_table" in c.source)
@@ -323,14 +322,15 @@ def test_papermill_with_params_file_refuses_an_unknown_key(papermill_env, tmp_pa
     assert not (tmp_path / "run").exists()  # stopped before measuring anything
 
 
-def test_report_shows_the_serving_section_for_open_loop_runs(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_report_shows_the_serving_section_for_open_loop_runs(tmp_path: Path, capsys) -> None:
     """Open-loop run folders made by hand (see tests/test_report_serving.py): the report draws latency
     vs offered load and tabulates the highest rate within the budget and the serving recommendation."""
-    from tests.test_report_serving import serving_summary, write_run
+    from tests.test_report_serving import serving_summary
 
-    for _, rows in serving_summary().groupby("instance"):
-        write_run(tmp_path, rows)
-    code, _ = run_cli("report", "--out", str(tmp_path), "--latency-budget-ms", "50", "--percentile", "p99",
+    for instance, rows in serving_summary().groupby("instance"):
+        write_run(tmp_path / instance / RUN_ID, rows)
+    code, _ = run_cli(capsys, "report", "--out", str(tmp_path), "--latency-budget-ms", "50", "--percentile", "p99",
                       "--target-per-s", "2500")
     assert code == 0
     assert (tmp_path / "figures" / "latency_vs_load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

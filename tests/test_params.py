@@ -13,7 +13,7 @@ from benchlib.cli import main
 from benchlib.params import ParamsError, load_params, params_to_dict, parse_params
 from benchlib.params_base import MAX_DURATION_S, MAX_LABEL_CHARS, MAX_MIN_REQUESTS, PARAMS_FILE_FIX, YOLO_MODELS
 from benchlib.textfiles import MAX_TEXT_BYTES
-from tests.conftest import TINY_BERT, deny_reading, tiny_params
+from tests.helpers import TINY_BERT, deny_reading, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 #: The params files the repository ships (prices.yaml is the price table, not a params file).

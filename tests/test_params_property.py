@@ -1,4 +1,6 @@
-"""Property: the validator returns valid params or raises ParamsError, never anything else."""
+"""Properties of the validator, whatever it is given: params that round-trip (to plain data and through YAML,
+as a run's params.yaml is written and read), or a ParamsError each of whose lines names a key; never anything
+else."""
 from __future__ import annotations
 
 import string
@@ -7,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchlib.params import Params, ParamsError, params_to_dict, parse_params
-from tests.conftest import tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, assert_names_a_key, assert_round_trips, tiny_params
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
@@ -24,29 +26,96 @@ def test_random_mappings(data) -> None:
     try:
         params = parse_params(data)
     except ParamsError as exc:
-        assert str(exc)
+        assert_names_a_key(exc, data)
     else:
-        assert isinstance(params, Params) and params.grid_size >= 1
+        assert params.grid_size >= 1
+        assert_round_trips(params)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([*Params.model_fields]), values)
 def test_one_bad_value_in_valid_params(key, value) -> None:
+    data = {**tiny_params(), key: value}
     try:
-        params = parse_params({**tiny_params(), key: value})
+        params = parse_params(data)
     except ParamsError as exc:
         assert key in str(exc) or "grid has" in str(exc)
+        assert_names_a_key(exc, data)
     else:
-        assert isinstance(params, Params)
+        assert_round_trips(params)
 
 
 @settings(max_examples=100, deadline=None)
 @given(values)
 def test_anything_at_the_top_level(data) -> None:
     try:
-        parse_params(data)
-    except ParamsError:
-        pass
+        params = parse_params(data)
+    except ParamsError as exc:
+        assert_names_a_key(exc, data)
+    else:
+        assert_round_trips(params)
+
+
+# Values people write for each key: mostly valid, some just outside what is allowed, so that both the
+# accepted and the refused branch are taken often (random values above are nearly always refused).
+counts = st.integers(-1, 500)
+seconds = st.one_of(st.integers(0, 100), st.floats(-1, 1000, allow_nan=False))
+flags = st.booleans()
+PLAUSIBLE = {
+    "instance": st.sampled_from(["g5.4xlarge", "c7i.large", "test-cpu", "my desktop", ""]),
+    "device": st.sampled_from(["cpu", "auto", "cuda", "gpu"]),
+    "models": st.lists(st.sampled_from([TINY_BERT, TINY_RESNET, {"name": "synthetic:2"}, {"name": "resnet50"},
+                                        {"name": "resnet50", "image_size": 64, "label": "r"}, {"name": "nope"}]),
+                       min_size=1, max_size=3),
+    "batch_sizes": st.lists(st.integers(0, 64), min_size=1, max_size=4),
+    "threads": st.lists(st.integers(0, 8), min_size=1, max_size=3),
+    "precisions": st.lists(st.sampled_from(["fp32", "amp", "amp-fp16", "amp-bf16", "fp16", "bf16", "int8"]),
+                           min_size=1, max_size=3),
+    "warmup_requests": counts,
+    "duration_s": seconds,
+    "min_requests": counts,
+    "intra_op_threads": st.one_of(st.none(), st.integers(0, 8)),
+    "seed": counts,
+    "runtimes": st.lists(st.sampled_from(["eager", "trace", "compile", "compile-max-autotune", "cuda-graphs",
+                                          "tensorrt"]), min_size=1, max_size=3),
+    "channels_last": flags,
+    "matmul_precision": st.sampled_from(["highest", "high", "medium", "low"]),
+    "accuracy_samples": counts,
+    "accuracy_tolerance": st.one_of(st.none(), st.floats(0, 1.5, allow_nan=False)),
+    "price_usd_per_hour": st.one_of(st.none(), st.floats(0, 10, allow_nan=False)),
+    "allow_large_grid": flags,
+    "allow_long_window": flags,
+    "measure_peak_flops": flags,
+    "telemetry": flags,
+    "repeats": st.integers(0, 5),
+    "target_ci_pct": st.one_of(st.none(), st.floats(0, 120, allow_nan=False)),
+    "target_percentile": st.sampled_from(["p50", "p90", "p95", "p99", "p42"]),
+    "max_duration_s": seconds,
+    "arrival": st.sampled_from(["closed", "poisson", "constant"]),
+    "rates_per_s": st.one_of(st.none(), st.floats(0.5, 2000), st.lists(st.floats(0, 2000), min_size=1, max_size=3)),
+    "rate_search": st.one_of(st.none(), st.fixed_dictionaries(
+        {"latency_budget_ms": st.floats(0, 100)},
+        optional={"percentile": st.sampled_from(["p50", "p95", "p99"]), "max_probes": st.integers(1, 20)})),
+    "max_batch_size": st.one_of(st.integers(0, 16), st.lists(st.integers(1, 16), min_size=1, max_size=2)),
+    "max_queue_delay_ms": seconds,
+}
+
+
+def test_every_params_key_has_plausible_values() -> None:
+    assert set(PLAUSIBLE) == set(Params.model_fields)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_plausible_params_round_trip_or_name_a_key(data) -> None:
+    keys = data.draw(st.lists(st.sampled_from(sorted(PLAUSIBLE)), min_size=1, max_size=3, unique=True))
+    params_data = {**tiny_params(), **{key: data.draw(PLAUSIBLE[key], label=key) for key in keys}}
+    try:
+        params = parse_params(params_data)
+    except ParamsError as exc:
+        assert_names_a_key(exc, params_data)
+    else:
+        assert_round_trips(params)
 
 
 # Models as people write them: zoo and hub names, local folders and files whose paths

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from benchlib.cli import main
 from benchlib.params import Params, ParamsError, RateSearch, load_params, params_from_namespace, params_to_dict, parse_params
 from benchlib.params_base import MAX_MERGED_REQUESTS, MAX_PROBES, MAX_QUEUE_DELAY_MS, MAX_RATE_PER_S
-from tests.conftest import tiny_params as _tiny_params
+from tests.helpers import assert_names_a_key, assert_round_trips, tiny_params
 
 
-def tiny_params(**overrides: Any) -> dict[str, Any]:
+def enough_requests(**overrides: Any) -> dict[str, Any]:
     """Tiny params with enough requests for a rate search on any percentile (P99 needs 368)."""
-    return _tiny_params(**{"min_requests": 400, **overrides})
+    return tiny_params(**{"min_requests": 400, **overrides})
 
 FINITE_HINT = "Input should be a finite number; .inf, -.inf and .nan are not allowed here, write a number"
 ONLY_OPEN_LOOP = ("only for open-loop load; set `arrival: poisson` (or constant), or remove them for "
@@ -35,7 +35,7 @@ RATE_SEARCH_KEYS = "latency_budget_ms, max_probes, percentile, start_per_s, tole
 
 def open_loop(arrival: str = "poisson", **overrides: Any) -> dict[str, Any]:
     """Valid open-loop params (one rate unless `overrides` say otherwise); a None override removes the key."""
-    data = tiny_params(arrival=arrival, rates_per_s=[50])
+    data = enough_requests(arrival=arrival, rates_per_s=[50])
     if "rate_search" in overrides:
         del data["rates_per_s"]
     data.update(overrides)
@@ -52,7 +52,7 @@ def error(data: dict[str, Any]) -> str:
 
 
 def test_closed_loop_is_the_default_and_unchanged() -> None:
-    params = parse_params(tiny_params())
+    params = parse_params(enough_requests())
     assert (params.arrival, params.rates_per_s, params.rate_search) == ("closed", None, None)
     assert (params.max_batch_size, params.max_queue_delay_ms) == ((1,), 0.0)
     assert params.open_loop is False and params.rates == (None,)
@@ -61,9 +61,9 @@ def test_closed_loop_is_the_default_and_unchanged() -> None:
 
 def test_closed_loop_may_spell_out_the_open_loop_defaults() -> None:
     # A params file written from params_to_dict holds them; they ask for nothing open-loop.
-    params = parse_params(tiny_params(arrival="closed", max_batch_size=[1], max_queue_delay_ms=0))
-    assert params == parse_params(tiny_params())
-    assert parse_params(tiny_params(max_batch_size=1)).max_batch_size == (1,)
+    params = parse_params(enough_requests(arrival="closed", max_batch_size=[1], max_queue_delay_ms=0))
+    assert params == parse_params(enough_requests())
+    assert parse_params(enough_requests(max_batch_size=1)).max_batch_size == (1,)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_closed_loop_may_spell_out_the_open_loop_defaults() -> None:
          "queue delay", "explicit closed with a delay", "three keys", "all four keys"],
 )
 def test_closed_loop_refuses_the_open_loop_keys_naming_each(change: dict, keys: str) -> None:
-    assert error(tiny_params(**change)) == f"p.yaml: (top level): {keys}: {ONLY_OPEN_LOOP}"
+    assert error(enough_requests(**change)) == f"p.yaml: (top level): {keys}: {ONLY_OPEN_LOOP}"
 
 
 @pytest.mark.parametrize("arrival", ["poisson", "constant"])
@@ -162,12 +162,12 @@ def test_the_limits_themselves_are_allowed() -> None:
 
 def test_exponent_notation_is_a_number_in_every_new_key(write_params) -> None:
     # PyYAML reads 1e3 as the string '1e3'; a params file means the number.
-    text = yaml.safe_dump(tiny_params(arrival="poisson")) + (
+    text = yaml.safe_dump(enough_requests(arrival="poisson")) + (
         "rates_per_s: [1e3, 2.5E3, 5e-1]\nmax_queue_delay_ms: 1e-3\n"
     )
     params = load_params(write_params(text))
     assert (params.rates, params.max_queue_delay_ms) == ((1000.0, 2500.0, 0.5), 0.001)
-    text = yaml.safe_dump(tiny_params(arrival="poisson")) + (
+    text = yaml.safe_dump(enough_requests(arrival="poisson")) + (
         "rate_search: {latency_budget_ms: 5e1, start_per_s: 1e2, tolerance_pct: 2.5e0}\n"
     )
     assert load_params(write_params(text)).rate_search == RateSearch(latency_budget_ms=50, start_per_s=100,
@@ -175,7 +175,7 @@ def test_exponent_notation_is_a_number_in_every_new_key(write_params) -> None:
 
 
 def test_a_scalar_rate_in_exponent_notation_is_a_number(write_params) -> None:
-    text = yaml.safe_dump(tiny_params(arrival="poisson")) + "rates_per_s: 1e3\n"
+    text = yaml.safe_dump(enough_requests(arrival="poisson")) + "rates_per_s: 1e3\n"
     assert load_params(write_params(text)).rates == (1000.0,)
 
 
@@ -396,7 +396,7 @@ def test_non_finite_numbers_in_the_new_keys_are_refused(write_params, key: str, 
 
 @pytest.mark.parametrize("spelling,shown", [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan")])
 def test_a_non_finite_budget_says_to_write_a_number(write_params, spelling: str, shown: str) -> None:
-    path = write_params(yaml.safe_dump(tiny_params(arrival="poisson"))
+    path = write_params(yaml.safe_dump(enough_requests(arrival="poisson"))
                         + f"rate_search: {{latency_budget_ms: {spelling}}}\n")
     with pytest.raises(ParamsError) as err:
         load_params(path)
@@ -407,13 +407,13 @@ def test_a_non_finite_budget_says_to_write_a_number(write_params, spelling: str,
 
 
 def test_a_null_rate_search_is_no_rate_search() -> None:
-    assert parse_params(tiny_params(rate_search=None)) == parse_params(tiny_params())
+    assert parse_params(enough_requests(rate_search=None)) == parse_params(enough_requests())
     assert parse_params(open_loop(rates_per_s=[50]) | {"rate_search": None}).rates == (50.0,)
-    assert "needs the offered load" in error(tiny_params(arrival="poisson", rate_search=None))
+    assert "needs the offered load" in error(enough_requests(arrival="poisson", rate_search=None))
 
 
-@pytest.mark.parametrize("data", [tiny_params(rates_per_s=None),
-                                  tiny_params(arrival="poisson", rates_per_s=None,
+@pytest.mark.parametrize("data", [enough_requests(rates_per_s=None),
+                                  enough_requests(arrival="poisson", rates_per_s=None,
                                               rate_search={"latency_budget_ms": 50})],
                          ids=["closed loop", "a rate search"])
 def test_null_rates_are_no_rates(data: dict) -> None:
@@ -422,13 +422,13 @@ def test_null_rates_are_no_rates(data: dict) -> None:
 
 
 def test_notebook_parameters_with_no_rates() -> None:
-    namespace = {key: field.default for key, field in Params.model_fields.items()} | tiny_params()
+    namespace = {key: field.default for key, field in Params.model_fields.items()} | enough_requests()
     assert namespace["rates_per_s"] is None
-    assert params_from_namespace(namespace) == parse_params(tiny_params())
+    assert params_from_namespace(namespace) == parse_params(enough_requests())
 
 
 def test_a_rates_key_without_a_value_in_yaml(write_params) -> None:
-    path = write_params(yaml.safe_dump(tiny_params()) + "rates_per_s:\n")
+    path = write_params(yaml.safe_dump(enough_requests()) + "rates_per_s:\n")
     assert load_params(path).rates_per_s is None
 
 
@@ -445,8 +445,8 @@ def test_a_rates_key_without_a_value_in_yaml(write_params) -> None:
         (open_loop(rate_search={"latency_budget_ms": 50, "percentil": "p99"}), "did you mean 'percentile'?"),
         (open_loop(rate_search={"latency_budget_ms": 50}, rates_per_s=[10]), "not both"),
         (open_loop(rates_per_s=None), "needs the offered load"),
-        (tiny_params(rates_per_s=[50]), "rates_per_s: only for open-loop load"),
-        (tiny_params(max_batch_size=[8]), "max_batch_size: only for open-loop load"),
+        (enough_requests(rates_per_s=[50]), "rates_per_s: only for open-loop load"),
+        (enough_requests(max_batch_size=[8]), "max_batch_size: only for open-loop load"),
         (open_loop(arrival="burst"), "arrival: Input should be 'closed', 'poisson' or 'constant'"),
     ],
     ids=["negative rate", "duplicate rate", "zero merged batch", "negative delay", "misspelt search key", "both",
@@ -493,7 +493,7 @@ def test_grid_size_of_a_rate_search_is_its_most_probes() -> None:
 
 def test_a_scalar_rate_and_batch_size_add_no_dimension() -> None:
     one = parse_params(open_loop(rates_per_s=50, max_batch_size=8))
-    assert one.grid_size == one.configurations == parse_params(tiny_params()).grid_size == 2
+    assert one.grid_size == one.configurations == parse_params(enough_requests()).grid_size == 2
 
 
 def test_a_huge_open_loop_grid_names_every_factor() -> None:
@@ -525,8 +525,8 @@ def test_a_long_window_counts_the_open_loop_grid() -> None:
 # --- Round trip: parse_params(params_to_dict(p)) == p, also through YAML.
 
 ROUND_TRIPS = {
-    "closed loop": tiny_params(),
-    "closed loop, defaults spelled out": tiny_params(arrival="closed", max_batch_size=1, max_queue_delay_ms=0),
+    "closed loop": enough_requests(),
+    "closed loop, defaults spelled out": enough_requests(arrival="closed", max_batch_size=1, max_queue_delay_ms=0),
     "poisson rates": open_loop(rates_per_s=[0.5, 50, 1e6], max_batch_size=[1, 8, 1024], max_queue_delay_ms=2.5),
     "constant, scalars": open_loop("constant", rates_per_s=75, max_batch_size=4),
     "exponent strings": open_loop(rates_per_s=["1e3", "2.5e-1"], max_queue_delay_ms="1e-3"),
@@ -556,7 +556,7 @@ def test_params_to_dict_writes_the_load_as_a_params_file_would() -> None:
     assert plain["rate_search"] == {"latency_budget_ms": 50.0, "percentile": "p95", "start_per_s": 10.0,
                                     "tolerance_pct": 10.0, "max_probes": 12}
     assert "rates_per_s" not in plain
-    closed = params_to_dict(parse_params(tiny_params()))
+    closed = params_to_dict(parse_params(enough_requests()))
     assert closed["arrival"] == "closed" and "rates_per_s" not in closed and "rate_search" not in closed
 
 
@@ -592,7 +592,7 @@ loads = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loads)
 def test_valid_open_loop_params_round_trip_and_size_their_grid(load: dict) -> None:
-    data = {**tiny_params(), **load, "allow_large_grid": True}
+    data = {**enough_requests(), **load, "allow_large_grid": True}
     params = parse_params(data)
     merged = load.get("max_batch_size", [1])
     merged = [merged] if isinstance(merged, int) else merged
@@ -601,8 +601,7 @@ def test_valid_open_loop_params_round_trip_and_size_their_grid(load: dict) -> No
              else 1 if isinstance(given_rates, float) else len(given_rates))
     assert params.open_loop and params.max_batch_size == tuple(merged)
     assert params.grid_size == len(load["batch_sizes"]) * len(load["threads"]) * len(merged) * count
-    assert parse_params(params_to_dict(params)) == params
-    assert parse_params(yaml.safe_load(yaml.safe_dump(params_to_dict(params)))) == params
+    assert_round_trips(params)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -618,8 +617,10 @@ def test_any_value_of_a_new_key_is_params_or_a_params_error(key: str, value: Any
     except ParamsError as exc:
         assert key in str(exc) or "needs the offered load" in str(exc) or "not both" in str(exc) \
             or "only for open-loop load" in str(exc)
+        assert_names_a_key(exc, {**open_loop(), key: value}, source="p.yaml")
     else:
-        assert isinstance(params, Params) and params.grid_size >= 1
+        assert params.grid_size >= 1
+        assert_round_trips(params)
 
 
 def test_the_readme_lists_every_new_key() -> None:
@@ -633,11 +634,11 @@ def test_the_readme_lists_every_new_key() -> None:
 def test_the_readme_open_loop_example_is_valid_both_ways() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = next(part.split("\n```", 1)[0] for part in readme.split("```yaml\n") if "rates_per_s: [" in part)
-    with_rates = parse_params({**tiny_params(), **yaml.safe_load(block)})
+    with_rates = parse_params({**enough_requests(), **yaml.safe_load(block)})
     assert with_rates.rates == (50.0, 100.0, 200.0) and with_rates.max_batch_size == (1, 8)
     searching = "\n".join(line.replace("# ", "", 1) if line.startswith(("# rate_search", "#   ")) else line
                           for line in block.splitlines() if not line.startswith("rates_per_s:"))
-    search = parse_params({**tiny_params(), **yaml.safe_load(searching)}).rate_search
+    search = parse_params({**enough_requests(), **yaml.safe_load(searching)}).rate_search
     assert search == RateSearch(latency_budget_ms=50, percentile="p99", start_per_s=10, tolerance_pct=10,
                                 max_probes=12)
 

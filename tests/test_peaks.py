@@ -20,7 +20,7 @@ from benchlib.measure.peaks import (
     peak_dtype,
     published_peak,
 )
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 CPU = torch.device("cpu")
 TICK = 2.0**-10  # ~1 ms, exact in binary: budgets and rep lengths in ticks add up exactly

@@ -20,7 +20,7 @@ from benchlib.errors import InputError
 from benchlib.present import plots, report
 from benchlib.present.study import import_runs, study_prices
 from benchlib.results import read_summary
-from tests.conftest import tiny_params
+from tests.helpers import run_cli, tiny_params
 from tests.test_report_serving import serving_summary
 
 matplotlib.use("Agg")
@@ -44,22 +44,21 @@ def few_requests(tmp_path_factory) -> Path:
     return root / "out"
 
 
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    text = captured.out + captured.err
+def answer(capsys, *argv: str) -> tuple[int, str]:
+    """The command line's answer: a message, never a traceback or a KeyError."""
+    code, text = run_cli(capsys, *argv)
     assert "Traceback" not in text and "KeyError" not in text
     return code, text
 
 
 def test_recommend_on_the_published_runs_says_what_they_hold(published, capsys) -> None:
     runs = [str(published / i / "published") for i in ("g5.4xlarge", "g4dn.4xlarge")]
-    code, text = cli(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p99")
+    code, text = answer(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p99")
     assert code == 2
     assert "the runs hold no P99 latency (they hold P95: ask for that)" in text
     assert ("resnet50: none of its points hold a P99 latency; the study published P95 only: raise `min_requests` "
             "to 368 to bound a P99") in text
-    code, text = cli(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p95")
+    code, text = answer(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p95")
     assert code == 0
     assert "bert-large-uncased-squad: none of its points hold a P95 latency; the study published no latency" in text
     assert "resnet50" in text and "g5.4xlarge" in text  # the answer for the models that hold it goes on
@@ -67,23 +66,23 @@ def test_recommend_on_the_published_runs_says_what_they_hold(published, capsys) 
 
 def test_compare_on_the_published_runs_answers_per_point(published, capsys) -> None:
     runs = [str(published / "g4dn.4xlarge" / "published"), str(published / "g5.4xlarge" / "published")]
-    code, text = cli(capsys, "compare", *runs, "--percentile", "p99")  # asked for, held by neither
+    code, text = answer(capsys, "compare", *runs, "--percentile", "p99")  # asked for, held by neither
     assert code == 2 and "the runs hold no P99 latency (they hold P95: ask for that)" in text
-    code, text = cli(capsys, "compare", *runs)  # the default: judged where held, said per row where not
+    code, text = answer(capsys, "compare", *runs)  # the default: judged where held, said per row where not
     assert code == 0 and "no p95 latency in A and B" in text
 
 
 def test_report_refuses_a_percentile_no_run_holds_before_the_notebook(published, tmp_path, capsys) -> None:
-    code, text = cli(capsys, "report", "--out", str(published), "--percentile", "p99")
+    code, text = answer(capsys, "report", "--out", str(published), "--percentile", "p99")
     assert code == 2 and "the runs hold no P99 latency" in text
     assert not (published / "report.ipynb").exists()
 
 
 def test_a_run_with_too_few_requests_says_how_many_a_p99_needs(few_requests, capsys) -> None:
     run = few_requests / "test-cpu" / "run1"
-    code, text = cli(capsys, "recommend", str(run), "--latency-budget-ms", "1000", "--percentile", "p99")
+    code, text = answer(capsys, "recommend", str(run), "--latency-budget-ms", "1000", "--percentile", "p99")
     assert code == 2 and "raise `min_requests` to 368 to bound a P99" in text
-    code, text = cli(capsys, "report", "--out", str(few_requests), "--percentile", "p99")
+    code, text = answer(capsys, "report", "--out", str(few_requests), "--percentile", "p99")
     assert code == 2 and "raise `min_requests` to 368 to bound a P99" in text
 
 
@@ -91,7 +90,7 @@ def test_bench_with_a_budget_on_a_percentile_it_could_not_bound(tmp_path, capsys
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(tiny_params(models=[{"name": "synthetic:1"}], batch_sizes=[1], duration_s=0.02)))
     out = tmp_path / "run"
-    code, text = cli(capsys, "bench", str(path), "--out", str(out), "--quiet", "--latency-budget-ms", "50",
+    code, text = answer(capsys, "bench", str(path), "--out", str(out), "--quiet", "--latency-budget-ms", "50",
                      "--percentile", "p99")
     assert code == 2 and "raise `min_requests` to 368" in text and f"The run itself is written in {out}" in text
     assert len(read_summary(out)) == 1
@@ -134,7 +133,7 @@ def test_the_report_notebook_shows_the_notes_and_goes_on(published, few_requests
     out = tmp_path / "out"
     shutil.copytree(few_requests, out)
     shutil.copytree(published / "g5.4xlarge", out / "g5.4xlarge")
-    code, text = cli(capsys, "report", "--out", str(out), "--percentile", "p95", "--latency-budget-ms", "1000")
+    code, text = answer(capsys, "report", "--out", str(out), "--percentile", "p95", "--latency-budget-ms", "1000")
     assert code == 0, text
     cells = json.loads((out / "report.ipynb").read_text())["cells"]
     shown = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c["outputs"])

@@ -23,7 +23,7 @@ from benchlib.measure.zoo import load_model
 from benchlib.model_spec import ModelSpec
 from benchlib.params import parse_params
 from benchlib.vocabulary import PIPELINE_COLUMNS, PIPELINE_RECORD_COLUMNS, STATUS_OK, STATUS_UNSUPPORTED
-from tests.conftest import TINY_BERT, TINY_RESNET, FakeClock, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, FakeClock, tiny_params
 
 CPU = torch.device("cpu")
 #: perf_counter's reads are exact to well under a microsecond; the stages' sum is exact up to float rounding.
@@ -84,6 +84,7 @@ def pipeline_run(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(out / "records.parquet"), summary
 
 
+@pytest.mark.slow
 def test_a_pipeline_sweep_records_stages_that_sum_to_the_latency(pipeline_run) -> None:
     records, _ = pipeline_run
     staged = records[records["model"] != "resnet-forward"]
@@ -97,6 +98,7 @@ def test_a_pipeline_sweep_records_stages_that_sum_to_the_latency(pipeline_run) -
     assert staged["note"].str.contains("pipeline: ").all()
 
 
+@pytest.mark.slow
 def test_without_pipeline_the_stage_columns_are_empty(pipeline_run) -> None:
     records, summary = pipeline_run
     plain = records[records["model"] == "resnet-forward"]
@@ -107,6 +109,7 @@ def test_without_pipeline_the_stage_columns_are_empty(pipeline_run) -> None:
     assert (row["status"] == STATUS_OK).all()
 
 
+@pytest.mark.slow
 def test_the_summary_holds_each_stage_p50_and_p95(pipeline_run) -> None:
     _, summary = pipeline_run
     staged = summary[summary["model"] != "resnet-forward"]

@@ -2,8 +2,6 @@
 the highest rate within a budget, server- vs client-side batching, and closed-loop runs left as they were."""
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
@@ -13,9 +11,9 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 
-from benchlib.cli import SUMMARY_SHOWN, main, summary_shown
-from benchlib.derive.cost import usd_per_million
+from benchlib.cli import SUMMARY_SHOWN, summary_shown
 from benchlib.present import plots, report
+from tests.helpers import RUN_ID, run_cli, summary_row, write_run
 
 matplotlib.use("Agg")
 
@@ -38,32 +36,32 @@ CONFIGURATIONS = {
 }
 
 
-def point(instance: str, batch: int, merged: int, rate: float, p99: float, status: str, mean_merged: float) -> dict:
-    price = CPU_PRICE if instance == "c7i.large" else GPU_PRICE
+def offered_point(instance: str, batch: int, merged: int, rate: float, p99: float, status: str,
+                  mean_merged: float) -> dict:
     achieved = rate if status == "ok" else 0.8 * rate
-    return {"instance": instance, "model": "resnet50", "weights": "random", "precision": "fp32", "dtype": "float32",
-            "runtime": "eager", "batch_size": batch, "threads": 1, "max_batch_size": merged, "arrival": "poisson",
-            "offered_rate_per_s": float(rate), "throughput_per_s": achieved * batch,
-            "throughput_ci_low_per_s": achieved * batch, "throughput_ci_high_per_s": achieved * batch,
-            "latency_p50_ms": p99 / 3, "latency_p95_ms": p99 / 1.5, "latency_p99_ms": p99,
-            "latency_p99_ci_high_ms": p99 * 1.1, "n_requests": 1000, "status": status, "notes": "",
-            "achieved_rate_per_s": achieved, "queue_p99_ms": p99 / 2, "mean_merged_batch": mean_merged,
-            "generator_lag_p99_ms": 0.05, "generator_late_share": 0.0, "n_dropped": 0, "accuracy_gate": np.nan,
-            "usd_per_hour": price, "usd_per_million": usd_per_million(achieved * batch, price)}
+    return summary_row(instance=instance, model="resnet50", weights="random", dtype="float32", batch_size=batch,
+                       max_batch_size=merged, arrival="poisson", offered_rate_per_s=float(rate),
+                       throughput_per_s=achieved * batch, throughput_ci_low_per_s=achieved * batch,
+                       throughput_ci_high_per_s=achieved * batch, latency_p50_ms=p99 / 3,
+                       latency_p95_ms=p99 / 1.5, latency_p99_ms=p99, latency_p99_ci_high_ms=p99 * 1.1,
+                       n_requests=1000, status=status, achieved_rate_per_s=achieved, queue_p99_ms=p99 / 2,
+                       mean_merged_batch=mean_merged, generator_lag_p99_ms=0.05, generator_late_share=0.0,
+                       n_dropped=0, accuracy_gate=np.nan,
+                       usd_per_hour=CPU_PRICE if instance == "c7i.large" else GPU_PRICE)
 
 
 def closed_point(instance: str = "c7i.large", batch: int = 1, throughput: float = 500.0) -> dict:
-    price = CPU_PRICE if instance == "c7i.large" else GPU_PRICE
-    row = point(instance, batch, 1, math.nan, 8.0, "ok", math.nan)
-    return {**row, "arrival": "closed", "throughput_per_s": throughput, "throughput_ci_low_per_s": throughput,
-            "throughput_ci_high_per_s": throughput, "usd_per_million": usd_per_million(throughput, price),
-            **dict.fromkeys(["achieved_rate_per_s", "queue_p99_ms", "mean_merged_batch", "generator_lag_p99_ms",
-                             "generator_late_share", "n_dropped"], math.nan)}
+    row = offered_point(instance, batch, 1, math.nan, 8.0, "ok", math.nan)
+    del row["usd_per_million"]  # priced again at this throughput
+    return summary_row(**{**row, "arrival": "closed", "throughput_per_s": throughput,
+                          "throughput_ci_low_per_s": throughput, "throughput_ci_high_per_s": throughput,
+                          **dict.fromkeys(["achieved_rate_per_s", "queue_p99_ms", "mean_merged_batch",
+                                           "generator_lag_p99_ms", "generator_late_share", "n_dropped"], math.nan)})
 
 
 def serving_summary(configurations: dict = CONFIGURATIONS, closed: bool = True) -> pd.DataFrame:
     """A fabricated summary of open-loop points (and, with `closed`, a closed-loop point per instance)."""
-    rows = [point(instance, batch, merged, *measured)
+    rows = [offered_point(instance, batch, merged, *measured)
             for (instance, batch, merged), rates in configurations.items() for measured in rates]
     if closed:
         rows += [closed_point(instance) for instance in dict.fromkeys(k[0] for k in configurations)]
@@ -248,24 +246,10 @@ def test_serving_recommendation_sizes_a_fleet_for_the_target() -> None:
     assert (row["Batch size"], row["Merged requests at most"], row["Instances for the target"]) == (4, 1, 7)
 
 
-def write_run(root: Path, summary: pd.DataFrame, run_id: str = "20260101T000000Z-aaaaaa") -> Path:
-    run = root / summary["instance"].iloc[0] / run_id
-    run.mkdir(parents=True)
-    summary.to_csv(run / "summary.csv", index=False)
-    return run
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
-
-
-def test_cli_recommend_prints_the_serving_recommendation(tmp_path: Path) -> None:
+def test_cli_recommend_prints_the_serving_recommendation(tmp_path: Path, capsys) -> None:
     summary = serving_summary()
-    runs = [write_run(tmp_path, rows) for _, rows in summary.groupby("instance")]
-    code, text = cli("recommend", *map(str, runs), "--latency-budget-ms", "50", "--percentile", "p99",
+    runs = [write_run(tmp_path / instance / RUN_ID, rows) for instance, rows in summary.groupby("instance")]
+    code, text = run_cli(capsys, "recommend", *map(str, runs), "--latency-budget-ms", "50", "--percentile", "p99",
                      "--target-per-s", "2500")
     assert code == 0
     closed, serving = text.split("open loop: cheapest configuration that carries 2500 inferences/s at p99 <= 50 ms")
@@ -274,21 +258,22 @@ def test_cli_recommend_prints_the_serving_recommendation(tmp_path: Path) -> None
     assert "g5.xlarge" in line and " 1000.0 " in line and " 3.0 " in line
 
 
-def test_cli_recommend_on_a_closed_loop_run_prints_no_serving_table(tmp_path: Path) -> None:
-    code, text = cli("recommend", str(write_run(tmp_path, old_summary())), "--latency-budget-ms", "50")
+def test_cli_recommend_on_a_closed_loop_run_prints_no_serving_table(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "c7i.large" / RUN_ID, old_summary())
+    code, text = run_cli(capsys, "recommend", run, "--latency-budget-ms", "50")
     assert code == 0 and "cheapest configuration with p95 <= 50 ms" in text and "open loop" not in text
 
 
 def test_the_runs_table_says_how_each_run_offered_its_load(tmp_path: Path) -> None:
     summary = serving_summary()
-    for _, rows in summary.groupby("instance"):
-        write_run(tmp_path, rows)
+    for instance, rows in summary.groupby("instance"):
+        write_run(tmp_path / instance / RUN_ID, rows)
     runs = report.load_runs(tmp_path)
     table = report.runs_table(runs)
     assert table["Load"].tolist() == ["closed; poisson, 5 rates 50–800/s", "closed; poisson, 2 rates 1000–2000/s"]
     assert table["Overloaded"].tolist() == [3, 0] and table["Measured"].tolist() == [12, 3]
     closed_root = tmp_path / "closed"
-    write_run(closed_root, old_summary())
+    write_run(closed_root / "c7i.large" / RUN_ID, old_summary())
     closed = report.load_runs(closed_root)
     assert "Load" not in report.runs_table(closed).columns and closed.summary["arrival"].tolist() == ["closed"] * 2
 

@@ -13,7 +13,7 @@ from benchlib.measure.environment import code_files, code_fingerprint, fingerpri
 from benchlib.measure.sweep import run_sweep
 from benchlib.params import params_to_dict, parse_params
 from benchlib.results import read_accuracy, read_records, read_summary
-from tests.conftest import TINY_BERT, tiny_params
+from tests.helpers import TINY_BERT, tiny_params
 
 
 def test_the_code_fingerprint_covers_modules_notebooks_and_data_but_not_prices() -> None:
@@ -28,25 +28,24 @@ def test_the_code_fingerprint_covers_modules_notebooks_and_data_but_not_prices()
     assert first["code"] == code_fingerprint()
 
 
-def test_resume_across_a_code_change_needs_force(tmp_path: Path, monkeypatch) -> None:
-    params = parse_params(tiny_params(batch_sizes=[1, 2]))
-    (tmp_path / "run").mkdir()
-    run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), tmp_path / "run", progress=None)
-    records = read_records(tmp_path / "run")
+def test_resume_across_a_code_change_needs_force(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    run = tiny_run.copy_to(tmp_path)
+    folder, params = run.folder, run.params  # batch sizes 1 and 2
+    records = read_records(folder)
     # Drop the second point, as if the run had been killed, then change "the code".
-    records[records["point"] == 0].to_parquet(tmp_path / "run" / "records.parquet", index=False)
-    before = json.loads((tmp_path / "run" / "env.json").read_text())["fingerprint"]
+    records[records["point"] == 0].to_parquet(folder / "records.parquet", index=False)
+    before = json.loads((folder / "env.json").read_text())["fingerprint"]
     monkeypatch.setattr(environment, "code_fingerprint", lambda: "another-version")
     with pytest.raises(InputError, match="benchlib's source changed since.*--force"):
-        run_sweep(params, tmp_path / "run", progress=None, resume=True)
-    summary = run_sweep(params, tmp_path / "run", progress=None, resume=True, force=True).summary
+        run_sweep(params, folder, progress=None, resume=True)
+    summary = run_sweep(params, folder, progress=None, resume=True, force=True).summary
     assert summary["batch_size"].tolist() == [1, 2]
-    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    env = json.loads((folder / "env.json").read_text())
     assert env["fingerprint"] == {"params": before["params"], "code": "another-version"}
     assert env["resumed_across_code"] == [before["code"]]
     # A later plain resume under the same code keeps the history of what measured the run.
-    run_sweep(params, tmp_path / "run", progress=None, resume=True)
-    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    run_sweep(params, folder, progress=None, resume=True)
+    env = json.loads((folder / "env.json").read_text())
     assert env["resumed_across_code"] == [before["code"]]
 
 
@@ -74,31 +73,28 @@ def test_labels_that_look_like_numbers_or_na_stay_labels_on_disk(tmp_path: Path)
     assert again["model"].tolist() == ["2024", "2024"] and len(read_accuracy(tmp_path)) == 1
 
 
-def test_a_resume_with_unreadable_files_is_bad_input(tmp_path: Path) -> None:
-    params = parse_params(tiny_params(batch_sizes=[1]))
-    run_sweep(params, tmp_path, progress=None)
-    (tmp_path / "records.parquet").write_bytes(b"PAR1 truncated")
+def test_a_resume_with_unreadable_files_is_bad_input(tiny_run, tmp_path: Path) -> None:
+    run = tiny_run.copy_to(tmp_path)
+    (run.folder / "records.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(InputError, match="cannot resume .* its files are unreadable"):
-        run_sweep(params, tmp_path, progress=None, resume=True)
+        run_sweep(run.params, run.folder, progress=None, resume=True)
 
 
 def test_run_resume_across_a_code_change_is_refused_before_the_notebook_touches_the_run(
-        tmp_path: Path, monkeypatch) -> None:
+        tiny_run, tmp_path: Path, monkeypatch) -> None:
     import benchlib.present.runner as runner
 
-    params_path = tmp_path / "p.yaml"
-    params_path.write_text(json.dumps(tiny_params(batch_sizes=[1, 2])))  # JSON is YAML
-    run_dir = tmp_path / "out" / "test-cpu" / "20260101T000000Z-abcdef"
-    run_sweep(parse_params(tiny_params(batch_sizes=[1, 2])), run_dir, progress=None)
+    run = tiny_run.copy_to(tmp_path)  # <out>/test-cpu/<run id>/, as `benchlib run` lays it out
+    params_path, run_dir = run.params_path, run.folder
     (run_dir / "summary.csv").write_text((run_dir / "summary.csv").read_text().splitlines()[0] + "\n")  # unfinished
     (run_dir / "benchmark.ipynb").write_text("the interrupted run's notebook")
     monkeypatch.setattr(environment, "code_fingerprint", lambda: "another-version")
     monkeypatch.setattr(runner, "benchmark_into", lambda *a, **k: pytest.fail("the notebook ran into the old run"))
-    (outcome,) = runner.run_benchmarks([params_path], tmp_path / "out", resume=True)
+    (outcome,) = runner.run_benchmarks([params_path], run.root, resume=True)
     assert not outcome.ok and "--force" in outcome.error
     assert (run_dir / "benchmark.ipynb").read_text() == "the interrupted run's notebook"
     # with --force it resumes that very folder
     ran = []
     monkeypatch.setattr(runner, "benchmark_into", lambda params, folder, **k: ran.append((folder, k)) or "")
-    runner.run_benchmarks([params_path], tmp_path / "out", resume=True, force=True)
+    runner.run_benchmarks([params_path], run.root, resume=True, force=True)
     assert ran == [(run_dir, {"resume": True, "force": True, "progress": ran[0][1]["progress"]})]

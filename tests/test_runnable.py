@@ -3,10 +3,8 @@ is read and reported here without those packages; measuring here still asks for 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -16,7 +14,7 @@ from benchlib.measure.environment import fingerprint
 from benchlib.measure.runnable import check_runnable_here
 from benchlib.params import params_to_dict, parse_params
 from benchlib.present.report import load_runs
-from tests.conftest import tiny_params
+from tests.helpers import RUN_ID, summary_row, tiny_params, write_run
 
 ELSEWHERE = tiny_params(instance="g5.4xlarge", device="cuda", models=[{"name": "yolov5s"}], batch_sizes=[1],
                         runtimes=["eager", "onnxruntime"])
@@ -34,14 +32,13 @@ def bare_machine(monkeypatch):
 def a_gpu_run(root: Path) -> Path:
     """A finished run as a GPU machine with YOLO and onnxruntime wrote it."""
     params = params_to_dict(parse_params(ELSEWHERE))
-    run_dir = root / "g5.4xlarge" / "20261201T000000Z-abcdef"
-    run_dir.mkdir(parents=True)
+    summary = [summary_row(instance="g5.4xlarge", model="yolov5s", runtime=runtime, throughput_per_s=throughput,
+                           latency_p50_ms=p50, latency_p95_ms=p95, usd_per_hour=1.624, usd_per_million=usd)
+               for runtime, throughput, p50, p95, usd in (("eager", 100.0, 9.0, 10.0, 4.5),
+                                                          ("onnxruntime", 150.0, 6.0, 7.0, 3.0))]
+    run_dir = write_run(root / "g5.4xlarge" / RUN_ID, summary,
+                        env={"fingerprint": fingerprint(params), "finished": True})
     (run_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (run_dir / "env.json").write_text(json.dumps({"fingerprint": fingerprint(params), "finished": True}))
-    pd.DataFrame({"instance": "g5.4xlarge", "model": "yolov5s", "precision": "fp32", "runtime": ["eager", "onnxruntime"],
-                  "batch_size": 1, "threads": 1, "throughput_per_s": [100.0, 150.0], "latency_p50_ms": [9.0, 6.0],
-                  "latency_p95_ms": [10.0, 7.0], "usd_per_hour": 1.624, "usd_per_million": [4.5, 3.0],
-                  "status": "ok", "notes": ""}).to_csv(run_dir / "summary.csv", index=False)
     return run_dir
 
 

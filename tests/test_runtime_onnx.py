@@ -19,7 +19,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import load_model
 from benchlib.params import parse_params
-from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
 
 CPU = torch.device("cpu")
 
@@ -44,6 +44,7 @@ def onnx_sweep(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[
     return summary, accuracy, made
 
 
+@pytest.mark.slow
 def test_onnxruntime_points_run_and_pass_the_gate(onnx_sweep) -> None:
     summary, accuracy, _ = onnx_sweep
     assert (summary["status"] == "ok").all()
@@ -60,6 +61,7 @@ def test_onnxruntime_points_run_and_pass_the_gate(onnx_sweep) -> None:
     assert (gates["tolerance"] == 1e-3).all()
 
 
+@pytest.mark.slow
 def test_one_session_per_batch_size_with_the_documented_options(onnx_sweep) -> None:
     _, _, made = onnx_sweep
     assert len(made) == 4  # 2 models x 2 batch sizes; both thread counts share the session
@@ -77,6 +79,7 @@ def test_one_session_per_batch_size_with_the_documented_options(onnx_sweep) -> N
         assert all(node.shape[0] == batch for node in session.get_inputs())
 
 
+@pytest.mark.slow
 def test_outputs_come_in_the_order_eager_flattens_them(onnx_sweep) -> None:
     _, _, made = onnx_sweep
     entry = next(e for e in made if isinstance(e["example"], dict))  # the BERT QA model
@@ -90,6 +93,7 @@ def test_outputs_come_in_the_order_eager_flattens_them(onnx_sweep) -> None:
     assert not torch.allclose(eager.start_logits, eager.end_logits)  # so the order is really checked
 
 
+@pytest.mark.slow
 def test_a_binding_gives_the_outputs_of_a_plain_run(onnx_sweep) -> None:
     """The CUDA path's IOBinding, bound to CPU memory here: inputs read in place, outputs preallocated."""
     _, _, made = onnx_sweep

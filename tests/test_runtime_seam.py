@@ -20,7 +20,7 @@ from benchlib.measure.runnable import check_runnable_here
 from benchlib.params_base import RUNTIMES as PARAMS_RUNTIMES
 from benchlib.params import ParamsError, parse_params
 from benchlib.results import read_records
-from tests.conftest import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, patched_sweep, tiny_params
 
 PREPARE_S = 0.2
 

@@ -28,7 +28,7 @@ from benchlib.measure.zoo import load_model
 from benchlib.params import parse_params
 from benchlib.results import read_summary
 from benchlib.vocabulary import REFERENCE_EAGER
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 CPU = torch.device("cpu")
 RUNTIMES = ["eager", "trace", "compile"]
@@ -138,6 +138,7 @@ def _trace_gate(out: Path) -> str:
     return accuracy.loc[accuracy["runtime"] == "trace", "gate"].item()
 
 
+@pytest.mark.slow
 def test_a_trace_that_bakes_the_mask_in_fails_the_gate_and_a_padded_example_prevents_it(tmp_path, monkeypatch) -> None:
     """A model that skips an all-ones mask even while traced (transformers before its `is_tracing`
     checks, or any model's own shortcut), simulated by hiding the tracer from transformers' mask code."""

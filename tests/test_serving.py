@@ -21,7 +21,7 @@ from benchlib.measure.serving import (
 )
 from benchlib.measure.synthetic import hold
 from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK, STATUS_OOM
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 # --- schedules ----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from benchlib.vocabulary import (
     STATUS_OK,
     STATUS_OVERLOADED,
 )
+from tests.helpers import summary_row
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",
         "runtime": "eager", "batch_size": 8, "threads": 1}
@@ -220,36 +221,36 @@ def test_one_overloaded_trial_makes_the_point_overloaded() -> None:
 # --- the highest rate within a budget -----------------------------------------------------
 
 
-def point(instance: str = "a", rate: float = 100.0, p99: float = 10.0, status: str = STATUS_OK, **keys) -> dict:
+def rate_point(instance: str = "a", rate: float = 100.0, p99: float = 10.0, status: str = STATUS_OK,
+               **keys) -> dict:
     """A summary row: throughput = achieved rate x batch size; $/M priced at it."""
     row = {**KEYS, "instance": instance, "batch_size": 1, "max_batch_size": 1, "arrival": "poisson",
            "offered_rate_per_s": rate, "status": status, "latency_p99_ms": p99, "latency_p99_ci_high_ms": p99 + 1,
            "achieved_rate_per_s": rate, "accuracy_gate": np.nan, "usd_per_hour": 1.0, **keys}
     row.setdefault("throughput_per_s", row["achieved_rate_per_s"] * row["batch_size"])
-    row["usd_per_million"] = row["usd_per_hour"] / (row["throughput_per_s"] * 3600) * 1e6
-    return row
+    return summary_row(**row)
 
 
 def rate_summary() -> pd.DataFrame:
     return pd.DataFrame([
-        point(rate=50, p99=10), point(rate=100, p99=20), point(rate=200, p99=60),
-        point(rate=400, p99=math.nan, status=STATUS_OVERLOADED),
-        point(rate=100, p99=15, max_batch_size=8), point(rate=200, p99=30, max_batch_size=8),
-        point(rate=400, p99=45, max_batch_size=8),
-        point(rate=50, p99=math.nan, status=STATUS_OVERLOADED, threads=2),
-        point(rate=50, p99=70, threads=4), point(rate=100, p99=30, threads=4), point(rate=200, p99=80, threads=4),
-        point(rate=math.nan, p99=5, arrival="closed"),
+        rate_point(rate=50, p99=10), rate_point(rate=100, p99=20), rate_point(rate=200, p99=60),
+        rate_point(rate=400, p99=math.nan, status=STATUS_OVERLOADED),
+        rate_point(rate=100, p99=15, max_batch_size=8), rate_point(rate=200, p99=30, max_batch_size=8),
+        rate_point(rate=400, p99=45, max_batch_size=8),
+        rate_point(rate=50, p99=math.nan, status=STATUS_OVERLOADED, threads=2),
+        rate_point(rate=50, p99=70, threads=4), rate_point(rate=100, p99=30, threads=4), rate_point(rate=200, p99=80, threads=4),
+        rate_point(rate=math.nan, p99=5, arrival="closed"),
     ])
 
 
 def test_meets_budget() -> None:
-    assert meets_budget(point(p99=50.0), 50.0, "p99")
+    assert meets_budget(rate_point(p99=50.0), 50.0, "p99")
     assert meets_budget({"status": "ok", "latency_p99_ms": 49.9}, 50.0, "p99")
-    assert not meets_budget(point(p99=50.1), 50.0, "p99")
-    assert not meets_budget(point(p99=10.0, status=STATUS_OVERLOADED), 50.0, "p99")
-    assert not meets_budget(point(p99=math.nan), 50.0, "p99")
+    assert not meets_budget(rate_point(p99=50.1), 50.0, "p99")
+    assert not meets_budget(rate_point(p99=10.0, status=STATUS_OVERLOADED), 50.0, "p99")
+    assert not meets_budget(rate_point(p99=math.nan), 50.0, "p99")
     with pytest.raises(InputError, match="p97"):
-        meets_budget(point(), 50.0, "p97")
+        meets_budget(rate_point(), 50.0, "p97")
 
 
 def test_max_rate_table_brackets_each_configurations_capacity() -> None:
@@ -273,11 +274,11 @@ def test_max_rate_table_brackets_each_configurations_capacity() -> None:
 def serving_summary() -> pd.DataFrame:
     """Model m on a $1/h instance (capacity 100/s), a $3/h one (400/s), and a traced point that failed its gate."""
     return pd.DataFrame([
-        point("cheap", rate=100, p99=20), point("cheap", rate=200, p99=90),
-        point("big", rate=400, p99=45, usd_per_hour=3.0), point("big", rate=800, p99=300, usd_per_hour=3.0),
-        point("cheap", rate=1000, p99=5, runtime="trace", accuracy_gate="fail"),
-        point("cheap", rate=50, p99=math.nan, status=STATUS_OVERLOADED, model="n"),
-        point("cheap", rate=math.nan, p99=5, model="o", arrival="closed"),
+        rate_point("cheap", rate=100, p99=20), rate_point("cheap", rate=200, p99=90),
+        rate_point("big", rate=400, p99=45, usd_per_hour=3.0), rate_point("big", rate=800, p99=300, usd_per_hour=3.0),
+        rate_point("cheap", rate=1000, p99=5, runtime="trace", accuracy_gate="fail"),
+        rate_point("cheap", rate=50, p99=math.nan, status=STATUS_OVERLOADED, model="n"),
+        rate_point("cheap", rate=math.nan, p99=5, model="o", arrival="closed"),
     ])
 
 
@@ -309,7 +310,7 @@ def test_recommend_serving_sizes_the_cheapest_fleet(target: float, instance: str
 
 def test_recommend_serving_counts_inferences_not_requests() -> None:
     # Requests of 4 samples at 100 requests/s carry 400 inferences/s: one instance serves 400/s.
-    summary = pd.DataFrame([point("cheap", rate=100, p99=20, batch_size=4)])
+    summary = pd.DataFrame([rate_point("cheap", rate=100, p99=20, batch_size=4)])
     m = recommend_serving(summary, 50.0, "p99", target_per_s=400.0).iloc[0]
     assert m["throughput_per_s"] == 400 and m["instances_needed"] == 1
     with pytest.raises(InputError, match="positive"):
@@ -317,9 +318,9 @@ def test_recommend_serving_counts_inferences_not_requests() -> None:
 
 
 def test_the_closed_loop_recommendation_and_knees_leave_open_loop_points_out() -> None:
-    closed = [point("cheap", rate=math.nan, p99=30, arrival="closed", batch_size=b,
+    closed = [rate_point("cheap", rate=math.nan, p99=30, arrival="closed", batch_size=b,
                     throughput_per_s=t) for b, t in ((1, 100.0), (2, 190.0), (4, 300.0), (8, 330.0), (16, 340.0))]
-    summary = pd.DataFrame([*closed, point("cheap", rate=5000, p99=10, batch_size=16, throughput_per_s=80000.0)])
+    summary = pd.DataFrame([*closed, rate_point("cheap", rate=5000, p99=10, batch_size=16, throughput_per_s=80000.0)])
     rec = recommend(summary, 50.0, "p99").iloc[0]
     assert rec["throughput_per_s"] == 340.0  # not the open-loop point's 80000/s
     assert recommend(summary.iloc[5:], 50.0, "p99").iloc[0]["reason"].startswith("only open-loop points")

@@ -19,7 +19,7 @@ from benchlib.derive.stats import (
     percentile_with_ci,
     window_throughputs,
 )
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 from tests.test_load import fake_client
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32", "runtime": "eager",

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.util
-import io
 import types
 from pathlib import Path
 
@@ -228,7 +226,7 @@ def run_cell(source: str, namespace: dict) -> object:
     return eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace) if last else None
 
 
-def test_report_notebook_section_shows_both_tables(imported, monkeypatch) -> None:
+def test_report_notebook_section_shows_both_tables(imported, monkeypatch, capsys) -> None:
     """The section's cells, run here on the imported seed (tests/test_notebooks.py runs the whole notebook
     through `benchlib report --example seed`); our YOLO counts faked, as building the models takes a minute."""
     nb = nbformat.read(str(REPO / "notebooks" / "report.ipynb"), as_version=4)
@@ -236,19 +234,17 @@ def test_report_notebook_section_shows_both_tables(imported, monkeypatch) -> Non
     assert "## The study's additional benchmarks" in cells["study-additional-md"].source
     monkeypatch.setattr(study, "_model_counts", lambda: fake_counts)
     namespace = {"report": report, "study": study, "runs": imported}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        bert = run_cell(cells["study-bert-large"].source, namespace).to_html()
-        yolo = run_cell(cells["study-yolo"].source, namespace).to_html()
+    capsys.readouterr()
+    bert = run_cell(cells["study-bert-large"].source, namespace).to_html()
+    yolo = run_cell(cells["study-yolo"].source, namespace).to_html()
+    printed = capsys.readouterr().out
     for figure in ("93.50", "40.31", "2.32x", "3.82x", "3.8x", "$4.82", "$8.30", "FP32 by position"):
         assert figure in bert, figure
     for figure in ("YOLOv5s", "16.5", "7.2M", "205.9", "14.4", "9.1M", "yolov5su"):
         assert figure in yolo, figure
-    assert "our `amp`" in printed.getvalue() and "val.py" in printed.getvalue()
+    assert "our `amp`" in printed and "val.py" in printed
     # Without the seed's runs, the section says how to get it and shows empty tables.
     namespace["runs"] = types.SimpleNamespace(latest=imported.latest.assign(run_id="20260101T000000Z-abc"))
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert run_cell(cells["study-bert-large"].source, namespace).data.empty
-        assert run_cell(cells["study-yolo"].source, namespace).data.empty
-    assert printed.getvalue().count("--example seed") == 2
+    assert run_cell(cells["study-bert-large"].source, namespace).data.empty
+    assert run_cell(cells["study-yolo"].source, namespace).data.empty
+    assert capsys.readouterr().out.count("--example seed") == 2

@@ -1,8 +1,6 @@
 """End to end on CPU: `benchlib bench` on tiny models writes records, summary and env."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import RECORD_COLUMNS, SUMMARY_COLUMNS
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.sweep import run_sweep
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, run_cli, tiny_params
 
 SWEEP = tiny_params(
     models=[TINY_BERT, TINY_RESNET],
@@ -38,13 +36,13 @@ def bench_run(tmp_path_factory) -> tuple[Path, str]:
     params_path = tmp / "tiny.yaml"
     params_path.write_text(yaml.safe_dump(SWEEP))
     out = tmp / "out"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main(["bench", str(params_path), "--out", str(out), "--quiet",
-                     "--latency-budget-ms", "1000", "--percentile", "p50", "--target-per-s", "100"]) == 0
-    return out, stdout.getvalue()
+    code, text = run_cli(None, "bench", params_path, "--out", out, "--quiet", "--latency-budget-ms", "1000",
+                         "--percentile", "p50", "--target-per-s", "100")
+    assert code == 0, text
+    return out, text
 
 
+@pytest.mark.slow
 def test_writes_every_file(bench_run) -> None:
     out, stdout = bench_run
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
@@ -54,6 +52,7 @@ def test_writes_every_file(bench_run) -> None:
     assert "knees of throughput vs batch size" in stdout and "cheapest configuration with p50" in stdout
 
 
+@pytest.mark.slow
 def test_summary_has_one_row_per_grid_point(bench_run) -> None:
     summary = read_summary(bench_run[0])
     assert len(summary) == 2 * 2 * 2 * 2
@@ -76,6 +75,7 @@ def test_summary_has_one_row_per_grid_point(bench_run) -> None:
     assert summary["usd_per_million"].to_numpy() == pytest.approx(0.5 / (summary["throughput_per_s"] * 3600) * 1e6)
 
 
+@pytest.mark.slow
 def test_window_respects_duration_and_min_requests(bench_run) -> None:
     summary = read_summary(bench_run[0])
     assert (summary["n_requests"] >= SWEEP["min_requests"]).all()
@@ -84,6 +84,7 @@ def test_window_respects_duration_and_min_requests(bench_run) -> None:
     assert (summary["n_warmup"] == SWEEP["warmup_requests"] * summary["threads"]).all()
 
 
+@pytest.mark.slow
 def test_records_are_raw_and_the_summary_derives_from_them(bench_run) -> None:
     out = bench_run[0]
     records = read_records(out)
@@ -104,6 +105,7 @@ def test_records_are_raw_and_the_summary_derives_from_them(bench_run) -> None:
     assert two.groupby("point")["thread"].nunique().eq(2).all()
 
 
+@pytest.mark.slow
 def test_accuracy_of_reduced_precision_is_recorded(bench_run) -> None:
     out = bench_run[0]
     accuracy = pd.read_csv(out / "accuracy.csv")
@@ -117,6 +119,7 @@ def test_accuracy_of_reduced_precision_is_recorded(bench_run) -> None:
     assert summary.loc[summary["precision"] == "fp32", "max_abs_error"].isna().all()
 
 
+@pytest.mark.slow
 def test_env_records_versions_threads_and_params(bench_run) -> None:
     out = bench_run[0]
     env = json.loads((out / "env.json").read_text())
@@ -130,6 +133,7 @@ def test_env_records_versions_threads_and_params(bench_run) -> None:
     assert parse_params(yaml.safe_load((out / "params.yaml").read_text())).grid_size == 16
 
 
+@pytest.mark.slow
 def test_knees_and_recommendation_files(bench_run) -> None:
     out = bench_run[0]
     knee_table = pd.read_csv(out / "knees.csv")
@@ -147,16 +151,17 @@ def test_knees_and_recommendation_files(bench_run) -> None:
         assert rec["instances_needed"] >= 1
 
 
-def test_price_override_prices_every_point(tmp_path: Path) -> None:
-    params = parse_params(tiny_params(batch_sizes=[1], price_usd_per_hour=0.36))
-    result = run_sweep(params, tmp_path, progress=None)
-    row = result.summary.iloc[0]
-    assert row["usd_per_hour"] == 0.36
-    assert row["usd_per_million"] == pytest.approx(0.36 / (row["throughput_per_s"] * 3600) * 1e6)
-    env = json.loads((tmp_path / "env.json").read_text())
-    assert env["price"] == {"usd_per_hour": 0.36, "source": "price_usd_per_hour in the params file"}
+def test_price_override_prices_every_point(tiny_run) -> None:
+    assert tiny_run.params.price_usd_per_hour == 0.5  # not test-cpu's price: there is none
+    summary = read_summary(tiny_run.folder)
+    assert (summary["usd_per_hour"] == 0.5).all()
+    assert summary["usd_per_million"].tolist() == pytest.approx(
+        (0.5 / (summary["throughput_per_s"] * 3600) * 1e6).tolist())
+    env = json.loads((tiny_run.folder / "env.json").read_text())
+    assert env["price"] == {"usd_per_hour": 0.5, "source": "price_usd_per_hour in the params file"}
 
 
+@pytest.mark.slow
 def test_recommend_command_across_runs(tmp_path: Path, capsys) -> None:
     for instance, price in (("cheap", 0.1), ("dear", 10.0)):
         params = parse_params(tiny_params(instance=instance, batch_sizes=[1], min_requests=8, price_usd_per_hour=price))
@@ -201,6 +206,7 @@ def test_intra_op_threads_are_set_for_the_sweep_and_restored_even_on_error() -> 
         assert torch.get_num_threads() == before
 
 
+@pytest.mark.slow
 def test_out_of_memory_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys) -> None:
     # A batch whose inputs cannot be allocated at all (hundreds of GB): a real allocator failure.
     params = parse_params(tiny_params(models=[TINY_RESNET], batch_sizes=[2, 50_000_000, 1]))
@@ -212,6 +218,7 @@ def test_out_of_memory_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path, c
     assert (records.loc[records["batch_size"] == 50_000_000, "status"] == "oom").all()
 
 
+@pytest.mark.slow
 def test_bench_reports_progress_per_point(tmp_path: Path, write_params, capsys) -> None:
     path = write_params(tiny_params(batch_sizes=[1], threads=[1, 2]))
     assert main(["bench", str(path), "--out", str(tmp_path / "o")]) == 0
@@ -248,6 +255,7 @@ def test_cuda_sweep_with_per_thread_streams(tmp_path: Path) -> None:
     assert two.groupby("point")["thread"].nunique().eq(2).all()
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_the_accuracy_check_is_recorded(tmp_path: Path, monkeypatch) -> None:
     import benchlib.measure.gates as gates
 

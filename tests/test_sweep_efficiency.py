@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from benchlib.measure.sweep import run_sweep
 from benchlib.measure.telemetry import ENERGY_NVML_COUNTER, Telemetry
 from benchlib.params import parse_params
 from benchlib.results import read_records, read_telemetry
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 #: TINY_BERT by hand (see tests/test_flops.py): 2 layers of 4 projections, a feed-forward
 #: block and attention, and the QA head; a multiply-add is 2 FLOPs.
@@ -32,6 +33,7 @@ def measured(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     return out, run_sweep(params, out, progress=None).summary
 
 
+@pytest.mark.slow
 def test_env_records_the_peak_the_published_table_and_each_models_flops(measured) -> None:
     out, _ = measured
     env = json.loads((out / "env.json").read_text())
@@ -46,6 +48,7 @@ def test_env_records_the_peak_the_published_table_and_each_models_flops(measured
     assert flops["torchvision:resnet18"][0] > 0
 
 
+@pytest.mark.slow
 def test_each_point_reports_flops_share_of_peak_and_memory(measured) -> None:
     out, summary = measured
     env = json.loads((out / "env.json").read_text())
@@ -66,12 +69,14 @@ def test_each_point_reports_flops_share_of_peak_and_memory(measured) -> None:
         (env["device_memory_bytes"] - summary["peak_memory_bytes"]).tolist())
 
 
+@pytest.mark.slow
 def test_energy_that_cannot_be_read_is_empty_and_says_why(measured) -> None:
     _, summary = measured
     assert summary["energy_j"].isna().all() and summary["joules_per_inference"].isna().all()
     assert summary["telemetry_note"].str.contains("no energy: RAPL not readable").all()
 
 
+@pytest.mark.slow
 def test_telemetry_covers_each_point_on_the_records_time_origin(measured) -> None:
     out, _ = measured
     records, telemetry = read_records(out), read_telemetry(out)
@@ -132,8 +137,10 @@ def test_telemetry_off_and_a_flops_figure_from_the_params(tmp_path: Path) -> Non
     assert math.isnan(summary["energy_j"].iloc[0]) and summary["peak_memory_bytes"].iloc[0] > 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_peak_it_measured(measured, tmp_path: Path, monkeypatch) -> None:
-    out, summary = measured
+    out = Path(shutil.copytree(measured[0], tmp_path / "run"))  # resumed: the module's run stays as measured
+    summary = measured[1]
     before = json.loads((out / "env.json").read_text())["peak_flops_per_s"]
 
     def no_second_measurement(*args, **kwargs):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from benchlib.vocabulary import (
     STATUS_OVERLOADED,
     SUMMARY_COLUMNS,
 )
-from tests.conftest import TINY_RESNET, tiny_params
+from tests.helpers import TINY_RESNET, tiny_params
 
 
 def serving_params(**overrides):
@@ -33,6 +34,7 @@ def overload_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Dat
     return out, run_sweep(params, out, progress=None).summary
 
 
+@pytest.mark.slow
 def test_open_loop_records_carry_the_request_path(overload_run: tuple[Path, pd.DataFrame]) -> None:
     out, summary = overload_run
     records = read_records(out)
@@ -46,6 +48,7 @@ def test_open_loop_records_carry_the_request_path(overload_run: tuple[Path, pd.D
     assert records["warmup"].groupby(records["point"]).sum().tolist() == [2, 2]
 
 
+@pytest.mark.slow
 def test_an_offered_rate_above_capacity_is_overloaded_at_capacity(overload_run: tuple[Path, pd.DataFrame]) -> None:
     out, summary = overload_run
     easy, hard = summary.iloc[0], summary.iloc[1]
@@ -59,8 +62,10 @@ def test_an_offered_rate_above_capacity_is_overloaded_at_capacity(overload_run: 
     assert easy["offered_rate_per_s"] == 30
 
 
-def test_resume_counts_an_overloaded_point_as_done(overload_run: tuple[Path, pd.DataFrame]) -> None:
-    out, summary = overload_run
+@pytest.mark.slow
+def test_resume_counts_an_overloaded_point_as_done(overload_run: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    out = Path(shutil.copytree(overload_run[0], tmp_path / "run"))  # resumed: the module's run stays as measured
+    summary = overload_run[1]
     before = read_records(out)
     params = serving_params(rates_per_s=[30, 200], duration_s=2.0)
     again = run_sweep(params, out, progress=None, resume=True).summary
@@ -101,6 +106,7 @@ def test_the_rate_search_finds_a_synthetic_models_capacity(tmp_path: Path) -> No
     assert len(read_records(tmp_path)) == len(records)
 
 
+@pytest.mark.slow
 def test_merged_batches_use_inputs_and_artifacts_of_every_size(tmp_path: Path) -> None:
     params = parse_params(tiny_params(models=[TINY_RESNET], batch_sizes=[2], runtimes=["trace"], arrival="poisson",
                                       rates_per_s=[200], max_batch_size=[3], max_queue_delay_ms=5, duration_s=0.5,

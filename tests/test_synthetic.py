@@ -30,7 +30,7 @@ from benchlib.model_spec import ModelSpec
 from benchlib.params import parse_params
 from benchlib.results import point_records
 from benchlib.schema import CLOSED_LOOP_KEYS
-from tests.conftest import FakeClock, tiny_params
+from tests.helpers import FakeClock, tiny_params
 
 CPU = torch.device("cpu")
 HOLD_MS = 10.0
@@ -155,6 +155,7 @@ def test_holds_run_side_by_side_without_the_gil() -> None:
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_it_with_eager_only_and_no_dtype(tmp_path: Path) -> None:
     params = parse_params(tiny_params(models=["synthetic:10"], batch_sizes=[1], runtimes=["eager", "trace"],
                                       duration_s=0.1, min_requests=3, telemetry=False))

@@ -26,7 +26,7 @@ from benchlib.measure.telemetry import (
     open_telemetry,
 )
 from benchlib.vocabulary import SAMPLE_COLUMNS
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")

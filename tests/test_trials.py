@@ -13,7 +13,7 @@ from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.params import parse_params
 from benchlib.results import RECORDS, point_records, read_records
 from benchlib.schema import CLOSED_LOOP_KEYS
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 KEYS = {"instance": "i", "model": "m", "weights": "random", "precision": "fp32", "dtype": "float32",
         "runtime": "eager", "batch_size": 2, "threads": 1, **CLOSED_LOOP_KEYS}
@@ -90,6 +90,7 @@ def repeated(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_each_point_gets_its_trials_interleaved(repeated: Path) -> None:
     records = read_records(repeated)
     order = list(dict.fromkeys(zip(records["point"], records["trial"])))
@@ -102,6 +103,7 @@ def test_each_point_gets_its_trials_interleaved(repeated: Path) -> None:
     assert len(warm) == 6 and (records.groupby(["point", "trial"])["start_s"].min() < 0).all()
 
 
+@pytest.mark.slow
 def test_the_summary_pools_the_trials(repeated: Path) -> None:
     summary = pd.read_csv(repeated / "summary.csv")
     records = read_records(repeated)
@@ -115,6 +117,7 @@ def test_the_summary_pools_the_trials(repeated: Path) -> None:
     assert not summary["notes"].str.contains("1 trial").any()
 
 
+@pytest.mark.slow
 def test_resume_keys_on_point_and_trial(repeated: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -132,6 +135,7 @@ def test_resume_keys_on_point_and_trial(repeated: Path, tmp_path: Path) -> None:
     assert (summary["n_trials"] == 3).all()
 
 
+@pytest.mark.slow
 def test_an_adaptive_point_stops_at_its_target_or_its_budget(tmp_path: Path) -> None:
     params = parse_params(tiny_params(models=["synthetic:2"], batch_sizes=[1], threads=[1], target_ci_pct=5.0,
                                       max_duration_s=1.0, duration_s=0.1, min_requests=20, warmup_requests=1))

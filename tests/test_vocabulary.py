@@ -10,7 +10,7 @@ from benchlib.measure.precision import resolve_precision
 from benchlib.measure.grid import GridPoint, grid
 from benchlib.params import parse_params
 from benchlib.vocabulary import GRID_KEYS, POINT_KEYS, RECORD_COLUMNS, SUMMARY_COLUMNS, latency_column
-from tests.conftest import TINY_BERT, TINY_RESNET, tiny_params
+from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 PACKAGE = Path(__file__).resolve().parents[1] / "benchlib"
 # Literals that belong to the vocabulary: statuses and summary column names.

@@ -20,7 +20,7 @@ import nbformat
 import pytest
 import yaml
 
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import torch
 
 from benchlib.cli import main
 from benchlib.measure.yolo import YOLO_CONF_THRESHOLD, letterbox, nms
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_ULTRALYTICS = importlib.util.find_spec("ultralytics") is not None

@@ -25,6 +25,7 @@ def test_bert_large_pretrained_defaults_to_a_bert_large_squad_checkpoint() -> No
     assert "bert-large" in BERT_LARGE_SQUAD_HUB_ID and "squad" in BERT_LARGE_SQUAD_HUB_ID
 
 
+@pytest.mark.slow
 def test_reduced_bert_large_runs_on_cpu_and_its_flops_are_counted() -> None:
     spec = ModelSpec(name="bert-large-uncased-squad", seq_len=16, config={"num_hidden_layers": 2})
     loaded = load_model(spec, torch.device("cpu"), seed=0)
