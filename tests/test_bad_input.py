@@ -1,0 +1,74 @@
+"""The hunt (issue 19): files, folders, instances and models a user can get wrong, each answered with
+exit 2 and a message naming the argument and the fix, never a traceback, and nothing written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchlib.cli import main
+from benchlib.errors import WorkloadError
+from benchlib.ownership import mark_made
+
+#: The least summary a run folder needs to be read (REQUIRED_SUMMARY_COLUMNS and a latency).
+SUMMARY = pd.DataFrame([{"instance": "test-cpu", "model": "m", "precision": "fp32", "runtime": "eager",
+                         "batch_size": 1, "threads": 1, "throughput_per_s": 100.0, "latency_p95_ms": 10.0,
+                         "status": "ok", "usd_per_hour": 0.5, "usd_per_million": 1.4}])
+
+
+def write_run(root: Path, env: object = None, instance: str = "test-cpu", run_id: str = "r1") -> Path:
+    """A run folder benchlib made (its mark), with a summary and, unless None, this env.json."""
+    run = root / instance / run_id
+    run.mkdir(parents=True)
+    mark_made(run)
+    SUMMARY.assign(instance=instance).to_csv(run / "summary.csv", index=False)
+    if env is not None:
+        (run / "env.json").write_text(json.dumps(env))
+    return run
+
+
+def write_prices(path: Path, instances: dict[str, float]) -> Path:
+    entries = {name: {"usd_per_hour": usd, "region": "r", "date": "d", "source": "s"} for name, usd in instances.items()}
+    path.write_text(yaml.safe_dump({"instances": entries}))
+    return path
+
+
+def exits_2(argv: list[str], capsys) -> str:
+    """Run the command line; it must exit 2 (by argparse or by InputError) without a traceback: its stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+def test_a_torchscript_path_that_is_a_folder(tmp_path: Path) -> None:
+    from benchlib.measure.zoo import load_model
+    from benchlib.params import ModelSpec
+
+    with pytest.raises(WorkloadError, match="is a folder; give the TorchScript file"):
+        load_model(ModelSpec(name=f"torchscript:{tmp_path}", input_shape=(3,)), torch.device("cpu"), seed=0)
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_pretrained_hf_weights_that_are_garbage(tmp_path: Path, weights: str) -> None:
+    from transformers import BertConfig
+
+    from benchlib.measure.zoo import load_model
+    from benchlib.params import ModelSpec
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=30,
+               architectures=["BertModel"]).save_pretrained(tmp_path)
+    (tmp_path / weights).write_bytes(bytes(range(256)) * 2)  # truncated, or never a weights file
+    with pytest.raises(WorkloadError, match=f"cannot load pretrained weights from '{tmp_path}'"):
+        load_model(ModelSpec(name=f"hf:{tmp_path}", weights="pretrained", seq_len=8), torch.device("cpu"), seed=0)
