@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from benchlib.cli import main
-from benchlib.errors import WorkloadError
+from benchlib.errors import InputError, WorkloadError
 from benchlib.ownership import mark_made
+from tests.conftest import tiny_params
 
 #: The least summary a run folder needs to be read (REQUIRED_SUMMARY_COLUMNS and a latency).
 SUMMARY = pd.DataFrame([{"instance": "test-cpu", "model": "m", "precision": "fp32", "runtime": "eager",
@@ -47,6 +48,48 @@ def exits_2(argv: list[str], capsys) -> str:
     assert code == 2, err
     assert "Traceback" not in err
     return err
+
+
+# --- run folders: read by compare, recommend, report and resume -------------------------------------
+
+
+def test_an_env_json_that_is_not_a_mapping_is_named(tmp_path: Path, capsys) -> None:
+    good, listed = write_run(tmp_path / "a", env={}), write_run(tmp_path / "b", env=[1, 2])
+    for argv in (["compare", str(good), str(listed)], ["recommend", str(listed), "--latency-budget-ms", "50"]):
+        err = exits_2(argv, capsys)
+        assert str(listed) in err and "env.json holds a JSON list, not the mapping benchlib writes" in err
+
+
+def test_run_resume_passes_over_a_run_whose_env_json_is_not_a_mapping(tmp_path: Path) -> None:
+    from benchlib.params import parse_params
+    from benchlib.present.runner import _unfinished_run
+
+    write_run(tmp_path, env=["not", "a", "mapping"])
+    assert _unfinished_run(tmp_path / "test-cpu", parse_params(tiny_params()), force=False) is None
+
+
+@pytest.mark.parametrize("name", ["summary.csv", "records.parquet", "env.json"])
+def test_resume_refuses_a_folder_where_the_run_keeps_a_file(tmp_path: Path, name: str) -> None:
+    from benchlib.results import RunWriter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mark_made(run)
+    (run / name).mkdir()
+    with pytest.raises(InputError, match=f"{name} is a folder where the run keeps its {name} file"):
+        RunWriter(run, {"params": "p", "code": "c"}, resume=True)
+
+
+def test_resume_refuses_records_that_are_another_table(tmp_path: Path) -> None:
+    from benchlib.results import RunWriter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mark_made(run)
+    (run / "env.json").write_text(json.dumps({"fingerprint": {"params": "p", "code": "c"}}))
+    pd.DataFrame({"a": [1, 2]}).to_parquet(run / "records.parquet")
+    with pytest.raises(InputError, match=r"cannot resume .*records.parquet lacks \['batch_size', 'model', 'point'"):
+        RunWriter(run, {"params": "p", "code": "c"}, resume=True)
 
 
 # --- models -----------------------------------------------------------------------------------------
