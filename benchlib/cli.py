@@ -32,12 +32,15 @@ EXIT_BAD_INPUT = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from benchlib.derive.cost import load_prices, require_price
+    from benchlib.derive.cost import PriceError, load_prices, require_price
 
     prices = load_prices(args.prices)
     for path in args.params:
         params = load_params(path)
-        usd = require_price(params.instance, prices, params.price_usd_per_hour)
+        try:
+            usd = require_price(params.instance, prices, params.price_usd_per_hour, args.prices)
+        except PriceError as exc:  # which of the files given lacks a price
+            raise PriceError(f"{path}: {exc}") from None
         if not params.open_loop:
             load = f"{len(params.threads)} thread count(s)"
         else:
@@ -56,12 +59,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     # torch is imported here, not at start-up, so `validate` answers in a blink.
-    from benchlib.derive.cost import load_prices
+    from benchlib.derive.cost import PriceError, load_prices, require_price
     from benchlib.measure.sweep import run_sweep
 
     _check_force(args)
     params = load_params(args.params)
     prices = load_prices(args.prices)
+    try:  # here, where the files are known; the sweep checks it again
+        require_price(params.instance, prices, params.price_usd_per_hour, args.prices)
+    except PriceError as exc:
+        raise PriceError(f"{args.params}: {exc}") from None
     result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
                        resume=args.resume, force=args.force, percentile=args.percentile)
     print(format_table(result.summary, summary_shown(result.summary)))
@@ -141,10 +148,11 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
     from benchlib.present.runner import run_report
 
     if args.example == "seed":
-        from benchlib.derive.cost import load_prices
+        from benchlib.derive.cost import DEFAULT_PRICES, load_prices
         from benchlib.present.study import import_runs, study_prices
 
-        import_runs(out, study_prices(load_prices(args.prices)), additional=True)  # with BERT-large
+        prices = study_prices(load_prices(args.prices), args.prices or DEFAULT_PRICES)
+        import_runs(out, prices, additional=True)  # with BERT-large
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
@@ -300,12 +308,12 @@ def _compare_shown(table: pd.DataFrame, percentile: str) -> pd.DataFrame:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from benchlib.derive.cost import load_prices
+    from benchlib.derive.cost import DEFAULT_PRICES, load_prices
     from benchlib.derive.knee import knees
     from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
     from benchlib.present.study import study_prices
 
-    prices = study_prices(load_prices(args.prices))
+    prices = study_prices(load_prices(args.prices), args.prices or DEFAULT_PRICES)
     costs = reproduce_costs(prices)
     print(f"$ per million inferences from the study's throughputs at {prices}:")
     print(format_table(costs, ["model", "batch_size", "precision", "instance", "throughput_per_s",

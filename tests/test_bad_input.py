@@ -92,6 +92,30 @@ def test_resume_refuses_records_that_are_another_table(tmp_path: Path) -> None:
         RunWriter(run, {"params": "p", "code": "c"}, resume=True)
 
 
+# --- prices and instances ---------------------------------------------------------------------------
+
+
+def test_a_missing_price_names_the_params_file_and_the_price_table(tmp_path: Path, write_params, capsys) -> None:
+    good = write_params(tiny_params(), name="good.yaml")
+    unpriced = write_params({k: v for k, v in tiny_params().items() if k != "price_usd_per_hour"}, name="unpriced.yaml")
+    table = write_prices(tmp_path / "prices.yaml", {"other": 1.0})
+    err = exits_2(["validate", str(good), str(unpriced), "--prices", str(table)], capsys)
+    assert err.startswith(f"error: {unpriced}: instance: 'test-cpu' has no price in the price table {table}")
+    assert f"or add 'test-cpu' to {table}" in err
+    err = exits_2(["bench", str(unpriced), "--prices", str(table), "--out", str(tmp_path / "o")], capsys)
+    assert f"{unpriced}: instance: 'test-cpu'" in err and not (tmp_path / "o").exists()
+
+
+def test_the_study_needs_its_two_instances_in_the_price_table(tmp_path: Path, capsys) -> None:
+    table = write_prices(tmp_path / "prices.yaml", {"g5.4xlarge": 1.624})
+    err = exits_2(["study", "--prices", str(table)], capsys)
+    assert f"{table}: no price for g4dn.4xlarge, which the study compares" in err
+    out = tmp_path / "seed"
+    assert "no price for g4dn.4xlarge" in exits_2(["report", "--example", "seed", "--out", str(out), "--prices",
+                                                    str(table)], capsys)
+    assert not out.exists()
+
+
 # --- models -----------------------------------------------------------------------------------------
 
 
