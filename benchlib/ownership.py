@@ -317,6 +317,28 @@ def check_report_files(location: str | Path) -> None:
                       "give another --out, or move those files away")
 
 
+def check_figure(path: str | Path) -> None:
+    """A report figure may be written at `path` (a local PNG): nothing there, or a figure benchlib wrote, as
+    the MARK of the folder above recorded it (an outputs root's figures/, see record_report_files), or beside
+    a report notebook of benchlib's (report.ipynb: one from before the mark, or papermill run by hand with
+    its output there). The report notebook's `figures_dir` may be any folder: a user's file there is theirs."""
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"figures_dir {path.parent} is a file, not a folder; give a folder for the report's figures")
+    if not path.exists():
+        return
+    data = path.read_bytes() if path.is_file() else None
+    root = Folder.at(path.parent.parent)
+    recorded = root.json(MARK).get("files")
+    if data is not None and isinstance(recorded, dict) and recorded.get(f"{path.parent.name}/{path.name}") == \
+            file_hash(data):
+        return
+    if data is not None and _legacy_report(root):  # its notebook beside: papermill run by hand, or an old report
+        return
+    raise InputError(f"{path} is not a figure benchlib wrote (or it changed since), and the report would replace it; "
+                     "give another figures_dir (a new folder), or move that file away")
+
+
 def record_report_files(location: str | Path) -> list[str]:
     """After a report: MARK records the hash of each report file now in `location`; the files, relative."""
     folder = Folder.at(location)

@@ -12,7 +12,7 @@ import yaml
 
 from benchlib.cli import main
 from benchlib.errors import InputError, WorkloadError
-from benchlib.ownership import mark_made
+from benchlib.ownership import MARK, mark_made
 from tests.conftest import tiny_params
 
 #: The least summary a run folder needs to be read (REQUIRED_SUMMARY_COLUMNS and a latency).
@@ -114,6 +114,61 @@ def test_the_study_needs_its_two_instances_in_the_price_table(tmp_path: Path, ca
     assert "no price for g4dn.4xlarge" in exits_2(["report", "--example", "seed", "--out", str(out), "--prices",
                                                     str(table)], capsys)
     assert not out.exists()
+
+
+def test_an_unknown_baseline_instance_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    from benchlib.present import report
+
+    runs = report.load_runs(write_run(tmp_path, env={}, instance="g5.4xlarge").parents[1])
+    with pytest.raises(InputError, match=r"baseline instance 'g5.4xlarg' is not among the runs' instances "
+                                         r"\(g5.4xlarge\) \(did you mean 'g5.4xlarge'\?\)"):
+        report.study_table(runs.latest, "g5.4xlarg")
+    assert not report.study_table(runs.latest, "g5.4xlarge").empty
+
+
+def test_bad_input_found_in_the_report_notebook_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The notebook's InputError (an unknown baseline, no usable runs) comes back as papermill's
+    exception, by name; the command line says it as bad input, not as papermill's traceback."""
+    from benchlib.present import runner
+
+    class NotebookError(Exception):  # what papermill raises: the cell's exception by name and value
+        ename, evalue = "InputError", "baseline instance 'NOPE' is not among the runs' instances"
+
+    def execute(*args: object, **kwargs: object) -> None:
+        raise NotebookError()
+
+    monkeypatch.setattr(runner, "execute", execute)
+    write_run(tmp_path, env={})
+    err = exits_2(["report", "--out", str(tmp_path), "--baseline", "NOPE"], capsys)
+    assert "error: baseline instance 'NOPE' is not among the runs' instances" in err
+    assert runner._is_input_error("PriceError") and not runner._is_input_error("KeyError")
+
+
+# --- the report's figures ---------------------------------------------------------------------------
+
+
+def test_figures_go_only_where_nothing_of_the_users_is_replaced(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from benchlib.ownership import record_report_files
+    from benchlib.present import plots
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(InputError, match="figures_dir .*notes.txt is a file, not a folder"):
+        plots.save(Figure(), a_file, "cost_vs_batch")
+    theirs = tmp_path / "mine" / "cost_vs_batch.png"
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"their own chart")
+    with pytest.raises(InputError, match="cost_vs_batch.png is not a figure benchlib wrote"):
+        plots.save(Figure(), theirs.parent, "cost_vs_batch")
+    assert theirs.read_bytes() == b"their own chart"
+    # An outputs root's figures/ as `benchlib report` left them (MARK records their hashes): replaced.
+    root = tmp_path / "outputs"
+    first = plots.save(Figure(), root / "figures", "cost_vs_batch")
+    record_report_files(root)
+    assert json.loads((root / MARK).read_text())["files"]["figures/cost_vs_batch.png"]
+    assert plots.save(Figure(figsize=(2, 2)), root / "figures", "cost_vs_batch") == first
 
 
 # --- models -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 from benchlib.derive.cost import is_open_loop, with_runtime
 
+from benchlib.ownership import check_figure
 from benchlib.results import with_load_keys
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
@@ -314,6 +315,7 @@ def save(fig: Figure | None, directory: str | Path | None, name: str) -> Path | 
     if directory is None or fig is None:
         return None
     path = Path(directory) / f"{name}.png"
+    check_figure(path)  # a user's file of that name is theirs
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

@@ -5,8 +5,9 @@ headers and round for reading.
 """
 from __future__ import annotations
 
-import warnings
+import difflib
 import shlex
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,12 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
         index, levels = [*index, "runtime"], [*levels, "Runtime"]
     latency = latency_column(percentile)
     instances = sorted(best["instance"].unique())
+    if baseline is not None and baseline not in instances:  # else the cost benefit columns would just be missing
+        hint = difflib.get_close_matches(baseline, instances, n=1)
+        raise InputError(f"baseline instance {baseline!r} is not among the runs' instances ({', '.join(instances)})"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + "; give one of them with --baseline (baseline_instance), or leave it out to compare with "
+                           "the cheapest per hour")
     if baseline is None:
         prices = best.groupby("instance")["usd_per_hour"].max().dropna()
         baseline = prices.idxmin() if len(prices) else instances[0]
