@@ -162,18 +162,8 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from benchlib.present.report import read_run
-    from benchlib.results import SUMMARY
-
-    summaries = []
-    for run_dir in map(Path, args.runs):
-        if not (run_dir / SUMMARY).is_file():
-            raise InputError(f"{run_dir}: no {SUMMARY} here; give run folders written by `benchlib bench` or "
-                             "`benchlib run` (<out>/<instance>/<run_id>/)")
-        try:
-            summaries.append(read_run(run_dir)[0])
-        except ValueError as exc:
-            raise InputError(f"{run_dir}: cannot use this run folder: {exc}") from None
+    # As compare reads its two: a missing folder, a file, an outputs folder each get their own fix.
+    summaries = [_compared_run(text)[0] for text in args.runs]
     summary = pd.concat(summaries, ignore_index=True)
     _print_recommendation(summary, args, None)
     return EXIT_OK
@@ -393,7 +383,9 @@ def non_negative_number(text: str) -> float:
 
 
 def local_folder(text: str) -> str:
-    """A local folder that exists or can be made: not a URL, not a file."""
+    """A local folder that exists or can be made: not a URL, not a file, not an empty word."""
+    if not text.strip():  # e.g. `--out "$OUT"` with OUT unset: not the current folder by accident
+        raise argparse.ArgumentTypeError("an empty path; give a folder (`.` for the current one)")
     if "://" in text:
         raise argparse.ArgumentTypeError(
             f"{text!r} is a URL; this command writes a local folder (`benchlib run --out s3://...` writes to "
@@ -403,9 +395,30 @@ def local_folder(text: str) -> str:
     return text
 
 
+def scheduler_address(text: str) -> str:
+    """A Dask scheduler's address; an empty one would silently run locally instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address; give the Dask scheduler's (tcp://HOST:8786), or drop "
+                                         "--cluster to run here")
+    return text
+
+
 def folder_or_url(text: str) -> str:
-    """An fsspec URL, or a local folder (see :func:`local_folder`)."""
-    return text if "://" in text else local_folder(text)
+    """An fsspec URL of a protocol fsspec knows (and whose package is installed), or a local folder (see
+    :func:`local_folder`)."""
+    if "://" not in text:
+        return local_folder(text)
+    import fsspec
+
+    protocol = text.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: fsspec knows no protocol {protocol!r}; give a local folder or a "
+                                         "URL such as s3://BUCKET/PREFIX") from None
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
 
 
 def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -442,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("params", nargs="+", help="params YAML file(s), one run each")
     run.add_argument("--out", default="outputs", type=folder_or_url,
                      help="outputs folder or fsspec URL (s3://bucket/prefix): <out>/<instance>/<run_id>/")
-    run.add_argument("--cluster", metavar="tcp://HOST:8786",
+    run.add_argument("--cluster", metavar="tcp://HOST:8786", type=scheduler_address,
                      help="run each params file as a task on a Dask worker advertising its instance as a resource")
     run.add_argument("--worker-wait-s", type=positive_number, default=60.0,
                      help="with --cluster: how long a task may wait with no worker of its kind (default 60)")

@@ -96,6 +96,11 @@ class Folder:
             return None
         except NotADirectoryError:
             listing = [{"name": self.path, "type": "file"}]
+        except Exception as exc:  # noqa: BLE001 - cloud SDKs raise their own types (botocore's NoCredentialsError)
+            raise InputError(f"{self.shown}: cannot list this folder ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check the path or URL, and for a URL "
+                             "its credentials (for S3 the usual AWS variables, AWS_ENDPOINT_URL for another "
+                             "endpoint)") from None
         found = {}
         for entry in listing:
             name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]

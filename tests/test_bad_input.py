@@ -12,7 +12,7 @@ import yaml
 
 from benchlib.cli import main
 from benchlib.errors import InputError, WorkloadError
-from benchlib.ownership import MARK, mark_made
+from benchlib.ownership import MARK, Folder, mark_made
 from tests.conftest import tiny_params
 
 #: The least summary a run folder needs to be read (REQUIRED_SUMMARY_COLUMNS and a latency).
@@ -50,6 +50,51 @@ def exits_2(argv: list[str], capsys) -> str:
     return err
 
 
+# --- output folders and the cluster -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["bench", "run", "report"])
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path: Path, write_params, monkeypatch,
+                                                                 command: str, capsys) -> None:
+    params = str(write_params(tiny_params()))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    argv = {"bench": ["bench", params], "run": ["run", params], "report": ["report"]}[command]
+    assert "--out: an empty path" in exits_2([*argv, "--out", ""], capsys)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_a_url_of_an_unknown_protocol_is_refused(tmp_path: Path, write_params, command: str, capsys) -> None:
+    argv = ["run", str(write_params(tiny_params()))] if command == "run" else ["report"]
+    assert "fsspec knows no protocol 'foo'" in exits_2([*argv, "--out", "foo://bucket/x"], capsys)
+
+
+def test_an_outputs_url_that_cannot_be_listed_is_bad_input() -> None:
+    class NoCredentials(Exception):  # as botocore's NoCredentialsError: no OSError
+        pass
+
+    class Unreachable:
+        def invalidate_cache(self, path: str) -> None:
+            pass
+
+        def ls(self, path: str, detail: bool) -> list:
+            raise NoCredentials("Unable to locate credentials")
+
+    with pytest.raises(InputError, match=r"s3://b/x: cannot list this folder \(NoCredentials: Unable to locate "
+                                         r"credentials\); .*credentials"):
+        Folder(Unreachable(), "b/x", "s3://b/x").entries()
+
+
+def test_cluster_addresses_that_are_empty_or_not_addresses(tmp_path: Path, write_params, capsys) -> None:
+    params = str(write_params(tiny_params()))
+    assert "--cluster: an empty address" in exits_2(["run", params, "--out", str(tmp_path / "o"), "--cluster", ""],
+                                                    capsys)
+    err = exits_2(["run", params, "--out", str(tmp_path / "o"), "--cluster", "nope"], capsys)
+    assert "--cluster 'nope' is not a Dask scheduler address" in err and "tcp://HOST:8786" in err
+    assert not (tmp_path / "o").exists()
+
+
 # --- run folders: read by compare, recommend, report and resume -------------------------------------
 
 
@@ -66,6 +111,13 @@ def test_run_resume_passes_over_a_run_whose_env_json_is_not_a_mapping(tmp_path: 
 
     write_run(tmp_path, env=["not", "a", "mapping"])
     assert _unfinished_run(tmp_path / "test-cpu", parse_params(tiny_params()), force=False) is None
+
+
+def test_recommend_says_what_a_folder_is_when_it_is_not_a_run(tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "outputs", env={})
+    assert "no such folder" in exits_2(["recommend", str(tmp_path / "nope"), "--latency-budget-ms", "50"], capsys)
+    err = exits_2(["recommend", str(tmp_path / "outputs"), "--latency-budget-ms", "50"], capsys)
+    assert "not a run folder, it holds 1 run(s)" in err and str(run) in err
 
 
 @pytest.mark.parametrize("name", ["summary.csv", "records.parquet", "env.json"])
