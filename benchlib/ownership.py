@@ -201,6 +201,9 @@ def check_run_folder(location: str | Path, resume: bool) -> None:
         raise InputError(f"{folder.shown} is an outputs folder holding runs ({', '.join(sorted(runs)[:SHOWN])}), "
                          f"not a run folder; give a run folder ({folder.shown}/<instance>/<run_id>) to resume one, "
                          "or a new folder for a new run")
+    if PARAMS in entries and ENV in entries:  # a run's files, but its fingerprint does not hold: damaged, or edited
+        way_out += (f" ({ENV} and {PARAMS} are there, but {ENV}'s fingerprint is not {PARAMS}'s hash or one of them "
+                    "cannot be read: a damaged or edited run cannot be resumed; measure it again in a new folder)")
     raise _refuse(folder, "is not a benchlib run", _foreign(entries), way_out)
 
 

@@ -144,6 +144,15 @@ def test_resume_refuses_records_that_are_another_table(tmp_path: Path) -> None:
         RunWriter(run, {"params": "p", "code": "c"}, resume=True)
 
 
+def test_a_run_whose_env_json_is_damaged_is_refused_as_damaged_not_as_a_stranger(tmp_path: Path) -> None:
+    from benchlib.ownership import check_run_folder
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (tmp_path / "env.json").write_text('{"fingerprint": {"par')  # cut off mid-write
+    with pytest.raises(InputError, match=r"is not a benchlib run: .* a damaged or edited run cannot be resumed"):
+        check_run_folder(tmp_path, resume=True)
+
+
 # --- prices and instances ---------------------------------------------------------------------------
 
 
