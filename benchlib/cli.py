@@ -125,6 +125,10 @@ def _report(args: argparse.Namespace) -> int:
     from benchlib.ownership import MARK, Folder, check_outputs_root, report_files_owned
     from benchlib.scale.storage import download_runs, is_url, upload_tree
 
+    if args.prices is not None and args.example is None:  # else a table the report never reads looks applied
+        raise InputError("--prices only goes with --example seed (it prices the study's published runs); the "
+                         "runs' $ figures were priced when they were measured; to price a run otherwise, measure it "
+                         "again with price_usd_per_hour in its params (or `benchlib bench --prices TABLE`)")
     check_outputs_root(args.out)  # before anything is written: a user's folder is theirs
     if not is_url(args.out):
         print(f"report: {_local_report(args, Path(args.out))}")
@@ -470,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="outputs folder or fsspec URL holding the runs")
     report.add_argument("--example", choices=["seed"], help="first import the G5-vs-G4dn study's published runs")
     report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
-    report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
+    report.add_argument("--prices", default=None,
+                        help="with --example seed: price table for the study's runs (default params/prices.yaml)")
     _add_budget_options(report, required=False)
     report.set_defaults(func=_report, latency_budget_ms=DEFAULT_LATENCY_BUDGET_MS)
 

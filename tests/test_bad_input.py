@@ -177,6 +177,13 @@ def test_the_study_needs_its_two_instances_in_the_price_table(tmp_path: Path, ca
     assert not out.exists()
 
 
+def test_report_prices_without_the_example_is_refused_not_ignored(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path, env={})
+    err = exits_2(["report", "--out", str(tmp_path), "--prices", str(tmp_path / "no-such-prices.yaml")], capsys)
+    assert "--prices only goes with --example seed" in err
+    assert not (tmp_path / "report.ipynb").exists()
+
+
 def test_an_unknown_baseline_instance_is_refused_with_a_suggestion(tmp_path: Path) -> None:
     from benchlib.present import report
 
