@@ -32,7 +32,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from benchlib.derive.cost import load_prices, require_price
+    from benchlib.derive.cost import PriceError, load_prices, require_price
 
     from benchlib.measure.runnable import check_runnable_here
 
@@ -40,7 +40,10 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.params:
         params = load_params(path)
         check_runnable_here(params, source=str(path))
-        usd = require_price(params.instance, prices, params.price_usd_per_hour)
+        try:
+            usd = require_price(params.instance, prices, params.price_usd_per_hour, args.prices)
+        except PriceError as exc:  # which of the files given lacks a price
+            raise PriceError(f"{path}: {exc}") from None
         if not params.open_loop:
             load = f"{len(params.threads)} thread count(s)"
         else:
@@ -59,7 +62,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     # torch is imported here, not at start-up, so `validate` answers in a blink.
-    from benchlib.derive.cost import load_prices
+    from benchlib.derive.cost import PriceError, load_prices, require_price
     from benchlib.measure.runnable import check_runnable_here
     from benchlib.measure.sweep import run_sweep
 
@@ -67,6 +70,10 @@ def _bench(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     check_runnable_here(params, source=args.params)
     prices = load_prices(args.prices)
+    try:  # here, where the files are known; the sweep checks it again
+        require_price(params.instance, prices, params.price_usd_per_hour, args.prices)
+    except PriceError as exc:
+        raise PriceError(f"{args.params}: {exc}") from None
     result = run_sweep(params, args.out, progress=None if args.quiet else sys.stderr, prices=prices,
                        resume=args.resume, force=args.force, percentile=args.percentile)
     print(format_table(result.summary, summary_shown(result.summary)))
@@ -126,6 +133,10 @@ def _report(args: argparse.Namespace) -> int:
     from benchlib.ownership import MARK, Folder, check_outputs_root, report_files_owned
     from benchlib.scale.storage import download_runs, is_url, upload_tree
 
+    if args.prices is not None and args.example is None:  # else a table the report never reads looks applied
+        raise InputError("--prices only goes with --example seed (it prices the study's published runs); the "
+                         "runs' $ figures were priced when they were measured; to price a run otherwise, measure it "
+                         "again with price_usd_per_hour in its params (or `benchlib bench --prices TABLE`)")
     check_outputs_root(args.out)  # before anything is written: a user's folder is theirs
     if not is_url(args.out):
         print(f"report: {_local_report(args, Path(args.out))}")
@@ -146,15 +157,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _local_report(args: argparse.Namespace, out: Path) -> Path:
-    from benchlib.derive.cost import load_prices
     from benchlib.present.runner import run_report
 
-    prices = load_prices(args.prices)  # a price table given is read, and checked, whether or not it is used
-
     if args.example == "seed":
+        from benchlib.derive.cost import DEFAULT_PRICES, load_prices
         from benchlib.present.study import import_runs, study_prices
 
-        import_runs(out, study_prices(prices), additional=True)  # with BERT-large
+        prices = study_prices(load_prices(args.prices), args.prices or DEFAULT_PRICES)
+        import_runs(out, prices, additional=True)  # with BERT-large
     elif not any(out.glob("*/*/summary.csv")):
         raise InputError(f"no runs under {args.out}: run `benchlib run PARAMS.yaml --out {args.out}` first, "
                          "or try `benchlib report --example seed --out outputs/seed`")
@@ -169,14 +179,12 @@ def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
     `--baseline` instance, and a `--percentile` asked for (the default's absence is said in the report)."""
     from benchlib.derive.coverage import require_percentile
     from benchlib.present.report import load_runs
+    from benchlib.present.tables import check_baseline
 
     latest = load_runs(out).latest
     if latest.empty:
         return
-    instances = sorted(map(str, latest["instance"].unique()))
-    if args.baseline is not None and args.baseline not in instances:
-        raise InputError(f"--baseline {args.baseline!r} is not an instance of the runs under {args.out}; give one of "
-                         f"{', '.join(instances)}, or leave it out (the cheapest per hour)")
+    check_baseline(args.baseline, sorted(map(str, latest["instance"].unique())))
     if args.percentile is not None:
         require_percentile(latest, args.percentile)
 
@@ -329,12 +337,12 @@ def _compare_shown(table: pd.DataFrame, percentile: str) -> pd.DataFrame:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from benchlib.derive.cost import load_prices
+    from benchlib.derive.cost import DEFAULT_PRICES, load_prices
     from benchlib.derive.knee import knees
     from benchlib.present.study import POST_TABLE_USD_PER_HOUR, published_table, reproduce_cost_benefit, reproduce_costs
     from benchlib.present.study import study_prices
 
-    prices = study_prices(load_prices(args.prices))
+    prices = study_prices(load_prices(args.prices), args.prices or DEFAULT_PRICES)
     costs = reproduce_costs(prices)
     print(f"$ per million inferences from the study's throughputs at {prices}:")
     print(format_table(costs, ["model", "batch_size", "precision", "instance", "throughput_per_s",
@@ -414,7 +422,9 @@ def non_negative_number(text: str) -> float:
 
 
 def local_folder(text: str) -> str:
-    """A local folder that exists or can be made: not a URL, not a file."""
+    """A local folder that exists or can be made: not a URL, not a file, not an empty word."""
+    if not text.strip():  # e.g. `--out "$OUT"` with OUT unset: not the current folder by accident
+        raise argparse.ArgumentTypeError("an empty path; give a folder (`.` for the current one)")
     if "://" in text:
         raise argparse.ArgumentTypeError(
             f"{text!r} is a URL; this command writes a local folder (`benchlib run --out s3://...` writes to "
@@ -425,7 +435,11 @@ def local_folder(text: str) -> str:
 
 
 def scheduler_address(text: str) -> str:
-    """A Dask scheduler's address: PROTOCOL://HOST:PORT (tcp, tls, ws, wss, inproc, ucx), the port 1-65535."""
+    """A Dask scheduler's address: PROTOCOL://HOST:PORT (tcp, tls, ws, wss, ucx), the port 1-65535; an empty
+    one would silently run locally instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address; give the Dask scheduler's (tcp://HOST:8786), or drop "
+                                         "--cluster to run here")
     protocol, sep, rest = text.partition("://")
     host, colon, port = rest.rpartition(":")
     if not sep or protocol not in ("tcp", "tls", "ws", "wss", "ucx") or not host or not colon or not port.isdigit() \
@@ -436,8 +450,21 @@ def scheduler_address(text: str) -> str:
 
 
 def folder_or_url(text: str) -> str:
-    """An fsspec URL, or a local folder (see :func:`local_folder`)."""
-    return text if "://" in text else local_folder(text)
+    """An fsspec URL of a protocol fsspec knows (and whose package is installed), or a local folder (see
+    :func:`local_folder`)."""
+    if "://" not in text:
+        return local_folder(text)
+    import fsspec
+
+    protocol = text.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: fsspec knows no protocol {protocol!r}; give a local folder or a "
+                                         "URL such as s3://BUCKET/PREFIX") from None
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
 
 
 def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -489,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="outputs folder or fsspec URL holding the runs")
     report.add_argument("--example", choices=["seed"], help="first import the G5-vs-G4dn study's published runs")
     report.add_argument("--baseline", help="instance the cost benefit is relative to (default: cheapest per hour)")
-    report.add_argument("--prices", default=None, help="price table (default params/prices.yaml)")
+    report.add_argument("--prices", default=None,
+                        help="with --example seed: price table for the study's runs (default params/prices.yaml)")
     _add_budget_options(report, required=False)
     # No default percentile here: one asked for that no run holds is exit 2; the default's absence is
     # said in the report, per model.

@@ -97,6 +97,11 @@ class Folder:
             return None
         except NotADirectoryError:
             listing = [{"name": self.path, "type": "file"}]
+        except Exception as exc:  # noqa: BLE001 - cloud SDKs raise their own types (botocore's NoCredentialsError)
+            raise InputError(f"{self.shown}: cannot list this folder ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); check the path or URL, and for a URL "
+                             "its credentials (for S3 the usual AWS variables, AWS_ENDPOINT_URL for another "
+                             "endpoint)") from None
         found = {}
         for entry in listing:
             name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
@@ -197,6 +202,9 @@ def check_run_folder(location: str | Path, resume: bool) -> None:
         raise InputError(f"{folder.shown} is an outputs folder holding runs ({', '.join(sorted(runs)[:SHOWN])}), "
                          f"not a run folder; give a run folder ({folder.shown}/<instance>/<run_id>) to resume one, "
                          "or a new folder for a new run")
+    if PARAMS in entries and ENV in entries:  # a run's files, but its fingerprint does not hold: damaged, or edited
+        way_out += (f" ({ENV} and {PARAMS} are there, but {ENV}'s fingerprint is not {PARAMS}'s hash or one of them "
+                    "cannot be read: a damaged or edited run cannot be resumed; measure it again in a new folder)")
     raise _refuse(folder, "is not a benchlib run", _foreign(entries), way_out)
 
 
@@ -322,6 +330,28 @@ def check_report_files(location: str | Path) -> None:
     if foreign:
         raise _refuse(folder, "holds report files benchlib did not write (or that were changed since)", foreign,
                       "give another --out, or move those files away")
+
+
+def check_figure(path: str | Path) -> None:
+    """A report figure may be written at `path` (a local PNG): nothing there, or a figure benchlib wrote, as
+    the MARK of the folder above recorded it (an outputs root's figures/, see record_report_files), or beside
+    a report notebook of benchlib's (report.ipynb: one from before the mark, or papermill run by hand with
+    its output there). The report notebook's `figures_dir` may be any folder: a user's file there is theirs."""
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"figures_dir {path.parent} is a file, not a folder; give a folder for the report's figures")
+    if not path.exists():
+        return
+    data = path.read_bytes() if path.is_file() else None
+    root = Folder.at(path.parent.parent)
+    recorded = root.json(MARK).get("files")
+    if data is not None and isinstance(recorded, dict) and recorded.get(f"{path.parent.name}/{path.name}") == \
+            file_hash(data):
+        return
+    if data is not None and _legacy_report(root):  # its notebook beside: papermill run by hand, or an old report
+        return
+    raise InputError(f"{path} is not a figure benchlib wrote (or it changed since), and the report would replace it; "
+                     "give another figures_dir (a new folder), or move that file away")
 
 
 def record_report_files(location: str | Path) -> list[str]:

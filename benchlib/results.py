@@ -40,6 +40,7 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
     ACCURACY_COLUMNS,
     ENV,
     GRID_KEYS,
+    LOAD_KEYS,
     KNEES,
     LOCK,
     PARAMS,
@@ -131,6 +132,10 @@ class RunWriter:
         #: The env.json of the run being resumed (empty for a new run).
         self.previous_env: dict[str, Any] = {}
         try:
+            for name in (RECORDS, SUMMARY, ENV, PARAMS, ACCURACY, KNEES, TELEMETRY):
+                if (self.out_dir / name).is_dir():  # a file of the run's would land in it, or fail after measuring
+                    raise InputError(f"{self.out_dir / name} is a folder where the run keeps its {name} file; "
+                                     "move it away, or give another output folder")
             if table_exists(self.out_dir / RECORDS):
                 if not resume:
                     raise InputError(f"{self.out_dir} already holds a run; finish it with --resume, or choose "
@@ -149,6 +154,10 @@ class RunWriter:
             self.previous_env = read_env(self.out_dir) if (self.out_dir / ENV).exists() else {}
             check_resumable(self.out_dir, self.previous_env.get("fingerprint"), self.fingerprint, force)
             records = read_records(self.out_dir)
+            missing = {"point", "status", *GRID_KEYS} - set(LOAD_KEYS) - set(records.columns)
+            if missing:  # another table under the run's name, not records benchlib wrote
+                raise InputError(f"cannot resume {self.out_dir}: its {RECORDS} lacks {sorted(missing)}, so it holds "
+                                 "no records of a benchlib run; start a new run in another folder")
             self._frames = [records]
             self._points = {int(point): [frame] for point, frame in records.groupby("point", sort=True)}
             if (self.out_dir / ACCURACY).exists():
@@ -344,7 +353,11 @@ def read_summary(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_env(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / ENV).read_text(encoding="utf-8"))
+    """A run's env.json, or ValueError where it is not JSON or not the mapping benchlib writes."""
+    env = json.loads((Path(run_dir) / ENV).read_text(encoding="utf-8"))
+    if not isinstance(env, dict):  # every reader looks keys up in it
+        raise ValueError(f"{ENV} holds a JSON {type(env).__name__}, not the mapping benchlib writes")
+    return env
 
 
 def find_runs(root: str | Path) -> list[Path]:

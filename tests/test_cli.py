@@ -90,9 +90,9 @@ def test_report_and_recommend_arguments_that_name_nothing_in_the_runs(tmp_path: 
     assert main(["bench", str(params), "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     cases = [(["report", "--out", str(tmp_path / "out"), "--baseline", "NOPE"],
-              "--baseline 'NOPE' is not an instance of the runs under"),
+              "baseline instance 'NOPE' is not among the runs' instances (test-cpu)"),
              (["report", "--out", str(tmp_path / "out"), "--prices", str(tmp_path / "missing.yaml")],
-              "cannot read the price table"),
+              "--prices only goes with --example seed"),
              (["recommend", str(tmp_path / "out"), "--latency-budget-ms", "10"],
               "not a run folder, it holds 1 run(s); give one of them")]
     for argv, said in cases:

@@ -89,14 +89,16 @@ def hourly_price(instance: str, prices: dict[str, Price], override: float | None
     return price.usd_per_hour if price else None
 
 
-def require_price(instance: str, prices: dict[str, Price], override: float | None) -> float:
-    """The hourly price, or a clear error before anything is measured."""
+def require_price(instance: str, prices: dict[str, Price], override: float | None,
+                  table: str | Path | None = None) -> float:
+    """The hourly price, or a clear error before anything is measured (`table`: the price table's path, when
+    another than params/prices.yaml)."""
     usd = hourly_price(instance, prices, override)
     if usd is None:
         raise PriceError(
-            f"instance: {instance!r} has no price in the price table and the params set no "
-            "price_usd_per_hour; add `price_usd_per_hour: <USD per hour>` to the params file (for a machine "
-            f"of your own, what an hour of it costs you), or add {instance!r} to params/prices.yaml"
+            f"instance: {instance!r} has no price in the price table{f' {table}' if table else ''} and the params "
+            "set no price_usd_per_hour; add `price_usd_per_hour: <USD per hour>` to the params file (for a machine "
+            f"of your own, what an hour of it costs you), or add {instance!r} to {table or 'params/prices.yaml'}"
         )
     return usd
 

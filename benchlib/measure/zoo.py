@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,12 @@ def _load_hf(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
 
 
 def _hf_pretrained(cls: Any, target: str) -> tuple[torch.nn.Module, str]:
+    from safetensors import SafetensorError  # a dependency of transformers
+
     try:
         module = cls.from_pretrained(target)
-    except (OSError, ValueError) as exc:
+    # A truncated or foreign weights file: safetensors' own error, or torch's unpickler's for a .bin.
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
         raise WorkloadError(
             f"cannot load pretrained weights from {target!r} ({first_line(exc, with_type=False)}); "
             "give a local directory with `source:`, or use `weights: random` to build the "
@@ -150,6 +154,9 @@ def _load_torchvision(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
 def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
     path = Path(spec.target)
     _check_local_path(spec.target, spec, must_be_local=True)
+    if path.is_dir():
+        raise WorkloadError(f"{spec.name}: {path} is a folder; give the TorchScript file (.pt) inside it, saved by "
+                            "torch.jit.save")
     try:
         # TorchScript archives are read by torch's own restricted unpickler, not pickle.
         module = torch.jit.load(str(path), map_location="cpu")

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from benchlib.derive.coverage import with_percentile
+from benchlib.ownership import check_figure
 from benchlib.schema import closed_loop, open_loop_points, is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
@@ -317,6 +318,7 @@ def save(fig: Figure | None, directory: str | Path | None, name: str) -> Path | 
     if directory is None or fig is None:
         return None
     path = Path(directory) / f"{name}.png"
+    check_figure(path)  # a user's file of that name is theirs
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

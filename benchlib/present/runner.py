@@ -272,10 +272,28 @@ def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:
     notebook = out_root / REPORT_NOTEBOOK_FILE
     parameters = {"outputs_dir": str(out_root), "figures_dir": str(out_root / FIGURES), **parameters}
     try:
-        execute(REPORT_NOTEBOOK, notebook, parameters, cwd=out_root)
+        try:
+            execute(REPORT_NOTEBOOK, notebook, parameters, cwd=out_root)
+        except Exception as exc:
+            if _is_input_error(getattr(exc, "ename", "")):  # bad input found in the notebook: the same exit 2
+                raise InputError(f"{exc.evalue}\n(the report stopped there; its notebook is {notebook})") from None
+            raise
         return render_html(notebook, out_root / REPORT_PAGE, hide_code=True)
     finally:  # a failed report's files are benchlib's too: the next report may replace them
         record_report_files(out_root)
+
+
+def _is_input_error(name: str) -> bool:
+    """Whether a notebook's exception, by its class name, is benchlib's bad input (InputError or a subclass)."""
+    import benchlib.derive.cost  # noqa: F401 - defines PriceError, which the report's cells may raise
+
+    classes: list[type] = [InputError]
+    while classes:
+        cls = classes.pop()
+        if cls.__name__ == name:
+            return True
+        classes += cls.__subclasses__()
+    return False
 
 
 def render_html(notebook: Path, output: Path, hide_code: bool = False) -> Path:

@@ -12,7 +12,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.params import parse_params
-from benchlib.results import ENV, PARAMS, find_runs, measured_everything, read_env, read_summary
+from benchlib.results import ENV, PARAMS, SUMMARY, find_runs, measured_everything, read_env, read_summary
 from benchlib.schema import closed_loop, open_loop_points, has_open_loop, with_load_keys
 from benchlib.vocabulary import (
     ARRIVAL_CLOSED,
@@ -53,12 +53,14 @@ class Runs:
 
 
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A run's summary and env, or ValueError saying why they cannot be read."""
+    """A run's summary and env, or ValueError saying which file cannot be read and why."""
+    name = SUMMARY
     try:
         summary = read_summary(run_dir)
+        name = ENV
         env = read_env(run_dir) if (run_dir / ENV).is_file() else {}
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{name} is unreadable ({type(exc).__name__}: {exc})") from None
     missing = REQUIRED_SUMMARY_COLUMNS - set(summary.columns)
     if missing:
         raise ValueError(f"summary.csv lacks {sorted(missing)}")

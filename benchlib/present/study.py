@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchlib.derive.cost import Price, cost_ratio, usd_per_million
+from benchlib.derive.cost import Price, PriceError, cost_ratio, usd_per_million
 from benchlib.params_base import YOLO_IMAGE_SIZE, YOLO_INSTALL
 from benchlib.ownership import check_published_folder
 from benchlib.results import write_env, write_summary
@@ -76,7 +76,13 @@ def reproduce_cost_benefit(usd_per_hour: dict[str, float]) -> pd.DataFrame:
                      on=["model", "batch_size", "precision"])
 
 
-def study_prices(prices: dict[str, Price]) -> dict[str, float]:
+def study_prices(prices: dict[str, Price], table: str | Path = "the price table") -> dict[str, float]:
+    """The study's two instances' hourly prices from `prices` (read from `table`, named in the error)."""
+    missing = [name for name in (BASELINE, CANDIDATE) if name not in prices]
+    if missing:
+        raise PriceError(f"{table}: no price for {', '.join(missing)}, which the study compares; add "
+                         f"{'it' if len(missing) == 1 else 'them'} to that price table (the shipped "
+                         "params/prices.yaml has both), or leave out --prices")
     return {name: prices[name].usd_per_hour for name in (BASELINE, CANDIDATE)}
 
 

@@ -5,11 +5,13 @@ Stored data keep seconds and raw column names; tables here put units in the head
 reading."""
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import pandas as pd
 
 from benchlib.derive.cost import eligible
+from benchlib.errors import InputError
 from benchlib.derive.coverage import percentile_notes, with_percentile
 from benchlib.params_base import RUNTIMES
 from benchlib.schema import closed_loop, has_open_loop, with_load_keys, with_runtime
@@ -63,6 +65,16 @@ def runtime_order(index: pd.Index) -> pd.Index:
     return index.map(_runtime_rank)
 
 
+def check_baseline(baseline: str | None, instances: list[str]) -> None:
+    """The instance cost benefits are relative to is one of the runs' (else its columns would just be missing)."""
+    if baseline is not None and baseline not in instances:
+        hint = difflib.get_close_matches(baseline, instances, n=1)
+        raise InputError(f"baseline instance {baseline!r} is not among the runs' instances ({', '.join(instances)})"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + "; give one of them with --baseline (baseline_instance), or leave it out to compare with "
+                           "the cheapest per hour")
+
+
 def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
     """The study's table: per model, batch size and precision, each instance side by side.
 
@@ -81,6 +93,7 @@ def study_table(summary: pd.DataFrame, baseline: str | None = None, percentile: 
         index, levels = [*index, "runtime"], [*levels, "Runtime"]
     latency = latency_column(percentile)
     instances = sorted(best["instance"].unique())
+    check_baseline(baseline, instances)
     if baseline is None:
         prices = best.groupby("instance")["usd_per_hour"].max().dropna()
         baseline = prices.idxmin() if len(prices) else instances[0]

@@ -72,6 +72,9 @@ def run_on_cluster(
         client = Client(address, timeout="15s")
     except OSError as exc:
         raise InputError(f"cannot reach the Dask scheduler at {address} ({exc}); start it, or drop --cluster") from None
+    except ValueError as exc:  # no port, an unknown scheme: distributed cannot parse it
+        raise InputError(f"--cluster {address!r} is not a Dask scheduler address ({exc}); give one like "
+                         "tcp://HOST:8786, or drop --cluster") from None
     with client:
         available = worker_resources(client)
         tasks: dict[Any, tuple[Path, Params, str]] = {}
