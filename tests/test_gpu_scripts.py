@@ -49,7 +49,9 @@ ABSENT = ("dask", "distributed", "s3fs", "papermill", "nbformat", "nbconvert", "
 #: What the GPU machine's image has of what benchlib imports (its import names; /work/.library/device/KINDS.md).
 GPU_IMAGE = {"torch", "torchvision", "transformers", "numpy", "pandas", "pyarrow", "scipy", "yaml", "tqdm",
              "pynvml", "tokenizers",  # tokenizers: a dependency of transformers itself
-             "fsspec"}  # the device tool's image list (its KINDS.md) has it: benchlib.ownership reads folders with it
+             # the device tool's image list (its KINDS.md) has both: benchlib.ownership reads folders with fsspec,
+             # and the zoo names safetensors' error when pretrained weights are garbage
+             "fsspec", "safetensors"}
 
 #: Runs in a child interpreter: hides ABSENT, then `validate` and a tiny `bench` on the CPU.
 CHILD = r'''
