@@ -92,8 +92,9 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
 def run_cli(capsys: pytest.CaptureFixture[str] | None, *argv: str | Path) -> tuple[int, str]:
     """`benchlib ARGV...` in this process: its exit status and what it printed (stdout, then stderr).
 
-    Through pytest's `capsys` (what was captured before the call is dropped). A module- or
-    session-scoped fixture has no capsys: pass None, and the output is redirected instead.
+    Through pytest's `capsys` (what was captured before the call is dropped). Pass None where capsys
+    cannot serve, and the output is redirected instead: a module- or session-scoped fixture (it has no
+    capsys), or code that keeps the stream it first saw (see tests/test_cluster.py).
     """
     from benchlib.cli import main
 

@@ -20,6 +20,10 @@ from tests.helpers import run_cli, tiny_params
 # each; an unreachable scheduler alone waits for its timeout): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
 
+# The command line runs redirected here (run_cli(None, ...)), not through capsys: run_on_cluster's `log`
+# defaults to the sys.stderr of the moment benchlib.scale.cluster is first imported, so with capsys the
+# first test's stream, closed when that test ends, would be written to by the next ones.
+
 BIN = Path(sys.executable).parent
 
 
@@ -83,14 +87,13 @@ def instance_params(tmp: Path, instance: str, **overrides) -> Path:
     return path
 
 
-def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path,
-                                                                             capsys) -> None:
+def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path) -> None:
     cluster.add_worker("worker-a", "tiny-a")
     cluster.add_worker("worker-b", "tiny-b")
     addresses = cluster.wait_for_workers(2)
     paths = [instance_params(tmp_path, "tiny-a"), instance_params(tmp_path, "tiny-b"), instance_params(tmp_path, "tiny-c")]
     out = tmp_path / "outputs"
-    code, log = run_cli(capsys, "run", *map(str, paths), "--out", str(out), "--cluster", cluster.address)
+    code, log = run_cli(None, "run", *map(str, paths), "--out", str(out), "--cluster", cluster.address)
     assert code == 1, log  # tiny-c has no worker: reported at once, not left waiting
     assert "no worker advertises the resource 'tiny-c'" in log and "2 of 3 params files ran" in log
     assert "tiny-a: 1 done, 0 running, 0 waiting, 0 failed" in log
@@ -99,13 +102,13 @@ def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cl
         env = json.loads((run_dir / "env.json").read_text())
         assert env["dask_worker"] == addresses[worker]
         assert len(read_summary(run_dir)) == 2 and (run_dir / "benchmark.html").exists()
-    code, log = run_cli(capsys, "report", "--out", str(out), "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(None, "report", "--out", str(out), "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     html = (out / "report.html").read_text()
     assert "tiny-a" in html and "tiny-b" in html
 
 
-def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path, capsys) -> None:
+def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path) -> None:
     cluster.add_worker("k1", "tiny-k")
     cluster.add_worker("k2", "tiny-k")
     addresses = cluster.wait_for_workers(2)
@@ -113,7 +116,7 @@ def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path,
     out = tmp_path / "outputs"
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "log"), run_cli(
-        capsys, "run", str(path), "--out", str(out), "--cluster", cluster.address))))
+        None, "run", str(path), "--out", str(out), "--cluster", cluster.address))))
     runner.start()
     victim = None
     with cluster.client() as client:
@@ -135,13 +138,13 @@ def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path,
     assert read_records(run_dir)["point"].nunique() == 8
 
 
-def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path, capsys) -> None:
+def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path) -> None:
     cluster.add_worker("only", "tiny-o")
     cluster.wait_for_workers(1)
     path = instance_params(tmp_path, "tiny-o", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(zip(("code", "log"), run_cli(
-        capsys, "run", str(path), "--out", str(tmp_path / "out"), "--cluster", cluster.address, "--worker-wait-s", "5"))))
+        None, "run", str(path), "--out", str(tmp_path / "out"), "--cluster", cluster.address, "--worker-wait-s", "5"))))
     runner.start()
     with cluster.client() as client:
         deadline = time.monotonic() + 120
@@ -154,8 +157,8 @@ def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path, capsys)
     assert not (tmp_path / "out" / "tiny-o").exists()  # nothing partial merged
 
 
-def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path, capsys) -> None:
-    code, log = run_cli(capsys, "run", str(instance_params(tmp_path, "tiny-a")), "--out", str(tmp_path / "o"),
+def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path) -> None:
+    code, log = run_cli(None, "run", str(instance_params(tmp_path, "tiny-a")), "--out", str(tmp_path / "o"),
                         "--cluster", f"tcp://127.0.0.1:{free_port()}")
     assert code == 2 and "cannot reach the Dask scheduler" in log
 
@@ -187,15 +190,15 @@ def s3(monkeypatch):
         server.stop()
 
 
-def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path, capsys) -> None:
+def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) -> None:
     url = "s3://bench/study"
-    code, log = run_cli(capsys, "run", str(instance_params(tmp_path, "tiny-s")), "--out", url)
+    code, log = run_cli(None, "run", str(instance_params(tmp_path, "tiny-s")), "--out", url)
     assert code == 0, log
     assert "-> s3://bench/study/tiny-s/" in log
     (run_dir,) = s3.ls("bench/study/tiny-s")
     names = {Path(p).name for p in s3.ls(run_dir)}
     assert {"summary.csv", "records.parquet", "benchmark.ipynb", "benchmark.html", "env.json"} <= names
-    code, log = run_cli(capsys, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(None, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     assert "report: s3://bench/study/report.html" in log
     html = s3.cat_file("bench/study/report.html").decode()
@@ -204,17 +207,17 @@ def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path, 
         "cost_vs_batch.png", "efficiency_vs_batch.png", "energy_vs_batch.png", "throughput_latency_vs_batch.png",
         "throughput_vs_latency.png"]
     # A second report replaces its own files up there (the mark's hashes came back down and up again).
-    code, log = run_cli(capsys, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
+    code, log = run_cli(None, "report", "--out", url, "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     assert set(json.loads(s3.cat_file("bench/study/.benchlib.json"))["files"]) >= {"report.html", "report.ipynb"}
 
 
-def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path, capsys) -> None:
+def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path) -> None:
     s3.pipe_file("bench/mine/report.html", b"the user's page")
     s3.pipe_file("bench/mine/tiny-s/notes.txt", b"the user's notes")
     for argv in (["run", str(instance_params(tmp_path, "tiny-s")), "--out", "s3://bench/mine"],
                  ["report", "--out", "s3://bench/mine"]):
-        code, log = run_cli(capsys, *argv)
+        code, log = run_cli(None, *argv)
         assert code == 2 and "s3://bench/mine is not a benchlib outputs folder" in log, log
         assert "report.html (not written by benchlib" in log and "tiny-s/notes.txt" in log
     assert s3.cat_file("bench/mine/report.html") == b"the user's page"
