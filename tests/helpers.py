@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable
@@ -108,6 +109,14 @@ def run_cli(capsys: pytest.CaptureFixture[str] | None, *argv: str | Path) -> tup
     code = main(args)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def env_without_make() -> dict[str, str]:
+    """This process's environment without the flags and variables of a make that started it (MAKEFLAGS):
+    a make a test starts must not inherit them. Under `make test VENV=...` it would otherwise take that
+    VENV, find its install stamp out of date and re-install benchlib into it from this checkout."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
 
 
 # --- fabricated summaries and run folders ----------------------------------------------------------
