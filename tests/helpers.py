@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -139,7 +140,7 @@ def summary_row(**columns: Any) -> dict[str, Any]:
     if "usd_per_million" not in row and "usd_per_hour" in row and "throughput_per_s" in row:
         throughput = row["throughput_per_s"]
         row["usd_per_million"] = (usd_per_million(throughput, row["usd_per_hour"])
-                                  if isinstance(throughput, (int, float)) else math.nan)
+                                  if isinstance(throughput, numbers.Real) else math.nan)
     return row
 
 
