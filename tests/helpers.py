@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import math
+import numbers
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterable
@@ -89,24 +91,54 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
 # --- the command line ------------------------------------------------------------------------------
 
 
-def run_cli(capsys: pytest.CaptureFixture[str] | None, *argv: str | Path) -> tuple[int, str]:
-    """`benchlib ARGV...` in this process: its exit status and what it printed (stdout, then stderr).
+class CliRun(tuple):
+    """What run_cli gives: unpacked, (exit status, stdout then stderr); `.out` and `.err` apart."""
 
-    Through pytest's `capsys` (what was captured before the call is dropped). A module- or
-    session-scoped fixture has no capsys: pass None, and the output is redirected instead.
+    code: int
+    out: str
+    err: str
+
+    def __new__(cls, code: int, out: str, err: str) -> CliRun:
+        run = super().__new__(cls, (code, out + err))
+        run.code, run.out, run.err = code, out, err
+        return run
+
+
+def run_cli(capsys: pytest.CaptureFixture[str] | None, *argv: str | Path) -> CliRun:
+    """`benchlib ARGV...` in this process: its exit status (argparse's refusals too) and what it printed:
+    `code, text = run_cli(capsys, ...)`, text being stdout then stderr (`.out` and `.err` apart).
+
+    Through pytest's `capsys` (what was captured before the call is dropped). Pass None where capsys
+    cannot serve, and the output is redirected instead: a module- or session-scoped fixture (it has no
+    capsys), or code that keeps the stream it first saw (see tests/test_cluster.py).
     """
-    from benchlib.cli import main
-
-    args = [str(arg) for arg in argv]
     if capsys is None:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(args)
-        return code, out.getvalue() + err.getvalue()
+            code = _exit_status(argv)
+        return CliRun(code, out.getvalue(), err.getvalue())
     capsys.readouterr()
-    code = main(args)
+    code = _exit_status(argv)
     captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    return CliRun(code, captured.out, captured.err)
+
+
+def _exit_status(argv: tuple[str | Path, ...]) -> int:
+    """main's return value, or the status it exited with (argparse refuses its arguments by SystemExit)."""
+    from benchlib.cli import main
+
+    try:
+        return main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+
+
+def env_without_make() -> dict[str, str]:
+    """This process's environment without the flags and variables of a make that started it (MAKEFLAGS):
+    a make a test starts must not inherit them. Under `make test VENV=...` it would otherwise take that
+    VENV, find its install stamp out of date and re-install benchlib into it from this checkout."""
+    return {key: value for key, value in os.environ.items()
+            if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
 
 
 # --- fabricated summaries and run folders ----------------------------------------------------------
@@ -129,15 +161,19 @@ def summary_row(**columns: Any) -> dict[str, Any]:
     if "usd_per_million" not in row and "usd_per_hour" in row and "throughput_per_s" in row:
         throughput = row["throughput_per_s"]
         row["usd_per_million"] = (usd_per_million(throughput, row["usd_per_hour"])
-                                  if isinstance(throughput, (int, float)) else math.nan)
+                                  if isinstance(throughput, numbers.Real) else math.nan)
     return row
 
 
-def write_run(folder: Path, summary: pd.DataFrame | Iterable[dict[str, Any]], env: dict[str, Any] | None = None,
-              accuracy: pd.DataFrame | Iterable[dict[str, Any]] | None = None) -> Path:
-    """A fabricated run folder (made here, not by benchlib): summary.csv, and env.json and accuracy.csv
-    when given. Returns the folder."""
+def write_run(folder: Path, summary: pd.DataFrame | Iterable[dict[str, Any]], env: Any = None,
+              accuracy: pd.DataFrame | Iterable[dict[str, Any]] | None = None, made: bool = False) -> Path:
+    """A fabricated run folder: summary.csv, and env.json (any JSON, to damage it too) and accuracy.csv when
+    given; with `made`, benchlib's mark, as in a folder `benchlib run` made. Returns the folder."""
+    from benchlib.ownership import mark_made
+
     folder.mkdir(parents=True)
+    if made:
+        mark_made(folder)
     pd.DataFrame(summary).to_csv(folder / "summary.csv", index=False)
     if env is not None:
         (folder / "env.json").write_text(json.dumps(env))

@@ -10,26 +10,19 @@ import pytest
 import torch
 import yaml
 
-from benchlib.cli import main
 from benchlib.errors import InputError, WorkloadError
 from benchlib.ownership import MARK, Folder, mark_made
-from tests.helpers import tiny_params
+from tests.helpers import run_cli, summary_row, tiny_params, write_run
 
 #: The least summary a run folder needs to be read (REQUIRED_SUMMARY_COLUMNS and a latency).
-SUMMARY = pd.DataFrame([{"instance": "test-cpu", "model": "m", "precision": "fp32", "runtime": "eager",
-                         "batch_size": 1, "threads": 1, "throughput_per_s": 100.0, "latency_p95_ms": 10.0,
-                         "status": "ok", "usd_per_hour": 0.5, "usd_per_million": 1.4}])
+SUMMARY = [summary_row(instance="test-cpu", throughput_per_s=100.0, latency_p95_ms=10.0, usd_per_hour=0.5,
+                       usd_per_million=1.4)]
 
 
-def write_run(root: Path, env: object = None, instance: str = "test-cpu", run_id: str = "r1") -> Path:
-    """A run folder benchlib made (its mark), with a summary and, unless None, this env.json."""
-    run = root / instance / run_id
-    run.mkdir(parents=True)
-    mark_made(run)
-    SUMMARY.assign(instance=instance).to_csv(run / "summary.csv", index=False)
-    if env is not None:
-        (run / "env.json").write_text(json.dumps(env))
-    return run
+def run_with_env(root: Path, env: object = None, instance: str = "test-cpu") -> Path:
+    """A run folder benchlib made (its mark) under root/<instance>/, with a summary and, unless None, this
+    env.json."""
+    return write_run(root / instance / "r1", [{**SUMMARY[0], "instance": instance}], env=env, made=True)
 
 
 def write_prices(path: Path, instances: dict[str, float]) -> Path:
@@ -40,14 +33,10 @@ def write_prices(path: Path, instances: dict[str, float]) -> Path:
 
 def exits_2(argv: list[str], capsys) -> str:
     """Run the command line; it must exit 2 (by argparse or by InputError) without a traceback: its stderr."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    return err
+    run = run_cli(capsys, *argv)
+    assert run.code == 2, run.err
+    assert "Traceback" not in run.err
+    return run.err
 
 
 # --- output folders and the cluster -----------------------------------------------------------------
@@ -99,7 +88,7 @@ def test_cluster_addresses_that_are_empty_or_not_addresses(tmp_path: Path, write
 
 
 def test_an_env_json_that_is_not_a_mapping_is_named(tmp_path: Path, capsys) -> None:
-    good, listed = write_run(tmp_path / "a", env={}), write_run(tmp_path / "b", env=[1, 2])
+    good, listed = run_with_env(tmp_path / "a", env={}), run_with_env(tmp_path / "b", env=[1, 2])
     for argv in (["compare", str(good), str(listed)], ["recommend", str(listed), "--latency-budget-ms", "50"]):
         err = exits_2(argv, capsys)
         assert str(listed) in err and "env.json holds a JSON list, not the mapping benchlib writes" in err
@@ -109,12 +98,12 @@ def test_run_resume_passes_over_a_run_whose_env_json_is_not_a_mapping(tmp_path: 
     from benchlib.params import parse_params
     from benchlib.present.runner import _unfinished_run
 
-    write_run(tmp_path, env=["not", "a", "mapping"])
+    run_with_env(tmp_path, env=["not", "a", "mapping"])
     assert _unfinished_run(tmp_path / "test-cpu", parse_params(tiny_params()), force=False) is None
 
 
 def test_recommend_says_what_a_folder_is_when_it_is_not_a_run(tmp_path: Path, capsys) -> None:
-    run = write_run(tmp_path / "outputs", env={})
+    run = run_with_env(tmp_path / "outputs", env={})
     assert "no such folder" in exits_2(["recommend", str(tmp_path / "nope"), "--latency-budget-ms", "50"], capsys)
     err = exits_2(["recommend", str(tmp_path / "outputs"), "--latency-budget-ms", "50"], capsys)
     assert "not a run folder, it holds 1 run(s)" in err and str(run) in err
@@ -178,7 +167,7 @@ def test_the_study_needs_its_two_instances_in_the_price_table(tmp_path: Path, ca
 
 
 def test_report_prices_without_the_example_is_refused_not_ignored(tmp_path: Path, capsys) -> None:
-    write_run(tmp_path, env={})
+    run_with_env(tmp_path, env={})
     err = exits_2(["report", "--out", str(tmp_path), "--prices", str(tmp_path / "no-such-prices.yaml")], capsys)
     assert "--prices only goes with --example seed" in err
     assert not (tmp_path / "report.ipynb").exists()
@@ -187,7 +176,7 @@ def test_report_prices_without_the_example_is_refused_not_ignored(tmp_path: Path
 def test_an_unknown_baseline_instance_is_refused_with_a_suggestion(tmp_path: Path) -> None:
     from benchlib.present import report
 
-    runs = report.load_runs(write_run(tmp_path, env={}, instance="g5.4xlarge").parents[1])
+    runs = report.load_runs(run_with_env(tmp_path, env={}, instance="g5.4xlarge").parents[1])
     with pytest.raises(InputError, match=r"baseline instance 'g5.4xlarg' is not among the runs' instances "
                                          r"\(g5.4xlarge\) \(did you mean 'g5.4xlarge'\?\)"):
         report.study_table(runs.latest, "g5.4xlarg")
@@ -206,7 +195,7 @@ def test_bad_input_found_in_the_report_notebook_exits_2(tmp_path: Path, monkeypa
         raise NotebookError()
 
     monkeypatch.setattr(runner, "execute", execute)
-    write_run(tmp_path, env={})
+    run_with_env(tmp_path, env={})
     err = exits_2(["report", "--out", str(tmp_path), "--baseline", "NOPE"], capsys)
     assert "error: baseline instance 'NOPE' is not among the runs' instances" in err
     assert runner._is_input_error("PriceError") and not runner._is_input_error("KeyError")

@@ -20,6 +20,10 @@ from tests.helpers import run_cli, tiny_params
 # each; an unreachable scheduler alone waits for its timeout): `make test` runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
 
+# The command line runs redirected here (run_cli(None, ...)), not through capsys: run_on_cluster's `log`
+# defaults to the sys.stderr of the moment benchlib.scale.cluster is first imported, so with capsys the
+# first test's stream, closed when that test ends, would be written to by the next ones.
+
 BIN = Path(sys.executable).parent
 
 
@@ -83,8 +87,7 @@ def instance_params(tmp: Path, instance: str, **overrides) -> Path:
     return path
 
 
-def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path,
-                                                                             capsys) -> None:
+def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cluster, tmp_path: Path) -> None:
     cluster.add_worker("worker-a", "tiny-a")
     cluster.add_worker("worker-b", "tiny-b")
     addresses = cluster.wait_for_workers(2)
@@ -105,7 +108,7 @@ def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cl
     assert "tiny-a" in html and "tiny-b" in html
 
 
-def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path, capsys) -> None:
+def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path) -> None:
     cluster.add_worker("k1", "tiny-k")
     cluster.add_worker("k2", "tiny-k")
     addresses = cluster.wait_for_workers(2)
@@ -135,7 +138,7 @@ def test_a_task_whose_worker_dies_is_retried_on_another(cluster, tmp_path: Path,
     assert read_records(run_dir)["point"].nunique() == 8
 
 
-def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path, capsys) -> None:
+def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path) -> None:
     cluster.add_worker("only", "tiny-o")
     cluster.wait_for_workers(1)
     path = instance_params(tmp_path, "tiny-o", batch_sizes=[1, 2, 4, 8], threads=[1, 2], duration_s=0.5)
@@ -154,7 +157,7 @@ def test_a_task_with_no_worker_left_is_reported(cluster, tmp_path: Path, capsys)
     assert not (tmp_path / "out" / "tiny-o").exists()  # nothing partial merged
 
 
-def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path, capsys) -> None:
+def test_an_unreachable_scheduler_is_bad_input(tmp_path: Path) -> None:
     code, log = run_cli(None, "run", str(instance_params(tmp_path, "tiny-a")), "--out", str(tmp_path / "o"),
                         "--cluster", f"tcp://127.0.0.1:{free_port()}")
     assert code == 2 and "cannot reach the Dask scheduler" in log
@@ -187,7 +190,7 @@ def s3(monkeypatch):
         server.stop()
 
 
-def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path, capsys) -> None:
+def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path) -> None:
     url = "s3://bench/study"
     code, log = run_cli(None, "run", str(instance_params(tmp_path, "tiny-s")), "--out", url)
     assert code == 0, log
@@ -209,7 +212,7 @@ def test_outputs_on_s3_written_and_reported_through_the_cli(s3, tmp_path: Path, 
     assert set(json.loads(s3.cat_file("bench/study/.benchlib.json"))["files"]) >= {"report.html", "report.ipynb"}
 
 
-def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path, capsys) -> None:
+def test_outputs_on_s3_never_replace_a_users_object(s3, tmp_path: Path) -> None:
     s3.pipe_file("bench/mine/report.html", b"the user's page")
     s3.pipe_file("bench/mine/tiny-s/notes.txt", b"the user's notes")
     for argv in (["run", str(instance_params(tmp_path, "tiny-s")), "--out", "s3://bench/mine"],

@@ -262,12 +262,14 @@ def test_cli_bad_folders_exit_2_naming_the_folder_and_the_fix(tmp_path: Path, tw
         (corrupt, "cannot use this run folder: summary.csv lacks"),
     ]
     for folder, message in cases:
-        code, err = run_cli(capsys, "compare", a, folder)
-        assert code == 2
+        run = run_cli(capsys, "compare", a, folder)
+        assert run.code == 2
+        err = run.err
         assert err.startswith(f"error: {folder}: ") and message in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
-    code, err = run_cli(capsys, "compare", a, other)
-    assert code == 2
+    run = run_cli(capsys, "compare", a, other)
+    assert run.code == 2
+    err = run.err
     assert err.startswith(f"error: {a} vs {other}: no configuration") and "same `label`" in err
 
 

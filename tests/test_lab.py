@@ -12,12 +12,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import env_without_make
+
 ROOT = Path(__file__).resolve().parents[1]
 JUPYTER = Path(sys.executable).parent / "jupyter"
 
 
 def test_make_lab_passes_allow_root_only_as_root() -> None:
-    command = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    command = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env=env_without_make()).stdout
     assert "--ServerApp.ip=127.0.0.1" in command
     assert ("--allow-root" in command) == (os.geteuid() == 0)
 
@@ -25,7 +28,7 @@ def test_make_lab_passes_allow_root_only_as_root() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not JUPYTER.is_file(), reason="no jupyter beside this interpreter")
 def test_make_lab_starts_and_listens_on_loopback_only(tmp_path: Path) -> None:
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+    env = {**env_without_make(), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
            "JUPYTER_DATA_DIR": str(tmp_path / "data")}
     log = tmp_path / "lab.log"
     args = "LAB_ARGS=--no-browser --ServerApp.port=0 --ServerApp.token=test --LabApp.news_url=None"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import env_without_make
+
 REPO = Path(__file__).resolve().parents[1]
 #: make's flags so that nothing is (re)installed: the stamp counts as up to date, and the tools
 #: are this interpreter's (.venv's under make, a conda environment's otherwise).
@@ -69,7 +71,8 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 @needs_make
 def test_make_test_lints_with_ruff_before_the_tests() -> None:
-    commands = subprocess.run([*MAKE_AS_IS, "-n", "test"], capture_output=True, text=True, check=True).stdout
+    commands = subprocess.run([*MAKE_AS_IS, "-n", "test"], capture_output=True, text=True, check=True,
+                              env=env_without_make()).stdout
     assert re.search(r"ruff check \.\n.*-m pytest", commands)
     ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]
     assert {"F", "E9", "B", "RUF100"} <= set(ruff["lint"]["select"]) and "outputs" in ruff["extend-exclude"]
@@ -85,8 +88,8 @@ def test_make_lab_serves_the_notebooks_with_the_benchlib_kernel_on_localhost() -
     extra = f"--no-browser --ServerApp.port={port} --ServerApp.port_retries=0 --IdentityProvider.token=t"
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers
         extra += " --allow-root"
-    lab = subprocess.Popen([*MAKE_AS_IS, "lab", f"LAB_ARGS={extra}"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    lab = subprocess.Popen([*MAKE_AS_IS, "lab", f"LAB_ARGS={extra}"], env=env_without_make(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
