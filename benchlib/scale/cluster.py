@@ -60,11 +60,14 @@ def worker_resources(client: Any) -> Counter:
 
 
 def run_on_cluster(
-    params_paths: list[str | Path], out: str, address: str, log: TextIO = sys.stderr,
+    params_paths: list[str | Path], out: str, address: str, log: TextIO | None = None,
     worker_wait_s: float = 60.0,
 ) -> list[RunOutcome]:
-    """Submit one task per params file to the scheduler at `address` and collect the runs into `out`."""
+    """Submit one task per params file to the scheduler at `address` and collect the runs into `out`;
+    progress goes to `log` (default: stderr as it is at the call, redirected or not)."""
     from distributed import Client
+
+    log = sys.stderr if log is None else log
 
     outcomes: list[RunOutcome] = []
     check_outputs_root(out)  # a user's folder is theirs: refused before any task is sent
