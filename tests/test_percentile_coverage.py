@@ -122,7 +122,10 @@ def test_derivations_charts_and_tables_take_a_percentile_a_summary_lacks(publish
     serving = serving_summary().drop(columns=["latency_p95_ms"])
     assert max_rate_table(serving, 50.0, "p95")["reason"].str.contains("unknown").all()
     assert recommend_serving(serving, 50.0, "p95")["reason"].ne("").all()
-    assert "P95" in report.percentile_note(summary, "p99") or "P99" in report.percentile_note(summary, "p99")
+    assert report.percentile_note(summary, "p99").splitlines() == percentile_notes(summary, "p99")
+    assert len(percentile_notes(summary, "p99")) == 3  # one line per model
+    held_everywhere = summary[summary["model"] != "bert-large-uncased-squad"]
+    assert report.percentile_note(held_everywhere, "p95") == "Every point that ran holds a P95 latency."
 
 
 @pytest.mark.slow
