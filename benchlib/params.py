@@ -78,6 +78,27 @@ class RateSearch(Strict):
                              Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 10.0
     max_probes: Annotated[StrictInt, Field(ge=2, le=MAX_PROBES)] = 12
 
+class Search(Strict):
+    """Search the grid for the cheapest configuration within a latency budget instead of measuring
+    every point at full length (see benchlib.measure.search)."""
+
+    latency_budget_ms: PositiveFloat
+    percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
+    #: Configurations this close in $/M are a tie: any of them is an answer.
+    indifference_pct: Annotated[float, BeforeValidator(exponent_number),
+                                Field(ge=0, lt=100, strict=True, allow_inf_nan=False)] = 3.0
+    #: The measuring budget of the whole search on this instance, in seconds (windows, warm-ups, clients).
+    max_measure_s: PositiveFloat = 3600.0
+    #: The first round's window; rounds double it up to duration_s (default: duration_s / 16).
+    first_window_s: PositiveFloat | None = None
+
+
+#: Trials each configuration gets per round of a search: two give the between-trial noise.
+SEARCH_TRIALS_PER_ROUND = 2
+#: The first window of a search, as a fraction of duration_s, unless `first_window_s` says otherwise.
+SEARCH_FIRST_WINDOW_FRACTION = 1 / 16
+
+
 class Params(Strict):
     """One experiment: a grid of models x precisions x batch sizes x client threads (or server
     workers) x, in open loop, the most requests merged per batch x offered rates."""
@@ -143,6 +164,8 @@ class Params(Strict):
                            BeforeValidator(one_element_list), Field(min_length=1)] | None = None
     #: Open loop: search for the highest rate that meets a latency budget instead of `rates_per_s`.
     rate_search: RateSearch | None = None
+    #: Search the grid for the cheapest configuration within a latency budget, adaptively.
+    search: Search | None = None
     #: Open loop: dynamic batching, the most queued requests a worker merges into one batch (1 = off).
     max_batch_size: Annotated[tuple[Annotated[StrictInt, Field(gt=0, le=MAX_MERGED_REQUESTS)], ...],
                               BeforeValidator(one_element_list), Field(min_length=1)] = (1,)
@@ -230,9 +253,49 @@ class Params(Strict):
                                  "a lower percentile")
         return self
 
+    @model_validator(mode="after")
+    def _search_is_possible(self) -> Params:
+        if self.search is None:
+            return self
+        search = self.search
+        if self.open_loop:
+            raise error_at(("search",), "search", "search_closed_loop_only",
+                           "a configuration search runs on closed-loop clients for now; remove `search` to sweep "
+                           "the open-loop grid, or set `arrival: closed`")
+        percentile = search.percentile
+        needed = min_samples_for_percentile(int(percentile[1:]) / 100)
+        if self.min_requests < needed:
+            raise error_at(("search", "percentile"), percentile, "percentile_unbounded",
+                           f"a search on {percentile} needs min_requests of at least {needed} in every trial (a "
+                           f"smaller sample cannot bound {percentile}); raise min_requests to {needed}, or search "
+                           "on a lower percentile")
+        if self.search_first_window_s > self.duration_s:
+            raise error_at(("search", "first_window_s"), search.first_window_s, "window_too_long",
+                           f"the first round's window ({self.search_first_window_s:g} s) is longer than the full "
+                           f"one (duration_s {self.duration_s:g}); lower it")
+        one_round_s = self.configurations * SEARCH_TRIALS_PER_ROUND * self.search_first_window_s
+        if search.max_measure_s < one_round_s:
+            raise error_at(("search", "max_measure_s"), search.max_measure_s, "budget_too_short",
+                           f"{search.max_measure_s:g} s cannot hold the first round: {self.configurations} "
+                           f"configurations x {SEARCH_TRIALS_PER_ROUND} trials x {self.search_first_window_s:g} s "
+                           f"= {one_round_s:g} s at least; raise it, or shrink the grid")
+        return self
+
+    @property
+    def search_first_window_s(self) -> float:
+        """A search's first window (its `first_window_s`, else duration_s / 16)."""
+        given = self.search.first_window_s if self.search is not None else None
+        return given if given is not None else self.duration_s * SEARCH_FIRST_WINDOW_FRACTION
+
     @property
     def open_loop(self) -> bool:
         return self.arrival != ARRIVAL_CLOSED
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the points measured are decided as the run goes (a rate search, a configuration
+        search): such a run is finished when its env.json says so, not at a count of points."""
+        return self.rate_search is not None or self.search is not None
 
     @property
     def rates(self) -> tuple[float | None, ...]:

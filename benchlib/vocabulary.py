@@ -34,6 +34,8 @@ RECOMMENDATION = "recommendation.csv"
 #: Open loop: the cheapest configuration carrying a load within the budget (`bench --latency-budget-ms`).
 SERVING_RECOMMENDATION = "serving_recommendation.csv"
 TELEMETRY = "telemetry.parquet"
+#: A configuration search's verdict on each configuration (benchlib.measure.search).
+SEARCH = "search.csv"
 #: The run folder's lock: one writer at a time.
 LOCK = ".lock"
 #: The study's published figures, imported as a run folder of each instance (`report --example seed`).
@@ -45,6 +47,21 @@ KERNEL_LOG = "kernel.log"
 REPORT_NOTEBOOK_FILE = "report.ipynb"
 REPORT_PAGE = "report.html"
 FIGURES = "figures"
+
+# --- a configuration search's outcomes (search.csv `outcome`) ------------------
+
+#: The answer: the cheapest configuration shown to be within the budget.
+OUTCOME_BEST = "best"
+#: Within `indifference_pct` of the best, in $/M, and within the budget: as good an answer.
+OUTCOME_TIED = "tied"
+#: Measured and ruled out, with the reason and the round (over budget, dominated, out of memory,
+#: skipped, unsupported, a failed accuracy gate).
+OUTCOME_ELIMINATED = "eliminated"
+#: Never measured: a measured configuration implied it is out (the rule and that measurement are named).
+OUTCOME_PRUNED = "pruned"
+#: Still in the running when the search stopped (its measuring budget or its rounds ran out).
+OUTCOME_UNRESOLVED = "unresolved"
+SEARCH_OUTCOMES: tuple[str, ...] = (OUTCOME_BEST, OUTCOME_TIED, OUTCOME_ELIMINATED, OUTCOME_PRUNED, OUTCOME_UNRESOLVED)
 
 # --- arrivals -------------------------------------------------------------------
 

@@ -123,8 +123,9 @@ class PointMeasurer:
         else:
             env.update(telemetry={"energy_method": None, "energy_note": "telemetry: false in the params"})
 
-    def measure(self, point: GridPoint, clock: Clock, trial: int = 0) -> PointRun:
-        """Measure one trial of a point, or say why it was not (its run's status and error)::
+    def measure(self, point: GridPoint, clock: Clock, trial: int = 0, duration_s: float | None = None) -> PointRun:
+        """Measure one trial of a point (a window of `duration_s`, default the params'), or say why it was
+        not (its run's status and error)::
 
             ruled out?   a smaller batch ran out of memory (before its first trial only: a batch that ran is
                          feasible), or its model does not fit                   -> skipped / oom
@@ -137,7 +138,7 @@ class PointMeasurer:
         try:
             self._rule_out(point, trial)
             ready = self._ready(point)
-            run, memory, sampler = self._timed(point, ready, clock, trial)
+            run, memory, sampler = self._timed(point, ready, clock, trial, duration_s)
             self._annotate(run, point, ready, memory, sampler)
         except _NotRun as not_run:
             return not_run.run
@@ -202,8 +203,8 @@ class PointMeasurer:
                 raise _NotRun.unsupported(str(exc), prepare_s) from None
         return _Ready(workload, merged, prepare_s, pipeline)
 
-    def _timed(self, point: GridPoint, ready: _Ready, clock: Clock,
-               trial: int) -> tuple[PointRun, PeakMemory, Sampler | None]:
+    def _timed(self, point: GridPoint, ready: _Ready, clock: Clock, trial: int,
+               duration_s: float | None = None) -> tuple[PointRun, PeakMemory, Sampler | None]:
         """The point's clients and its requests; its peak memory and telemetry cover the clients' preparation,
         warm-up and window."""
         sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else None
@@ -221,7 +222,8 @@ class PointMeasurer:
                     raise
                 raise _NotRun.unsupported(f"{point.runtime}: preparing the clients failed: {first_line(exc)}",
                                           ready.prepare_s) from None
-            run = load_of(point, self.params).run(clients, trial, clock)
+            params = self.params if duration_s is None else self.params.model_copy(update={"duration_s": duration_s})
+            run = load_of(point, params).run(clients, trial, clock)
         run.trial_s = clock() - started
         run.prepare_s = ready.prepare_s
         return run, memory, sampler

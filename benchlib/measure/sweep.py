@@ -40,6 +40,7 @@ from benchlib.interrupts import Interrupts
 from benchlib.measure.device import check_client_threads, device_name, intra_op_threads, resolve_device
 from benchlib.measure.environment import RunEnv, collect_env, fingerprint
 from benchlib.measure.grid import GridPoint, grid, record_keys
+from benchlib.measure.grid_search import search_grid, search_record, search_table
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
 from benchlib.measure.runnable import check_runnable_here
@@ -113,9 +114,15 @@ def run_sweep(
         rule = StopRule.from_params(params)
         # With trials taking turns, or merged batches of every size, a block's artifacts are all kept.
         shared = PointMeasurer(device, params, writer, env,  # adds its telemetry
-                               keep_block=rule.rounds_after_the_first or params.open_loop)
+                               keep_block=rule.rounds_after_the_first or params.open_loop or params.search is not None)
         sweep = _Sweep(params, writer, shared, rule, report, interrupts, clock, usd_per_hour, ceilings)
-        for block in blocks(points, lambda point: point.key[:3]):
+        if params.search is not None:  # the configurations a search decides to measure, in its rounds
+            outcome = search_grid(params, points, sweep.trial_of, lambda: writer.accuracy, report, usd_per_hour,
+                                  confirmed=sweep.confirmed)
+            writer.write_search(search_table(outcome, params.search.percentile, usd_per_hour))
+            env.update(search=search_record(outcome, usd_per_hour))
+            report.say(f"search: {outcome.reason}")
+        for block in blocks(points, lambda point: point.key[:3]) if params.search is None else []:
             shared.start_block()
             if params.rate_search is None:
                 sweep.measure(block)
@@ -158,6 +165,7 @@ class _Sweep:
             resumed = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
             self.rows = {n: resumed.iloc[[i]] for i, n in enumerate(writer.point_numbers)}
         self._summary: pd.DataFrame | None = None
+        self._family: tuple[Any, ...] | None = None  # a search's: whose caches are kept
 
     def measure(self, points: list[GridPoint]) -> None:
         """Every trial the stop rule asks of `points` (one block), interleaved in rounds."""
@@ -176,11 +184,12 @@ class _Sweep:
                     finished_now.add(point.key)
             pending = [point for point in pending if point.key not in finished_now]
 
-    def _trial(self, point: GridPoint) -> bool:
-        """Measure one trial of `point` and write it; whether the point is finished."""
+    def _trial(self, point: GridPoint, duration_s: float | None = None) -> bool:
+        """Measure one trial of `point` (a window of `duration_s`, default the params') and write it;
+        whether the point is finished."""
         writer, rule = self.writer, self.rule
         number, statuses = self.trials.setdefault(point.key, (writer.n_points, []))
-        run = self.shared.measure(point, self.clock, trial=len(statuses))
+        run = self.shared.measure(point, self.clock, trial=len(statuses), duration_s=duration_s)
         new = point_records(number, record_keys(self.params, point), run, trial=len(statuses))
         statuses.append(run.status)
         finished, said = rule.verdict(pd.concat([self._records_of(point), new]), statuses)
@@ -192,8 +201,9 @@ class _Sweep:
         self.rows[number] = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
         self._summary = None
         writer.write_summary(self.summary)
-        self.report(self.row_of(point), run, trial=len(statuses) if rule.rounds_after_the_first else None,
-                    finished=finished)
+        searching = self.params.search is not None  # a search counts configurations as it decides them
+        self.report(self.row_of(point), run, trial=len(statuses) if rule.rounds_after_the_first or searching else None,
+                    finished=finished and not searching)
         self.interrupts.check()
         return finished
 
@@ -237,6 +247,21 @@ class _Sweep:
                         f"{configuration.runtime} batch {configuration.batch_size} x{configuration.threads} "
                         f"merge {configuration.max_batch_size}: {result.reason}")
         return result
+
+    def trial_of(self, point: GridPoint, number: int, window_s: float) -> pd.DataFrame:
+        """The records of the point's trial `number`: those a resumed run has, else measured now (a window of
+        `window_s`), a family's points after one another (its caches kept, as a block's are)."""
+        if number >= len(self.trials.get(point.key, (0, []))[1]):
+            if point.key[:3] != self._family:
+                self.shared.start_block()
+                self._family = point.key[:3]
+            self._trial(point, window_s)
+        records = self._records_of(point)
+        return records[records["trial"] == number]
+
+    def confirmed(self, point: GridPoint) -> bool:
+        """Whether a search's answer holds what the stop rule asks of a point (target_ci_pct)."""
+        return self.rule.verdict(self._records_of(point), self.trials.get(point.key, (0, []))[1])[0]
 
     def _records_of(self, point: GridPoint) -> pd.DataFrame:
         """The records a point has so far (none for a point not measured yet)."""

@@ -241,7 +241,7 @@ def _unfinished_run(instance_dir: Path, params: Params, force: bool) -> Path | N
             continue
         if not isinstance(previous, dict) or previous.get("params") != wanted["params"]:
             continue
-        if not measured_everything(measured, params.grid_size, params.rate_search is not None, env):
+        if not measured_everything(measured, params.grid_size, params.adaptive, env):
             check_resumable(run_dir, previous, wanted, force)
             return run_dir
     return None

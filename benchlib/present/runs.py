@@ -75,9 +75,9 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             params = parse_params(yaml.safe_load((run_dir / PARAMS).read_text(encoding="utf-8")))
         except (InputError, yaml.YAMLError) as exc:
             raise ValueError(f"params.yaml is not valid ({str(exc).splitlines()[0]})") from None
-        if not measured_everything(len(summary), params.grid_size, params.rate_search is not None, env):
-            measured = (f"a rate search that did not finish ({len(summary)} probes so far)"
-                        if params.rate_search is not None else f"{len(summary)} of {params.grid_size} points")
+        if not measured_everything(len(summary), params.grid_size, params.adaptive, env):
+            measured = (f"a {'rate' if params.rate_search is not None else 'configuration'} search that did not "
+                        f"finish ({len(summary)} points so far)" if params.adaptive else f"{len(summary)} of {params.grid_size} points")
             raise ValueError(f"partial: {measured}; finish it with `benchlib run --resume` (or `benchlib bench "
                              "--resume`)")
     if summary["instance"].nunique() != 1 or summary["instance"].iloc[0] != run_dir.parent.name:

@@ -1,0 +1,172 @@
+"""A params file's `search:` run on its grid: each configuration a grid point, each trial written as it ends.
+
+The rule is benchlib.measure.search's; this module is its seam with the sweep::
+
+    configurations   the grid's points, in grid order; a family is (model, precision, runtime)
+    measure          a trial of the point at the round's window, written like any other trial; a resumed
+                     run replays the trials it already has (the rule then takes the same decisions), so
+                     only what is missing is measured
+    a trial's view   its throughput (completed inferences over its window), its latency percentile, its
+                     cost (the time from its clients' preparation to its window's end), and the accuracy
+                     gate of its runtime at its batch size
+    the verdicts     search.csv, one row per configuration (SEARCH_COLUMNS), and env.json's `search`
+
+The run folder is a normal run: the summary, knees, report and compare read it as they read a sweep.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchlib.derive.cost import usd_per_million
+from benchlib.derive.stats import trial_figures
+from benchlib.measure.grid import GridPoint
+from benchlib.measure.progress import Progress
+from benchlib.measure.search import Candidate, Configuration, RoundSummary, SearchOutcome, SearchSpec, Trial, search
+from benchlib.params import SEARCH_TRIALS_PER_ROUND, Params
+from benchlib.vocabulary import GATE_FAIL, GRID_KEYS, STATUS_OK
+
+#: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
+TrialRecords = Callable[[GridPoint, int, float], pd.DataFrame]
+#: The keys of search.csv's rows beside GRID_KEYS (all but the offered rate).
+SEARCH_KEYS = [k for k in GRID_KEYS if k != "offered_rate_per_s"]
+
+
+def search_spec(params: Params) -> SearchSpec:
+    search_params = params.search
+    assert search_params is not None  # only called for a search
+    return SearchSpec(
+        latency_budget_ms=search_params.latency_budget_ms, indifference_pct=search_params.indifference_pct,
+        max_measure_s=search_params.max_measure_s, full_window_s=params.duration_s,
+        first_window_s=params.search_first_window_s, final_trials=max(params.repeats, 2),
+        trials_per_round=SEARCH_TRIALS_PER_ROUND, seed=params.seed)
+
+
+def configuration_of(point: GridPoint) -> Configuration:
+    label = (f"{point.model.label} {point.precision.name} {point.runtime} batch {point.batch_size} "
+             f"x{point.threads}")
+    return Configuration(point.key, point.key[:3], point.batch_size, point.threads, label)
+
+
+def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRecords, accuracy: Callable[[], pd.DataFrame],
+                report: Progress, usd_per_hour: float,
+                confirmed: Callable[[GridPoint], bool] | None = None) -> SearchOutcome:
+    """Search `points` (see the module docstring); `report` counts the configurations decided and says each
+    round. With target_ci_pct, the answer is measured until `confirmed` (the sweep's stop rule) says so."""
+    spec = search_spec(params)
+    assert params.search is not None
+    percentile = params.search.percentile
+    by_key = {point.key: point for point in points}
+
+    def measure(configuration: Configuration, window_s: float, number: int) -> Trial:
+        records = trial_records(by_key[configuration.key], number, window_s)
+        return trial_view(records, window_s, percentile, gate_note(accuracy(), configuration))
+
+    decided = [0]
+
+    def on_round(summary: RoundSummary) -> None:
+        report.forgo(len(points) - summary.live - decided[0])
+        decided[0] = len(points) - summary.live
+        best = (f"best so far {summary.best} at ${usd_per_million(summary.best_throughput_per_s, usd_per_hour):.4g}/M"
+                if summary.best else "none yet surely within the budget")
+        report.say(f"round {summary.round}: {summary.live} of {len(points)} configurations left, {best} "
+                   f"({summary.window_s:g} s windows, {summary.spent_s:.0f} s measured so far)")
+
+    enough = None
+    if confirmed is not None and params.target_ci_pct is not None:
+        enough = lambda configuration: confirmed(by_key[configuration.key])  # noqa: E731
+    outcome = search([configuration_of(point) for point in points], measure, spec, on_round, enough)
+    report.forgo(len(points) - decided[0])
+    return outcome
+
+
+def trial_view(records: pd.DataFrame, window_s: float, percentile: str, gate: str = "") -> Trial:
+    """One trial's records as the search sees them (see the module docstring)."""
+    status = str(records["status"].iloc[0]) if len(records) else "missing"
+    measured_s = float(records["trial_s"].iloc[0]) if "trial_s" in records.columns and len(records) else 0.0
+    if status != STATUS_OK:
+        note = str(records["note"].iloc[0]) if "note" in records.columns and len(records) else ""
+        return Trial(window_s, status=status, measured_s=measured_s if math.isfinite(measured_s) else 0.0,
+                     note=note if note != "nan" else "")
+    figures = trial_figures(records)
+    latency = (float(np.percentile(figures["latencies_ms"], int(percentile[1:]))) if figures["n"] else math.nan)
+    return Trial(window_s, throughput_per_s=figures["throughput"], latency_ms=latency, measured_s=measured_s,
+                 gate_failed=bool(gate), note=gate)
+
+
+def gate_note(accuracy: pd.DataFrame, configuration: Configuration) -> str:
+    """Why the configuration's runtime failed its accuracy gate at its batch size ('' when it did not)."""
+    if accuracy.empty or "gate" not in accuracy.columns:
+        return ""
+    model, precision, runtime = configuration.family
+    rows = accuracy[(accuracy["model"] == model) & (accuracy["precision"] == precision)
+                    & (accuracy["runtime"] == runtime) & (accuracy["batch_size"] == configuration.batch_size)
+                    & (accuracy["gate"] == GATE_FAIL)]
+    if rows.empty:
+        return ""
+    status = rows["status"].iloc[0] if "status" in rows.columns else ""
+    return f"{runtime} {precision} differs from eager beyond the gate's tolerance{f' ({status})' if status else ''}"
+
+
+def search_table(outcome: SearchOutcome, percentile: str, usd_per_hour: float) -> pd.DataFrame:
+    """search.csv: one row per configuration, in grid order (SEARCH_COLUMNS)."""
+    return pd.DataFrame([_row(candidate, percentile, usd_per_hour) for candidate in outcome.candidates],
+                        columns=search_columns(percentile))
+
+
+def search_columns(percentile: str) -> list[str]:
+    return [*SEARCH_KEYS, "outcome", "reason", "round", "rounds", "trials", "windows_s", "measured_s",
+            "throughput_per_s", "throughput_low_per_s", "throughput_high_per_s",
+            f"latency_{percentile}_ms", f"latency_{percentile}_low_ms", f"latency_{percentile}_high_ms",
+            "usd_per_million", "usd_per_million_low", "usd_per_million_high"]
+
+
+def _row(candidate: Candidate, percentile: str, usd_per_hour: float) -> dict[str, Any]:
+    measured = bool(candidate.ok_trials)
+    throughput, latency = candidate.throughput, candidate.latency
+    nan = math.nan
+    values = dict(zip(GRID_KEYS, candidate.configuration.key, strict=True))
+    return {
+        **{k: values[k] for k in SEARCH_KEYS},
+        "outcome": candidate.outcome, "reason": candidate.reason,
+        "round": candidate.decided_round if candidate.decided_round is not None else -1,
+        "rounds": candidate.rounds, "trials": len(candidate.trials),
+        "windows_s": " ".join(f"{t.window_s:g}" for t in candidate.trials),
+        "measured_s": candidate.measured_s,
+        "throughput_per_s": throughput.mid if measured else nan,
+        "throughput_low_per_s": throughput.low if measured else nan,
+        "throughput_high_per_s": throughput.high if measured else nan,
+        f"latency_{percentile}_ms": latency.mid if measured else nan,
+        f"latency_{percentile}_low_ms": latency.low if measured else nan,
+        f"latency_{percentile}_high_ms": latency.high if measured else nan,
+        "usd_per_million": usd_per_million(throughput.mid, usd_per_hour) if measured else nan,
+        # The cost's interval is the throughput's, turned over.
+        "usd_per_million_low": usd_per_million(throughput.high, usd_per_hour) if measured else nan,
+        "usd_per_million_high": usd_per_million(throughput.low, usd_per_hour) if measured else nan,
+    }
+
+
+def search_record(outcome: SearchOutcome, usd_per_hour: float) -> dict[str, Any]:
+    """env.json's `search`: why it stopped, its totals and rounds, the answer and its runner-up."""
+    best, runner_up = outcome.best, outcome.runner_up
+    margin = (100 * (runner_up.throughput.mid and best.throughput.mid / runner_up.throughput.mid - 1)
+              if best is not None and runner_up is not None else None)
+    return {
+        "reason": outcome.reason,
+        "measured_s": outcome.measured_s,
+        "exhaustive_estimate_s": outcome.exhaustive_s,
+        "share_of_exhaustive": outcome.measured_s / outcome.exhaustive_s if outcome.exhaustive_s else None,
+        "best": best.configuration.label if best else None,
+        "runner_up": runner_up.configuration.label if runner_up else None,
+        "margin_pct": margin,
+        "intervals": "trial noise pooled per window across configurations; Bonferroni over the configurations "
+                     "compared in each round (benchlib.derive.pooled_noise)",
+        "rounds": [{"round": r.round, "window_s": r.window_s, "measured": r.measured, "live": r.live,
+                    "best": r.best, "best_usd_per_million": usd_per_million(r.best_throughput_per_s, usd_per_hour)
+                    if r.best else None, "spent_s": r.spent_s} for r in outcome.rounds],
+        "notes": outcome.notes,
+    }

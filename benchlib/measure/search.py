@@ -1,0 +1,416 @@
+"""Search: the cheapest configuration within a latency budget, measuring only what decides it.
+
+On one instance the cheapest configuration in $ per million inferences is the one with the
+highest throughput, so the search compares throughputs, among the configurations whose latency
+percentile meets the budget. Its protocol (the rule is pure; `measure` is injected)::
+
+    windows: first_window_s, doubling up to full_window_s (the params' duration_s), then full_window_s again
+    live = every configuration, in grid order
+    round r = 0, 1, ...:
+        w = windows[r] (the last once past the end)
+        stop if the round cannot fit in what is left of max_measure_s (unresolved)
+        for each live configuration (round 0 in grid order, later rounds in a seeded shuffle within each family):
+            skip it if structure pruned it meanwhile
+            measure trials_per_round trials, each a window of w
+            a trial that did not run (oom, skipped, unsupported) or failed the accuracy gate eliminates it;
+              out of memory prunes the family's larger batches, the others its whole family
+            structure: a latency whose lower bound is over the budget eliminates it, and prunes the
+              configurations not yet measured with a batch as large or larger and as many threads or more
+        intervals: the trials' noise pooled per window (benchlib.derive.pooled_noise), each at
+          1 - alpha / m for the m live configurations (Bonferroni)
+        the best = the live configuration surely within the budget (latency's upper bound) with the
+          highest lower bound of throughput
+        eliminate: over budget (latency's lower bound above it); dominated (throughput's upper bound
+          below the best's lower bound); settle: it cannot beat the best by more than indifference_pct
+        stop when one configuration is left, or every one left is settled (tied), or none can meet the
+          budget, or after max_full_rounds rounds at the full window (unresolved)
+    confirm: the best is measured up to final_trials trials of the full window, as the sweep would
+
+Structure assumes a configuration's latency grows with its batch size and with its client
+threads. It is used only for configurations not yet measured; where both sides were measured
+anyway, :attr:`SearchOutcome.notes` names any pair that contradicts it.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
+from benchlib.measure.trials import blocks, trial_order
+from benchlib.vocabulary import (
+    OUTCOME_BEST,
+    OUTCOME_ELIMINATED,
+    OUTCOME_PRUNED,
+    OUTCOME_TIED,
+    OUTCOME_UNRESOLVED,
+    STATUS_OK,
+    STATUS_OOM,
+)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One configuration of the grid: its key, its family (what out of memory and the gate rule out
+    together: model, precision, runtime) and where it sits in the family."""
+
+    key: tuple[Any, ...]
+    family: tuple[Any, ...]
+    batch_size: int
+    threads: int
+    label: str
+
+    def covers(self, other: Configuration) -> bool:
+        """Whether `other` has a batch as large or larger and as many threads or more, in the same family."""
+        return (other.family == self.family and other.batch_size >= self.batch_size
+                and other.threads >= self.threads and other != self)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial as the search sees it."""
+
+    window_s: float  # the window asked for
+    status: str = STATUS_OK  # or why it did not run
+    throughput_per_s: float = math.nan
+    latency_ms: float = math.nan  # at the search's percentile
+    measured_s: float = 0.0  # what it cost: clients prepared, warm-up and window
+    gate_failed: bool = False
+    note: str = ""
+
+
+#: (configuration, window in seconds, trial number of that configuration) -> the trial.
+Measure = Callable[[Configuration, float, int], Trial]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    latency_budget_ms: float
+    indifference_pct: float
+    max_measure_s: float
+    full_window_s: float
+    first_window_s: float
+    final_trials: int = 2
+    trials_per_round: int = 2
+    max_full_rounds: int = 3
+    alpha: float = 0.05
+    seed: int = 0
+
+    @property
+    def windows(self) -> list[float]:
+        """The windows of the rounds: doubling from first_window_s, the last one full_window_s."""
+        levels = max(0, math.ceil(math.log2(self.full_window_s / self.first_window_s) - 1e-9))
+        return [self.full_window_s / 2 ** k for k in range(levels, -1, -1)]
+
+    @property
+    def max_rounds(self) -> int:
+        return len(self.windows) - 1 + self.max_full_rounds
+
+
+@dataclass
+class Candidate:
+    """A configuration's state in the search: its trials, latest intervals, and verdict once given."""
+
+    configuration: Configuration
+    trials: list[Trial] = field(default_factory=list)
+    outcome: str = ""  # "" while live
+    reason: str = ""
+    decided_round: int | None = None
+    rounds: int = 0
+    settled: bool = False  # cannot beat the best by more than the band: no longer measured
+    throughput: Interval = field(default_factory=Interval.unbounded)
+    latency: Interval = field(default_factory=Interval.unbounded)
+
+    @property
+    def live(self) -> bool:
+        return not self.outcome and not self.settled
+
+    @property
+    def ok_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.status == STATUS_OK and not t.gate_failed]
+
+    @property
+    def measured_s(self) -> float:
+        return sum(t.measured_s for t in self.trials)
+
+    def decide(self, outcome: str, reason: str, round_number: int) -> None:
+        self.outcome, self.reason, self.decided_round = outcome, reason, round_number
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    window_s: float
+    measured: int  # configurations measured in this round
+    live: int  # configurations still in the running after it
+    best: str | None  # the best's label, if any is surely within the budget
+    best_throughput_per_s: float
+    spent_s: float  # measuring time so far, all rounds
+
+
+@dataclass
+class SearchOutcome:
+    candidates: list[Candidate]
+    rounds: list[RoundSummary]
+    reason: str
+    measured_s: float
+    exhaustive_s: float  # an estimate: every configuration measured final_trials full windows
+    best: Candidate | None = None
+    runner_up: Candidate | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def search(configurations: Sequence[Configuration], measure: Measure, spec: SearchSpec,
+           on_round: Callable[[RoundSummary], None] | None = None,
+           confirmed: Callable[[Configuration], bool] | None = None) -> SearchOutcome:
+    """Run the search (see the module docstring) over `configurations`, given in grid order. With
+    `confirmed`, the answer is measured past final_trials full windows until it says enough (a target
+    interval), within max_measure_s and MAX_CONFIRM_TRIALS."""
+    return _Search(configurations, measure, spec, on_round, confirmed).run()
+
+
+#: The most full-window trials the answer gets while `confirmed` asks for more.
+MAX_CONFIRM_TRIALS = 20
+
+
+class _Search:
+    def __init__(self, configurations: Sequence[Configuration], measure: Measure, spec: SearchSpec,
+                 on_round: Callable[[RoundSummary], None] | None,
+                 confirmed: Callable[[Configuration], bool] | None = None) -> None:
+        self.candidates = [Candidate(c) for c in configurations]
+        self.measure, self.spec, self.on_round, self.confirmed = measure, spec, on_round, confirmed
+        self.spent_s = 0.0
+        self.rounds: list[RoundSummary] = []
+        #: Per window length: the pooled noise of the trials' log throughput, and of their log latency.
+        self.throughput_noise: dict[float, Noise] = {}
+        self.latency_noise: dict[float, Noise] = {}
+        self.budget = spec.latency_budget_ms
+        self.band = 1 + spec.indifference_pct / 100
+
+    def run(self) -> SearchOutcome:
+        reason = ""
+        for round_number in itertools.count():
+            live = [c for c in self.candidates if c.live]
+            window = self.spec.windows[min(round_number, len(self.spec.windows) - 1)]
+            if round_number >= self.spec.max_rounds:
+                reason = (f"the intervals did not separate the configurations left after {self.spec.max_full_rounds} "
+                          f"rounds of the full window ({self.spec.full_window_s:g} s)")
+                break
+            needed = len(live) * self.spec.trials_per_round * self._trial_cost_s(window)
+            if self.spent_s + needed > self.spec.max_measure_s:
+                reason = (f"the measuring budget ran out: round {round_number} needs about {needed:.0f} s, "
+                          f"{self.spec.max_measure_s - self.spent_s:.0f} s of max_measure_s "
+                          f"{self.spec.max_measure_s:g} is left")
+                break
+            measured, ran_out = self._round(round_number, live, window)
+            if ran_out:
+                reason = (f"the measuring budget ran out in round {round_number} "
+                          f"(max_measure_s {self.spec.max_measure_s:g})")
+                break
+            reason = self._judge(round_number, window, measured, len(live))
+            if reason:
+                break
+        best = self._best()
+        for candidate in self.candidates:
+            if candidate.live and candidate is not best:
+                candidate.decide(OUTCOME_UNRESOLVED, reason, len(self.rounds) - 1)
+        return self._finish(reason, best)
+
+    # --- measuring ---------------------------------------------------------------
+
+    def _round(self, round_number: int, live: list[Candidate], window: float) -> tuple[int, bool]:
+        """Measure the round's trials: how many configurations it measured, and whether the measuring
+        budget ran out inside it."""
+        # Interleaved within a family (as trials are), so its model, workload and artifacts stay ready.
+        order = [c for family in blocks(live, lambda c: c.configuration.family)
+                 for c in trial_order(family, round_number, self.spec.seed)]
+        measured = 0
+        for candidate in order:
+            if not candidate.live:  # pruned or eliminated earlier in this round
+                continue
+            measured += 1
+            candidate.rounds += 1
+            for _ in range(self.spec.trials_per_round):
+                trial = self.measure(candidate.configuration, window, len(candidate.trials))
+                candidate.trials.append(trial)
+                self.spent_s += trial.measured_s
+                if trial.status != STATUS_OK or trial.gate_failed:
+                    self._not_run(candidate, trial, round_number)
+                    break
+            if candidate.live and round_number == 0:  # structure prunes as round 0 goes
+                self._update_noise()
+                self._intervals(len(self.candidates))
+                self._over_budget(candidate, round_number)
+            if self.spent_s >= self.spec.max_measure_s:
+                return measured, True
+        return measured, False
+
+    def _not_run(self, candidate: Candidate, trial: Trial, round_number: int) -> None:
+        config = candidate.configuration
+        if trial.gate_failed:
+            candidate.decide(OUTCOME_ELIMINATED, f"failed the accuracy gate: {trial.note}".rstrip(": "), round_number)
+            self._prune(lambda other: other.family == config.family,
+                        f"{config.label} failed the accuracy gate: its runtime and precision are out for the model",
+                        round_number)
+            return
+        candidate.decide(OUTCOME_ELIMINATED, f"{trial.status}: {trial.note}".rstrip(": "), round_number)
+        if trial.status == STATUS_OOM:
+            self._prune(lambda other: other.family == config.family and other.batch_size > config.batch_size,
+                        f"{config.label} ran out of memory: larger batches will too", round_number)
+        else:
+            self._prune(lambda other: other.family == config.family,
+                        f"{config.label} did not run ({trial.status}): nor will its family", round_number)
+
+    def _prune(self, rule: Callable[[Configuration], bool], reason: str, round_number: int) -> None:
+        for other in self.candidates:
+            if other.live and not other.trials and rule(other.configuration):
+                other.decide(OUTCOME_PRUNED, reason, round_number)
+
+    def _trial_cost_s(self, window: float) -> float:
+        """What one trial of `window` is expected to cost: the measured cost per window second so far."""
+        trials = [t for c in self.candidates for t in c.trials if t.status == STATUS_OK and t.measured_s > 0]
+        if not trials:
+            return window
+        return window * sum(t.measured_s for t in trials) / sum(t.window_s for t in trials)
+
+    # --- judging -----------------------------------------------------------------
+
+    def _update_noise(self) -> None:
+        windows = {t.window_s for c in self.candidates for t in c.ok_trials}
+        for window in windows:
+            at_window = [[t for t in c.ok_trials if t.window_s == window] for c in self.candidates]
+            self.throughput_noise[window] = pooled_noise([[t.throughput_per_s for t in g] for g in at_window])
+            self.latency_noise[window] = pooled_noise([[t.latency_ms for t in g] for g in at_window])
+
+    def _intervals(self, compared: int) -> None:
+        for candidate in self.candidates:
+            trials = candidate.ok_trials
+            if candidate.outcome or not trials:
+                continue
+            windows = [t.window_s for t in trials]
+            for name, noise, values in (("throughput", self.throughput_noise, [x.throughput_per_s for x in trials]),
+                                        ("latency", self.latency_noise, [x.latency_ms for x in trials])):
+                df = min((noise[w].df for w in set(windows) if w in noise), default=0)
+                setattr(candidate, name, log_interval(values, windows, noise,
+                                                      critical_value(df, compared, self.spec.alpha)))
+
+    def _df(self) -> int:
+        """The degrees of freedom comparisons use: the fewest of any window's pooled throughput noise."""
+        return min((noise.df for noise in self.throughput_noise.values() if noise.df), default=0)
+
+    def _over_budget(self, candidate: Candidate, round_number: int) -> bool:
+        if not candidate.latency.low > self.budget:
+            return False
+        config = candidate.configuration
+        candidate.decide(OUTCOME_ELIMINATED, f"over budget: latency at least {candidate.latency.low:.3g} ms "
+                         f"> {self.budget:g} ms", round_number)
+        self._prune(config.covers, f"latency grows with batch and threads: {config.label} is at least "
+                    f"{candidate.latency.low:.3g} ms > {self.budget:g} ms", round_number)
+        return True
+
+    def _best(self) -> Candidate | None:
+        feasible = [c for c in self.candidates if not c.outcome and c.latency.high <= self.budget]
+        return max(feasible, key=lambda c: c.throughput.mid, default=None)
+
+    def _judge(self, round_number: int, window: float, measured: int, compared: int) -> str:
+        """Intervals, eliminations and the stop rule after a round; the reason to stop, or ''."""
+        self._update_noise()
+        self._intervals(compared)
+        for candidate in self.candidates:
+            if candidate.live:
+                self._over_budget(candidate, round_number)
+        best = self._best()
+        if best is not None:
+            critical = critical_value(self._df(), compared, self.spec.alpha)
+            for candidate in self.candidates:
+                if candidate is best or candidate.outcome:
+                    continue
+                # How much higher its throughput can be than the best's (log ratio, upper bound).
+                edge = candidate.throughput.log_ratio_bound(best.throughput, critical)
+                if edge < 0:
+                    candidate.settled = False
+                    candidate.decide(OUTCOME_ELIMINATED, f"dominated: throughput {candidate.throughput.mid:.4g}/s, "
+                                     f"surely below {best.configuration.label}'s {best.throughput.mid:.4g}/s "
+                                     f"(by {100 * -math.expm1(edge):.1f}% at least)", round_number)
+                elif candidate.live and edge <= math.log(self.band):
+                    candidate.settled = True
+            best.settled = False
+        live = [c for c in self.candidates if c.live]
+        self.rounds.append(RoundSummary(round_number, window, measured, len(live),
+                                        best.configuration.label if best else None,
+                                        best.throughput.mid if best else math.nan, self.spent_s))
+        if self.on_round is not None:
+            self.on_round(self.rounds[-1])
+        if best is None and not live:
+            return "no configuration meets the latency budget"
+        if best is not None and live == [best]:
+            settled = sum(1 for c in self.candidates if c.settled)
+            if settled:
+                return (f"every other configuration left ({settled}) is within indifference_pct "
+                        f"{self.spec.indifference_pct:g}% of {best.configuration.label}")
+            return f"one configuration left: {best.configuration.label}"
+        return ""
+
+    # --- the answer ----------------------------------------------------------------
+
+    def _finish(self, reason: str, best: Candidate | None) -> SearchOutcome:
+        if best is not None:
+            self._confirm(best)
+        for candidate in self.candidates:
+            if not candidate.settled or candidate.outcome:
+                continue
+            candidate.settled = False
+            if (candidate.latency.mid <= self.budget
+                    and candidate.throughput.mid * self.band >= best.throughput.mid):  # type: ignore[union-attr]
+                candidate.decide(OUTCOME_TIED, f"within {self.spec.indifference_pct:g}% of the best",
+                                 candidate.decided_round or len(self.rounds) - 1)
+            else:
+                candidate.decide(OUTCOME_ELIMINATED, f"cannot beat the best by more than indifference_pct "
+                                 f"{self.spec.indifference_pct:g}%", len(self.rounds) - 1)
+        if best is not None:
+            best.outcome, best.reason = OUTCOME_BEST, reason
+            if best.decided_round is None:
+                best.decided_round = len(self.rounds) - 1
+        others = [c for c in self.candidates if c is not best and c.ok_trials and c.latency.mid <= self.budget]
+        runner_up = max(others, key=lambda c: c.throughput.mid, default=None)
+        return SearchOutcome(self.candidates, self.rounds, reason, self.spent_s, self._exhaustive_s(), best,
+                             runner_up, self._contradictions())
+
+    def _confirm(self, best: Candidate) -> None:
+        """The answer's figures at the sweep's own fidelity: final_trials trials of the full window."""
+        full = self.spec.full_window_s
+
+        def more() -> bool:
+            at_full = sum(1 for t in best.ok_trials if t.window_s == full)
+            if at_full < self.spec.final_trials:
+                return True
+            return (self.confirmed is not None and at_full < MAX_CONFIRM_TRIALS
+                    and not self.confirmed(best.configuration))
+
+        while more() and self.spent_s + self._trial_cost_s(full) <= self.spec.max_measure_s:
+            trial = self.measure(best.configuration, full, len(best.trials))
+            best.trials.append(trial)
+            self.spent_s += trial.measured_s
+            if trial.status != STATUS_OK:
+                break
+        self._update_noise()
+        self._intervals(1)
+
+    def _exhaustive_s(self) -> float:
+        """Every configuration that could run, measured final_trials full windows at the measured cost per
+        window second."""
+        runnable = sum(1 for c in self.candidates if not (c.trials and c.trials[-1].status != STATUS_OK))
+        return runnable * self.spec.final_trials * self._trial_cost_s(self.spec.full_window_s)
+
+    def _contradictions(self) -> list[str]:
+        """Measured pairs where latency fell as batch or threads grew (beyond both intervals)."""
+        measured = [c for c in self.candidates if c.ok_trials and math.isfinite(c.latency.high)]
+        notes = []
+        for small, large in itertools.permutations(measured, 2):
+            if small.configuration.covers(large.configuration) and large.latency.high < small.latency.low:
+                notes.append(f"latency fell from {small.configuration.label} ({small.latency.mid:.3g} ms) to "
+                             f"{large.configuration.label} ({large.latency.mid:.3g} ms): the structure's assumption "
+                             "does not hold there")
+        return notes
