@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
 from benchlib.measure.trials import blocks, trial_order
 from benchlib.vocabulary import (
@@ -269,11 +271,19 @@ class _Search:
                 other.decide(OUTCOME_PRUNED, reason, round_number)
 
     def _trial_cost_s(self, window: float) -> float:
-        """What one trial of `window` is expected to cost: the measured cost per window second so far."""
+        """What one trial of `window` is expected to cost: a line through the trials' costs so far, a fixed
+        part (clients, warm-up) and a part per window second (more than one where min_requests lengthens
+        windows); the mean cost per window second while their windows are all alike."""
         trials = [t for c in self.candidates for t in c.trials if t.status == STATUS_OK and t.measured_s > 0]
         if not trials:
             return window
-        return window * sum(t.measured_s for t in trials) / sum(t.window_s for t in trials)
+        windows = np.array([t.window_s for t in trials])
+        costs = np.array([t.measured_s for t in trials])
+        if np.ptp(windows) > 0:
+            per_s, fixed = np.polyfit(windows, costs, 1)
+            if per_s > 0:
+                return float(max(fixed, 0.0) + per_s * window)
+        return float(window * costs.sum() / windows.sum())
 
     # --- judging -----------------------------------------------------------------
 
