@@ -91,6 +91,12 @@ class Search(Strict):
     max_measure_s: PositiveFloat = 3600.0
     #: The first round's window; rounds double it up to duration_s (default: duration_s / 16).
     first_window_s: PositiveFloat | None = None
+    #: Open loop: the first rate each configuration's rate search probes, requests/s ...
+    start_per_s: Annotated[float, BeforeValidator(exponent_number),
+                           Field(gt=0, le=MAX_RATE_PER_S, strict=True, allow_inf_nan=False)] = 10.0
+    #: ... and its bisection's tolerance in the full window (rounds of shorter windows bisect more coarsely).
+    tolerance_pct: Annotated[float, BeforeValidator(exponent_number),
+                             Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 5.0
 
 
 #: Trials each configuration gets per round of a search: two give the between-trial noise.
@@ -240,7 +246,13 @@ class Params(Strict):
         elif self.rates_per_s is not None and self.rate_search is not None:
             raise ValueError("give either `rates_per_s` (fixed offered rates) or `rate_search` (find the highest rate "
                              "within a latency budget), not both")
-        elif self.rates_per_s is None and self.rate_search is None:
+        elif self.search is not None and (self.rates_per_s is not None or self.rate_search is not None):
+            key = "rates_per_s" if self.rates_per_s is not None else "rate_search"
+            raise error_at((key,), getattr(self, key), "search_sets_rates",
+                           "a configuration search in open loop finds each configuration's highest rate within "
+                           f"its budget itself; remove `{key}` (the search's `start_per_s` and `tolerance_pct` "
+                           "tune its rate searches)")
+        elif self.rates_per_s is None and self.rate_search is None and self.search is None:
             raise ValueError(f"arrival: {self.arrival} needs the offered load: `rates_per_s: [50, 100]` (requests/s), "
                              "or `rate_search: {latency_budget_ms: 50}`")
         if self.rate_search is not None:
@@ -258,10 +270,11 @@ class Params(Strict):
         if self.search is None:
             return self
         search = self.search
-        if self.open_loop:
-            raise error_at(("search",), "search", "search_closed_loop_only",
-                           "a configuration search runs on closed-loop clients for now; remove `search` to sweep "
-                           "the open-loop grid, or set `arrival: closed`")
+        open_only = sorted(search.model_fields_set & {"start_per_s", "tolerance_pct"})
+        if open_only and not self.open_loop:
+            raise error_at(("search", open_only[0]), getattr(search, open_only[0]), "open_loop_only",
+                           "only for open-loop load (it tunes each configuration's rate search); remove it, or set "
+                           "`arrival: poisson` (or constant)")
         percentile = search.percentile
         needed = min_samples_for_percentile(int(percentile[1:]) / 100)
         if self.min_requests < needed:
@@ -365,7 +378,9 @@ class Params(Strict):
 
     @property
     def _rate_count(self) -> int:
-        return self.rate_search.max_probes if self.rate_search is not None else len(self.rates)
+        if self.rate_search is not None:
+            return self.rate_search.max_probes
+        return 1 if self.search is not None and self.open_loop else len(self.rates)  # a search: configurations
 
     @property
     def grid_size(self) -> int:

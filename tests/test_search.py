@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
-from benchlib.measure.search import Configuration, SearchSpec, Trial, search
+from benchlib.measure.search import Configuration, SearchSpec, Trial, rate_bracket, search
 from benchlib.vocabulary import (
     OUTCOME_BEST,
     OUTCOME_ELIMINATED,
@@ -214,3 +214,82 @@ def test_trials_that_did_not_run_cost_nothing_and_stop_nothing_else():
     assert all(c.outcome == OUTCOME_PRUNED for c in family[1:])
     assert outcome.best is not None and right(outcome.best.configuration)
     assert STATUS_OK == "ok"
+
+
+# --- open loop: a configuration's figure is its highest load within the budget ------------------
+
+MERGES, OPEN_BATCHES, WORKERS = (1, 4), (4, 16, 32), (1, 2, 4)
+
+
+def open_truth(key: tuple) -> float:
+    """The highest offered rate (requests/s) within the budget: a worker's batch of j merged requests holds
+    hold(j * b) on one of the slots; merging j needs the queue to wait about one hold, so it counts where
+    twice its hold fits the budget, and the rate is the best capacity min(workers, slots) * j / hold(j * b)."""
+    runtime, precision, batch, workers, merge = key
+    speed = RUNTIME_SPEEDUP[runtime] * PRECISION_SPEEDUP[precision]
+    best = 0.0
+    for j in range(1, merge + 1):
+        hold_ms = (FIXED_MS + PER_ITEM_MS * j * batch) / speed
+        if (hold_ms if j == 1 else 2 * hold_ms) <= BUDGET_MS:
+            best = max(best, min(workers, SLOTS) * j / hold_ms * 1e3)
+    return best
+
+
+OPEN_CONFIGURATIONS = [Configuration((r, p, b, n, m), (r, p), b, n, f"{r} {p} batch {b} x{n} merge {m}",
+                                     max_batch_size=m, open_loop=True)
+                       for p in PRECISION_SPEEDUP for r in RUNTIME_SPEEDUP for b in OPEN_BATCHES
+                       for n in WORKERS for m in MERGES]
+OPEN_OPTIMUM = max(OPEN_CONFIGURATIONS, key=lambda c: open_truth(c.key) * c.batch_size)
+
+
+def open_probe(configuration: Configuration, window_s: float, spread: float, rng: random.Random):
+    """A probe meets the budget below the true highest rate, give or take the noise of a window."""
+    limit = open_truth(configuration.key)
+
+    def probe(rate: float) -> tuple[bool, float, float]:
+        met = rate <= limit * math.exp(rng.gauss(0, spread / math.sqrt(window_s)))
+        return met, BUDGET_MS * (0.8 if met else 1.5), window_s + OVERHEAD_S
+
+    return probe
+
+
+def open_search(spread: float, seed: int):
+    rng = random.Random(seed)
+    starts: dict = {}
+    the_spec = spec(seed=seed, final_trials=1, trials_per_round=1)
+
+    def measure(configuration: Configuration, window_s: float, number: int) -> Trial:
+        trial = rate_bracket(open_probe(configuration, window_s, spread, rng), window_s,
+                             starts.get(configuration.key, 100.0), the_spec.rate_tolerance_at(window_s),
+                             configuration.batch_size)
+        if trial.throughput_per_s > 0:  # the next round starts where this one found the budget met
+            starts[configuration.key] = trial.throughput_per_s / configuration.batch_size
+        return trial
+
+    outcome = search(OPEN_CONFIGURATIONS, measure, the_spec)
+    # The exhaustive sweep at the same final fidelity: every configuration, one rate search of full windows.
+    exhaustive_s = 0.0
+    for configuration in OPEN_CONFIGURATIONS:
+        exhaustive_s += rate_bracket(open_probe(configuration, FULL_S, spread, rng), FULL_S, 100.0,
+                                     the_spec.rate_tolerance_pct, configuration.batch_size).measured_s
+    return outcome, exhaustive_s
+
+
+def test_the_open_loop_surface_has_its_optimum_inside():
+    assert len(OPEN_CONFIGURATIONS) == 108 and SLOTS < max(WORKERS)
+    assert OPEN_OPTIMUM.key[2:4] == (16, 2)  # inside the grid
+    assert open_truth(("onnxruntime", "amp", 4, 2, 4)) > open_truth(("onnxruntime", "amp", 4, 2, 1))  # merging pays
+    assert sum(1 for c in OPEN_CONFIGURATIONS if open_truth(c.key) == 0) > 10  # some never meet the budget
+
+
+@pytest.mark.parametrize("spread", [0.01, 0.02])
+def test_twenty_seeded_open_loop_searches_find_the_highest_load_for_a_fraction_of_the_time(spread):
+    best_load = open_truth(OPEN_OPTIMUM.key) * OPEN_OPTIMUM.batch_size
+    picks, shares = [], []
+    for seed in range(20):
+        outcome, exhaustive_s = open_search(spread, seed)
+        pick = outcome.best.configuration if outcome.best else None
+        picks.append(pick is not None and open_truth(pick.key) * pick.batch_size * (1 + BAND_PCT / 100) >= best_load)
+        shares.append(outcome.measured_s / exhaustive_s)
+    assert sum(picks) >= 19
+    assert statistics.median(shares) <= 0.20, shares

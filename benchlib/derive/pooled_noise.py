@@ -53,9 +53,17 @@ class Interval:
     def unbounded(cls, mid: float = math.nan) -> Interval:
         return cls(0.0, mid, math.inf)
 
+    @classmethod
+    def bracket(cls, low: float, high: float) -> Interval:
+        """An interval known by its ends alone (a rate search's bracket): no standard error."""
+        return cls(low, low, high, math.nan)
+
     def log_ratio_bound(self, other: Interval, critical: float) -> float:
         """An upper bound of log(self / other): the two estimates' difference, its standard error
-        sqrt(se1^2 + se2^2) (narrower than comparing the two intervals' ends) times `critical`."""
+        sqrt(se1^2 + se2^2) (narrower than comparing the two intervals' ends) times `critical`; for
+        brackets, the ends: log(self.high / other.low)."""
+        if math.isnan(self.log_se) or math.isnan(other.log_se):
+            return math.log(self.high / other.low) if other.low > 0 else math.inf
         if not (self.mid > 0 and other.mid > 0) or math.isinf(self.log_se) or math.isinf(other.log_se):
             return math.inf
         return math.log(self.mid / other.mid) + critical * math.hypot(self.log_se, other.log_se)

@@ -54,8 +54,9 @@ class GridPoint:
 
 def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
     """Every point of `params` in the order it is measured: the first dimension changes slowest.
-    With a rate search, one point per configuration, its rate left to the search."""
-    rates = (None,) if params.rate_search is not None else params.rates
+    With a rate search (or a configuration search in open loop), one point per configuration, its rate left
+    to the search."""
+    rates = (None,) if params.adaptive else params.rates
     dimensions = {"model": params.models, "precision": precisions, "runtime": params.runtimes,
                   "batch_size": params.batch_sizes, "threads": params.threads,
                   "max_batch_size": params.max_batch_size, "rate_per_s": rates}

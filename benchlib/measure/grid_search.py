@@ -17,18 +17,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchlib.derive.capacity import meets_budget
 from benchlib.derive.cost import usd_per_million
+from benchlib.derive.point_summary import summarize_point
 from benchlib.derive.stats import trial_figures
 from benchlib.measure.grid import GridPoint
 from benchlib.measure.progress import Progress
-from benchlib.measure.search import Candidate, Configuration, RoundSummary, SearchOutcome, SearchSpec, Trial, search
+from benchlib.measure.search import (
+    Candidate,
+    Configuration,
+    RoundSummary,
+    SearchOutcome,
+    SearchSpec,
+    Trial,
+    rate_bracket,
+    search,
+)
 from benchlib.params import SEARCH_TRIALS_PER_ROUND, Params
-from benchlib.vocabulary import GATE_FAIL, GRID_KEYS, STATUS_OK
+from benchlib.vocabulary import (
+    GATE_FAIL,
+    GRID_KEYS,
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    STATUS_UNSUPPORTED,
+    latency_column,
+)
 
 #: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
 TrialRecords = Callable[[GridPoint, int, float], pd.DataFrame]
@@ -39,17 +59,21 @@ SEARCH_KEYS = [k for k in GRID_KEYS if k != "offered_rate_per_s"]
 def search_spec(params: Params) -> SearchSpec:
     search_params = params.search
     assert search_params is not None  # only called for a search
+    # Open loop: a round is one rate search per configuration, and the answer one of full windows.
+    per_round = 1 if params.open_loop else SEARCH_TRIALS_PER_ROUND
     return SearchSpec(
         latency_budget_ms=search_params.latency_budget_ms, indifference_pct=search_params.indifference_pct,
         max_measure_s=search_params.max_measure_s, full_window_s=params.duration_s,
-        first_window_s=params.search_first_window_s, final_trials=max(params.repeats, 2),
-        trials_per_round=SEARCH_TRIALS_PER_ROUND, seed=params.seed)
+        first_window_s=params.search_first_window_s, final_trials=1 if params.open_loop else max(params.repeats, 2),
+        trials_per_round=per_round, seed=params.seed, rate_tolerance_pct=search_params.tolerance_pct)
 
 
 def configuration_of(point: GridPoint) -> Configuration:
-    label = (f"{point.model.label} {point.precision.name} {point.runtime} batch {point.batch_size} "
-             f"x{point.threads}")
-    return Configuration(point.key, point.key[:3], point.batch_size, point.threads, label)
+    label = f"{point.model.label} {point.precision.name} {point.runtime} batch {point.batch_size} x{point.threads}"
+    if point.open_loop:
+        label += f" merge {point.max_batch_size}"
+    return Configuration(point.key, point.key[:3], point.batch_size, point.threads, label,
+                         max_batch_size=point.max_batch_size, open_loop=point.open_loop)
 
 
 def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRecords, accuracy: Callable[[], pd.DataFrame],
@@ -66,6 +90,33 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
         records = trial_records(by_key[configuration.key], number, window_s)
         return trial_view(records, window_s, percentile, gate_note(accuracy(), configuration))
 
+    probes: dict[tuple[Any, ...], int] = {}  # (configuration, rate) -> its trials so far: replayed alike on resume
+    starts: dict[tuple[Any, ...], float] = {}  # where a configuration's next rate search starts
+
+    def measure_open(configuration: Configuration, window_s: float, number: int) -> Trial:
+        point = by_key[configuration.key]
+
+        def probe(rate: float) -> tuple[bool, float, float]:
+            at_rate = replace(point, rate_per_s=rate)
+            trial = probes.get(at_rate.key, 0)
+            probes[at_rate.key] = trial + 1
+            records = trial_records(at_rate, trial, window_s)
+            row = summarize_point(records)
+            if row["status"] in NOT_RUN:
+                raise _NotRun(trial_view(records, window_s, percentile))
+            return (meets_budget(row, spec.latency_budget_ms, percentile), float(row[latency_column(percentile)]),
+                    float(row["measured_s"]) if math.isfinite(row["measured_s"]) else 0.0)
+
+        try:
+            trial = rate_bracket(probe, window_s, starts.get(configuration.key, params.search.start_per_s),
+                                 spec.rate_tolerance_at(window_s), configuration.batch_size)
+        except _NotRun as not_run:
+            return not_run.trial
+        if trial.throughput_per_s > 0:  # the next, finer round starts where this one found the budget met
+            starts[configuration.key] = trial.throughput_per_s / configuration.batch_size
+        gate = gate_note(accuracy(), configuration)
+        return replace(trial, gate_failed=bool(gate), note=gate or trial.note)
+
     decided = [0]
 
     def on_round(summary: RoundSummary) -> None:
@@ -79,9 +130,22 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
     enough = None
     if confirmed is not None and params.target_ci_pct is not None:
         enough = lambda configuration: confirmed(by_key[configuration.key])  # noqa: E731
-    outcome = search([configuration_of(point) for point in points], measure, spec, on_round, enough)
+    outcome = search([configuration_of(point) for point in points], measure_open if params.open_loop else measure,
+                     spec, on_round, enough)
     report.forgo(len(points) - decided[0])
     return outcome
+
+
+#: Statuses of a point that did not run: no rate of its configuration will.
+NOT_RUN = (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED)
+
+
+class _NotRun(Exception):
+    """A rate search's probe that did not run, with the trial that says why."""
+
+    def __init__(self, trial: Trial) -> None:
+        super().__init__(trial.note)
+        self.trial = trial
 
 
 def trial_view(records: pd.DataFrame, window_s: float, percentile: str, gate: str = "") -> Trial:

@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
+from benchlib.measure.rate_search import search_rate
 from benchlib.measure.trials import blocks, trial_order
+from benchlib.params_base import MAX_RATE_PER_S
 from benchlib.vocabulary import (
     OUTCOME_BEST,
     OUTCOME_ELIMINATED,
@@ -63,11 +65,16 @@ class Configuration:
     batch_size: int
     threads: int
     label: str
+    max_batch_size: int = 1
+    open_loop: bool = False
 
     def covers(self, other: Configuration) -> bool:
-        """Whether `other` has a batch as large or larger and as many threads or more, in the same family."""
-        return (other.family == self.family and other.batch_size >= self.batch_size
-                and other.threads >= self.threads and other != self)
+        """Whether `other`'s latency is at least this one's by structure: the same family and merging, a
+        batch as large or larger, and as many client threads or more (in open loop, as many server
+        workers: more of them shorten the queue)."""
+        more_threads = other.threads >= self.threads if not self.open_loop else other.threads == self.threads
+        return (other.family == self.family and other.max_batch_size == self.max_batch_size and more_threads
+                and other.batch_size >= self.batch_size and other != self)
 
 
 @dataclass(frozen=True)
@@ -81,10 +88,39 @@ class Trial:
     measured_s: float = 0.0  # what it cost: clients prepared, warm-up and window
     gate_failed: bool = False
     note: str = ""
+    #: Open loop: a rate search's bracket, in inferences/s: `throughput_per_s` is the highest load that met
+    #: the budget (0 when none did), this the lowest above it that missed (inf when none did); `latency_ms`
+    #: is the percentile at the highest rate that met it (at the lowest probed when none did).
+    throughput_high_per_s: float | None = None
 
 
 #: (configuration, window in seconds, trial number of that configuration) -> the trial.
 Measure = Callable[[Configuration, float, int], Trial]
+
+
+#: Open loop: a rate -> (whether its trial met the budget, its latency percentile in ms, the trial's cost in s).
+Probe = Callable[[float], tuple[bool, float, float]]
+#: Open loop: the most probes of one round's rate search, and its coarsest bisection tolerance.
+MAX_ROUND_PROBES = 12
+MAX_RATE_TOLERANCE_PCT = 64.0
+
+
+def rate_bracket(probe: Probe, window_s: float, start_per_s: float, tolerance_pct: float, batch_size: int) -> Trial:
+    """One open-loop round of a configuration: a rate search (benchlib.measure.rate_search) whose probes
+    are trials of `window_s`, as a trial whose throughput is the bracket of the highest load within the
+    budget, in inferences/s."""
+    seen: dict[float, tuple[bool, float, float]] = {}
+
+    def met(rate: float) -> bool:
+        seen[rate] = probe(rate)
+        return seen[rate][0]
+
+    found = search_rate(met, start_per_s, tolerance_pct, MAX_ROUND_PROBES, MAX_RATE_PER_S)
+    low, high = found.low_per_s, found.high_per_s
+    latency = seen[low][1] if low is not None else seen[min(seen)][1]
+    return Trial(window_s, throughput_per_s=(low or 0.0) * batch_size, latency_ms=latency,
+                 measured_s=sum(cost for _, _, cost in seen.values()), note=found.reason,
+                 throughput_high_per_s=high * batch_size if high is not None else math.inf)
 
 
 @dataclass(frozen=True)
@@ -99,6 +135,12 @@ class SearchSpec:
     max_full_rounds: int = 3
     alpha: float = 0.05
     seed: int = 0
+    #: Open loop: the rate search's bisection tolerance at the full window (coarser in shorter ones).
+    rate_tolerance_pct: float = 5.0
+
+    def rate_tolerance_at(self, window_s: float) -> float:
+        """Open loop: a round's bisection tolerance, as many times the final one as its window is shorter."""
+        return min(MAX_RATE_TOLERANCE_PCT, self.rate_tolerance_pct * self.full_window_s / window_s)
 
     @property
     def windows(self) -> list[float]:
@@ -290,7 +332,8 @@ class _Search:
     def _update_noise(self) -> None:
         windows = {t.window_s for c in self.candidates for t in c.ok_trials}
         for window in windows:
-            at_window = [[t for t in c.ok_trials if t.window_s == window] for c in self.candidates]
+            at_window = [[t for t in c.ok_trials if t.window_s == window and t.throughput_high_per_s is None]
+                          for c in self.candidates]
             self.throughput_noise[window] = pooled_noise([[t.throughput_per_s for t in g] for g in at_window])
             self.latency_noise[window] = pooled_noise([[t.latency_ms for t in g] for g in at_window])
 
@@ -298,6 +341,11 @@ class _Search:
         for candidate in self.candidates:
             trials = candidate.ok_trials
             if candidate.outcome or not trials:
+                continue
+            latest = trials[-1]
+            if latest.throughput_high_per_s is not None:  # a rate search's bracket: the latest is the finest
+                candidate.throughput = Interval.bracket(latest.throughput_per_s, latest.throughput_high_per_s)
+                candidate.latency = Interval.bracket(latest.latency_ms, latest.latency_ms)
                 continue
             windows = [t.window_s for t in trials]
             for name, noise, values in (("throughput", self.throughput_noise, [x.throughput_per_s for x in trials]),
@@ -416,7 +464,8 @@ class _Search:
 
     def _contradictions(self) -> list[str]:
         """Measured pairs where latency fell as batch or threads grew (beyond both intervals)."""
-        measured = [c for c in self.candidates if c.ok_trials and math.isfinite(c.latency.high)]
+        measured = [c for c in self.candidates if c.ok_trials and math.isfinite(c.latency.high)
+                    and math.isfinite(c.latency.log_se)]  # a bracket's latency is at another rate: not comparable
         notes = []
         for small, large in itertools.permutations(measured, 2):
             if small.configuration.covers(large.configuration) and large.latency.high < small.latency.low:

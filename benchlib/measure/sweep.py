@@ -110,7 +110,7 @@ def run_sweep(
                                                  _price_record(params, prices, usd_per_hour)))
         ceilings = Ceilings.from_env(env.fields)
         points = grid(params, precisions)
-        _check_no_strangers(writer, points, searched=params.rate_search is not None)
+        _check_no_strangers(writer, points, searched=params.adaptive and params.open_loop)
         rule = StopRule.from_params(params)
         # With trials taking turns, or merged batches of every size, a block's artifacts are all kept.
         shared = PointMeasurer(device, params, writer, env,  # adds its telemetry
