@@ -28,6 +28,7 @@ from benchlib.derive.cost import usd_per_million
 from benchlib.derive.point_summary import summarize_point
 from benchlib.derive.stats import trial_figures
 from benchlib.measure.grid import GridPoint
+from benchlib.measure.loads import Window
 from benchlib.measure.progress import Progress
 from benchlib.measure.search import (
     Candidate,
@@ -51,7 +52,9 @@ from benchlib.vocabulary import (
 )
 
 #: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
-TrialRecords = Callable[[GridPoint, int, float], pd.DataFrame]
+TrialRecords = Callable[[GridPoint, int, Window], pd.DataFrame]
+#: A round of windows shorter than duration_s asks for proportionally fewer requests, but at least these.
+MIN_ROUND_REQUESTS = 20
 #: The keys of search.csv's rows beside GRID_KEYS (all but the offered rate).
 SEARCH_KEYS = [k for k in GRID_KEYS if k != "offered_rate_per_s"]
 
@@ -87,8 +90,8 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
     by_key = {point.key: point for point in points}
 
     def measure(configuration: Configuration, window_s: float, number: int) -> Trial:
-        records = trial_records(by_key[configuration.key], number, window_s)
-        return trial_view(records, window_s, percentile, gate_note(accuracy(), configuration))
+        records = trial_records(by_key[configuration.key], number, round_window(params, window_s))
+        return trial_view(records, window_s, percentile, params, gate_note(accuracy(), configuration))
 
     probes: dict[tuple[Any, ...], int] = {}  # (configuration, rate) -> its trials so far: replayed alike on resume
     starts: dict[tuple[Any, ...], float] = {}  # where a configuration's next rate search starts
@@ -100,10 +103,10 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
             at_rate = replace(point, rate_per_s=rate)
             trial = probes.get(at_rate.key, 0)
             probes[at_rate.key] = trial + 1
-            records = trial_records(at_rate, trial, window_s)
+            records = trial_records(at_rate, trial, round_window(params, window_s))
             row = summarize_point(records)
             if row["status"] in NOT_RUN:
-                raise _NotRun(trial_view(records, window_s, percentile))
+                raise _NotRun(trial_view(records, window_s, percentile, params))
             return (meets_budget(row, spec.latency_budget_ms, percentile), float(row[latency_column(percentile)]),
                     float(row["measured_s"]) if math.isfinite(row["measured_s"]) else 0.0)
 
@@ -148,8 +151,21 @@ class _NotRun(Exception):
         self.trial = trial
 
 
-def trial_view(records: pd.DataFrame, window_s: float, percentile: str, gate: str = "") -> Trial:
-    """One trial's records as the search sees them (see the module docstring)."""
+def round_window(params: Params, window_s: float) -> Window:
+    """A round's window: `window_s`, and min_requests in proportion (at least MIN_ROUND_REQUESTS; all of
+    it in the full window). A short round's percentile is an estimate whose noise the search pools across
+    configurations (benchlib.derive.pooled_noise), not a bound, so it needs fewer requests; without this,
+    min_requests alone would make a slow configuration's short window as long as its full one."""
+    if window_s >= params.duration_s:
+        return Window(params.duration_s, params.min_requests)
+    share = math.ceil(params.min_requests * window_s / params.duration_s)
+    return Window(window_s, min(params.min_requests, max(MIN_ROUND_REQUESTS, share)))
+
+
+def trial_view(records: pd.DataFrame, window_s: float, percentile: str, params: Params, gate: str = "") -> Trial:
+    """One trial's records as the search sees them (see the module docstring). Its percentile is the
+    median-unbiased sample quantile (Hyndman and Fan's type 8): short rounds hold few requests, and the
+    usual interpolation reads a high percentile low from few."""
     status = str(records["status"].iloc[0]) if len(records) else "missing"
     measured_s = float(records["trial_s"].iloc[0]) if "trial_s" in records.columns and len(records) else 0.0
     if status != STATUS_OK:
@@ -157,9 +173,13 @@ def trial_view(records: pd.DataFrame, window_s: float, percentile: str, gate: st
         return Trial(window_s, status=status, measured_s=measured_s if math.isfinite(measured_s) else 0.0,
                      note=note if note != "nan" else "")
     figures = trial_figures(records)
-    latency = (float(np.percentile(figures["latencies_ms"], int(percentile[1:]))) if figures["n"] else math.nan)
+    n, ran_s = figures["n"], figures["window_s"]
+    latency = (float(np.percentile(figures["latencies_ms"], int(percentile[1:]), method="median_unbiased"))
+               if n else math.nan)
+    # What it would have cost in the full window: the same fixed part, a window long enough for both.
+    full_cost_s = measured_s - ran_s + max(params.duration_s, ran_s * params.min_requests / n) if n else math.nan
     return Trial(window_s, throughput_per_s=figures["throughput"], latency_ms=latency, measured_s=measured_s,
-                 gate_failed=bool(gate), note=gate)
+                 gate_failed=bool(gate), note=gate, full_cost_s=full_cost_s)
 
 
 def gate_note(accuracy: pd.DataFrame, configuration: Configuration) -> str:

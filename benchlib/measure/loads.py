@@ -22,6 +22,15 @@ from benchlib.params import Params
 
 
 @dataclass(frozen=True)
+class Window:
+    """A trial's window when it is not the params' own (a search's shorter rounds): at least `duration_s`
+    long, and holding at least `min_requests` completed requests."""
+
+    duration_s: float
+    min_requests: int
+
+
+@dataclass(frozen=True)
 class ClosedLoop:
     threads: int
     warmup_requests: int
@@ -56,13 +65,15 @@ class OpenLoop:
         return serve_point(clients, self.workers, load, clock=clock)
 
 
-def load_of(point: GridPoint, params: Params) -> ClosedLoop | OpenLoop:
-    """The load `point` is measured under (an open-loop point's rate is set: a rate search's probe sets it)."""
+def load_of(point: GridPoint, params: Params, window: Window | None = None) -> ClosedLoop | OpenLoop:
+    """The load `point` is measured under (an open-loop point's rate is set: a rate search's probe sets it),
+    in the params' window unless `window` says otherwise."""
+    window = window or Window(params.duration_s, params.min_requests)
     if not point.open_loop:
-        return ClosedLoop(point.threads, params.warmup_requests, params.duration_s, params.min_requests,
+        return ClosedLoop(point.threads, params.warmup_requests, window.duration_s, window.min_requests,
                           staged=point.model.pipeline)
     if point.rate_per_s is None:
         raise ValueError("an open-loop point is measured at a rate: a rate search's probe sets it")
     return OpenLoop(point.arrival, point.rate_per_s, point.threads, point.max_batch_size,
-                    params.max_queue_delay_ms / 1e3, params.warmup_requests, params.duration_s,
-                    params.min_requests, params.seed)
+                    params.max_queue_delay_ms / 1e3, params.warmup_requests, window.duration_s,
+                    window.min_requests, params.seed)

@@ -30,7 +30,7 @@ from benchlib.measure.environment import RunEnv
 from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.grid import GridPoint
 from benchlib.measure.inputs import Inputs
-from benchlib.measure.loads import load_of
+from benchlib.measure.loads import Window, load_of
 from benchlib.measure.memory import PeakMemory, first_line, is_out_of_memory, release_memory
 from benchlib.measure.peaks import peak_dtype
 from benchlib.measure.records import Clock, PointRun
@@ -123,9 +123,9 @@ class PointMeasurer:
         else:
             env.update(telemetry={"energy_method": None, "energy_note": "telemetry: false in the params"})
 
-    def measure(self, point: GridPoint, clock: Clock, trial: int = 0, duration_s: float | None = None) -> PointRun:
-        """Measure one trial of a point (a window of `duration_s`, default the params'), or say why it was
-        not (its run's status and error)::
+    def measure(self, point: GridPoint, clock: Clock, trial: int = 0, window: Window | None = None) -> PointRun:
+        """Measure one trial of a point (in `window`, default the params'), or say why it was not (its run's
+        status and error)::
 
             ruled out?   a smaller batch ran out of memory (before its first trial only: a batch that ran is
                          feasible), or its model does not fit                   -> skipped / oom
@@ -138,7 +138,7 @@ class PointMeasurer:
         try:
             self._rule_out(point, trial)
             ready = self._ready(point)
-            run, memory, sampler = self._timed(point, ready, clock, trial, duration_s)
+            run, memory, sampler = self._timed(point, ready, clock, trial, window)
             self._annotate(run, point, ready, memory, sampler)
         except _NotRun as not_run:
             return not_run.run
@@ -204,7 +204,7 @@ class PointMeasurer:
         return _Ready(workload, merged, prepare_s, pipeline)
 
     def _timed(self, point: GridPoint, ready: _Ready, clock: Clock, trial: int,
-               duration_s: float | None = None) -> tuple[PointRun, PeakMemory, Sampler | None]:
+               window: Window | None = None) -> tuple[PointRun, PeakMemory, Sampler | None]:
         """The point's clients and its requests; its peak memory and telemetry cover the clients' preparation,
         warm-up and window."""
         sampler = Sampler(self.telemetry, clock=clock) if self.telemetry else None
@@ -222,8 +222,7 @@ class PointMeasurer:
                     raise
                 raise _NotRun.unsupported(f"{point.runtime}: preparing the clients failed: {first_line(exc)}",
                                           ready.prepare_s) from None
-            params = self.params if duration_s is None else self.params.model_copy(update={"duration_s": duration_s})
-            run = load_of(point, params).run(clients, trial, clock)
+            run = load_of(point, self.params, window).run(clients, trial, clock)
         run.trial_s = clock() - started
         run.prepare_s = ready.prepare_s
         return run, memory, sampler

@@ -92,6 +92,8 @@ class Trial:
     #: the budget (0 when none did), this the lowest above it that missed (inf when none did); `latency_ms`
     #: is the percentile at the highest rate that met it (at the lowest probed when none did).
     throughput_high_per_s: float | None = None
+    #: What the trial would have cost in the full window (NaN: the window itself, plus the fixed part seen).
+    full_cost_s: float = math.nan
 
 
 #: (configuration, window in seconds, trial number of that configuration) -> the trial.
@@ -393,7 +395,7 @@ class _Search:
                                      f"surely below {best.configuration.label}'s {best.throughput.mid:.4g}/s "
                                      f"(by {100 * -math.expm1(edge):.1f}% at least)", round_number)
                 elif candidate.live and edge <= math.log(self.band):
-                    candidate.settled = True
+                    candidate.settled, candidate.decided_round = True, round_number
             best.settled = False
         live = [c for c in self.candidates if c.live]
         self.rounds.append(RoundSummary(round_number, window, measured, len(live),
@@ -423,10 +425,10 @@ class _Search:
             if (candidate.latency.mid <= self.budget
                     and candidate.throughput.mid * self.band >= best.throughput.mid):  # type: ignore[union-attr]
                 candidate.decide(OUTCOME_TIED, f"within {self.spec.indifference_pct:g}% of the best",
-                                 candidate.decided_round or len(self.rounds) - 1)
+                                 candidate.decided_round)  # type: ignore[arg-type]
             else:
                 candidate.decide(OUTCOME_ELIMINATED, f"cannot beat the best by more than indifference_pct "
-                                 f"{self.spec.indifference_pct:g}%", len(self.rounds) - 1)
+                                 f"{self.spec.indifference_pct:g}%", candidate.decided_round)  # type: ignore[arg-type]
         if best is not None:
             best.outcome, best.reason = OUTCOME_BEST, reason
             if best.decided_round is None:
@@ -457,10 +459,19 @@ class _Search:
         self._intervals(1)
 
     def _exhaustive_s(self) -> float:
-        """Every configuration that could run, measured final_trials full windows at the measured cost per
-        window second."""
-        runnable = sum(1 for c in self.candidates if not (c.trials and c.trials[-1].status != STATUS_OK))
-        return runnable * self.spec.final_trials * self._trial_cost_s(self.spec.full_window_s)
+        """An estimate of the exhaustive sweep at the same final fidelity: every configuration that could run,
+        final_trials full windows, each costing what its latest trial says a full one would (the mean of
+        those for the configurations never measured)."""
+        fallback = self._trial_cost_s(self.spec.full_window_s)
+        costs = {}
+        for candidate in self.candidates:
+            trials = candidate.ok_trials
+            if trials:
+                latest = trials[-1]
+                costs[id(candidate)] = latest.full_cost_s if math.isfinite(latest.full_cost_s) else fallback
+        mean = sum(costs.values()) / len(costs) if costs else fallback
+        runnable = [c for c in self.candidates if not (c.trials and c.trials[-1].status != STATUS_OK)]
+        return self.spec.final_trials * sum(costs.get(id(c), mean) for c in runnable)
 
     def _contradictions(self) -> list[str]:
         """Measured pairs where latency fell as batch or threads grew (beyond both intervals)."""

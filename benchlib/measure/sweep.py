@@ -41,6 +41,7 @@ from benchlib.measure.device import check_client_threads, device_name, intra_op_
 from benchlib.measure.environment import RunEnv, collect_env, fingerprint
 from benchlib.measure.grid import GridPoint, grid, record_keys
 from benchlib.measure.grid_search import search_grid, search_record, search_table
+from benchlib.measure.loads import Window
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
 from benchlib.measure.runnable import check_runnable_here
@@ -184,12 +185,12 @@ class _Sweep:
                     finished_now.add(point.key)
             pending = [point for point in pending if point.key not in finished_now]
 
-    def _trial(self, point: GridPoint, duration_s: float | None = None) -> bool:
-        """Measure one trial of `point` (a window of `duration_s`, default the params') and write it;
-        whether the point is finished."""
+    def _trial(self, point: GridPoint, window: Window | None = None) -> bool:
+        """Measure one trial of `point` (in `window`, default the params') and write it; whether the point
+        is finished."""
         writer, rule = self.writer, self.rule
         number, statuses = self.trials.setdefault(point.key, (writer.n_points, []))
-        run = self.shared.measure(point, self.clock, trial=len(statuses), duration_s=duration_s)
+        run = self.shared.measure(point, self.clock, trial=len(statuses), window=window)
         new = point_records(number, record_keys(self.params, point), run, trial=len(statuses))
         statuses.append(run.status)
         finished, said = rule.verdict(pd.concat([self._records_of(point), new]), statuses)
@@ -248,14 +249,14 @@ class _Sweep:
                         f"merge {configuration.max_batch_size}: {result.reason}")
         return result
 
-    def trial_of(self, point: GridPoint, number: int, window_s: float) -> pd.DataFrame:
-        """The records of the point's trial `number`: those a resumed run has, else measured now (a window of
-        `window_s`), a family's points after one another (its caches kept, as a block's are)."""
+    def trial_of(self, point: GridPoint, number: int, window: Window) -> pd.DataFrame:
+        """The records of the point's trial `number`: those a resumed run has, else measured now (in
+        `window`), a family's points after one another (its caches kept, as a block's are)."""
         if number >= len(self.trials.get(point.key, (0, []))[1]):
             if point.key[:3] != self._family:
                 self.shared.start_block()
                 self._family = point.key[:3]
-            self._trial(point, window_s)
+            self._trial(point, window)
         records = self._records_of(point)
         return records[records["trial"] == number]
 
