@@ -270,7 +270,9 @@ class Params(Strict):
         if self.search is None:
             return self
         search = self.search
-        open_only = sorted(search.model_fields_set & {"start_per_s", "tolerance_pct"})
+        # Against the defaults, not what was given: params_to_dict writes them out, and must read back.
+        open_only = [key for key in ("start_per_s", "tolerance_pct")
+                     if getattr(search, key) != Search.model_fields[key].default]
         if open_only and not self.open_loop:
             raise error_at(("search", open_only[0]), getattr(search, open_only[0]), "open_loop_only",
                            "only for open-loop load (it tunes each configuration's rate search); remove it, or set "

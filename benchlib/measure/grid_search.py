@@ -132,7 +132,8 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
 
     enough = None
     if confirmed is not None and params.target_ci_pct is not None:
-        enough = lambda configuration: confirmed(by_key[configuration.key])  # noqa: E731
+        def enough(configuration: Configuration) -> bool:
+            return confirmed(by_key[configuration.key])
     outcome = search([configuration_of(point) for point in points], measure_open if params.open_loop else measure,
                      spec, on_round, enough)
     report.forgo(len(points) - decided[0])

@@ -433,7 +433,7 @@ class _Search:
             best.outcome, best.reason = OUTCOME_BEST, reason
             if best.decided_round is None:
                 best.decided_round = len(self.rounds) - 1
-        others = [c for c in self.candidates if c is not best and c.ok_trials and c.latency.mid <= self.budget]
+        others = [c for c in self.candidates if c is not best and c.ok_trials and c.latency.high <= self.budget]
         runner_up = max(others, key=lambda c: c.throughput.mid, default=None)
         return SearchOutcome(self.candidates, self.rounds, reason, self.spent_s, self._exhaustive_s(), best,
                              runner_up, self._contradictions())

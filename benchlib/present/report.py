@@ -1,8 +1,8 @@
 """The report's tables, in one namespace for the notebooks (``from benchlib.present import report``).
 
 Each lives in the module of its job: reading runs (runs), the closed-loop tables (tables),
-efficiency (efficiency_tables), open-loop serving (serving_tables) and how tables read
-(style); the load of a point is benchlib.schema's question.
+efficiency (efficiency_tables), open-loop serving (serving_tables), a configuration
+search (search_tables) and how tables read (style); the load of a point is benchlib.schema's question.
 """
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ from benchlib.present.serving_tables import (
     serving_note,
     serving_recommendation,
 )
+from benchlib.present.search_tables import (
+    eliminations as search_eliminations,
+    rounds_figure as search_rounds,
+    search_note,
+    search_summary,
+)
 from benchlib.schema import closed_loop, has_open_loop
 
 __all__ = [
@@ -78,6 +84,10 @@ __all__ = [
     "percentile_note",
     "read_run",
     "runs_table",
+    "search_eliminations",
+    "search_note",
+    "search_rounds",
+    "search_summary",
     "runtime_order",
     "serving_note",
     "serving_recommendation",

@@ -1,0 +1,137 @@
+"""A configuration search as people read it: what it measured, pruned and eliminated, when, and the answer.
+
+Read from each search run's own files: search.csv (a verdict per configuration) and env.json's
+`search` (its rounds and totals; benchlib.measure.grid_search writes both). A run that was not
+a search has neither and is left out; a search whose files cannot be read is named in the note.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from benchlib.present.runs import COMPARED, Runs, read_run
+from benchlib.vocabulary import (
+    OUTCOME_BEST,
+    OUTCOME_ELIMINATED,
+    OUTCOME_PRUNED,
+    OUTCOME_TIED,
+    OUTCOME_UNRESOLVED,
+    SEARCH,
+)
+
+SEARCH_SUMMARY_COLUMNS = ["Instance", "Run", "Configurations", "Measured", "Pruned", "Eliminated", "Tied",
+                          "Unresolved", "Rounds", "Measuring (s)", "Exhaustive estimate (s)", "Share of exhaustive",
+                          "Answer", "$ per million", "Runner-up", "Margin (%)", "Stopped because"]
+
+
+def search_runs(where: Runs | str | Path) -> tuple[list[tuple[str, str, pd.DataFrame, dict[str, Any]]], list[str]]:
+    """The searches among the compared runs (or the one run folder): (instance, run, verdicts, env's
+    `search`) each, and a line per search whose files cannot be read."""
+    if isinstance(where, Runs):
+        compared = where.runs[where.runs["Compared"] == COMPARED]
+        folders = [Path(folder) for folder in compared["Folder"]]
+    else:
+        folders = [Path(where)]
+    found, problems = [], []
+    for folder in folders:
+        if not (folder / SEARCH).is_file():
+            continue
+        try:
+            _, env = read_run(folder)
+            verdicts = pd.read_csv(folder / SEARCH)
+            record = env["search"]
+            if not isinstance(record, dict) or "outcome" not in verdicts.columns:
+                raise ValueError("not the search.csv and env.json `search` benchlib writes")
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+            problems.append(f"{folder}: its search cannot be read ({exc}); run it again, or remove {SEARCH}")
+            continue
+        found.append((folder.parent.name, folder.name, verdicts, record))
+    return found, problems
+
+
+def search_summary(where: Runs | str | Path) -> pd.DataFrame:
+    """One row per search: its counts, rounds, measuring time against the exhaustive estimate, and the
+    answer with its $/M interval, its runner-up and the margin between them."""
+    rows = []
+    for instance, run, verdicts, record in search_runs(where)[0]:
+        counts = verdicts["outcome"].value_counts()
+        best = verdicts[verdicts["outcome"] == OUTCOME_BEST]
+        answer, cost = "none", "–"
+        if not best.empty:
+            row = best.iloc[0]
+            answer = _describe(row)
+            cost = (f"${row['usd_per_million']:.3g} [{row['usd_per_million_low']:.3g}, "
+                    f"{row['usd_per_million_high']:.3g}]")
+        share = record.get("share_of_exhaustive")
+        rows.append({
+            "Instance": instance, "Run": run, "Configurations": len(verdicts),
+            "Measured": int((verdicts["trials"] > 0).sum()),
+            "Pruned": int(counts.get(OUTCOME_PRUNED, 0)), "Eliminated": int(counts.get(OUTCOME_ELIMINATED, 0)),
+            "Tied": int(counts.get(OUTCOME_TIED, 0)), "Unresolved": int(counts.get(OUTCOME_UNRESOLVED, 0)),
+            "Rounds": len(record.get("rounds", [])), "Measuring (s)": record.get("measured_s"),
+            "Exhaustive estimate (s)": record.get("exhaustive_estimate_s"),
+            "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
+            "Answer": answer, "$ per million": cost, "Runner-up": record.get("runner_up") or "–",
+            "Margin (%)": record.get("margin_pct"), "Stopped because": record.get("reason", ""),
+        })
+    return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
+
+
+def search_note(where: Runs | str | Path) -> str:
+    """What to know before reading the search's tables: none ran, one could not be read, or the structure's
+    assumption was contradicted where it could be checked."""
+    found, problems = search_runs(where)
+    if not found and not problems:
+        return "No compared run was a configuration search (a params file's `search:`); nothing to show here."
+    lines = [*problems]
+    for instance, run, _, record in found:
+        lines.extend(f"{instance} {run}: {note}" for note in record.get("notes", []))
+    return "\n".join(lines) or "Every search's structure held where both sides of it were measured."
+
+
+def eliminations(where: Runs | str | Path) -> pd.DataFrame:
+    """How many configurations each rule ruled out, per search and round (the reason's first words)."""
+    rows = []
+    for instance, run, verdicts, _ in search_runs(where)[0]:
+        out = verdicts[verdicts["outcome"].isin([OUTCOME_ELIMINATED, OUTCOME_PRUNED])]
+        for (outcome, round_number, rule), group in out.groupby(
+                [out["outcome"], out["round"], out["reason"].str.split(":").str[0]], sort=True):
+            rows.append({"Instance": instance, "Run": run, "Round": int(round_number), "Outcome": outcome,
+                         "Rule": rule, "Configurations": len(group)})
+    return pd.DataFrame(rows, columns=["Instance", "Run", "Round", "Outcome", "Rule", "Configurations"])
+
+
+def rounds_figure(where: Runs | str | Path) -> Figure | None:
+    """Per search, the best $/M so far (left) and the configurations still in the running (right) per round."""
+    found = search_runs(where)[0]
+    if not found:
+        return None
+    fig = Figure(figsize=(9, 4))
+    cost_axis = fig.add_subplot()
+    live_axis = cost_axis.twinx()
+    for instance, run, _, record in found:
+        rounds = pd.DataFrame(record.get("rounds", []))
+        if rounds.empty:
+            continue
+        label = f"{instance} {run}"
+        cost_axis.plot(rounds["round"], rounds["best_usd_per_million"], marker="o", label=f"{label}: best $/M")
+        live_axis.step(rounds["round"], rounds["live"], where="post", linestyle="--", label=f"{label}: left")
+    cost_axis.set(xlabel="round", ylabel="best $ per million so far",
+                  title="The search, round by round (solid: best $/M; dashed: configurations left)")
+    live_axis.set_ylabel("configurations left")
+    live_axis.set_ylim(bottom=0)
+    cost_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [h for axis in (cost_axis, live_axis) for h in axis.get_legend_handles_labels()[0]]
+    cost_axis.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def _describe(row: pd.Series) -> str:
+    text = f"{row['model']} {row['precision']} {row['runtime']} batch {row['batch_size']} x{row['threads']}"
+    return text + (f" merge {row['max_batch_size']}" if row.get("arrival", "closed") != "closed" else "")
