@@ -337,3 +337,12 @@ def test_a_synthetic_sweep_needs_no_runtime_packages(monkeypatch: pytest.MonkeyP
     with pytest.raises(ParamsError, match="onnxruntime needs the package"):
         check_runnable_here(parse_params(tiny_params(models=["synthetic:1", "resnet50"],
                                                      runtimes=["eager", "onnxruntime"])))
+
+
+def test_the_readme_example_parses_and_says_its_truth() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(part.split("\n```", 1)[0] for part in readme.split("```yaml\n") if "synthetic:2+0.5" in part)
+    spec = parse_params(tiny_params(**yaml.safe_load(block))).models[0]
+    assert synthetic_truth(spec, "eager", "fp32", batch_size=4, threads=4)[1:3] == pytest.approx((2000, 0.008))
+    assert synthetic_truth(spec, "eager", "fp32", batch_size=4, threads=2)[1:3] == pytest.approx((2000, 0.004))
+    assert "2 x 4 / 4 ms = 2000\ninferences/s at a P95 of 8 ms" in readme
