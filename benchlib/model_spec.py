@@ -19,6 +19,8 @@ from benchlib.params_base import (
     MAX_LABEL_CHARS,
     MAX_SYNTHETIC_MS,
     MODEL_PREFIXES,
+    PRECISIONS,
+    RUNTIMES,
     PositiveFloat,
     PositiveInt,
     Strict,
@@ -62,6 +64,12 @@ class ModelSpec(Strict):
     #: Time the model's whole pipeline per request, on raw input, by stage (pre-processing, the
     #: forward pass, post-processing; see benchlib.measure.pipelines), not the forward pass alone.
     pipeline: StrictBool = False
+    #: Synthetic only: at most this many requests held at once, first come first served, like a
+    #: device (benchlib.measure.synthetic.Slots); unset: unlimited.
+    slots: PositiveInt | None = None
+    #: Synthetic only: runtime and precision name -> how many times faster it makes a hold
+    #: (a hold is divided by the runtime's factor times the precision's; a name not given is 1).
+    speedup: dict[str, PositiveFloat] | None = None
     #: True when Params made the label up (so params_to_dict leaves it out and it round-trips).
     _label_is_default: bool = PrivateAttr(default=False)
 
@@ -108,6 +116,15 @@ class ModelSpec(Strict):
             raise error_at(loc, value, kind, "refers to itself through a YAML alias; write the value out")
         return config
 
+    @field_validator("speedup")
+    @classmethod
+    def _known_speedups(cls, speedup: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = sorted(set(speedup or {}) - {*RUNTIMES, *PRECISIONS})
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: neither a runtime nor a precision; "
+                             f"allowed: {', '.join([*RUNTIMES, *PRECISIONS])}")
+        return speedup
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         if self.kind == "torchscript":
@@ -121,6 +138,10 @@ class ModelSpec(Strict):
                 )
         elif self.input_shape is not None:
             raise ValueError(f"{self.name}: `input_shape` is only for torchscript: models; remove it")
+        for key in ("slots", "speedup"):
+            if self.kind != "synthetic" and getattr(self, key) is not None:
+                raise ValueError(f"{self.name}: `{key}` is only for synthetic: models (it shapes their simulated "
+                                 f"cost); remove it")
         if self.kind == "synthetic" and (self.weights == "pretrained" or self.source or self.config):
             raise ValueError(f"{self.name}: a synthetic model has no weights or architecture; remove `weights: "
                              "pretrained`, `source` and `config`")
@@ -147,8 +168,19 @@ class ModelSpec(Strict):
 
     @property
     def synthetic_ms(self) -> float | None:
-        """A synthetic model's latency per request in milliseconds; None for a real model."""
-        return synthetic_ms(self.name) if self.kind == "synthetic" else None
+        """A synthetic model's fixed milliseconds per request; None for a real model."""
+        return synthetic_cost_ms(self.name)[0] if self.kind == "synthetic" else None
+
+    @property
+    def synthetic_cost_ms(self) -> tuple[float, float] | None:
+        """A synthetic model's (fixed_ms, per_item_ms); None for a real model."""
+        return synthetic_cost_ms(self.name) if self.kind == "synthetic" else None
+
+    def speed_factor(self, runtime: str, precision: str) -> float:
+        """How many times faster a synthetic model holds under `runtime` at `precision` (names not in
+        `speedup` count 1)."""
+        speedup = self.speedup or {}
+        return speedup.get(runtime, 1.0) * speedup.get(precision, 1.0)
 
     @property
     def target(self) -> str:
@@ -164,14 +196,27 @@ class ModelSpec(Strict):
             return "none"
         return self.weights or "random"
 
+def synthetic_cost_ms(name: str) -> tuple[float, float]:
+    """(fixed_ms, per_item_ms) of ``synthetic:<fixed>`` or ``synthetic:<fixed>+<per_item>``: a request
+    of batch b holds ``fixed + per_item x b`` ms. ValueError saying what is allowed."""
+    parts = name.removeprefix("synthetic:").split("+")
+    values = [_synthetic_number(part) for part in parts]
+    if len(values) > 2 or not all(math.isfinite(value) for value in values):
+        raise ValueError(f"{name!r}: write synthetic:<milliseconds> or synthetic:<fixed_ms>+<per_item_ms>, each a "
+                         f"number from 0 to {MAX_SYNTHETIC_MS:g} (e.g. synthetic:10 holds each request 10 ms, "
+                         "synthetic:2+0.5 holds a batch of 8 for 2 + 0.5 x 8 = 6 ms)")
+    return values[0], values[1] if len(values) == 2 else 0.0
+
+
 def synthetic_ms(name: str) -> float:
-    """The milliseconds of ``synthetic:<ms>``, or ValueError saying what is allowed."""
-    text = name.removeprefix("synthetic:")
+    """The fixed milliseconds of a synthetic name (see :func:`synthetic_cost_ms`)."""
+    return synthetic_cost_ms(name)[0]
+
+
+def _synthetic_number(text: str) -> float:
+    """A synthetic name's number of milliseconds, or NaN when it is none in range."""
     try:
-        value = float(text)
+        value = float(text) if text.strip() else math.nan
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= MAX_SYNTHETIC_MS) or not text.strip():
-        raise ValueError(f"{name!r}: write synthetic:<milliseconds>, a number from 0 to {MAX_SYNTHETIC_MS:g} "
-                         "(e.g. synthetic:10 holds each request 10 ms)")
-    return value
+        return math.nan
+    return value if 0 <= value <= MAX_SYNTHETIC_MS else math.nan

@@ -52,7 +52,8 @@ ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "bert-large-uncased-s
 
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:", "synthetic:")
 
-#: `synthetic:<milliseconds>`: a model that holds each request exactly that long (a known truth).
+#: `synthetic:<fixed_ms>[+<per_item_ms>]`: a model that holds each request exactly that long (a known truth);
+#: the most either number may be.
 MAX_SYNTHETIC_MS = 60_000.0
 
 #: More trials per point need `allow_long_window: true`.
@@ -98,7 +99,7 @@ MAX_LABEL_CHARS = 64
 PARAMS_FILE_FIX = "write at least `instance`, `models` and `batch_sizes` in it (see the README, section Params)"
 
 ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>",
-                                  "synthetic:<milliseconds>"])
+                                  "synthetic:<milliseconds>", "synthetic:<fixed_ms>+<per_item_ms>"])
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

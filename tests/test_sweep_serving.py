@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from benchlib.measure.sweep import run_sweep
+from benchlib.measure.synthetic import Simulated
 from benchlib.params import parse_params
 from benchlib.results import FINISHED, read_env, read_records
 from benchlib.vocabulary import (
@@ -134,7 +135,10 @@ def test_a_closed_loop_run_is_as_before(tmp_path: Path) -> None:
     assert records["enqueued_s"].isna().all() and (records["batch_id"] == -1).all()
 
 
-def test_a_rate_search_of_a_configuration_that_cannot_run_stops_at_once(tmp_path: Path) -> None:
+def test_a_rate_search_of_a_configuration_that_cannot_run_stops_at_once(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A synthetic model runs under every runtime (simulated): here its trace says it cannot.
+    monkeypatch.setattr(Simulated, "unsupported", lambda self, workload: "not on this machine")
     params = parse_params(tiny_params(
         models=["synthetic:1"], batch_sizes=[1], runtimes=["trace"], arrival="poisson", telemetry=False, min_requests=6,
         rate_search={"latency_budget_ms": 30, "percentile": "p50", "max_probes": 8}))

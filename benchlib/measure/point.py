@@ -35,6 +35,7 @@ from benchlib.measure.memory import PeakMemory, first_line, is_out_of_memory, re
 from benchlib.measure.peaks import peak_dtype
 from benchlib.measure.records import Clock, PointRun
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
+from benchlib.measure.synthetic import Simulated
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
@@ -103,7 +104,8 @@ class PointMeasurer:
         self.workload = Level(self.artifact, self.inputs, self.gate_references)
         self.reference = Level()  # fp32 outputs on the accuracy samples, per model
         self.model = Level(self.workload, self.reference)
-        self.runtimes: dict[str, Runtime] = {}
+        #: (runtime name, simulated on a synthetic model?) -> the runtime
+        self.runtimes: dict[tuple[str, bool], Runtime] = {}
         #: (model, precision, runtime) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
         #: model label -> why loading it ran out of memory.
@@ -166,14 +168,12 @@ class PointMeasurer:
             raise _NotRun(PointRun(status=STATUS_OOM, error=self.model_oom[point.model.label])) from None
 
     def _ready(self, point: GridPoint) -> _Ready:
-        """Everything the point's window needs, on the device: or _NotRun saying why the point cannot run."""
+        """Everything the point's window needs, on the device: or _NotRun saying why the point cannot run.
+
+        A synthetic model runs under any runtime: nothing is prepared, the runtime is simulated by the
+        spec's speed factor (benchlib.measure.synthetic.Simulated), and its gate compares zeros to zeros."""
         workload = self._workload(point)
-        if point.runtime not in self.runtimes:
-            self.runtimes[point.runtime] = get_runtime(point.runtime)
-        runtime = self.runtimes[point.runtime]
-        if point.model.kind == "synthetic" and point.runtime != REFERENCE_RUNTIME:
-            raise _NotRun.unsupported(f"{point.runtime}: a synthetic model has nothing to trace, compile or "
-                                      "export; it runs with eager only")
+        runtime = self._runtime(point)
         reason = runtime.unsupported(workload)
         if reason:
             raise _NotRun.unsupported(f"{point.runtime}: {reason}")
@@ -202,6 +202,13 @@ class PointMeasurer:
             except pipelines.PipelineUnsupported as exc:
                 raise _NotRun.unsupported(str(exc), prepare_s) from None
         return _Ready(workload, merged, prepare_s, pipeline)
+
+    def _runtime(self, point: GridPoint) -> Runtime:
+        """The point's runtime, made once; on a synthetic model it is simulated by its speed factor."""
+        key = (point.runtime, point.model.kind == "synthetic")
+        if key not in self.runtimes:
+            self.runtimes[key] = Simulated(point.runtime) if key[1] else get_runtime(point.runtime)
+        return self.runtimes[key]
 
     def _timed(self, point: GridPoint, ready: _Ready, clock: Clock, trial: int,
                window: Window | None = None) -> tuple[PointRun, PeakMemory, Sampler | None]:

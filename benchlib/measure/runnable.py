@@ -26,7 +26,9 @@ def check_runnable_here(params: Params, source: str = "params") -> None:
         if spec.name in YOLO_MODELS and missing_packages(("ultralytics",)):
             problems.append(f"{source}: models.{index}: {spec.name} needs the optional `ultralytics` package "
                             f"(AGPL-3.0): `{YOLO_INSTALL}`, or remove the model")
-    for index, runtime in enumerate(params.runtimes):
+    # A synthetic model's runtimes are simulated (benchlib.measure.synthetic.Simulated): they need nothing.
+    simulated = all(spec.kind == "synthetic" for spec in params.models)
+    for index, runtime in enumerate(() if simulated else params.runtimes):
         missing = missing_packages(RUNTIME_PACKAGES.get(runtime, ()))
         if missing:
             problems.append(f"{source}: runtimes.{index}: {runtime} needs the package(s) {', '.join(missing)}; "

@@ -1,19 +1,21 @@
-"""``synthetic:<ms>``: a model whose cost is known exactly, to test the harness against.
+"""``synthetic:<fixed>[+<per_item>]``: a model whose cost is known exactly, to test the harness against.
 
-How one request is held (the clock is a parameter so tests can fake it)::
+How one request of batch b is held (the clock is a parameter so tests can fake it)::
 
     forward(x):
-        deadline = clock() + ms / 1000              # fixed on entry: the output's cost is inside the hold
-        out = zeros(batch, 1) like x                # same device and dtype, so accuracy checks run
+        hold_s = (fixed_ms + per_item_ms x b) / 1000 / speed
+        deadline = slots.reserve(clock, hold_s)     # fixed on entry: the output's cost is inside the hold
+        out = zeros(b, 1) like x                    # same device and dtype, so accuracy checks run
         while (left := deadline - clock()) > 0:
             sleep(min(left, 1 ms))                  # releases the GIL: N client threads overlap fully
         keep -left                                  # how late it ended: overshoot() summarises them
         return out
 
-The hold does not depend on the batch size, and precision is a no-op: there are
-no weights to cast and nothing to compute. A closed-loop client of it therefore
-completes ``batch / (ms + overshoot)`` inferences per second, and N of them N times
-that, which is the truth the harness's throughput and latency are checked against.
+Without slots, ``reserve`` is ``clock() + hold_s``; with k slots it is a k-server FCFS queue
+(:class:`Slots`). ``speed`` is 1 for the loaded model; the sweep calls a copy scaled by the
+spec's ``speedup`` of its runtime and precision (:meth:`SyntheticModel.scaled`, :class:`Simulated`),
+sharing the slots: one device. There are no weights to cast and nothing to compute.
+:func:`synthetic_truth` says what a closed loop of it measures.
 
 Why short sleeps to a deadline rather than one ``time.sleep(ms)``: measured on a
 2-core VM (Linux, CPython 3.11), 10 ms holds overshoot by about 85-90 us median,
@@ -27,14 +29,23 @@ lateness of its own holds.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+from benchlib.measure.runtimes.base import Prepared, Runtime, module_call
+from benchlib.model_spec import ModelSpec
+
+if TYPE_CHECKING:
+    from benchlib.measure.inputs import Inputs
+    from benchlib.measure.workload import Workload
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -76,27 +87,76 @@ class Overshoot(NamedTuple):
         return cls(statistics.median(ordered), ordered[round(0.95 * (n - 1))], statistics.fmean(ordered), n)
 
 
+class Slots:
+    """At most `k` requests held at once, first come first served, like a device: a k-server FCFS
+    queue scheduled virtually, so no thread waits on another::
+
+        reserve(clock, hold_s):                   # under a lock: requests are served in the order they enter
+            start = max(clock(), earliest free time of the k slots)
+            deadline = start + hold_s             # the caller sleeps to it: queued start - now, then held
+            that slot's free time = deadline
+            return deadline
+
+    Copies of a model (cast to a precision, scaled for a runtime) share their Slots: one device.
+    """
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"slots must be at least 1, not {k}")
+        self.k = k
+        self._free_s = [-math.inf] * k  # a heap of the slots' free times
+        self._lock = threading.Lock()
+
+    def reserve(self, clock: Clock, hold_s: float) -> float:
+        """The deadline of a request entering now and holding `hold_s` once a slot is free."""
+        with self._lock:
+            deadline = max(clock(), self._free_s[0]) + hold_s
+            heapq.heapreplace(self._free_s, deadline)
+        return deadline
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Slots:
+        return self  # a cast copy of the model is on the same device
+
+
 class SyntheticModel(torch.nn.Module):
-    """Holds each request `ms` milliseconds whatever its batch; returns zeros of shape (batch, 1).
+    """Holds a request of batch b ``(fixed_ms + per_item_ms x b) / speed`` ms, at most `slots` at once
+    (None: unlimited); returns zeros of shape (b, 1).
 
     It keeps how late each hold ended, so a check can take the overshoot of the very
     holds it measured (see :meth:`overshoot`) rather than of others, at another time.
     """
 
-    def __init__(self, ms: float, clock: Clock = time.perf_counter, sleep: Sleep = time.sleep) -> None:
+    def __init__(self, fixed_ms: float, per_item_ms: float = 0.0, slots: int | Slots | None = None,
+                 speed: float = 1.0, clock: Clock = time.perf_counter, sleep: Sleep = time.sleep) -> None:
         super().__init__()
-        self.ms = ms
-        self.hold_s = ms / 1e3
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive finite factor, not {speed}")
+        self.fixed_ms = self.ms = fixed_ms
+        self.per_item_ms = per_item_ms
+        self.speed = speed
+        self.slots = Slots(slots) if isinstance(slots, int) else slots
         self._clock = clock
         self._sleep = sleep
         # deque.append is atomic under the GIL: client threads add to it without a lock.
         self._lates: deque[float] = deque(maxlen=LATES_KEPT)
 
+    def hold_s(self, batch_size: int) -> float:
+        """How long a request of `batch_size` holds once it has a slot."""
+        return (self.fixed_ms + self.per_item_ms * batch_size) / 1e3 / self.speed
+
+    def scaled(self, factor: float) -> SyntheticModel:
+        """A copy `factor` times faster, sharing this model's slots, clock and record of lateness."""
+        copy = SyntheticModel(self.fixed_ms, self.per_item_ms, self.slots, self.speed * factor,
+                              self._clock, self._sleep)
+        copy._lates = self._lates
+        return copy
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        deadline = self._clock() + self.hold_s
+        hold_s = self.hold_s(x.shape[0])
+        deadline = self.slots.reserve(self._clock, hold_s) if self.slots else self._clock() + hold_s
         out = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        if self.hold_s > 0:  # synthetic:0 returns at once, without reading the clock again
-            self._lates.append(hold(self.hold_s, deadline, self._clock, self._sleep))
+        if hold_s > 0:  # synthetic:0 returns at once, without reading the clock again
+            self._lates.append(hold(hold_s, deadline, self._clock, self._sleep))
         return out
 
     def overshoot(self, reset: bool = True) -> Overshoot:
@@ -107,7 +167,57 @@ class SyntheticModel(torch.nn.Module):
         return Overshoot.of(lates)
 
     def extra_repr(self) -> str:
-        return f"ms={self.ms:g}"
+        slots = f", slots={self.slots.k}" if self.slots else ""
+        return f"fixed_ms={self.fixed_ms:g}, per_item_ms={self.per_item_ms:g}, speed={self.speed:g}{slots}"
+
+
+class Simulated(Runtime):
+    """A runtime on a synthetic model: nothing traced, compiled or exported; the prepared call is the
+    workload's model scaled by the spec's speed factor of this runtime and the workload's precision."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def prepare(self, workload: Workload, example: Inputs) -> Prepared:
+        factor = workload.loaded.spec.speed_factor(self.name, workload.precision.name)
+        said = self.name != "eager" or factor != 1  # plain eager is what the model is
+        notes = (f"synthetic: {self.name} at {workload.precision.name} simulated by speed factor {factor:g}",) * said
+        return Prepared(call=module_call(workload.module.scaled(factor), keywords=False), notes=notes)
+
+
+class SyntheticTruth(NamedTuple):
+    """What a closed loop of a synthetic model measures, without the sleep's overshoot."""
+
+    hold_s: float
+    throughput_per_s: float
+    #: The high percentiles' latency: the longest of the steady state's two latencies.
+    latency_s: float
+    latency_mean_s: float
+
+
+def synthetic_truth(spec: ModelSpec, runtime: str, precision: str, batch_size: int,
+                    threads: int) -> SyntheticTruth:
+    """The closed loop's truth: `threads` (N) clients each keeping one request of `batch_size` (b) in
+    flight on `spec`'s k slots (unset: k = infinity), each request holding h once it has a slot::
+
+        h = (fixed_ms + per_item_ms x b) / 1000 / (speedup[runtime] x speedup[precision])
+        throughput = min(N, k) x b / h                  inferences per second
+        latency    = ceil(N / k) x h                    the high percentiles (h when N <= k)
+        mean       = N x h / min(N, k)                  Little's law: N = requests/s x mean latency
+
+    Derivation: a deterministic FCFS k-server queue with N customers and no think time. With
+    N <= k every request has a slot at once: latency h, N requests per h. With N > k the
+    slots never idle (a finished client is back before its slot's next request ends), so they
+    complete k requests per h, and by Little's law the mean latency is N / (k / h). Served in
+    arrival order, the N requests of a cycle are served k at a time, each waiting whole holds:
+    floor(N / k) x h or ceil(N / k) x h, the longer for a fraction (N mod k) / k of the requests,
+    so percentile q is ceil(N / k) x h whenever (N mod k) / k > 1 - q (P95: any k <= 20).
+    """
+    fixed_ms, per_item_ms = spec.synthetic_cost_ms or (math.nan, math.nan)
+    hold_s = (fixed_ms + per_item_ms * batch_size) / 1e3 / spec.speed_factor(runtime, precision)
+    busy = min(threads, spec.slots or threads)
+    throughput = busy * batch_size / hold_s if hold_s > 0 else math.inf
+    return SyntheticTruth(hold_s, throughput, math.ceil(threads / busy) * hold_s, threads * hold_s / busy)
 
 
 def sleep_overshoot(ms: float = 10.0, n: int = 50, clock: Clock = time.perf_counter) -> Overshoot:

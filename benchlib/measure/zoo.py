@@ -169,9 +169,12 @@ def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
 
 
 def _load_synthetic(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
-    ms = spec.synthetic_ms
+    fixed_ms, per_item_ms = spec.synthetic_cost_ms or (0.0, 0.0)
+    cost = f"{fixed_ms:g} ms" + (f" + {per_item_ms:g} ms per item" if per_item_ms else "")
+    slots = f", {spec.slots} at once" if spec.slots else ""
     # One float per sample: the model reads only the batch size, so the inputs stay tiny.
-    return SyntheticModel(ms), f"synthetic: holds each request {ms:g} ms, no weights", float_inputs((1,))
+    return (SyntheticModel(fixed_ms, per_item_ms, spec.slots), f"synthetic: holds each request {cost}{slots}, "
+            "no weights", float_inputs((1,)))
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
