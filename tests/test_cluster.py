@@ -91,7 +91,10 @@ def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cl
     cluster.add_worker("worker-a", "tiny-a")
     cluster.add_worker("worker-b", "tiny-b")
     addresses = cluster.wait_for_workers(2)
-    paths = [instance_params(tmp_path, "tiny-a"), instance_params(tmp_path, "tiny-b"), instance_params(tmp_path, "tiny-c")]
+    # tiny-b searches its grid instead of sweeping it: a search runs on a worker as a sweep does.
+    search = {"models": ["synthetic:1"], "min_requests": 6, "search": {"latency_budget_ms": 100, "percentile": "p50"}}
+    paths = [instance_params(tmp_path, "tiny-a"), instance_params(tmp_path, "tiny-b", **search),
+             instance_params(tmp_path, "tiny-c")]
     out = tmp_path / "outputs"
     code, log = run_cli(None, "run", *map(str, paths), "--out", str(out), "--cluster", cluster.address)
     assert code == 1, log  # tiny-c has no worker: reported at once, not left waiting
@@ -102,6 +105,7 @@ def test_each_run_goes_to_a_worker_of_its_instance_and_the_report_merges_them(cl
         env = json.loads((run_dir / "env.json").read_text())
         assert env["dask_worker"] == addresses[worker]
         assert len(read_summary(run_dir)) == 2 and (run_dir / "benchmark.html").exists()
+        assert (run_dir / "search.csv").exists() == (instance == "tiny-b")
     code, log = run_cli(None, "report", "--out", str(out), "--latency-budget-ms", "1000", "--percentile", "p50")
     assert code == 0, log
     html = (out / "report.html").read_text()

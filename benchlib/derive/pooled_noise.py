@@ -104,7 +104,12 @@ def log_interval(values: Sequence[float], windows: Sequence[float], noise: Mappi
     mean = float((weights * mid_logs).sum() / weights.sum())
     se = math.sqrt(1 / weights.sum())
     t = critical if critical is not None else critical_value(min(n.df for _, n in known), compared, alpha)
-    return Interval(math.exp(mean - t * se), math.exp(mean), math.exp(mean + t * se), se)
+    return Interval(_exp(mean - t * se), math.exp(mean), _exp(mean + t * se), se)
+
+
+def _exp(x: float) -> float:
+    """exp that saturates to 0 or inf where a wide interval's end leaves the floats (or t is inf)."""
+    return math.exp(x) if x < 709 else math.inf
 
 
 def spread_ratio(values: Sequence[float], noise: Noise) -> float:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchlib.derive.capacity import meets_budget
 from benchlib.derive.cost import usd_per_million
 from benchlib.derive.point_summary import summarize_point
 from benchlib.derive.stats import trial_figures
@@ -44,11 +43,8 @@ from benchlib.params import SEARCH_TRIALS_PER_ROUND, Params
 from benchlib.vocabulary import (
     GATE_FAIL,
     GRID_KEYS,
+    STATUS_DROPPED,
     STATUS_OK,
-    STATUS_OOM,
-    STATUS_SKIPPED,
-    STATUS_UNSUPPORTED,
-    latency_column,
 )
 
 #: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
@@ -104,11 +100,12 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
             trial = probes.get(at_rate.key, 0)
             probes[at_rate.key] = trial + 1
             records = trial_records(at_rate, trial, round_window(params, window_s))
-            row = summarize_point(records)
-            if row["status"] in NOT_RUN:
-                raise _NotRun(trial_view(records, window_s, percentile, params))
-            return (meets_budget(row, spec.latency_budget_ms, percentile), float(row[latency_column(percentile)]),
-                    float(row["measured_s"]) if math.isfinite(row["measured_s"]) else 0.0)
+            view = trial_view(records, window_s, percentile, params)
+            if view.status != STATUS_OK:
+                raise _NotRun(view)
+            # Its status says whether the server kept up (overloaded); its percentile is the search's estimate.
+            kept_up = summarize_point(records)["status"] == STATUS_OK
+            return kept_up and view.latency_ms <= spec.latency_budget_ms, view.latency_ms, view.measured_s
 
         try:
             trial = rate_bracket(probe, window_s, starts.get(configuration.key, params.search.start_per_s),
@@ -130,22 +127,18 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
         report.say(f"round {summary.round}: {summary.live} of {len(points)} configurations left, {best} "
                    f"({summary.window_s:g} s windows, {summary.spent_s:.0f} s measured so far)")
 
-    enough = None
-    if confirmed is not None and params.target_ci_pct is not None:
-        def enough(configuration: Configuration) -> bool:
-            return confirmed(by_key[configuration.key])
+    def answer_confirmed(configuration: Configuration) -> bool:
+        return confirmed is not None and confirmed(by_key[configuration.key])
+
+    targeted = confirmed is not None and params.target_ci_pct is not None
     outcome = search([configuration_of(point) for point in points], measure_open if params.open_loop else measure,
-                     spec, on_round, enough)
+                     spec, on_round, answer_confirmed if targeted else None)
     report.forgo(len(points) - decided[0])
     return outcome
 
 
-#: Statuses of a point that did not run: no rate of its configuration will.
-NOT_RUN = (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED)
-
-
 class _NotRun(Exception):
-    """A rate search's probe that did not run, with the trial that says why."""
+    """A rate search's probe that did not run (no rate of its configuration will), with the trial that says why."""
 
     def __init__(self, trial: Trial) -> None:
         super().__init__(trial.note)
@@ -168,6 +161,7 @@ def trial_view(records: pd.DataFrame, window_s: float, percentile: str, params: 
     median-unbiased sample quantile (Hyndman and Fan's type 8): short rounds hold few requests, and the
     usual interpolation reads a high percentile low from few."""
     status = str(records["status"].iloc[0]) if len(records) else "missing"
+    status = STATUS_OK if status == STATUS_DROPPED else status  # a trial that ran, whatever became of its requests
     measured_s = float(records["trial_s"].iloc[0]) if "trial_s" in records.columns and len(records) else 0.0
     if status != STATUS_OK:
         note = str(records["note"].iloc[0]) if "note" in records.columns and len(records) else ""

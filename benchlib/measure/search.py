@@ -236,7 +236,7 @@ class _Search:
         self.band = 1 + spec.indifference_pct / 100
 
     def run(self) -> SearchOutcome:
-        reason = ""
+        reason, round_number = "", 0
         for round_number in itertools.count():
             live = [c for c in self.candidates if c.live]
             window = self.spec.windows[min(round_number, len(self.spec.windows) - 1)]
@@ -261,7 +261,7 @@ class _Search:
         best = self._best()
         for candidate in self.candidates:
             if candidate.live and candidate is not best:
-                candidate.decide(OUTCOME_UNRESOLVED, reason, len(self.rounds) - 1)
+                candidate.decide(OUTCOME_UNRESOLVED, reason, round_number)
         return self._finish(reason, best)
 
     # --- measuring ---------------------------------------------------------------

@@ -26,7 +26,8 @@ from benchlib.vocabulary import (
 
 SEARCH_SUMMARY_COLUMNS = ["Instance", "Run", "Configurations", "Measured", "Pruned", "Eliminated", "Tied",
                           "Unresolved", "Rounds", "Measuring (s)", "Exhaustive estimate (s)", "Share of exhaustive",
-                          "Answer", "$ per million", "Runner-up", "Margin (%)", "Stopped because"]
+                          "Answer", "$ per million", "$ per million, low", "$ per million, high", "Runner-up",
+                          "Margin (%)", "Stopped because"]
 
 
 def search_runs(where: Runs | str | Path) -> tuple[list[tuple[str, str, pd.DataFrame, dict[str, Any]]], list[str]]:
@@ -61,12 +62,11 @@ def search_summary(where: Runs | str | Path) -> pd.DataFrame:
     for instance, run, verdicts, record in search_runs(where)[0]:
         counts = verdicts["outcome"].value_counts()
         best = verdicts[verdicts["outcome"] == OUTCOME_BEST]
-        answer, cost = "none", "–"
+        answer, cost = "none", [math.nan] * 3
         if not best.empty:
             row = best.iloc[0]
             answer = _describe(row)
-            cost = (f"${row['usd_per_million']:.3g} [{row['usd_per_million_low']:.3g}, "
-                    f"{row['usd_per_million_high']:.3g}]")
+            cost = [row["usd_per_million"], row["usd_per_million_low"], row["usd_per_million_high"]]
         share = record.get("share_of_exhaustive")
         rows.append({
             "Instance": instance, "Run": run, "Configurations": len(verdicts),
@@ -76,7 +76,8 @@ def search_summary(where: Runs | str | Path) -> pd.DataFrame:
             "Rounds": len(record.get("rounds", [])), "Measuring (s)": record.get("measured_s"),
             "Exhaustive estimate (s)": record.get("exhaustive_estimate_s"),
             "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
-            "Answer": answer, "$ per million": cost, "Runner-up": record.get("runner_up") or "–",
+            "Answer": answer, "$ per million": cost[0], "$ per million, low": cost[1], "$ per million, high": cost[2],
+            "Runner-up": record.get("runner_up") or "–",
             "Margin (%)": record.get("margin_pct"), "Stopped because": record.get("reason", ""),
         })
     return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
