@@ -48,6 +48,7 @@ def _validate(args: argparse.Namespace) -> int:
             load = f"{len(params.threads)} thread count(s)"
         else:
             rates = (f"a rate search of up to {params.rate_search.max_probes} rates" if params.rate_search is not None
+                     else "the highest rate within the budget" if params.search is not None
                      else f"{len(params.rates)} rate(s)")
             load = (f"{len(params.threads)} server worker count(s) x {len(params.max_batch_size)} merged batch "
                     f"size(s) x {rates} ({params.arrival} arrivals)")
@@ -56,6 +57,9 @@ def _validate(args: argparse.Namespace) -> int:
             f"{len(params.models)} model(s) x {len(params.precisions)} precision(s) x "
             f"{len(params.runtimes)} runtime(s) x {len(params.batch_sizes)} batch size(s) x {load} "
             f"= {params.grid_size} points, ${usd:g}/h"
+            + (f"; searched for the cheapest within {params.search.latency_budget_ms:g} ms at "
+               f"{params.search.percentile}, measuring at most {params.search.max_measure_s:g} s"
+               if params.search is not None else "")
         )
     return EXIT_OK
 
@@ -79,13 +83,33 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(result.summary, summary_shown(result.summary)))
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
+    if params.search is not None:
+        _print_search(result.out_dir)
     try:
         _print_recommendation(result.summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
         raise InputError(f"{exc} The run itself is written in {result.out_dir}/.") from None
     print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml, "
-          "and telemetry.parquet where sampled)")
+          f"{'search.csv, ' if params.search is not None else ''}and telemetry.parquet where sampled)")
     return EXIT_OK
+
+
+def _print_search(run_dir: Path) -> None:
+    """The search's answer and what it cost, one line each (search.csv has every configuration's verdict)."""
+    from benchlib.present.search_tables import search_summary
+
+    row = search_summary(run_dir).iloc[0]
+    print("\nsearch:")
+    if row["Answer"] != "none":
+        print(f"  answer: {row['Answer']}, ${row['$ per million']:.3g}/M [{row['$ per million, low']:.3g}, "
+              f"{row['$ per million, high']:.3g}]")
+    margin = f" ({row['Margin (%)']:.1f}% dearer)" if isinstance(row["Margin (%)"], float) else ""
+    print(f"  runner-up: {row['Runner-up']}{margin}")
+    print(f"  {row['Measured']} of {row['Configurations']} configurations measured, {row['Pruned']} pruned, "
+          f"{row['Eliminated']} eliminated, {row['Tied']} tied, {row['Unresolved']} unresolved, in {row['Rounds']} "
+          f"rounds: {row['Measuring (s)']:.1f} s of measuring, {row['Share of exhaustive']} of the exhaustive "
+          f"sweep's estimated {row['Exhaustive estimate (s)']:.0f} s")
+    print(f"  stopped: {row['Stopped because']}")
 
 
 def _run(args: argparse.Namespace) -> int:

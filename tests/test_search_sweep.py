@@ -156,3 +156,12 @@ def test_the_notebook_runs_a_search_and_shows_it(tmp_path: Path, capsys) -> None
     code, text = run_cli(capsys, "report", "--out", tmp_path / "outputs")
     assert code == 0, text
     assert (tmp_path / "outputs" / "figures" / "search_rounds.png").exists()
+
+
+def test_bench_prints_the_answer_and_what_it_cost(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(searched(runtimes=["trace"], batch_sizes=[4, 8], threads=[2], duration_s=0.1)))
+    code, text = run_cli(capsys, "bench", path, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, text
+    assert "answer: synthetic:2+0.5 fp32 trace batch 8 x2, $" in text
+    assert "2 of 2 configurations measured, 0 pruned" in text and "stopped: " in text and "search.csv" in text
