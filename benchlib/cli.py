@@ -84,7 +84,9 @@ def _bench(args: argparse.Namespace) -> int:
     print("\nknees of throughput vs batch size:")
     print(format_table(result.knees, KNEES_SHOWN))
     if params.search is not None:
-        _print_search(result.out_dir)
+        from benchlib.present.search_tables import search_lines
+
+        print("\nsearch:\n" + "\n".join(f"  {line}" for line in search_lines(result.out_dir)))
     try:
         _print_recommendation(result.summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
@@ -92,24 +94,6 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml, "
           f"{'search.csv, ' if params.search is not None else ''}and telemetry.parquet where sampled)")
     return EXIT_OK
-
-
-def _print_search(run_dir: Path) -> None:
-    """The search's answer and what it cost, one line each (search.csv has every configuration's verdict)."""
-    from benchlib.present.search_tables import search_summary
-
-    row = search_summary(run_dir).iloc[0]
-    print("\nsearch:")
-    if row["Answer"] != "none":
-        print(f"  answer: {row['Answer']}, ${row['$ per million']:.3g}/M [{row['$ per million, low']:.3g}, "
-              f"{row['$ per million, high']:.3g}]")
-    margin = f" ({row['Margin (%)']:.1f}% dearer)" if isinstance(row["Margin (%)"], float) else ""
-    print(f"  runner-up: {row['Runner-up']}{margin}")
-    print(f"  {row['Measured']} of {row['Configurations']} configurations measured, {row['Pruned']} pruned, "
-          f"{row['Eliminated']} eliminated, {row['Tied']} tied, {row['Unresolved']} unresolved, in {row['Rounds']} "
-          f"rounds: {row['Measuring (s)']:.1f} s of measuring, {row['Share of exhaustive']} of the exhaustive "
-          f"sweep's estimated {row['Exhaustive estimate (s)']:.0f} s")
-    print(f"  stopped: {row['Stopped because']}")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -96,6 +96,11 @@ PLAUSIBLE = {
     "rate_search": st.one_of(st.none(), st.fixed_dictionaries(
         {"latency_budget_ms": st.floats(0, 100)},
         optional={"percentile": st.sampled_from(["p50", "p95", "p99"]), "max_probes": st.integers(1, 20)})),
+    "search": st.one_of(st.none(), st.fixed_dictionaries(
+        {"latency_budget_ms": st.floats(-1, 100)},
+        optional={"percentile": st.sampled_from(["p50", "p95", "p99"]), "indifference_pct": st.floats(-1, 120),
+                  "max_measure_s": seconds, "first_window_s": st.one_of(st.none(), seconds),
+                  "start_per_s": st.floats(0, 100), "tolerance_pct": st.floats(0, 120)})),
     "max_batch_size": st.one_of(st.integers(0, 16), st.lists(st.integers(1, 16), min_size=1, max_size=2)),
     "max_queue_delay_ms": seconds,
 }

@@ -19,7 +19,9 @@ from collections.abc import Callable
 import pytest
 
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
-from benchlib.measure.search import Configuration, SearchSpec, Trial, rate_bracket, search
+from benchlib.measure.candidates import Configuration, SearchSpec, Trial
+from benchlib.measure.rate_search import rate_bracket
+from benchlib.measure.search import search
 from benchlib.vocabulary import (
     OUTCOME_BEST,
     OUTCOME_ELIMINATED,

@@ -29,17 +29,11 @@ from benchlib.derive.stats import trial_figures
 from benchlib.measure.grid import GridPoint
 from benchlib.measure.loads import Window
 from benchlib.measure.progress import Progress
-from benchlib.measure.search import (
-    Candidate,
-    Configuration,
-    RoundSummary,
-    SearchOutcome,
-    SearchSpec,
-    Trial,
-    rate_bracket,
-    search,
-)
-from benchlib.params import SEARCH_TRIALS_PER_ROUND, Params
+from benchlib.measure.candidates import Candidate, Configuration, RoundSummary, SearchOutcome, SearchSpec, Trial
+from benchlib.measure.rate_search import rate_bracket
+from benchlib.measure.search import search
+from benchlib.params import Params
+from benchlib.params_search import SEARCH_TRIALS_PER_ROUND
 from benchlib.vocabulary import (
     GATE_FAIL,
     GRID_KEYS,

@@ -22,6 +22,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from benchlib.measure.candidates import Trial
+from benchlib.params_base import MAX_RATE_PER_S
+
 #: The bracket gives up halving after this many halvings of the start rate.
 MAX_HALVINGS = 10
 
@@ -91,3 +94,27 @@ def search_rate(probe: Callable[[float], bool], start_per_s: float, tolerance_pc
     result.reason = (f"bracket [{result.low_per_s:g}, {result.high_per_s:g}) requests/s after "
                      f"{len(result.probes)} probes")
     return result
+
+
+#: Open loop: a rate -> (whether its trial met the budget, its latency percentile in ms, the trial's cost in s).
+Probe = Callable[[float], tuple[bool, float, float]]
+#: Open loop: the most probes of one round's rate search.
+MAX_ROUND_PROBES = 12
+
+
+def rate_bracket(probe: Probe, window_s: float, start_per_s: float, tolerance_pct: float, batch_size: int) -> Trial:
+    """One open-loop round of a configuration: a rate search (benchlib.measure.rate_search) whose probes
+    are trials of `window_s`, as a trial whose throughput is the bracket of the highest load within the
+    budget, in inferences/s."""
+    seen: dict[float, tuple[bool, float, float]] = {}
+
+    def met(rate: float) -> bool:
+        seen[rate] = probe(rate)
+        return seen[rate][0]
+
+    found = search_rate(met, start_per_s, tolerance_pct, MAX_ROUND_PROBES, MAX_RATE_PER_S)
+    low, high = found.low_per_s, found.high_per_s
+    latency = seen[low][1] if low is not None else seen[min(seen)][1]
+    return Trial(window_s, throughput_per_s=(low or 0.0) * batch_size, latency_ms=latency,
+                 measured_s=sum(cost for _, _, cost in seen.values()), note=found.reason,
+                 throughput_high_per_s=high * batch_size if high is not None else math.inf)

@@ -17,33 +17,44 @@ percentile meets the budget. Its protocol (the rule is pure; `measure` is inject
             structure: a latency whose lower bound is over the budget eliminates it, and prunes the
               configurations not yet measured with a batch as large or larger and as many threads or more
         intervals: the trials' noise pooled per window (benchlib.derive.pooled_noise), each at
-          1 - alpha / m for the m live configurations (Bonferroni)
-        the best = the live configuration surely within the budget (latency's upper bound) with the
-          highest lower bound of throughput
-        eliminate: over budget (latency's lower bound above it); dominated (throughput's upper bound
-          below the best's lower bound); settle: it cannot beat the best by more than indifference_pct
-        stop when one configuration is left, or every one left is settled (tied), or none can meet the
-          budget, or after max_full_rounds rounds at the full window (unresolved)
+          1 - alpha / m for the m configurations compared (Bonferroni)
+        the best = of the configurations surely within the budget (latency's upper bound), the one with
+          the highest throughput
+        eliminate: over budget (latency's lower bound above it); dominated (its throughput over the
+          best's is surely below 1: the ratio's bound, from both standard errors); settle, no longer
+          measured: its throughput cannot be above the best's by more than indifference_pct
+        stop when one configuration is left, or every other one is settled (a tie), or none can meet the
+          budget, or after max_full_rounds rounds of the full window (unresolved)
     confirm: the best is measured up to final_trials trials of the full window, as the sweep would
 
 Structure assumes a configuration's latency grows with its batch size and with its client
 threads. It is used only for configurations not yet measured; where both sides were measured
 anyway, :attr:`SearchOutcome.notes` names any pair that contradicts it.
+
+Open loop (benchlib.measure.rate_search.rate_bracket): a configuration's figure is its highest load within the budget,
+and a round is one rate search per configuration whose bisection tolerance narrows as the window
+doubles; its throughput interval is the bracket itself, so a configuration is dominated when the
+top of its bracket is below the bottom of the best's.
 """
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
-from benchlib.measure.rate_search import search_rate
+from benchlib.measure.candidates import (
+    Candidate,
+    Configuration,
+    Measure,
+    RoundSummary,
+    SearchOutcome,
+    SearchSpec,
+    Trial,
+)
 from benchlib.measure.trials import blocks, trial_order
-from benchlib.params_base import MAX_RATE_PER_S
 from benchlib.vocabulary import (
     OUTCOME_BEST,
     OUTCOME_ELIMINATED,
@@ -53,159 +64,6 @@ from benchlib.vocabulary import (
     STATUS_OK,
     STATUS_OOM,
 )
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One configuration of the grid: its key, its family (what out of memory and the gate rule out
-    together: model, precision, runtime) and where it sits in the family."""
-
-    key: tuple[Any, ...]
-    family: tuple[Any, ...]
-    batch_size: int
-    threads: int
-    label: str
-    max_batch_size: int = 1
-    open_loop: bool = False
-
-    def covers(self, other: Configuration) -> bool:
-        """Whether `other`'s latency is at least this one's by structure: the same family and merging, a
-        batch as large or larger, and as many client threads or more (in open loop, as many server
-        workers: more of them shorten the queue)."""
-        more_threads = other.threads >= self.threads if not self.open_loop else other.threads == self.threads
-        return (other.family == self.family and other.max_batch_size == self.max_batch_size and more_threads
-                and other.batch_size >= self.batch_size and other != self)
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One trial as the search sees it."""
-
-    window_s: float  # the window asked for
-    status: str = STATUS_OK  # or why it did not run
-    throughput_per_s: float = math.nan
-    latency_ms: float = math.nan  # at the search's percentile
-    measured_s: float = 0.0  # what it cost: clients prepared, warm-up and window
-    gate_failed: bool = False
-    note: str = ""
-    #: Open loop: a rate search's bracket, in inferences/s: `throughput_per_s` is the highest load that met
-    #: the budget (0 when none did), this the lowest above it that missed (inf when none did); `latency_ms`
-    #: is the percentile at the highest rate that met it (at the lowest probed when none did).
-    throughput_high_per_s: float | None = None
-    #: What the trial would have cost in the full window (NaN: the window itself, plus the fixed part seen).
-    full_cost_s: float = math.nan
-
-
-#: (configuration, window in seconds, trial number of that configuration) -> the trial.
-Measure = Callable[[Configuration, float, int], Trial]
-
-
-#: Open loop: a rate -> (whether its trial met the budget, its latency percentile in ms, the trial's cost in s).
-Probe = Callable[[float], tuple[bool, float, float]]
-#: Open loop: the most probes of one round's rate search, and its coarsest bisection tolerance.
-MAX_ROUND_PROBES = 12
-MAX_RATE_TOLERANCE_PCT = 64.0
-
-
-def rate_bracket(probe: Probe, window_s: float, start_per_s: float, tolerance_pct: float, batch_size: int) -> Trial:
-    """One open-loop round of a configuration: a rate search (benchlib.measure.rate_search) whose probes
-    are trials of `window_s`, as a trial whose throughput is the bracket of the highest load within the
-    budget, in inferences/s."""
-    seen: dict[float, tuple[bool, float, float]] = {}
-
-    def met(rate: float) -> bool:
-        seen[rate] = probe(rate)
-        return seen[rate][0]
-
-    found = search_rate(met, start_per_s, tolerance_pct, MAX_ROUND_PROBES, MAX_RATE_PER_S)
-    low, high = found.low_per_s, found.high_per_s
-    latency = seen[low][1] if low is not None else seen[min(seen)][1]
-    return Trial(window_s, throughput_per_s=(low or 0.0) * batch_size, latency_ms=latency,
-                 measured_s=sum(cost for _, _, cost in seen.values()), note=found.reason,
-                 throughput_high_per_s=high * batch_size if high is not None else math.inf)
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    latency_budget_ms: float
-    indifference_pct: float
-    max_measure_s: float
-    full_window_s: float
-    first_window_s: float
-    final_trials: int = 2
-    trials_per_round: int = 2
-    max_full_rounds: int = 3
-    alpha: float = 0.05
-    seed: int = 0
-    #: Open loop: the rate search's bisection tolerance at the full window (coarser in shorter ones).
-    rate_tolerance_pct: float = 5.0
-
-    def rate_tolerance_at(self, window_s: float) -> float:
-        """Open loop: a round's bisection tolerance, as many times the final one as its window is shorter."""
-        return min(MAX_RATE_TOLERANCE_PCT, self.rate_tolerance_pct * self.full_window_s / window_s)
-
-    @property
-    def windows(self) -> list[float]:
-        """The windows of the rounds: doubling from first_window_s, the last one full_window_s."""
-        levels = max(0, math.ceil(math.log2(self.full_window_s / self.first_window_s) - 1e-9))
-        return [self.full_window_s / 2 ** k for k in range(levels, -1, -1)]
-
-    @property
-    def max_rounds(self) -> int:
-        return len(self.windows) - 1 + self.max_full_rounds
-
-
-@dataclass
-class Candidate:
-    """A configuration's state in the search: its trials, latest intervals, and verdict once given."""
-
-    configuration: Configuration
-    trials: list[Trial] = field(default_factory=list)
-    outcome: str = ""  # "" while live
-    reason: str = ""
-    decided_round: int | None = None
-    rounds: int = 0
-    settled: bool = False  # cannot beat the best by more than the band: no longer measured
-    throughput: Interval = field(default_factory=Interval.unbounded)
-    latency: Interval = field(default_factory=Interval.unbounded)
-
-    @property
-    def live(self) -> bool:
-        return not self.outcome and not self.settled
-
-    @property
-    def ok_trials(self) -> list[Trial]:
-        return [t for t in self.trials if t.status == STATUS_OK and not t.gate_failed]
-
-    @property
-    def measured_s(self) -> float:
-        return sum(t.measured_s for t in self.trials)
-
-    def decide(self, outcome: str, reason: str, round_number: int) -> None:
-        self.outcome, self.reason, self.decided_round = outcome, reason, round_number
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    round: int
-    window_s: float
-    measured: int  # configurations measured in this round
-    live: int  # configurations still in the running after it
-    best: str | None  # the best's label, if any is surely within the budget
-    best_throughput_per_s: float
-    spent_s: float  # measuring time so far, all rounds
-
-
-@dataclass
-class SearchOutcome:
-    candidates: list[Candidate]
-    rounds: list[RoundSummary]
-    reason: str
-    measured_s: float
-    exhaustive_s: float  # an estimate: every configuration measured final_trials full windows
-    best: Candidate | None = None
-    runner_up: Candidate | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def search(configurations: Sequence[Configuration], measure: Measure, spec: SearchSpec,

@@ -83,6 +83,24 @@ def search_summary(where: Runs | str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
 
 
+def search_lines(run_dir: str | Path) -> list[str]:
+    """A run's search in a few lines: the answer with its $/M interval, the runner-up, the counts and what
+    it cost against the exhaustive sweep, and why it stopped."""
+    row = search_summary(run_dir).iloc[0]
+    lines = []
+    if row["Answer"] != "none":
+        lines.append(f"answer: {row['Answer']}, ${row['$ per million']:.3g}/M [{row['$ per million, low']:.3g}, "
+                     f"{row['$ per million, high']:.3g}]")
+    margin = f" ({row['Margin (%)']:.1f}% dearer)" if isinstance(row["Margin (%)"], float) else ""
+    lines.append(f"runner-up: {row['Runner-up']}{margin}")
+    lines.append(f"{row['Measured']} of {row['Configurations']} configurations measured, {row['Pruned']} pruned, "
+                 f"{row['Eliminated']} eliminated, {row['Tied']} tied, {row['Unresolved']} unresolved, in "
+                 f"{row['Rounds']} rounds: {row['Measuring (s)']:.1f} s of measuring, {row['Share of exhaustive']} "
+                 f"of the exhaustive sweep's estimated {row['Exhaustive estimate (s)']:.0f} s")
+    lines.append(f"stopped: {row['Stopped because']}")
+    return lines
+
+
 def search_note(where: Runs | str | Path) -> str:
     """What to know before reading the search's tables: none ran, one could not be read, or the structure's
     assumption was contradicted where it could be checked."""

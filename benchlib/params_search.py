@@ -1,0 +1,56 @@
+"""The params' two searches: the highest rate within a latency budget (open loop), and the cheapest
+configuration of the grid within one (see benchlib.params for the rest of the schema)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, StrictInt
+
+from benchlib.params_base import MAX_PROBES, MAX_RATE_PER_S, PositiveFloat, Strict, exponent_number
+from benchlib.vocabulary import DEFAULT_PERCENTILE
+
+
+class RateSearch(Strict):
+    """Search for the highest offered rate whose latency percentile meets a budget.
+
+    A bracket first: from `start_per_s`, the rate doubles while probes meet the budget (or
+    halves while they miss it) until one probe meets it and another misses. Then a bisection
+    of that bracket until its ends are within `tolerance_pct` of each other, or `max_probes`
+    probes were spent. Every probe is a grid point of its own (see benchlib.measure.rate_search).
+    """
+
+    latency_budget_ms: PositiveFloat
+    percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
+    #: The first rate probed, in requests per second.
+    start_per_s: Annotated[float, BeforeValidator(exponent_number),
+                           Field(gt=0, le=MAX_RATE_PER_S, strict=True, allow_inf_nan=False)] = 10.0
+    #: Stop when the bracket's upper end is within this % of its lower end.
+    tolerance_pct: Annotated[float, BeforeValidator(exponent_number),
+                             Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 10.0
+    max_probes: Annotated[StrictInt, Field(ge=2, le=MAX_PROBES)] = 12
+
+class Search(Strict):
+    """Search the grid for the cheapest configuration within a latency budget instead of measuring
+    every point at full length (see benchlib.measure.search)."""
+
+    latency_budget_ms: PositiveFloat
+    percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
+    #: Configurations this close in $/M are a tie: any of them is an answer.
+    indifference_pct: Annotated[float, BeforeValidator(exponent_number),
+                                Field(ge=0, lt=100, strict=True, allow_inf_nan=False)] = 3.0
+    #: The measuring budget of the whole search on this instance, in seconds (windows, warm-ups, clients).
+    max_measure_s: PositiveFloat = 3600.0
+    #: The first round's window; rounds double it up to duration_s (default: duration_s / 16).
+    first_window_s: PositiveFloat | None = None
+    #: Open loop: the first rate each configuration's rate search probes, requests/s ...
+    start_per_s: Annotated[float, BeforeValidator(exponent_number),
+                           Field(gt=0, le=MAX_RATE_PER_S, strict=True, allow_inf_nan=False)] = 10.0
+    #: ... and its bisection's tolerance in the full window (rounds of shorter windows bisect more coarsely).
+    tolerance_pct: Annotated[float, BeforeValidator(exponent_number),
+                             Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 5.0
+
+
+#: Trials each configuration gets per round of a search: two give the between-trial noise.
+SEARCH_TRIALS_PER_ROUND = 2
+#: The first window of a search, as a fraction of duration_s, unless `first_window_s` says otherwise.
+SEARCH_FIRST_WINDOW_FRACTION = 1 / 16
