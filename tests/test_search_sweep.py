@@ -165,3 +165,32 @@ def test_bench_prints_the_answer_and_what_it_cost(tmp_path: Path, capsys) -> Non
     assert code == 0, text
     assert "answer: synthetic:2+0.5 fp32 trace batch 8 x2, $" in text
     assert "2 of 2 configurations measured, 0 pruned" in text and "stopped: " in text and "search.csv" in text
+
+
+def test_a_failed_gate_and_a_short_round_are_read_as_the_search_needs_them() -> None:
+    from benchlib.measure.grid_search import gate_note, round_window, trial_view
+    from benchlib.measure.candidates import Configuration
+    from benchlib.measure.loads import Window
+
+    config = Configuration(("m", "fp16", "trace", 4, 2), ("m", "fp16", "trace"), 4, 2, "m fp16 trace batch 4 x2")
+    accuracy = pd.DataFrame([
+        {"model": "m", "precision": "fp16", "runtime": "trace", "batch_size": 4, "gate": "fail", "status": "max error 0.3"},
+        {"model": "m", "precision": "fp16", "runtime": "trace", "batch_size": 8, "gate": "pass", "status": ""},
+    ])
+    assert gate_note(accuracy, config) == "trace fp16 differs from eager beyond the gate's tolerance (max error 0.3)"
+    assert gate_note(accuracy.iloc[1:], config) == "" and gate_note(pd.DataFrame(), config) == ""
+
+    params = parse_params(searched(duration_s=1.0, min_requests=100))
+    assert round_window(params, 1.0) == Window(1.0, 100) and round_window(params, 0.25) == Window(0.25, 25)
+    assert round_window(params, 1 / 16).min_requests == 20  # MIN_ROUND_REQUESTS
+
+    # 10 requests of batch 2, one every 10 ms: 20 inferences over a 0.1 s window; the trial cost 0.5 s.
+    records = pd.DataFrame({"status": "ok", "warmup": False, "batch_size": 2, "trial_s": 0.5,
+                            "start_s": [0.01 * i for i in range(10)], "end_s": [0.01 * (i + 1) for i in range(10)]})
+    trial = trial_view(records, 0.1, "p95", params)
+    assert trial.throughput_per_s == pytest.approx(200.0) and trial.latency_ms == pytest.approx(10.0)
+    # The full window: the fixed 0.4 s, and 100 requests at 10 ms (1 s) in a window of at least 1 s.
+    assert trial.full_cost_s == pytest.approx(0.4 + 1.0) and trial.measured_s == 0.5
+    oom = trial_view(pd.DataFrame({"status": ["oom"], "trial_s": [0.2], "note": ["CUDA out of memory"]}), 0.1, "p95",
+                     params)
+    assert oom.status == "oom" and oom.note == "CUDA out of memory"
