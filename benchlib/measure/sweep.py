@@ -16,6 +16,10 @@ dtype whose peak it is judged against, its peak memory, and the energy of its wi
 from the telemetry sampled while it ran (kept in telemetry.parquet). The device's
 ceilings (its GEMM peak, measured once at the start, its datasheet peak and memory) go
 to env.json; efficiency is derived from both (benchlib.derive.efficiency).
+
+With `search:` in the params, the grid's configurations are not all measured at full length:
+benchlib.measure.grid_search decides which trials to measure, round by round, and each is measured
+and written here as any other trial (:meth:`_Sweep.trial_of`).
 """
 from __future__ import annotations
 
@@ -123,11 +127,12 @@ def run_sweep(
             writer.write_search(search_table(outcome, params.search.percentile, usd_per_hour))
             env.update(search=search_record(outcome, usd_per_hour))
             report.say(f"search: {outcome.reason}")
-        for block in blocks(points, lambda point: point.key[:3]) if params.search is None else []:
-            shared.start_block()
-            if params.rate_search is None:
-                sweep.measure(block)
-            else:
+        else:
+            for block in blocks(points, lambda point: point.key[:3]):
+                shared.start_block()
+                if params.rate_search is None:
+                    sweep.measure(block)
+                    continue
                 for configuration in block:
                     found = sweep.search(configuration)
                     # What each search found, with its bracket, beside the probes it measured.
