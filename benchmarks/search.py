@@ -47,6 +47,10 @@ def grid(duration_s: float, repeats: int, seed: int) -> dict[str, Any]:
     }
 
 
+def describe(row: pd.Series) -> str:
+    return f"{row['runtime']} batch {row['batch_size']} x{row['threads']}"
+
+
 def budget_between(p95s: pd.Series) -> float:
     """The geometric middle of the widest relative gap between neighbouring P95s in their middle half."""
     ordered = sorted(p95s.dropna())
@@ -94,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     cost_ratio = as_measured["usd_per_million"] / best["usd_per_million"]
     tied = as_measured["usd_per_million_ci_low"] <= best["usd_per_million_ci_high"]
     time_ratio = record["measured_s"] / exhaustive["measured_s"].sum()
-    describe = lambda row: f"{row['runtime']} batch {row['batch_size']} x{row['threads']}"  # noqa: E731
     print(f"exhaustive best within the budget: {describe(best)}, ${best['usd_per_million']:.4g}/M "
           f"[{best['usd_per_million_ci_low']:.4g}, {best['usd_per_million_ci_high']:.4g}], "
           f"P95 {best['latency_p95_ms']:.2f} ms")

@@ -78,7 +78,8 @@ def search_summary(where: Runs | str | Path) -> pd.DataFrame:
             "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
             "Answer": answer, "$ per million": cost[0], "$ per million, low": cost[1], "$ per million, high": cost[2],
             "Runner-up": record.get("runner_up") or "–",
-            "Margin (%)": record.get("margin_pct"), "Stopped because": record.get("reason", ""),
+            "Margin (%)": round(record["margin_pct"], 1) if isinstance(record.get("margin_pct"), float) else None,
+            "Stopped because": record.get("reason", ""),
         })
     return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
 
