@@ -205,6 +205,19 @@ def test_pooled_noise_and_intervals_by_hand():
     assert a.log_ratio_bound(b, 2.0) == pytest.approx(math.log(1.1) + 2.0 * 0.05)
 
 
+def test_a_batch_the_harness_skipped_for_memory_prunes_only_larger_batches():
+    def skipped(configuration, window_s, number):
+        if configuration.family == ("eager", "fp32") and configuration.batch_size == 8:
+            return Trial(window_s, status="skipped", note="infeasible: batch 8 ran out of memory")
+        return noisy(0.02, 0)(configuration, window_s, number)
+
+    outcome = search(CONFIGURATIONS, skipped, spec())
+    by_key = {c.configuration.key: c for c in outcome.candidates}
+    assert by_key[("eager", "fp32", 8, 1)].outcome == OUTCOME_ELIMINATED
+    assert by_key[("eager", "fp32", 16, 1)].outcome == OUTCOME_PRUNED
+    assert by_key[("eager", "fp32", 4, 2)].outcome != OUTCOME_PRUNED or "memory" not in by_key[("eager", "fp32", 4, 2)].reason
+
+
 def test_trials_that_did_not_run_cost_nothing_and_stop_nothing_else():
     def unsupported(configuration, window_s, number):
         if configuration.family == ("onnxruntime", "fp32"):

@@ -13,7 +13,7 @@ percentile meets the budget. Its protocol (the rule is pure; `measure` is inject
             skip it if structure pruned it meanwhile
             measure trials_per_round trials, each a window of w
             a trial that did not run (oom, skipped, unsupported) or failed the accuracy gate eliminates it;
-              out of memory prunes the family's larger batches, the others its whole family
+              out of memory (or skipped for it) prunes the family's larger batches, the others its whole family
             structure: a latency whose lower bound is over the budget eliminates it, and prunes the
               configurations not yet measured with a batch as large or larger and as many threads or more
         intervals: the trials' noise pooled per window (benchlib.derive.pooled_noise), each at
@@ -63,6 +63,7 @@ from benchlib.vocabulary import (
     OUTCOME_UNRESOLVED,
     STATUS_OK,
     STATUS_OOM,
+    STATUS_SKIPPED,
 )
 
 
@@ -160,7 +161,7 @@ class _Search:
                         round_number)
             return
         candidate.decide(OUTCOME_ELIMINATED, f"{trial.status}: {trial.note}".rstrip(": "), round_number)
-        if trial.status == STATUS_OOM:
+        if trial.status in (STATUS_OOM, STATUS_SKIPPED):  # skipped: a smaller batch of it ran out of memory
             self._prune(lambda other: other.family == config.family and other.batch_size > config.batch_size,
                         f"{config.label} ran out of memory: larger batches will too", round_number)
         else:
