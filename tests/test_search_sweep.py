@@ -194,3 +194,16 @@ def test_a_failed_gate_and_a_short_round_are_read_as_the_search_needs_them() -> 
     oom = trial_view(pd.DataFrame({"status": ["oom"], "trial_s": [0.2], "note": ["CUDA out of memory"]}), 0.1, "p95",
                      params)
     assert oom.status == "oom" and oom.note == "CUDA out of memory"
+
+
+def test_a_search_whose_files_cannot_be_read_is_named_and_a_sweep_shows_none(tmp_path: Path) -> None:
+    from benchlib.present.search_tables import rounds_figure, search_counts, search_note
+    from tests.helpers import summary_row, write_run
+
+    sweep = write_run(tmp_path / "a" / "sweep", [summary_row()], env={})
+    assert search_note(sweep).startswith("No compared run was a configuration search")
+    assert search_counts(sweep).empty and rounds_figure(sweep) is None
+    damaged = write_run(tmp_path / "b" / "search", [summary_row()], env={"search": {"rounds": []}})
+    (damaged / SEARCH).write_text("not,a\nsearch,table\n")
+    note = search_note(damaged)
+    assert note.startswith(f"{damaged}: its search cannot be read") and f"remove {SEARCH}" in note

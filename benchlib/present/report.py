@@ -51,6 +51,7 @@ from benchlib.present.serving_tables import (
 from benchlib.present.search_tables import (
     eliminations as search_eliminations,
     rounds_figure as search_rounds,
+    search_counts,
     search_note,
     search_summary,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "percentile_note",
     "read_run",
     "runs_table",
+    "search_counts",
     "search_eliminations",
     "search_note",
     "search_rounds",

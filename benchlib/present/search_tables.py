@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -28,6 +29,8 @@ SEARCH_SUMMARY_COLUMNS = ["Instance", "Run", "Configurations", "Measured", "Prun
                           "Unresolved", "Rounds", "Measuring (s)", "Exhaustive estimate (s)", "Share of exhaustive",
                           "Answer", "$ per million", "$ per million, low", "$ per million, high", "Runner-up",
                           "Margin (%)", "Stopped because"]
+#: What the notebooks' table shows (the answer, runner-up and reason are said in words above it, by search_note).
+SEARCH_SHOWN = SEARCH_SUMMARY_COLUMNS[:SEARCH_SUMMARY_COLUMNS.index("Answer")]
 
 
 def search_runs(where: Runs | str | Path) -> tuple[list[tuple[str, str, pd.DataFrame, dict[str, Any]]], list[str]]:
@@ -84,6 +87,12 @@ def search_summary(where: Runs | str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
 
 
+def search_counts(where: Runs | str | Path) -> pd.DataFrame:
+    """What each search measured, pruned and eliminated, in how many rounds, and its measuring time against
+    the exhaustive estimate (SEARCH_SHOWN: narrow enough to read without scrolling)."""
+    return search_summary(where)[SEARCH_SHOWN]
+
+
 def search_lines(run_dir: str | Path) -> list[str]:
     """A run's search in a few lines: the answer with its $/M interval, the runner-up, the counts and what
     it cost against the exhaustive sweep, and why it stopped."""
@@ -96,22 +105,35 @@ def search_lines(run_dir: str | Path) -> list[str]:
     lines.append(f"runner-up: {row['Runner-up']}{margin}")
     lines.append(f"{row['Measured']} of {row['Configurations']} configurations measured, {row['Pruned']} pruned, "
                  f"{row['Eliminated']} eliminated, {row['Tied']} tied, {row['Unresolved']} unresolved, in "
-                 f"{row['Rounds']} rounds: {row['Measuring (s)']:.1f} s of measuring, {row['Share of exhaustive']} "
-                 f"of the exhaustive sweep's estimated {row['Exhaustive estimate (s)']:.0f} s")
+                 f"{row['Rounds']} rounds")
+    lines.append(f"measuring: {row['Measuring (s)']:.1f} s, {row['Share of exhaustive']} of the exhaustive sweep's "
+                 f"estimated {row['Exhaustive estimate (s)']:.0f} s at the same final fidelity")
     lines.append(f"stopped: {row['Stopped because']}")
     return lines
 
 
 def search_note(where: Runs | str | Path) -> str:
-    """What to know before reading the search's tables: none ran, one could not be read, or the structure's
-    assumption was contradicted where it could be checked."""
+    """Each search in words (its answer, runner-up, cost and why it stopped; see search_lines), and what to
+    know before reading its tables: none ran, one could not be read, or the structure's assumption was
+    contradicted where it could be checked."""
     found, problems = search_runs(where)
     if not found and not problems:
         return "No compared run was a configuration search (a params file's `search:`); nothing to show here."
     lines = [*problems]
     for instance, run, _, record in found:
-        lines.extend(f"{instance} {run}: {note}" for note in record.get("notes", []))
-    return "\n".join(lines) or "Every search's structure held where both sides of it were measured."
+        folder = Path(where) if not isinstance(where, Runs) else None
+        lines.append(f"{instance} {run}:")
+        lines.extend(f"  {line}" for line in search_lines(folder or _folder(where, instance, run)))
+        notes = record.get("notes", [])
+        lines.extend(f"  {note}" for note in notes)
+        if not notes:
+            lines.append("  its structure held wherever both sides of it were measured")
+    return "\n".join(lines)
+
+
+def _folder(runs: Runs, instance: str, run: str) -> Path:
+    rows = runs.runs[(runs.runs["Instance"] == instance) & (runs.runs["Run"] == run)]
+    return Path(rows["Folder"].iloc[0])
 
 
 def eliminations(where: Runs | str | Path) -> pd.DataFrame:
@@ -131,8 +153,7 @@ def rounds_figure(where: Runs | str | Path) -> Figure | None:
     found = search_runs(where)[0]
     if not found:
         return None
-    fig = Figure(figsize=(9, 4))
-    cost_axis = fig.add_subplot()
+    fig, cost_axis = plt.subplots(figsize=(9, 4))  # pyplot's, so a notebook shows it as it shows the others
     live_axis = cost_axis.twinx()
     for instance, run, _, record in found:
         rounds = pd.DataFrame(record.get("rounds", []))
