@@ -91,7 +91,8 @@ def _bench(args: argparse.Namespace) -> int:
         _print_recommendation(result.summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
         raise InputError(f"{exc} The run itself is written in {result.out_dir}/.") from None
-    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, accuracy.csv, env.json, params.yaml, "
+    print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, frontier.csv, accuracy.csv, env.json, "
+          "params.yaml, "
           f"{'search.csv, ' if params.search is not None else ''}and telemetry.parquet where sampled)")
     return EXIT_OK
 

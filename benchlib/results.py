@@ -42,6 +42,7 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
     GRID_KEYS,
     LOAD_KEYS,
     KNEES,
+    FRONTIER,
     SEARCH,
     LOCK,
     PARAMS,
@@ -133,7 +134,7 @@ class RunWriter:
         #: The env.json of the run being resumed (empty for a new run).
         self.previous_env: dict[str, Any] = {}
         try:
-            for name in (RECORDS, SUMMARY, ENV, PARAMS, ACCURACY, KNEES, TELEMETRY, SEARCH):
+            for name in (RECORDS, SUMMARY, ENV, PARAMS, ACCURACY, KNEES, TELEMETRY, SEARCH, FRONTIER):
                 if (self.out_dir / name).is_dir():  # a file of the run's would land in it, or fail after measuring
                     raise InputError(f"{self.out_dir / name} is a folder where the run keeps its {name} file; "
                                      "move it away, or give another output folder")
@@ -284,6 +285,10 @@ class RunWriter:
 
     def write_knees(self, knees: pd.DataFrame) -> None:
         write_atomic(self.out_dir / KNEES, lambda p: knees.to_csv(p, index=False))
+
+    def write_frontier(self, steps: pd.DataFrame) -> None:
+        """The run's cost-latency frontier at the sweep's percentile (benchlib.derive.frontier)."""
+        write_atomic(self.out_dir / FRONTIER, lambda p: steps.to_csv(p, index=False))
 
     def write_search(self, verdicts: pd.DataFrame) -> None:
         """A configuration search's verdict on each configuration (benchlib.measure.grid_search)."""

@@ -29,6 +29,8 @@ SUMMARY = "summary.csv"
 ACCURACY = "accuracy.csv"
 ENV = "env.json"
 KNEES = "knees.csv"
+#: Per model: the cheapest configuration within every latency budget (benchlib.derive.frontier).
+FRONTIER = "frontier.csv"
 PARAMS = "params.yaml"
 RECOMMENDATION = "recommendation.csv"
 #: Open loop: the cheapest configuration carrying a load within the budget (`bench --latency-budget-ms`).

@@ -232,8 +232,8 @@ def test_report_merges_the_runs_into_html_and_figures(outputs) -> None:
     out = outputs["out"]
     assert code == 0 and f"report: {out.resolve() / 'report.html'}" in text
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "cost_vs_batch.png", "efficiency_vs_batch.png", "energy_vs_batch.png", "throughput_latency_vs_batch.png",
-        "throughput_vs_latency.png"]
+        "cost_vs_batch.png", "cost_vs_latency_budget.png", "efficiency_vs_batch.png", "energy_vs_batch.png",
+        "throughput_latency_vs_batch.png", "throughput_vs_latency.png"]
     for png in (out / "figures").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = assert_reads_offline(out / "report.html")
@@ -257,7 +257,7 @@ def test_seed_example_reproduces_the_study_table(tmp_path: Path, capsys) -> None
     # a cost benefit of 3.48x (the post rounds its way to 3.7x).
     for figure in ("154", "723", "$2.17", "$0.62", "3.48x", "208.0", "44.0", "1,533", "$0.29"):
         assert figure in table, figure
-    assert len(list((tmp_path / "figures").glob("*.png"))) == 5
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 6
     html = assert_reads_offline(tmp_path / "report.html")
     assert "g5.4xlarge" in html and "g4dn.4xlarge" in html and "NVIDIA A10G" in html
 

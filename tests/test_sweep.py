@@ -46,7 +46,7 @@ def bench_run(tmp_path_factory) -> tuple[Path, str]:
 def test_writes_every_file(bench_run) -> None:
     out, stdout = bench_run
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "accuracy.csv", "env.json", "knees.csv", "params.yaml", "recommendation.csv", "records.parquet",
+        "accuracy.csv", "env.json", "frontier.csv", "knees.csv", "params.yaml", "recommendation.csv", "records.parquet",
         "summary.csv", "telemetry.parquet"]
     assert "throughput_per_s" in stdout and f"wrote {out}" in stdout
     assert "knees of throughput vs batch size" in stdout and "cheapest configuration with p50" in stdout

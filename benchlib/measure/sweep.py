@@ -36,6 +36,7 @@ import torch
 from benchlib.derive.coverage import check_percentile
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings
+from benchlib.derive.frontier import frontier
 from benchlib.derive.knee import knees
 from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
@@ -147,6 +148,7 @@ def run_sweep(
         writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
+        writer.write_frontier(frontier(summary, percentile))
         env.update(**{FINISHED: True})  # a rate search's number of points is known only now
     return SweepResult(Path(out_dir), summary, knee_table)
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from benchlib.derive.coverage import with_percentile
+from benchlib.derive.frontier import frontier
 from benchlib.ownership import check_figure
 from benchlib.schema import closed_loop, open_loop_points, is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
@@ -298,6 +299,34 @@ def latency_vs_load(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
         ax.grid(alpha=0.3, which="both")
     _legend(fig, axes)
     fig.suptitle(f"{name} latency vs offered load")  # the legend says what the dashed line and an X are
+    return fig
+
+
+def cost_vs_latency_budget(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
+                           latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS) -> Figure:
+    """What each millisecond costs: per model, for every latency budget, the lowest $/M of each instance's
+    points within it (benchlib.derive.frontier), a step curve, with the chosen budget marked."""
+    steps = frontier(summary, percentile)
+    models = sorted(summary["model"].unique()) if len(summary) else []
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(6.2 * max(len(models), 1), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models or [""], strict=True):
+        ax.set(title=model, xlabel=f"latency budget, {PERCENTILE_NAMES.get(percentile, percentile)} (ms)",
+               ylabel="lowest $ per million inferences")
+        mine = steps[steps["model"] == model]
+        if mine.empty:
+            _empty(ax, f"no priced point with a {percentile.upper()} latency")
+            continue
+        right = max(mine["budget_ms"].max(), latency_budget_ms) * 1.15
+        for instance, curve in mine.groupby("instance", sort=True):
+            # Each step holds from its latency until the next one; the last until the axis' end.
+            ax.step([*curve["budget_ms"], right], [*curve["usd_per_million"], curve["usd_per_million"].iloc[-1]],
+                    where="post", marker="o", markevery=list(range(len(curve))), label=instance)
+        ax.axvline(latency_budget_ms, color="0.3", linestyle="--", label=f"budget {latency_budget_ms:g} ms")
+        ax.set_xlim(left=0, right=right)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+    fig.suptitle("Cheapest $ per million within each latency budget")
+    fig.tight_layout()
     return fig
 
 
