@@ -28,7 +28,6 @@ from benchlib.vocabulary import (
     OUTCOME_PRUNED,
     OUTCOME_TIED,
     OUTCOME_UNRESOLVED,
-    STATUS_OK,
     STATUS_OOM,
 )
 
@@ -215,7 +214,8 @@ def test_a_batch_the_harness_skipped_for_memory_prunes_only_larger_batches():
     by_key = {c.configuration.key: c for c in outcome.candidates}
     assert by_key[("eager", "fp32", 8, 1)].outcome == OUTCOME_ELIMINATED
     assert by_key[("eager", "fp32", 16, 1)].outcome == OUTCOME_PRUNED
-    assert by_key[("eager", "fp32", 4, 2)].outcome != OUTCOME_PRUNED or "memory" not in by_key[("eager", "fp32", 4, 2)].reason
+    # Smaller batches of the family, at any thread count, are not ruled out by memory.
+    assert not any("memory" in by_key[("eager", "fp32", b, n)].reason for b in (1, 2, 4) for n in THREADS)
 
 
 def test_trials_that_did_not_run_cost_nothing_and_stop_nothing_else():
@@ -229,7 +229,6 @@ def test_trials_that_did_not_run_cost_nothing_and_stop_nothing_else():
     assert family[0].outcome == OUTCOME_ELIMINATED and family[0].reason == "unsupported: onnxruntime: cannot export"
     assert all(c.outcome == OUTCOME_PRUNED for c in family[1:])
     assert outcome.best is not None and right(outcome.best.configuration)
-    assert STATUS_OK == "ok"
 
 
 # --- open loop: a configuration's figure is its highest load within the budget ------------------

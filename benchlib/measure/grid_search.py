@@ -226,8 +226,9 @@ def _row(candidate: Candidate, percentile: str, usd_per_hour: float) -> dict[str
 def search_record(outcome: SearchOutcome, usd_per_hour: float) -> dict[str, Any]:
     """env.json's `search`: why it stopped, its totals and rounds, the answer and its runner-up."""
     best, runner_up = outcome.best, outcome.runner_up
-    margin = (100 * (runner_up.throughput.mid and best.throughput.mid / runner_up.throughput.mid - 1)
-              if best is not None and runner_up is not None else None)
+    # How much dearer the runner-up is per million: its throughput is that much lower.
+    margin = (100 * (best.throughput.mid / runner_up.throughput.mid - 1)
+              if best is not None and runner_up is not None and runner_up.throughput.mid > 0 else None)
     return {
         "reason": outcome.reason,
         "measured_s": outcome.measured_s,

@@ -249,7 +249,6 @@ class _Search:
                 # How much higher its throughput can be than the best's (log ratio, upper bound).
                 edge = candidate.throughput.log_ratio_bound(best.throughput, critical)
                 if edge < 0:
-                    candidate.settled = False
                     candidate.decide(OUTCOME_ELIMINATED, f"dominated: throughput {candidate.throughput.mid:.4g}/s, "
                                      f"surely below {best.configuration.label}'s {best.throughput.mid:.4g}/s "
                                      f"(by {100 * -math.expm1(edge):.1f}% at least)", round_number)

@@ -61,30 +61,32 @@ def search_runs(where: Runs | str | Path) -> tuple[list[tuple[str, str, pd.DataF
 def search_summary(where: Runs | str | Path) -> pd.DataFrame:
     """One row per search: its counts, rounds, measuring time against the exhaustive estimate, and the
     answer with its $/M interval, its runner-up and the margin between them."""
-    rows = []
-    for instance, run, verdicts, record in search_runs(where)[0]:
-        counts = verdicts["outcome"].value_counts()
-        best = verdicts[verdicts["outcome"] == OUTCOME_BEST]
-        answer, cost = "none", [math.nan] * 3
-        if not best.empty:
-            row = best.iloc[0]
-            answer = _describe(row)
-            cost = [row["usd_per_million"], row["usd_per_million_low"], row["usd_per_million_high"]]
-        share = record.get("share_of_exhaustive")
-        rows.append({
-            "Instance": instance, "Run": run, "Configurations": len(verdicts),
-            "Measured": int((verdicts["trials"] > 0).sum()),
-            "Pruned": int(counts.get(OUTCOME_PRUNED, 0)), "Eliminated": int(counts.get(OUTCOME_ELIMINATED, 0)),
-            "Tied": int(counts.get(OUTCOME_TIED, 0)), "Unresolved": int(counts.get(OUTCOME_UNRESOLVED, 0)),
-            "Rounds": len(record.get("rounds", [])), "Measuring (s)": record.get("measured_s"),
-            "Exhaustive estimate (s)": record.get("exhaustive_estimate_s"),
-            "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
-            "Answer": answer, "$ per million": cost[0], "$ per million, low": cost[1], "$ per million, high": cost[2],
-            "Runner-up": record.get("runner_up") or "–",
-            "Margin (%)": round(record["margin_pct"], 1) if isinstance(record.get("margin_pct"), float) else None,
-            "Stopped because": record.get("reason", ""),
-        })
+    rows = [_summary_row(*found) for found in search_runs(where)[0]]
     return pd.DataFrame(rows, columns=SEARCH_SUMMARY_COLUMNS)
+
+
+def _summary_row(instance: str, run: str, verdicts: pd.DataFrame, record: dict[str, Any]) -> dict[str, Any]:
+    counts = verdicts["outcome"].value_counts()
+    best = verdicts[verdicts["outcome"] == OUTCOME_BEST]
+    answer, cost = "none", [math.nan] * 3
+    if not best.empty:
+        row = best.iloc[0]
+        answer = _describe(row)
+        cost = [row["usd_per_million"], row["usd_per_million_low"], row["usd_per_million_high"]]
+    share = record.get("share_of_exhaustive")
+    return {
+        "Instance": instance, "Run": run, "Configurations": len(verdicts),
+        "Measured": int((verdicts["trials"] > 0).sum()),
+        "Pruned": int(counts.get(OUTCOME_PRUNED, 0)), "Eliminated": int(counts.get(OUTCOME_ELIMINATED, 0)),
+        "Tied": int(counts.get(OUTCOME_TIED, 0)), "Unresolved": int(counts.get(OUTCOME_UNRESOLVED, 0)),
+        "Rounds": len(record.get("rounds", [])), "Measuring (s)": record.get("measured_s"),
+        "Exhaustive estimate (s)": record.get("exhaustive_estimate_s"),
+        "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
+        "Answer": answer, "$ per million": cost[0], "$ per million, low": cost[1], "$ per million, high": cost[2],
+        "Runner-up": record.get("runner_up") or "–",
+        "Margin (%)": round(record["margin_pct"], 1) if isinstance(record.get("margin_pct"), float) else None,
+        "Stopped because": record.get("reason", ""),
+    }
 
 
 def search_counts(where: Runs | str | Path) -> pd.DataFrame:
@@ -96,7 +98,10 @@ def search_counts(where: Runs | str | Path) -> pd.DataFrame:
 def search_lines(run_dir: str | Path) -> list[str]:
     """A run's search in a few lines: the answer with its $/M interval, the runner-up, the counts and what
     it cost against the exhaustive sweep, and why it stopped."""
-    row = search_summary(run_dir).iloc[0]
+    return _lines(search_summary(run_dir).iloc[0])
+
+
+def _lines(row: pd.Series | dict[str, Any]) -> list[str]:
     lines = []
     if row["Answer"] != "none":
         lines.append(f"answer: {row['Answer']}, ${row['$ per million']:.3g}/M [{row['$ per million, low']:.3g}, "
@@ -120,20 +125,15 @@ def search_note(where: Runs | str | Path) -> str:
     if not found and not problems:
         return "No compared run was a configuration search (a params file's `search:`); nothing to show here."
     lines = [*problems]
-    for instance, run, _, record in found:
-        folder = Path(where) if not isinstance(where, Runs) else None
+    for instance, run, verdicts, record in found:
         lines.append(f"{instance} {run}:")
-        lines.extend(f"  {line}" for line in search_lines(folder or _folder(where, instance, run)))
+        lines.extend(f"  {line}" for line in _lines(_summary_row(instance, run, verdicts, record)))
         notes = record.get("notes", [])
         lines.extend(f"  {note}" for note in notes)
         if not notes:
             lines.append("  its structure held wherever both sides of it were measured")
     return "\n".join(lines)
 
-
-def _folder(runs: Runs, instance: str, run: str) -> Path:
-    rows = runs.runs[(runs.runs["Instance"] == instance) & (runs.runs["Run"] == run)]
-    return Path(rows["Folder"].iloc[0])
 
 
 def eliminations(where: Runs | str | Path) -> pd.DataFrame:
