@@ -123,7 +123,9 @@ def test_an_open_loop_search_finds_the_configuration_carrying_the_most(tmp_path:
     best = verdicts[verdicts["outcome"] == OUTCOME_BEST].iloc[0]
     # Batch 4 holds 4 ms on 2 slots: 500 requests/s, 2000 inferences/s, against batch 1's 2.5 ms: 800 requests/s.
     assert best["batch_size"] == 4
-    assert 1400 <= best["throughput_per_s"] <= 2000 < best["throughput_high_per_s"] * 1.0001
+    # The bracket of the highest load within the budget: at most the truth, and its top near it (the sleeps'
+    # overshoot of about 0.1 ms per hold puts the real capacity a few % below 2000/s).
+    assert 1400 <= best["throughput_per_s"] <= 2000 and best["throughput_high_per_s"] >= 0.9 * 2000
     probes = read_records(tmp_path / "run")["offered_rate_per_s"].nunique()
     assert probes > 3  # each probe a point of its own, at its own rate
 
