@@ -79,6 +79,8 @@ def why_lacking(points: pd.DataFrame, percentile: str) -> str:
         requests = pd.to_numeric(measured["n_requests"], errors="coerce") if "n_requests" in measured else None
         reasons.append("too few requests" + (f" ({int(requests.min())} to {int(requests.max())})"
                                               if requests is not None and requests.notna().any() else ""))
+    if not len(measured):  # no request of ours to add: measure it
+        return f"{'; '.join(reasons)}: measure it with `min_requests` of {need} or more to bound a {name}"
     return f"{'; '.join(reasons)}: raise `min_requests` to {need} to bound a {name}"
 
 

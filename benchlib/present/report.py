@@ -55,16 +55,20 @@ from benchlib.present.search_tables import (
     search_note,
     search_summary,
 )
+from benchlib.present.answer_text import answer_markdown
+from benchlib.present.page import Page
 from benchlib.schema import closed_loop, has_open_loop
 
 __all__ = [
     "COMPARED",
     "GIB",
     "PROSE_COLUMNS",
+    "Page",
     "RUNTIME_NOT_RECORDED",
     "RUN_COLUMNS",
     "Runs",
     "STUDY_RUNTIME",
+    "answer_markdown",
     "batching_comparison",
     "best_runtimes",
     "best_threads",

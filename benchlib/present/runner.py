@@ -38,6 +38,7 @@ from benchlib.measure.runnable import check_runnable_here
 from benchlib.errors import InputError
 from benchlib.ownership import check_outputs_root, mark_made, record_report_files
 from benchlib.params import Params, load_params, params_to_dict
+from benchlib.present.page import drop_absent_sections
 from benchlib.results import ENV, SUMMARY, check_resumable, measured_everything, read_env, read_summary
 from benchlib.vocabulary import BENCHMARK_NOTEBOOK_FILE, FIGURES, KERNEL_LOG, REPORT_NOTEBOOK_FILE, REPORT_PAGE
 
@@ -218,6 +219,7 @@ def benchmark_into(params: Params, run_dir: Path, resume: bool = False, force: b
     error = ""
     try:
         execute(BENCHMARK_NOTEBOOK, run_dir / BENCHMARK_NOTEBOOK_FILE, parameters, cwd=run_dir, progress=progress)
+        keep_sections_with_data(run_dir / BENCHMARK_NOTEBOOK_FILE)
     except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
         error = _notebook_error(exc)
     if (run_dir / BENCHMARK_NOTEBOOK_FILE).exists():
@@ -278,6 +280,7 @@ def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:
             if _is_input_error(getattr(exc, "ename", "")):  # bad input found in the notebook: the same exit 2
                 raise InputError(f"{exc.evalue}\n(the report stopped there; its notebook is {notebook})") from None
             raise
+        keep_sections_with_data(notebook)
         return render_html(notebook, out_root / REPORT_PAGE, hide_code=True)
     finally:  # a failed report's files are benchlib's too: the next report may replace them
         record_report_files(out_root)
@@ -294,6 +297,16 @@ def _is_input_error(name: str) -> bool:
             return True
         classes += cls.__subclasses__()
     return False
+
+
+def keep_sections_with_data(notebook: Path) -> None:
+    """Drop from an executed notebook the cells of every section its runs held no data for
+    (benchlib.present.page: its closing list names them), so no heading stands without content."""
+    import nbformat
+
+    executed = nbformat.read(str(notebook), as_version=4)
+    if drop_absent_sections(executed):
+        nbformat.write(executed, str(notebook))
 
 
 def render_html(notebook: Path, output: Path, hide_code: bool = False) -> Path:

@@ -18,13 +18,11 @@ from benchlib.vocabulary import (
 
 
 def serving_note(summary: pd.DataFrame, latency_budget_ms: float, percentile: str = DEFAULT_PERCENTILE) -> str:
-    """One line on what the serving sections show: the open-loop points and the budget they are held to,
-    or that there are none (a closed-loop run), and how to measure them."""
+    """One line on what the serving sections show: the open-loop points and the budget they are held to;
+    empty without any (a closed-loop run: the page's closing list says how to measure them)."""
     points = open_loop_points(summary)
     if points.empty:
-        return ("No open-loop points: these runs offered closed-loop load only, so the serving sections show "
-                "nothing. To measure serving under traffic, set `arrival: poisson` and `rates_per_s` (or "
-                "`rate_search`) in the params file.")
+        return ""
     served = with_load_keys(points)
     configurations = served.drop_duplicates(
         [k for k in ["instance", "model", "precision", "runtime", "batch_size", "threads", "max_batch_size"]
