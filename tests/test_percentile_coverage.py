@@ -56,8 +56,8 @@ def test_recommend_on_the_published_runs_says_what_they_hold(published, capsys) 
     code, text = answer(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p99")
     assert code == 2
     assert "the runs hold no P99 latency (they hold P95: ask for that)" in text
-    assert ("resnet50: none of its points hold a P99 latency; the study published P95 only: raise `min_requests` "
-            "to 368 to bound a P99") in text
+    assert ("resnet50: none of its points hold a P99 latency; the study published P95 only: measure it with "
+            "`min_requests` of 368 or more to bound a P99") in text
     code, text = answer(capsys, "recommend", *runs, "--latency-budget-ms", "25", "--percentile", "p95")
     assert code == 0
     assert "bert-large-uncased-squad: none of its points hold a P95 latency; the study published no latency" in text
