@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures, window_energy
+from benchlib.derive.efficiency import (
+    ABOVE_MEASURED_PEAK,
+    Ceilings,
+    above_measured_peak,
+    add_efficiency,
+    point_measures,
+    window_energy,
+    with_peak_notes,
+)
 from benchlib.vocabulary import EFFICIENCY_COLUMNS, POINT_MEASURES, SAMPLE_COLUMNS
 
 
@@ -97,6 +105,27 @@ def test_what_was_not_measured_stays_empty() -> None:
     for column in ["achieved_flops_per_s", "pct_of_measured_peak", "pct_of_published_peak",
                    "memory_headroom_bytes", "joules_per_inference", "inferences_per_kwh"]:
         assert out[column].isna().all(), column
+
+
+def test_a_point_above_its_measured_peak_says_so_in_its_notes() -> None:
+    # 2 GFLOP x 100/s = 200 GFLOP/s against a 150 GFLOP/s peak: 133 %, past the ceiling. The other point,
+    # 800 GFLOP/s against 4 TFLOP/s, is 20 %.
+    out = add_efficiency(summary_rows(notes=["1 trial", ""]), measures(), Ceilings({"float32": 1.5e11, "tf32": 4e12}))
+    assert out["pct_of_measured_peak"].tolist() == pytest.approx([200 / 1.5, 20.0])
+    assert above_measured_peak(out).tolist() == [True, False]
+    flagged = with_peak_notes(out)
+    assert flagged["notes"].tolist() == [f"1 trial; {ABOVE_MEASURED_PEAK}", ""]
+    alone = with_peak_notes(out.assign(notes=["", ""]))["notes"].tolist()
+    assert alone == [ABOVE_MEASURED_PEAK, ""]
+    assert ABOVE_MEASURED_PEAK == "above the measured GEMM peak: the peak probe undershot, see env.json"
+
+
+@pytest.mark.parametrize("pct", [100.0, 99.9, np.nan])
+def test_at_or_below_the_peak_or_unknown_is_not_flagged(pct: float) -> None:
+    summary = pd.DataFrame({"pct_of_measured_peak": [pct], "notes": ["n"]})
+    assert not above_measured_peak(summary).any()
+    assert with_peak_notes(summary)["notes"].tolist() == ["n"]
+    assert not above_measured_peak(pd.DataFrame({"notes": ["a run from before efficiency"]})).any()
 
 
 def test_ceilings_come_from_env_json() -> None:

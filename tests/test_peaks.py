@@ -14,6 +14,7 @@ from benchlib.measure.device import intra_op_threads
 from benchlib.measure.peaks import (
     PEAK_DTYPES,
     PeaksError,
+    ceiling_threads,
     clear_peak_cache,
     load_published_peaks,
     measure_peak_flops,
@@ -94,21 +95,33 @@ def test_one_millisecond_per_product_is_two_n_cubed_thousand_flops():
     assert matmul.distinct_sizes() == [64, 128]
 
 
-def test_sizes_stop_growing_when_the_rate_plateaus():
-    rates = {8: 1e9, 16: 2e9, 32: 2.05e9, 64: 8e9}  # 32 is < 5 % better than 16: stop there
+def test_sizes_stop_growing_once_the_plateau_holds_for_two_sizes():
+    # 32 is < 5 % better than 16, but 64 is better again; 128 and 256 are both < 5 % above 64: stop.
+    rates = {8: 1e9, 16: 2e9, 32: 2.05e9, 64: 8e9, 128: 8.2e9, 256: 8.3e9, 512: 20e9}
     clock = FakeClock()
     matmul = FakeMatmul(clock, lambda n: 2 * n**3 / rates[n])
     result = measure_peak_flops(CPU, ["float32"], budget_s=1e6, clock=clock, matmul=matmul, sizes=tuple(rates))
-    assert matmul.distinct_sizes() == [8, 16, 32]
-    assert result["float32"] == pytest.approx(2.05e9, rel=1e-9)
+    assert matmul.distinct_sizes() == [8, 16, 32, 64, 128, 256]
+    assert result["float32"] == pytest.approx(8.3e9, rel=1e-9)
 
 
-def test_the_peak_is_the_best_size_even_when_the_last_is_slower():
-    rates = {8: 1e9, 16: 3e9, 32: 2e9, 64: 9e9}
+def test_one_flat_size_does_not_stop_the_sizes():
+    # The old rule stopped at 32 (a busy moment) and kept a peak four times too low.
+    rates = {8: 1e9, 16: 2e9, 32: 2.05e9, 64: 8e9}
     clock = FakeClock()
     matmul = FakeMatmul(clock, lambda n: 2 * n**3 / rates[n])
     result = measure_peak_flops(CPU, ["float32"], budget_s=1e6, clock=clock, matmul=matmul, sizes=tuple(rates))
-    assert matmul.distinct_sizes() == [8, 16, 32]
+    assert matmul.distinct_sizes() == [8, 16, 32, 64]
+    assert result["float32"] == pytest.approx(8e9, rel=1e-9)
+
+
+def test_the_peak_is_the_best_size_and_progress_is_against_the_best():
+    # 64 beats 32 by 25 % but not 16, the best: two sizes without progress, so 128 is not tried.
+    rates = {8: 1e9, 16: 3e9, 32: 2e9, 64: 2.5e9, 128: 9e9}
+    clock = FakeClock()
+    matmul = FakeMatmul(clock, lambda n: 2 * n**3 / rates[n])
+    result = measure_peak_flops(CPU, ["float32"], budget_s=1e6, clock=clock, matmul=matmul, sizes=tuple(rates))
+    assert matmul.distinct_sizes() == [8, 16, 32, 64]
     assert result["float32"] == pytest.approx(3e9, rel=1e-9)
 
 
@@ -199,6 +212,62 @@ def test_the_cache_is_per_thread_count_and_can_be_cleared():
     clear_peak_cache()
     measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,))
     assert len(matmul.sizes) == 3 * calls
+
+
+def test_fresh_measures_again_and_the_cache_keeps_the_higher():
+    clock = FakeClock(start=0.0)
+    per_product = {"s": TICK}  # the fake product's duration, changed between calls
+    matmul = FakeMatmul(clock, lambda n: per_product["s"])
+    fast = 2 * 8**3 / TICK
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,)) == {"float32": fast}
+    calls = len(matmul.sizes)
+    per_product["s"] = 2 * TICK  # a busier moment: half the rate
+    # fresh: timed again (not the cached figure), and the new figure is what it returns ...
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,), fresh=True) == {
+        "float32": fast / 2}
+    assert len(matmul.sizes) > calls
+    calls = len(matmul.sizes)
+    # ... while the cache keeps the higher figure for the next plain call, which times nothing.
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,)) == {"float32": fast}
+    assert len(matmul.sizes) == calls
+    per_product["s"] = TICK / 2
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,), fresh=True) == {
+        "float32": 2 * fast}
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,)) == {"float32": 2 * fast}
+
+
+# --- the thread counts a peak is measured at
+
+
+def test_the_peak_is_the_best_over_the_thread_counts_each_measured_at_its_count():
+    clock = FakeClock(start=0.0)
+    seen: list[int] = []
+
+    def seconds(n: int) -> float:
+        seen.append(torch.get_num_threads())
+        return TICK / torch.get_num_threads()  # twice the threads, twice the rate
+
+    matmul = FakeMatmul(clock, seconds)
+    before = torch.get_num_threads()
+    result = measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,), threads=(2, 1, 2))
+    assert result == {"float32": 2 * 8**3 * 2 / TICK}  # the faster count's figure, exact
+    assert sorted(set(seen)) == [1, 2] and seen[0] == 2  # each count once, in the order given
+    assert torch.get_num_threads() == before  # restored
+    calls = len(matmul.sizes)
+    # Cached per count: asking for one of them again times nothing, and gives that count's own figure.
+    assert measure_peak_flops(CPU, ["float32"], clock=clock, matmul=matmul, sizes=(8,), threads=(1,)) == {
+        "float32": 2 * 8**3 / TICK}
+    assert len(matmul.sizes) == calls
+
+
+def test_a_sweep_measures_at_the_points_threads_and_on_a_cpu_at_every_usable_core(monkeypatch):
+    monkeypatch.setattr(peaks, "usable_cpus", lambda: 8)
+    with intra_op_threads(2):
+        assert ceiling_threads(CPU) == (2, 8)
+        assert ceiling_threads(torch.device("cuda")) == (2,)  # a GPU's products do not run on the host's cores
+    monkeypatch.setattr(peaks, "usable_cpus", lambda: 2)
+    with intra_op_threads(2):
+        assert ceiling_threads(CPU) == (2,)
 
 
 # --- one real measurement on this CPU

@@ -7,7 +7,9 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK
 from benchlib.present import plots, report
+from benchlib.present.style import FLAG
 
 matplotlib.use("Agg")
 GIB = 2**30
@@ -46,6 +48,24 @@ def test_efficiency_table_shows_each_point_that_ran_in_readable_units() -> None:
     assert "24.0%" in html and "8.18" in html and "15.50" in html
     assert "Instance" not in table.columns  # one run: it goes without saying
     assert "Instance" in report.efficiency_table(pd.concat([summary(), summary(instance="g4dn")])).columns
+
+
+def test_a_share_above_the_measured_peak_is_flagged_not_a_plain_number() -> None:
+    above = summary()
+    above.loc[1, "pct_of_measured_peak"] = 100.8  # batch 8: past the ceiling
+    table = report.efficiency_table(above)
+    assert table["% of measured peak"].tolist() == [3.0, f"100.8% {FLAG}"]
+    assert table["Notes"].tolist() == ["", f"{FLAG} {ABOVE_MEASURED_PEAK}"]
+    html = report.styled(table).to_html()
+    assert f"100.8% {FLAG}" in html and "3.0%" in html and "20.0%" in html  # the others read as before
+    noted = report.efficiency_table(above.assign(telemetry_note="no energy: RAPL not readable"))
+    assert noted["Notes"].iloc[1] == f"{FLAG} {ABOVE_MEASURED_PEAK}; no energy: RAPL not readable"
+    fig = plots.efficiency_vs_batch(above)
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "X"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [8] and list(crosses[0].get_ydata()) == [100.8]
+    legend = " ".join(text.get_text() for text in fig.legends[0].get_texts()).replace("\n", " ")
+    assert f"{FLAG} {ABOVE_MEASURED_PEAK}" in legend
+    assert not [line for line in plots.efficiency_vs_batch(summary()).axes[0].get_lines() if line.get_marker() == "X"]
 
 
 def test_a_run_from_before_efficiency_shows_it_empty() -> None:

@@ -12,12 +12,15 @@ import pandas as pd
 import pytest
 
 import benchlib.measure.point as point_module
-import benchlib.measure.sweep as sweep_module
+import benchlib.measure.ceilings as ceilings_module
+from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK
 from benchlib.measure.flops import COUNTED, FROM_PARAMS
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.telemetry import ENERGY_NVML_COUNTER, Telemetry
 from benchlib.params import parse_params
-from benchlib.results import read_records, read_telemetry
+from benchlib.present import report
+from benchlib.present.style import FLAG
+from benchlib.results import read_env, read_records, read_summary, read_telemetry
 from tests.helpers import TINY_BERT, TINY_RESNET, tiny_params
 
 #: TINY_BERT by hand (see tests/test_flops.py): 2 layers of 4 projections, a feed-forward
@@ -38,6 +41,10 @@ def test_env_records_the_peak_the_published_table_and_each_models_flops(measured
     out, _ = measured
     env = json.loads((out / "env.json").read_text())
     assert set(env["peak_flops_per_s"]) == {"float32"} and env["peak_flops_per_s"]["float32"] > 1e9
+    # Measured at the start and again after the last point (really timed: figures differ), the higher kept.
+    start, end = env["peak_flops_start_per_s"]["float32"], env["peak_flops_end_per_s"]["float32"]
+    assert start != end and env["peak_flops_per_s"]["float32"] == max(start, end)
+    assert env["peak_flops_kept"] == {"float32": "end" if end > start else "start"}
     assert env["published_peak"]["flops_per_s"] == {} and "no published peak" in env["published_peak"]["note"]
     assert env["device_memory_bytes"] > 1e9
     assert env["telemetry"] == {"energy_method": None, "energy_note": env["telemetry"]["energy_note"],
@@ -143,12 +150,64 @@ def test_a_resumed_run_keeps_the_peak_it_measured(measured, tmp_path: Path, monk
     summary = measured[1]
     before = json.loads((out / "env.json").read_text())["peak_flops_per_s"]
 
-    def no_second_measurement(*args, **kwargs):
-        raise AssertionError("a resumed run measured its peak again")
+    def only_at_the_end(device, dtypes, threads=None, fresh=False):
+        if not fresh:
+            raise AssertionError("a resumed run measured its start peak again")
+        return {dtype: 1.0 for dtype in dtypes}  # far below: the figures it had stay the higher
 
-    monkeypatch.setattr(sweep_module, "measure_peak_flops", no_second_measurement)
+    monkeypatch.setattr(ceilings_module, "measure_peak_flops", only_at_the_end)
     params = parse_params(tiny_params(models=[TINY_BERT, TINY_RESNET], batch_sizes=[1, 4], duration_s=0.3,
                                       measure_peak_flops=True))
     resumed = run_sweep(params, out, progress=None, resume=True).summary
     assert json.loads((out / "env.json").read_text())["peak_flops_per_s"] == before
     assert resumed["pct_of_measured_peak"].tolist() == pytest.approx(summary["pct_of_measured_peak"].tolist())
+
+
+def injected_peaks(monkeypatch, start: float, end: float) -> list[bool]:
+    """The GEMM probe replaced: `start` FLOP/s before the first point, `end` after the last; returns
+    each call's `fresh`."""
+    calls: list[bool] = []
+
+    def probe(device, dtypes, threads=None, fresh=False):
+        calls.append(fresh)
+        return {dtype: end if fresh else start for dtype in dtypes}
+
+    monkeypatch.setattr(ceilings_module, "measure_peak_flops", probe)
+    return calls
+
+
+def test_a_point_above_the_measured_peak_is_flagged_in_its_notes_and_the_report(tmp_path: Path, monkeypatch) -> None:
+    # An injected peak far below what the tiny model reaches: every point is above it, even after the
+    # end-of-run measurement (twice the start, and the one kept).
+    calls = injected_peaks(monkeypatch, start=1e3, end=2e3)
+    out = tmp_path / "run"
+    params = parse_params(tiny_params(batch_sizes=[1, 2], telemetry=False, measure_peak_flops=True))
+    summary = run_sweep(params, out, progress=None).summary
+    assert calls == [False, True]
+    env = read_env(out)
+    assert (env["peak_flops_start_per_s"], env["peak_flops_end_per_s"]) == ({"float32": 1e3}, {"float32": 2e3})
+    assert env["peak_flops_per_s"] == {"float32": 2e3} and env["peak_flops_kept"] == {"float32": "end"}
+    assert summary["pct_of_measured_peak"].tolist() == pytest.approx((100 * summary["achieved_flops_per_s"] / 2e3)
+                                                                      .tolist())
+    assert (summary["pct_of_measured_peak"] > 100).all()
+    for notes in (summary["notes"], read_summary(out)["notes"]):
+        assert notes.str.contains(ABOVE_MEASURED_PEAK, regex=False).all()
+    table = report.efficiency_table(summary)
+    assert table["% of measured peak"].str.endswith(f"% {FLAG}").all()  # not a plain number
+    assert table["Notes"].str.startswith(f"{FLAG} {ABOVE_MEASURED_PEAK}").all()
+    html = report.styled(table).to_html()
+    assert f"{summary['pct_of_measured_peak'].iloc[0]:.1f}% {FLAG}" in html
+
+
+def test_a_higher_end_of_run_peak_judges_the_points_again(tmp_path: Path, monkeypatch) -> None:
+    # The start figure is too low (every point above it as it runs); the end one is a real ceiling.
+    injected_peaks(monkeypatch, start=1e3, end=1e15)
+    out = tmp_path / "run"
+    params = parse_params(tiny_params(batch_sizes=[1], telemetry=False, measure_peak_flops=True))
+    summary = run_sweep(params, out, progress=None).summary
+    assert read_env(out)["peak_flops_kept"] == {"float32": "end"}
+    on_disk = read_summary(out)
+    for table in (summary, on_disk):
+        assert table["pct_of_measured_peak"].tolist() == pytest.approx(
+            (100 * table["achieved_flops_per_s"] / 1e15).tolist())
+        assert not table["notes"].fillna("").str.contains(ABOVE_MEASURED_PEAK, regex=False).any()

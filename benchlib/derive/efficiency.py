@@ -11,6 +11,10 @@ and the device's ceilings (env.json)::
     joules_per_inference  = energy of the measured windows / inferences completed in them
     inferences_per_kwh    = 3.6e6 J / joules_per_inference
 
+The measured peak is a ceiling (benchlib.measure.ceilings keeps the higher of two probes), so a
+point above 100 % of it says the probe undershot, not that the point beat the device: such a point
+says so in its notes (:func:`with_peak_notes`), and the report marks its figure.
+
 The energy of a window comes from telemetry samples (:func:`window_energy`): the
 difference of a cumulative energy counter interpolated at the window's ends, or, with
 no counter, sampled power integrated over the window (trapezoids). What was not
@@ -30,6 +34,9 @@ from benchlib.schema import with_trials
 from benchlib.vocabulary import EFFICIENCY_COLUMNS, POINT_MEASURES, TEXT_MEASURES
 
 JOULES_PER_KWH = 3.6e6
+
+#: The note of a point above 100 % of its measured peak: no point can pass a ceiling, so the probe measured too low.
+ABOVE_MEASURED_PEAK = "above the measured GEMM peak: the peak probe undershot, see env.json"
 
 
 @dataclass(frozen=True)
@@ -128,3 +135,20 @@ def add_efficiency(summary: pd.DataFrame, measures: pd.DataFrame, ceilings: Ceil
     out["joules_per_inference"] = pd.to_numeric(out["energy_j"], errors="coerce") / inferences
     out["inferences_per_kwh"] = JOULES_PER_KWH / out["joules_per_inference"]
     return out[[*summary.columns, *EFFICIENCY_COLUMNS]]
+
+
+def above_measured_peak(summary: pd.DataFrame) -> pd.Series:
+    """Whether each point reached more than 100 % of its measured peak (False where unknown)."""
+    if "pct_of_measured_peak" not in summary.columns:  # a run from before efficiency
+        return pd.Series(False, index=summary.index)
+    return pd.to_numeric(summary["pct_of_measured_peak"], errors="coerce") > 100
+
+
+def with_peak_notes(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summary` with :data:`ABOVE_MEASURED_PEAK` added to the `notes` of each point above its measured peak."""
+    above = above_measured_peak(summary)
+    if not above.any():
+        return summary
+    notes = summary["notes"].astype(object).fillna("").astype(str)
+    flagged = notes.map(lambda note: "; ".join(filter(None, [note, ABOVE_MEASURED_PEAK])))
+    return summary.assign(notes=notes.where(~above, flagged))

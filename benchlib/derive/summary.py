@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from benchlib.derive.cost import add_cost
-from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures
+from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures, with_peak_notes
 from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import (
     ACCURACY_IN_SUMMARY,
@@ -22,9 +22,10 @@ from benchlib.vocabulary import (
 
 def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None,
                   ceilings: Ceilings | None = None) -> pd.DataFrame:
-    """One row per grid point, in the order the points ran; efficiency judged against `ceilings`."""
+    """One row per grid point, in the order the points ran; efficiency judged against `ceilings`
+    (a point above its measured peak says so in its notes)."""
     summary = add_cost(with_accuracy(summarize(records), accuracy), usd_per_hour)
-    return add_efficiency(summary, point_measures(records), ceilings or Ceilings())
+    return with_peak_notes(add_efficiency(summary, point_measures(records), ceilings or Ceilings()))
 
 
 def with_accuracy(summary: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:

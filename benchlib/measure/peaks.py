@@ -2,14 +2,21 @@
 
 Measured peak: the FLOP/s of a square ``n x n`` matrix product on the device, which
 is what dense layers come closest to. A multiply-add counts 2 FLOPs, so one product
-is ``2 * n**3`` FLOPs. Sizes grow (CPU 256 ... 4096, CUDA 1024 ... 16384) until the
-rate improves by less than 5 % on the previous size, or the budget would be overrun;
-at each size one warm-up product, then the best of a few reps, each rep enough
-products to last about 20 ms. The peak is the best rate of any size. ``tf32`` is
+is ``2 * n**3`` FLOPs. Sizes grow (CPU 256 ... 4096, CUDA 1024 ... 16384) until two
+sizes in a row have not beaten the best rate by 5 % (a plateau that holds, not one
+flat reading on a busy machine), or the budget would be overrun; at each size one
+warm-up product, then the best of a few reps, each rep enough products to last about
+20 ms. The peak is the best rate of any size, and of any intra-op thread count tried:
+by default the count in force; a sweep also tries all usable cores on a CPU
+(:func:`ceiling_threads`), since its client threads together can use them. ``tf32`` is
 float32 operands under ``matmul_precision("high")``, ``float32`` the same under
 ``"highest"``. ``int8`` is never measured (``torch._int_mm`` needs CUDA and has
-shape rules of its own): it is skipped, and has only a published figure. Results
-are cached per process by (device, dtype, intra-op threads).
+shape rules of its own): it is skipped, and has only a published figure.
+
+Results are cached per process by (device, dtype, intra-op threads), so a second run
+in one process does not time the same GEMMs again; ``fresh=True`` times them anyway
+(a sweep's end-of-run measurement, benchlib.measure.ceilings), and the cache keeps the
+higher figure.
 
 Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, from the
 table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's device name.
@@ -29,6 +36,7 @@ import torch
 import yaml
 
 from benchlib.errors import InputError
+from benchlib.measure.device import intra_op_threads, usable_cpus
 from benchlib.measure.precision import matmul_precision
 
 PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16", "int8")
@@ -40,8 +48,11 @@ DEFAULT_PEAKS = Path(str(resources.files("benchlib") / "data" / "gpu_peaks.yaml"
 CPU_SIZES = (256, 512, 1024, 2048, 4096)
 CUDA_SIZES = (1024, 2048, 4096, 8192, 16384)
 
-#: A size must beat the previous one by this factor, or the sizes stop growing.
+#: A size must beat the best rate so far by this factor to count as progress ...
 _PLATEAU = 1.05
+#: ... and after this many sizes in a row without progress the sizes stop growing: one flat size
+#: can be a busy moment on a shared machine, and stopping there leaves the ceiling too low.
+_PLATEAU_SIZES = 2
 #: Reps per size (the best counts) and the least a rep should last: long against the
 #: clock's resolution and a CUDA synchronize, short against the budget.
 _REPS = 5
@@ -78,27 +89,48 @@ def clear_peak_cache() -> None:
 
 def measure_peak_flops(device: torch.device | str, dtypes: Iterable[str], budget_s: float = 3.0,
                        clock: Callable[[], float] = time.perf_counter, *, matmul: Matmul | None = None,
-                       sizes: Sequence[int] | None = None) -> dict[str, float]:
-    """FLOP/s of a square GEMM on `device` for each of `dtypes`, within `budget_s` seconds per dtype.
+                       sizes: Sequence[int] | None = None, threads: Iterable[int] | None = None,
+                       fresh: bool = False) -> dict[str, float]:
+    """FLOP/s of a square GEMM on `device` for each of `dtypes`: the best over the intra-op thread
+    counts `threads` (default: the count in force), within `budget_s` seconds per dtype and count.
 
     ``int8``, and ``bfloat16`` on a GPU without native support, are left out of the result.
-    A dtype measured before in this process, on this device at this intra-op thread
-    count, is not timed again. `matmul` (default ``torch.matmul``) and `clock` are for tests.
+    A dtype measured before in this process, on this device at this thread count, is not timed
+    again unless `fresh`: then the result is the new figure, and the cache keeps the higher.
+    `matmul` (default ``torch.matmul``) and `clock` are for tests.
     """
     device = torch.device(device)
+    counts = tuple(dict.fromkeys(threads)) if threads is not None else (torch.get_num_threads(),)
     results = {}
     for dtype in dtypes:
         if dtype not in PEAK_DTYPES:
             raise ValueError(f"no peak dtype {dtype!r}; expected one of {', '.join(PEAK_DTYPES)}")
         if dtype == "int8" or not _supported(device, dtype):
             continue
-        # Intra-op threads set a CPU's peak: a sweep that changes them measures again.
-        key = (_device_key(device), dtype, torch.get_num_threads())
-        if key not in _cache:
-            _cache[key] = _measure(device, dtype, budget_s, clock, matmul or torch.matmul,
-                                   tuple(sizes) if sizes else CUDA_SIZES if device.type == "cuda" else CPU_SIZES)
-        results[dtype] = _cache[key]
+        rates = []
+        for count in counts:
+            # Intra-op threads set a CPU's peak: each count is its own measurement.
+            key = (_device_key(device), dtype, count)
+            if fresh or key not in _cache:
+                with intra_op_threads(count):
+                    rate = _measure(device, dtype, budget_s, clock, matmul or torch.matmul,
+                                    tuple(sizes) if sizes else CUDA_SIZES if device.type == "cuda" else CPU_SIZES)
+                _cache[key] = max(rate, _cache.get(key, 0.0))
+            else:
+                rate = _cache[key]
+            rates.append(rate)
+        results[dtype] = max(rates)
     return results
+
+
+def ceiling_threads(device: torch.device) -> tuple[int, ...]:
+    """The intra-op thread counts a sweep's peak is measured at: the count its points run with and,
+    on a CPU, every usable core, since client threads running side by side can use more cores
+    together than one product at the points' count does."""
+    counts = [torch.get_num_threads()]
+    if device.type == "cpu":
+        counts.append(usable_cpus())
+    return tuple(dict.fromkeys(counts))
 
 
 def _supported(device: torch.device, dtype: str) -> bool:
@@ -124,13 +156,14 @@ def _measure(device: torch.device, dtype: str, budget_s: float, clock: Callable[
             torch.cuda.synchronize(device)  # device-wide: nothing else runs while we measure
 
     best = 0.0
-    previous: tuple[int, float, float] | None = None  # size, rate, seconds per product
+    flat = 0  # sizes in a row that did not beat the best by _PLATEAU
+    previous: tuple[int, float] | None = None  # size, seconds per product
     with matmul_precision(precision):
         deadline = clock() + budget_s
         for n in sizes:
             if previous is not None:
                 # A product costs n**3: predict this size from the last one and stop rather than overrun.
-                last_n, _, last_s = previous
+                last_n, last_s = previous
                 one = last_s * (n / last_n) ** 3
                 if clock() + one + _REPS * max(one, _MIN_REP_S) > deadline:
                     break
@@ -138,10 +171,11 @@ def _measure(device: torch.device, dtype: str, budget_s: float, clock: Callable[
             b = torch.randn(n, n, device=device, dtype=torch_dtype)
             rate = _rate(a, b, matmul, clock, sync, deadline)
             del a, b
+            flat = flat + 1 if rate < best * _PLATEAU else 0
             best = max(best, rate)
-            if previous is not None and rate < previous[1] * _PLATEAU:
+            if flat >= _PLATEAU_SIZES:
                 break
-            previous = (n, rate, 2 * n**3 / rate)
+            previous = (n, 2 * n**3 / rate)
             if clock() >= deadline:
                 break
     return best

@@ -84,6 +84,8 @@ def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE
     cost = f", ${row['usd_per_million']:.2f}/M" if pd.notna(row["usd_per_million"]) else ""
     peak = row.get("pct_of_measured_peak")
     efficiency = f", {peak:.1f}% of peak" if peak is not None and pd.notna(peak) else ""
+    if peak is not None and peak > 100:  # past a ceiling: the start probe undershot (the end one may not)
+        efficiency += " (above the measured peak)"
     achieved = row.get("achieved_rate_per_s")
     served = f", achieved {achieved:.1f} req/s" if achieved is not None and pd.notna(achieved) else ""
     return (f"{point}: {row['throughput_per_s']:.1f} inf/s{served}, {latency}{cost}{efficiency} "

@@ -14,8 +14,10 @@ Besides its requests, each point that ran records its measures (POINT_MEASURES):
 model's FLOPs per inference (counted when the model is loaded, before any timing), the
 dtype whose peak it is judged against, its peak memory, and the energy of its window
 from the telemetry sampled while it ran (kept in telemetry.parquet). The device's
-ceilings (its GEMM peak, measured once at the start, its datasheet peak and memory) go
-to env.json; efficiency is derived from both (benchlib.derive.efficiency).
+ceilings (its GEMM peak, measured at the start and again after the last point, the higher
+kept; its datasheet peak and memory: benchlib.measure.ceilings) go to env.json; efficiency
+is derived from both (benchlib.derive.efficiency), the summary again with the end figure
+where it is the higher.
 
 With `search:` in the params, the grid's configurations are not all measured at full length:
 benchlib.measure.grid_search decides which trials to measure, round by round, and each is measured
@@ -42,7 +44,8 @@ from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
-from benchlib.measure.device import check_client_threads, device_name, intra_op_threads, resolve_device
+from benchlib.measure.ceilings import end_ceilings, start_ceilings
+from benchlib.measure.device import check_client_threads, intra_op_threads, resolve_device
 from benchlib.measure.environment import RunEnv, collect_env, fingerprint
 from benchlib.measure.grid import GridPoint, grid, record_keys
 from benchlib.measure.grid_search import search_grid, search_record, search_table
@@ -50,8 +53,6 @@ from benchlib.measure.loads import Window
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
 from benchlib.measure.runnable import check_runnable_here
-from benchlib.measure.memory import device_memory_bytes
-from benchlib.measure.peaks import measure_peak_flops, peak_dtype, published_peak
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.rate_search import SearchResult, search_rate
@@ -142,9 +143,13 @@ def run_sweep(
                         "lowest_missed_per_s": found.high_per_s, "probes": len(found.probes),
                         "reason": found.reason})
         summary = sweep.summary
-        shared.release()
-        if summary is None:  # no point at all (an empty grid cannot be): an empty summary
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
+        shared.release()  # the models' memory back before the GEMMs
+        env.update(**end_ceilings(device, params, precisions, env.fields))
+        final = Ceilings.from_env(env.fields)
+        # The points were judged against the start figure as they ran: again where the end one is higher.
+        # No point at all (an empty grid cannot be): an empty summary.
+        if summary is None or final != ceilings:
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final)
         writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
@@ -290,33 +295,7 @@ def _new_env(device: torch.device, params: Params, params_dict: dict[str, Any], 
         earlier.append(previous.get("code"))
     if earlier:
         env["resumed_across_code"] = earlier
-    env.update(_device_ceilings(device, params, precisions, writer.previous_env))
-    return env
-
-
-def _device_ceilings(device: torch.device, params: Params, precisions: list[Precision],
-                     previous_env: dict[str, Any]) -> dict[str, Any]:
-    """env.json's record of what the device can do: its measured GEMM peak per compute dtype the
-    grid uses, its published peak, and its memory. A resumed run keeps the peaks it measured, so
-    every point of one run is judged against the same ceiling."""
-    dtypes = sorted({peak_dtype(p.dtype, device.type, params.matmul_precision) for p in precisions})
-    env: dict[str, Any] = {"device_memory_bytes": device_memory_bytes(device)}
-    measured = dict(previous_env.get("peak_flops_per_s") or {})
-    if not params.measure_peak_flops:
-        env.update(peak_flops_per_s={}, peak_flops_note="not measured (measure_peak_flops: false)")
-    elif all(dtype in measured for dtype in dtypes):
-        env.update(peak_flops_per_s=measured, peak_flops_note=previous_env.get("peak_flops_note", ""))
-    else:
-        env.update(peak_flops_per_s=measure_peak_flops(device, dtypes),
-                   peak_flops_note="square GEMM, best of a few reps, at the start of the run")
-    name = device_name(device)
-    published = published_peak(name)
-    if published is None:
-        env["published_peak"] = {"flops_per_s": {}, "note": f"no published peak for {name!r} in benchlib's "
-                                 "table (benchlib/data/gpu_peaks.yaml); add a row to compare against its datasheet"}
-    else:
-        env["published_peak"] = {"device": published.device, "flops_per_s": dict(published.flops_per_s),
-                                 "source": published.source, "date": published.date}
+    env.update(start_ceilings(device, params, precisions, writer.previous_env))
     return env
 
 

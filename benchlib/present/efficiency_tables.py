@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK, above_measured_peak
 from benchlib.schema import with_runtime
-from benchlib.present.style import GIB
+from benchlib.present.style import FLAG, GIB, column_format
 from benchlib.present.tables import runtime_order, several_runtimes
 from benchlib.vocabulary import (
     EFFICIENCY_COLUMNS,
@@ -51,10 +52,12 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per point that ran: its FLOPs, the FLOP/s it reached and what share of the device's peak
     (measured today, and the datasheet's), the memory it held and left, and its energy per inference.
 
-    Runs from before these figures were recorded show them empty.
+    A share above 100 % of the measured peak is not a share (the probe undershot): it shows with
+    FLAG, and its note says why. Runs from before these figures were recorded show them empty.
     """
     ok = summary[summary["status"] == STATUS_OK]
     ok = ok.assign(**{c: float("nan") for c in EFFICIENCY_COLUMNS if c not in ok.columns})
+    measured, notes = _flag_above_peak(ok)
     table = pd.DataFrame({"Instance": ok["instance"], "Model": ok["model"], "Precision": ok["precision"]})
     if summary["instance"].nunique() < 2:  # one run's table: its instance goes without saying
         table = table.drop(columns="Instance")
@@ -67,10 +70,24 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
         "FLOPs per inference (GFLOP)": ok["flops_per_inference"] / 1e9,
         "Achieved (GFLOP/s)": ok["achieved_flops_per_s"] / 1e9,
         "Peak of": ok["peak_dtype"],
-        "% of measured peak": ok["pct_of_measured_peak"],
+        "% of measured peak": measured,
         "% of published peak": ok["pct_of_published_peak"],
         "Peak memory (GiB)": ok["peak_memory_bytes"] / GIB,
         "Headroom (GiB)": ok["memory_headroom_bytes"] / GIB,
         "Energy per inference (J)": ok["joules_per_inference"],
-        "Notes": ok["telemetry_note"].astype(object).fillna("").astype(str),
+        "Notes": notes,
     }).reset_index(drop=True)
+
+
+def _flag_above_peak(points: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The % of measured peak column and the notes of `points`: a share above 100 % as text with FLAG,
+    its note saying why first."""
+    shares = points["pct_of_measured_peak"]
+    notes = points["telemetry_note"].astype(object).fillna("").astype(str)
+    above = above_measured_peak(points)
+    if not above.any():
+        return shares, notes
+    figure = column_format("% of measured peak") or "{}"
+    flagged = shares.map(lambda share: f"{figure.format(share)} {FLAG}")
+    why = notes.map(lambda note: "; ".join(filter(None, [f"{FLAG} {ABOVE_MEASURED_PEAK}", note])))
+    return shares.astype(object).where(~above, flagged), notes.where(~above, why)

@@ -17,8 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, ScalarFormatter
 
 from benchlib.derive.coverage import with_percentile
+from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK, above_measured_peak
 from benchlib.derive.frontier import frontier
 from benchlib.ownership import check_figure
+from benchlib.present.style import FLAG
 from benchlib.schema import closed_loop, open_loop_points, is_open_loop, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
@@ -192,12 +194,17 @@ def cost_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) ->
 
 
 def efficiency_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
-    """% of the device's peak FLOP/s against batch size: measured peak solid, published peak dashed."""
+    """% of the device's peak FLOP/s against batch size: measured peak solid, published peak dashed.
+
+    A point above 100 % of the measured peak (the probe undershot) is marked with a red cross
+    and a legend entry that says so, not drawn as a plain share.
+    """
+    summary = _with_columns(summary, ["pct_of_measured_peak", "pct_of_published_peak"])
     return _metric_vs_batch(
-        _with_columns(summary, ["pct_of_measured_peak", "pct_of_published_peak"]), "pct_of_measured_peak",
+        summary.assign(above_peak=above_measured_peak(summary)), "pct_of_measured_peak",
         "% of peak FLOP/s", "Share of the device's peak reached vs batch size (solid: measured GEMM peak; "
         "dashed: datasheet peak)", "no FLOPs or no measured peak:\nsee the notes", curves,
-        dashed="pct_of_published_peak")
+        dashed="pct_of_published_peak", flagged=("above_peak", f"{FLAG} {ABOVE_MEASURED_PEAK}"))
 
 
 def energy_vs_batch(summary: pd.DataFrame, curves: Sequence[str] | None = None) -> Figure:
@@ -219,8 +226,12 @@ def _wrap(text: str, width: int = 40) -> str:
 
 
 def _metric_vs_batch(summary: pd.DataFrame, column: str, ylabel: str, title: str, empty: str,
-                     curves: Sequence[str] | None, dashed: str | None = None) -> Figure:
-    """One figure, a panel per model: `column` against batch size, one line per curve (`dashed` beside it)."""
+                     curves: Sequence[str] | None, dashed: str | None = None,
+                     flagged: tuple[str, str] | None = None) -> Figure:
+    """One figure, a panel per model: `column` against batch size, one line per curve (`dashed` beside it).
+
+    `flagged`: a boolean column and what it means; its points get a red cross and that legend entry.
+    """
     data, _, palette = _curves(summary, curves)
     fig, axes, models = _panels(summary)
     for ax, model in zip(axes[0], models):
@@ -230,6 +241,10 @@ def _metric_vs_batch(summary: pd.DataFrame, column: str, ylabel: str, title: str
             if dashed is not None and points[dashed].notna().any():
                 ax.plot(points["batch_size"], points[dashed], marker="o", markerfacecolor="none", linestyle="--",
                         color=palette[curve])
+        if flagged is not None and subset[flagged[0]].any():
+            marked = subset[subset[flagged[0]].astype(bool)]
+            ax.plot(marked["batch_size"], marked[column], linestyle="none", marker="X", markersize=10,
+                    color="tab:red", label=_wrap(flagged[1]))
         ax.set_title(model)
         ax.set_ylabel(ylabel)
         _batch_axis(ax, summary["batch_size"])

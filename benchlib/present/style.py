@@ -1,6 +1,7 @@
 """How the report's tables read: units in headers, numbers rounded, sentences given room."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -10,9 +11,31 @@ from pandas.io.formats.style import Styler
 
 GIB = 2**30
 
+#: Marks a figure that is not what it seems (e.g. above a ceiling); the row's note says why.
+FLAG = "⚠"
+
 
 #: Columns of sentences: tables give them room to read as lines.
 PROSE_COLUMNS = ("Notes", "No knee because", "Interval note", "Nothing qualifies because")
+
+
+#: How a column's numbers read, by a word of its header (the first that matches, ignoring case).
+FORMATS = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
+           "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
+           "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "(requests/s)": "{:,.1f}",
+           "(requests per batch)": "{:.2f}", "requests": "{:.0f}", "trials": "{:.0f}", "workers": "{:.0f}",
+           "(s)": "{:,.2f}",
+           "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
+           "(j)": "{:.3g}"}
+
+
+def column_format(column: Any, formats: dict[str, str] | None = None) -> str | None:
+    """The format of `column`'s numbers, by FORMATS with `formats` added or overriding; None: shown as they are."""
+    text = " ".join(map(str, column)) if isinstance(column, tuple) else str(column)
+    for key, fmt in {**FORMATS, **(formats or {})}.items():
+        if key.lower() in text.lower():
+            return fmt
+    return None
 
 
 def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
@@ -20,23 +43,7 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
 
     A table with a plain 0..n-1 index shows no index column.
     """
-    default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
-               "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
-               "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "(requests/s)": "{:,.1f}",
-               "(requests per batch)": "{:.2f}", "requests": "{:.0f}", "trials": "{:.0f}", "workers": "{:.0f}",
-               "(s)": "{:,.2f}",
-               "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
-               "(j)": "{:.3g}"}
-    default.update(formats or {})
-
-    def pick(column: Any) -> str | None:
-        text = " ".join(map(str, column)) if isinstance(column, tuple) else str(column)
-        for key, fmt in default.items():
-            if key.lower() in text.lower():
-                return fmt
-        return None
-
-    formatter = {c: fmt for c in table.columns if (fmt := pick(c))}
+    formatter = {c: _numbers_only(fmt) for c in table.columns if (fmt := column_format(c, formats))}
     style = table.style.format(formatter, na_rep="–")
     prose = [c for c in table.columns if c in PROSE_COLUMNS]
     if prose:  # wide enough to read, not a narrow tower of words
@@ -44,3 +51,8 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
     if isinstance(table.index, pd.RangeIndex):
         style = style.hide(axis="index")
     return style
+
+
+def _numbers_only(fmt: str) -> Callable[[Any], str]:
+    """`fmt` for a number; a cell that is text already (a figure with its FLAG) shows as it is."""
+    return lambda value: value if isinstance(value, str) else fmt.format(value)
