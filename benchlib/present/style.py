@@ -12,7 +12,7 @@ GIB = 2**30
 
 
 #: Columns of sentences: tables give them room to read as lines.
-PROSE_COLUMNS = ("Notes", "No knee because", "Interval note", "Nothing qualifies because")
+PROSE_COLUMNS = ("Notes", "No knee because", "To resolve", "Interval note", "Nothing qualifies because")
 
 
 def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
