@@ -1,25 +1,37 @@
-"""How the report's tables read: units in headers, numbers rounded, sentences given room."""
+"""How the report's tables read: units in headers, numbers rounded, sentences given room, a note every row
+shares said once above the table."""
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-
+from benchlib.present.shared_notes import NOTE_COLUMNS, caption_lines, shared_notes
 
 GIB = 2**30
 
 
 #: Columns of sentences: tables give them room to read as lines.
-PROSE_COLUMNS = ("Notes", "No knee because", "To resolve", "Interval note", "Nothing qualifies because")
+PROSE_COLUMNS = (*NOTE_COLUMNS, "No knee because", "To resolve", "Nothing qualifies because")
+
+#: The caption that carries the notes every row shares: a plain line above the table, read as
+#: text (left, wrapped, regular weight), not a centred title.
+CAPTION_STYLE = [("caption-side", "top"), ("text-align", "left"), ("font-weight", "normal"),
+                 ("white-space", "normal"), ("padding", "0 0 0.5em 0")]
 
 
-def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
+def styled(table: pd.DataFrame, formats: dict[str, str] | None = None, shared_notes_above: bool = True) -> Styler:
     """Round each column by its unit for reading; missing values show as an en dash.
 
-    A table with a plain 0..n-1 index shows no index column.
+    A table with a plain 0..n-1 index shows no index column. A note part every row shares
+    (benchlib.present.shared_notes) is said once, in a caption above the table, and left out
+    of the rows, unless `shared_notes_above` is False.
     """
+    shared: dict[str, list[str]] = {}
+    if shared_notes_above:
+        table, shared = shared_notes(table)
     default = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:,.2f}", "(x)": "{:.2f}x",
                "threads": "{:.0f}", "($/h)": "${:.3f}", "agreement": "{:.1%}", "R²": "{:.3f}",
                "knee (batch size)": "{:.1f}", "batch size": "{:.0f}", "(requests/s)": "{:,.1f}",
@@ -43,4 +55,7 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
         style = style.set_properties(subset=prose, **{"min-width": "24em", "text-align": "left"})
     if isinstance(table.index, pd.RangeIndex):
         style = style.hide(axis="index")
+    if shared:
+        style = style.set_caption("<br>".join(html.escape(line) for line in caption_lines(shared)))
+        style = style.set_table_styles([{"selector": "caption", "props": CAPTION_STYLE}], overwrite=False)
     return style
