@@ -241,7 +241,7 @@ def test_knees_csv_columns_and_the_people_table() -> None:
     assert table.columns.tolist()[6:14] == [
         "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high", "recommended_batch_size", "asymptote_per_s",
         "asymptote_ci_low_per_s", "asymptote_ci_high_per_s", "corner_batch"]
-    assert table.columns.tolist()[-3:] == ["refits_with_knee", "reason", "interval_note"]
+    assert table.columns.tolist()[-4:] == ["refits_with_knee", "reason", "to_resolve", "interval_note"]
     pd.testing.assert_frame_equal(knees(summary), table)  # the same summary, the same intervals
     # each curve's draws are its own: the other curve, or the rows' order, changes nothing
     interval = ["knee_batch_ci_low", "knee_batch_ci_high", "asymptote_ci_low_per_s", "asymptote_ci_high_per_s",

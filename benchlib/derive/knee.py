@@ -26,7 +26,9 @@ There is no knee, and the result says why, when there are fewer than three batch
 sizes, when throughput does not increase with batch size, when the fit fails or
 explains less than half of the variation (R² < 0.5: noise, not a curve), when the
 curve is already flat at the smallest batch (``b_knee`` below it), or when it is
-still rising (``b_knee`` beyond the largest batch measured).
+still rising (``b_knee`` beyond the largest batch measured). Every curve without a
+knee also says what would resolve it (``to_resolve``: which batch sizes, or more requests
+or trials per point, chosen from why; see `benchlib.derive.knee_advice`).
 
 **The interval** (`knee_with_interval`, used by `knees`) is a parametric
 bootstrap. Each point's throughput ``T_i`` has a standard error
@@ -54,8 +56,19 @@ from scipy.optimize import least_squares
 from scipy.special import expit
 
 from benchlib.schema import closed_loop
+from benchlib.derive.knee_advice import (
+    ALREADY_FLAT,
+    FIT_FAILED,
+    NO_SHAPE,
+    NOT_INCREASING,
+    NOT_RESOLVED,
+    STILL_RISING,
+    TOO_FEW_POINTS,
+    kind_of,
+    to_resolve,
+)
 from benchlib.derive.stats import Z95
-from benchlib.vocabulary import CURVE_KEYS, STATUS_OK
+from benchlib.vocabulary import CURVE_KEYS, STATUS_OK, STATUS_OOM, STATUS_SKIPPED
 
 DEFAULT_FRACTION = 0.9
 #: Below this the "curve" is mostly noise around a flat line.
@@ -96,12 +109,15 @@ class Knee:
     #: The share of the refits that found a knee, and what the interval assumed or could not do.
     refits_with_knee: float = math.nan
     interval_note: str = ""
+    #: What would resolve a knee that is not resolved (benchlib.derive.knee_advice); "" for a knee.
+    to_resolve: str = ""
 
     def __bool__(self) -> bool:
         return self.batch_size is not None
 
     def as_row(self) -> dict[str, Any]:
-        """knees.csv's row: the knee and its interval first, the reason and interval note last."""
+        """knees.csv's row: the knee and its interval first; the reason, what would resolve it and the
+        interval note last."""
         row = asdict(self)
         first = {"knee_batch": row.pop("batch_size"), "knee_batch_ci_low": row.pop("knee_batch_ci_low"),
                  "knee_batch_ci_high": row.pop("knee_batch_ci_high"),
@@ -109,7 +125,8 @@ class Knee:
                  "asymptote_per_s": row.pop("asymptote_per_s"),
                  "asymptote_ci_low_per_s": row.pop("asymptote_ci_low_per_s"),
                  "asymptote_ci_high_per_s": row.pop("asymptote_ci_high_per_s")}
-        last = {"reason": row.pop("reason"), "interval_note": row.pop("interval_note")}
+        last = {"reason": row.pop("reason"), "to_resolve": row.pop("to_resolve"),
+                "interval_note": row.pop("interval_note")}
         return {**first, **row, **last}
 
 
@@ -139,11 +156,16 @@ def knee_of(corner: float, sharpness: float, fraction: float) -> float:
 
 
 def find_knee(
-    batch_sizes: Sequence[float], throughputs: Sequence[float], fraction: float = DEFAULT_FRACTION
+    batch_sizes: Sequence[float], throughputs: Sequence[float], fraction: float = DEFAULT_FRACTION,
+    out_of_memory_at: float = math.nan,
 ) -> Knee:
-    """Fit throughput vs batch size and return its knee (see the module docstring)."""
+    """Fit throughput vs batch size and return its knee (see the module docstring).
+
+    `out_of_memory_at`, the curve's smallest batch that ran out of memory, only shapes
+    what `to_resolve` suggests.
+    """
     b, t = _sorted_points(batch_sizes, throughputs)
-    return _knee(b, t, fraction)
+    return _advised(_knee(b, t, fraction), b, out_of_memory_at)
 
 
 def knee_with_interval(
@@ -154,6 +176,7 @@ def knee_with_interval(
     fraction: float = DEFAULT_FRACTION,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    out_of_memory_at: float = math.nan,
 ) -> Knee:
     """`find_knee` with 95 % intervals of the knee and the asymptote (see the module docstring).
 
@@ -172,7 +195,8 @@ def knee_with_interval(
     recommendation, ``reason`` says why) when fewer than ``MIN_KNEE_SHARE`` of
     the refits find a knee, or its interval spans more than
     ``MAX_INTERVAL_SHARE`` of ``log2(b_max / b_min)``. Pure: the draws come from
-    ``numpy.random.default_rng(seed)``.
+    ``numpy.random.default_rng(seed)``. `to_resolve` says what would resolve a knee
+    that is not, from the fit, its interval and `out_of_memory_at` (as in `find_knee`).
     """
     n_given = len(batch_sizes)
     low = np.full(n_given, np.nan) if ci_low is None else np.asarray(ci_low, dtype=float)
@@ -180,7 +204,7 @@ def knee_with_interval(
     b, t, low, high = _sorted_points(batch_sizes, throughputs, low, high)
     estimate = _knee(b, t, fraction)
     if not estimate or resamples <= 0:
-        return estimate
+        return _advised(estimate, b, out_of_memory_at)
 
     se = np.abs(high - low) / 2 / Z95
     assumed = ~np.isfinite(se)
@@ -211,22 +235,30 @@ def knee_with_interval(
     measured = f"the measured {b[0]:g}..{b[-1]:g}"
     reason = ""
     if share < MIN_KNEE_SHARE:
-        others = pd.Series([_kind(k.reason) for k in refits if not k]).value_counts()
+        others = pd.Series([kind_of(k.reason) for k in refits if not k]).value_counts()
         why = ", ".join(f"{count} {kind}" for kind, count in others.items())
         notes.append(f"only {len(found)} of {resamples} refits found a knee")
-        reason = (f"not resolved: only {len(found)} of {resamples} refits within the throughputs' uncertainty "
+        reason = (f"{NOT_RESOLVED}: only {len(found)} of {resamples} refits within the throughputs' uncertainty "
                   f"({share:.0%}) find a knee in {measured} (the others: {why})")
         if found:
             reason += f"; those that do span batch {k_low:.3g} to {k_high:.3g}"
     elif math.log2(k_high / k_low) > MAX_INTERVAL_SHARE * math.log2(b[-1] / b[0]):
-        reason = f"not resolved: the knee's 95 % interval spans batch {k_low:.3g} to {k_high:.3g} of {measured}"
+        reason = f"{NOT_RESOLVED}: the knee's 95 % interval spans batch {k_low:.3g} to {k_high:.3g} of {measured}"
     result = replace(estimate, interval_note="; ".join(notes), **interval)
-    return replace(result, batch_size=None, recommended_batch_size=None, reason=reason) if reason else result
+    if not reason:
+        return result
+    unresolved = replace(result, batch_size=None, recommended_batch_size=None, reason=reason)
+    return _advised(unresolved, b, out_of_memory_at, assumed_intervals=bool(assumed.any()))
 
 
-def _kind(reason: str) -> str:
-    """The kind of a no-knee reason: its words before the first colon or parenthesis."""
-    return reason.split(":")[0].split(" (")[0]
+def _advised(knee: Knee, b: np.ndarray, out_of_memory_at: float, assumed_intervals: bool = False) -> Knee:
+    """`knee` with what would resolve it (benchlib.derive.knee_advice), where it has no knee."""
+    if knee:
+        return knee
+    fitted = knee_of(knee.corner_batch, knee.sharpness, knee.fraction) if math.isfinite(knee.corner_batch) else math.nan
+    advice = to_resolve(knee.reason, b, fitted_knee=fitted, knee_interval=(knee.knee_batch_ci_low,
+                        knee.knee_batch_ci_high), assumed_intervals=assumed_intervals, out_of_memory_at=out_of_memory_at)
+    return replace(knee, to_resolve=advice)
 
 
 def _sorted_points(batch_sizes: Sequence[float], throughputs: Sequence[float],
@@ -244,14 +276,14 @@ def _knee(b: np.ndarray, t: np.ndarray, fraction: float, start: Sequence[float] 
     """`find_knee` of finite points sorted by batch size (the fit from `start`, if given)."""
     n = len(np.unique(b))
     if n < 3:
-        return Knee(None, None, f"too few points: {n} batch size(s), a knee needs at least 3", n_points=n)
+        return Knee(None, None, f"{TOO_FEW_POINTS}: {n} batch size(s), a knee needs at least 3", n_points=n)
     if t[-1] <= t[0] or np.polyfit(np.log(b), t, 1)[0] <= 0:
-        return Knee(None, None, "throughput does not increase with batch size: the smallest batch is as good",
+        return Knee(None, None, f"{NOT_INCREASING}: the smallest batch is as good",
                     n_points=n)
     try:
         asymptote, corner, sharpness = _fit(b, t, n >= 4, start, tolerance)
     except (RuntimeError, ValueError) as exc:
-        return Knee(None, None, f"the saturating fit did not converge ({exc})", n_points=n)
+        return Knee(None, None, f"{FIT_FAILED} ({exc})", n_points=n)
     fitted = saturating_throughput(b, asymptote, corner, sharpness)
     residual = float(((t - fitted) ** 2).sum())
     spread = float(((t - t.mean()) ** 2).sum())
@@ -260,13 +292,13 @@ def _knee(b: np.ndarray, t: np.ndarray, fraction: float, start: Sequence[float] 
                    r_squared=1 - residual / spread if spread > 0 else math.nan,
                    rmse_per_s=math.sqrt(residual / len(b)), n_points=n, fraction=fraction)
     if not details["r_squared"] >= MIN_R_SQUARED:
-        return Knee(None, None, f"no saturating shape: the fit explains too little (R² {details['r_squared']:.2f} "
+        return Knee(None, None, f"{NO_SHAPE}: the fit explains too little (R² {details['r_squared']:.2f} "
                     f"< {MIN_R_SQUARED}); throughput is about flat, or too noisy to tell", **details)
     if knee < b[0]:
-        return Knee(None, None, f"already flat: the fit reaches {fraction:.0%} of its asymptote at batch {knee:.2g}, "
+        return Knee(None, None, f"{ALREADY_FLAT}: the fit reaches {fraction:.0%} of its asymptote at batch {knee:.2g}, "
                     f"below the smallest measured ({b[0]:g}); the smallest batch is as good", **details)
     if knee > b[-1]:
-        return Knee(None, None, f"still rising: the fit reaches {fraction:.0%} of its asymptote "
+        return Knee(None, None, f"{STILL_RISING}: the fit reaches {fraction:.0%} of its asymptote "
                     f"({asymptote:.4g}/s) only at batch {knee:.3g}, beyond the largest measured ({b[-1]:g})",
                     **details)
     reached = b[t >= fraction * asymptote]
@@ -303,15 +335,20 @@ def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION, resamples: 
     spread there. A summary without those columns is treated as having no intervals.
     Only closed-loop points make curves (`arrival` closed, or no `arrival` column: runs
     from before open loop): an open-loop point's throughput is the rate it was offered.
+    A curve's points that ran out of memory (or were skipped after a smaller batch did) are
+    not fitted; the smallest of them bounds the batch sizes `to_resolve` suggests.
     """
     keys = [c for c in CURVE_KEYS if c in summary.columns]
-    ok = summary[summary["status"] == STATUS_OK] if "status" in summary.columns else summary
-    ok = closed_loop(ok)
+    status = summary["status"] if "status" in summary.columns else pd.Series(STATUS_OK, index=summary.index)
     rows = []
-    for values, group in ok.groupby(keys, sort=False, dropna=False):  # unpublished threads stay NaN
+    for values, curve in closed_loop(summary).groupby(keys, sort=False, dropna=False):  # unpublished threads: NaN
+        group = curve[status[curve.index] == STATUS_OK]
+        if group.empty:
+            continue
+        memory = curve.loc[status[curve.index].isin([STATUS_OOM, STATUS_SKIPPED]), "batch_size"]
         low, high = (group[c] if c in group.columns else None
                      for c in ("throughput_ci_low_per_s", "throughput_ci_high_per_s"))
         knee = knee_with_interval(group["batch_size"], group["throughput_per_s"], low, high, fraction,
-                                  resamples, seed)
+                                  resamples, seed, out_of_memory_at=float(memory.min()) if len(memory) else math.nan)
         rows.append({**dict(zip(keys, values)), **knee.as_row()})
     return pd.DataFrame(rows)

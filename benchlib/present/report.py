@@ -12,6 +12,10 @@ from benchlib.present.style import (
     PROSE_COLUMNS,
     styled,
 )
+from benchlib.present.shared_notes import (
+    NOTE_COLUMNS,
+    shared_notes,
+)
 from benchlib.present.runs import (
     COMPARED,
     RUN_COLUMNS,
@@ -62,6 +66,7 @@ from benchlib.schema import closed_loop, has_open_loop
 __all__ = [
     "COMPARED",
     "GIB",
+    "NOTE_COLUMNS",
     "PROSE_COLUMNS",
     "Page",
     "RUNTIME_NOT_RECORDED",
@@ -98,6 +103,7 @@ __all__ = [
     "serving_note",
     "serving_recommendation",
     "several_runtimes",
+    "shared_notes",
     "study_table",
     "styled",
 ]

@@ -1,13 +1,15 @@
-"""How the report's tables read: units in headers, numbers rounded, sentences given room."""
+"""How the report's tables read: units in headers, numbers rounded, sentences given room, a note every row
+shares said once above the table."""
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-
+from benchlib.present.shared_notes import NOTE_COLUMNS, caption_lines, shared_notes
 
 GIB = 2**30
 
@@ -16,7 +18,12 @@ FLAG = "⚠"
 
 
 #: Columns of sentences: tables give them room to read as lines.
-PROSE_COLUMNS = ("Notes", "No knee because", "Interval note", "Nothing qualifies because")
+PROSE_COLUMNS = (*NOTE_COLUMNS, "No knee because", "To resolve", "Nothing qualifies because")
+
+#: The caption that carries the notes every row shares: a plain line above the table, read as
+#: text (left, wrapped, regular weight), not a centred title.
+CAPTION_STYLE = [("caption-side", "top"), ("text-align", "left"), ("font-weight", "normal"),
+                 ("white-space", "normal"), ("padding", "0 0 0.5em 0")]
 
 
 #: How a column's numbers read, by a word of its header (the first that matches, ignoring case).
@@ -38,11 +45,16 @@ def column_format(column: Any, formats: dict[str, str] | None = None) -> str | N
     return None
 
 
-def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler:
+def styled(table: pd.DataFrame, formats: dict[str, str] | None = None, shared_notes_above: bool = True) -> Styler:
     """Round each column by its unit for reading; missing values show as an en dash.
 
-    A table with a plain 0..n-1 index shows no index column.
+    A table with a plain 0..n-1 index shows no index column. A note part every row shares
+    (benchlib.present.shared_notes) is said once, in a caption above the table, and left out
+    of the rows, unless `shared_notes_above` is False.
     """
+    shared: dict[str, list[str]] = {}
+    if shared_notes_above:
+        table, shared = shared_notes(table)
     formatter = {c: _numbers_only(fmt) for c in table.columns if (fmt := column_format(c, formats))}
     style = table.style.format(formatter, na_rep="–")
     prose = [c for c in table.columns if c in PROSE_COLUMNS]
@@ -50,6 +62,9 @@ def styled(table: pd.DataFrame, formats: dict[str, str] | None = None) -> Styler
         style = style.set_properties(subset=prose, **{"min-width": "24em", "text-align": "left"})
     if isinstance(table.index, pd.RangeIndex):
         style = style.hide(axis="index")
+    if shared:
+        style = style.set_caption("<br>".join(html.escape(line) for line in caption_lines(shared)))
+        style = style.set_table_styles([{"selector": "caption", "props": CAPTION_STYLE}], overwrite=False)
     return style
 
 

@@ -268,7 +268,8 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
-    """The knees with readable headers, each with its 95 % interval (shown for a knee not resolved, too)."""
+    """The knees with readable headers, each with its 95 % interval (shown for a knee not resolved, too), and
+    for a curve without one, why and what would resolve it (knees.csv from before `to_resolve` shows no such column)."""
     columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "runtime": "Runtime",
                "threads": "Client threads", "knee_batch": "Knee (batch size)",
                "knee_batch_ci_low": "Knee (batch size) 95% CI low",
@@ -277,7 +278,7 @@ def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
                "asymptote_ci_low_per_s": "Fitted ceiling 95% CI low (inferences/s)",
                "asymptote_ci_high_per_s": "Fitted ceiling 95% CI high (inferences/s)",
                "r_squared": "Fit R²", "refits_with_knee": "% of refits finding a knee",
-               "reason": "No knee because", "interval_note": "Interval note"}
+               "reason": "No knee because", "to_resolve": "To resolve", "interval_note": "Interval note"}
     shown = knees.assign(refits_with_knee=knees["refits_with_knee"] * 100) if "refits_with_knee" in knees else knees
     return shown[[c for c in columns if c in shown.columns]].rename(columns=columns)
 
