@@ -39,6 +39,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
+    FRONTIER,
     ENV,
     FIGURES,
     KERNEL_LOG,
@@ -56,7 +57,7 @@ MARK = ".benchlib.json"
 #: Names that leave a folder "empty": nobody's data.
 IGNORED = frozenset({".gitkeep", ".DS_Store", ".ipynb_checkpoints", LOCK, MARK})
 #: The report's files in its outputs root (FIGURES is a folder of them).
-REPORT_FILES = (REPORT_NOTEBOOK_FILE, REPORT_PAGE, KERNEL_LOG)
+REPORT_FILES = (REPORT_NOTEBOOK_FILE, REPORT_PAGE, KERNEL_LOG, FRONTIER)
 #: A refusal lists at most this many of what is in the folder.
 SHOWN = 8
 

@@ -418,3 +418,20 @@ def test_a_missing_table_is_an_input_error(tmp_path):
     with pytest.raises(PeaksError, match="cannot read the published peaks table.*check the path") as info:
         load_published_peaks(path)
     assert str(path) in str(info.value)
+
+
+def test_a_cpus_peak_is_the_better_of_its_gemm_and_its_convolutions(monkeypatch) -> None:
+    """oneDNN's convolutions can outrun the GEMM library on a CPU (ResNet50 reached 131 % of a GEMM-only
+    peak here): the CPU's ceiling takes the faster; an injected matmul is measured alone."""
+    from benchlib.measure import peaks
+
+    peaks.clear_peak_cache()
+    asked = []
+    monkeypatch.setattr(peaks, "_convolution_rate", lambda dtype, budget_s, clock: asked.append(dtype) or 1e15)
+    assert peaks.measure_peak_flops("cpu", ["float32"], budget_s=0.2, sizes=(64,)) == {"float32": 1e15}
+    peaks.clear_peak_cache()
+    slow = peaks.measure_peak_flops("cpu", ["float32"], budget_s=0.2, sizes=(64,), matmul=torch.matmul)
+    assert asked == ["float32"] and slow["float32"] < 1e15
+    peaks.clear_peak_cache()
+    real = peaks._convolution_rate("float32", 0.5, time.perf_counter)
+    assert real > 0

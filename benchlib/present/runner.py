@@ -3,7 +3,7 @@
 ``benchlib run`` executes ``notebooks/benchmark.ipynb`` once per params file into
 ``<out>/<instance>/<run_id>/benchmark.ipynb`` beside that run's records, summary
 and env; ``benchlib report`` executes ``notebooks/report.ipynb`` over every run
-into ``<out>/report.ipynb``, ``report.html`` and ``figures/*.png``. Runs are
+into ``<out>/report.ipynb``, ``report.html``, ``frontier.csv`` and ``figures/*.png``. Runs are
 independent: a failing params file is reported and the others still run.
 
 Notebooks run in a kernel of the interpreter running benchlib (``sys.executable``),
@@ -38,9 +38,13 @@ from benchlib.measure.runnable import check_runnable_here
 from benchlib.errors import InputError
 from benchlib.ownership import check_outputs_root, mark_made, record_report_files
 from benchlib.params import Params, load_params, params_to_dict
+from benchlib.derive.frontier import frontier
+from benchlib.files import write_atomic
 from benchlib.present.page import drop_absent_sections
+from benchlib.present.runs import load_runs
 from benchlib.results import ENV, SUMMARY, check_resumable, measured_everything, read_env, read_summary
-from benchlib.vocabulary import BENCHMARK_NOTEBOOK_FILE, FIGURES, KERNEL_LOG, REPORT_NOTEBOOK_FILE, REPORT_PAGE
+from benchlib.vocabulary import (BENCHMARK_NOTEBOOK_FILE, DEFAULT_PERCENTILE, FIGURES, FRONTIER, KERNEL_LOG,
+                                 REPORT_NOTEBOOK_FILE, REPORT_PAGE)
 
 #: Shipped in the package: benchlib/notebooks is a symlink to the repository's notebooks/.
 NOTEBOOKS = Path(str(resources.files("benchlib") / "notebooks"))
@@ -281,9 +285,17 @@ def run_report(out_root: str | Path, parameters: dict[str, Any]) -> Path:
                 raise InputError(f"{exc.evalue}\n(the report stopped there; its notebook is {notebook})") from None
             raise
         keep_sections_with_data(notebook)
+        write_report_frontier(out_root, parameters.get("percentile", DEFAULT_PERCENTILE))
         return render_html(notebook, out_root / REPORT_PAGE, hide_code=True)
     finally:  # a failed report's files are benchlib's too: the next report may replace them
         record_report_files(out_root)
+
+
+def write_report_frontier(out_root: Path, percentile: str) -> None:
+    """The merged report's frontier.csv: the cost-latency frontier of each instance's newest run, as each
+    run folder has its own (benchlib.derive.frontier), beside report.html."""
+    steps = frontier(load_runs(out_root).latest, percentile)
+    write_atomic(out_root / FRONTIER, lambda path: steps.to_csv(path, index=False))
 
 
 def _is_input_error(name: str) -> bool:
