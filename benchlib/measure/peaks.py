@@ -29,6 +29,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def _measure(device: torch.device, dtype: str, budget_s: float, clock: Callable[
                     break
             a = torch.randn(n, n, device=device, dtype=torch_dtype)
             b = torch.randn(n, n, device=device, dtype=torch_dtype)
-            rate = _rate(lambda: matmul(a, b), 2 * n**3, clock, sync, deadline)
+            rate = _rate(partial(matmul, a, b), 2 * n**3, clock, sync, deadline)
             del a, b
             flat = flat + 1 if rate < best * _PLATEAU else 0
             best = max(best, rate)
@@ -202,7 +203,7 @@ def _convolution_rate(dtype: str, budget_s: float, clock: Callable[[], float]) -
         x = torch.randn(batch, channels, side, side, dtype=getattr(torch, dtype))
         w = torch.randn(channels, channels, 3, 3, dtype=getattr(torch, dtype))
         flops = 2 * batch * channels * channels * 9 * side * side
-        best = max(best, _rate(lambda: torch.nn.functional.conv2d(x, w, padding=1), flops, clock, lambda: None,
+        best = max(best, _rate(partial(torch.nn.functional.conv2d, x, w, padding=1), flops, clock, lambda: None,
                                deadline))
     return best
 
