@@ -252,15 +252,16 @@ def test_knees_csv_columns_and_the_people_table() -> None:
     assert table["knee_batch"].notna().tolist() == [True, False]
     assert table.loc[1, "reason"].startswith("not resolved")
 
-    shown = report.people_knees(table)
-    assert {"Knee (batch size) 95% CI low", "Knee (batch size) 95% CI high",
-            "Fitted ceiling 95% CI low (inferences/s)", "Fitted ceiling 95% CI high (inferences/s)",
-            "% of refits finding a knee", "Interval note"} <= set(shown.columns)
-    assert shown["% of refits finding a knee"].tolist() == pytest.approx((table["refits_with_knee"] * 100).tolist())
+    shown = report.people_knees(table)  # each figure and its interval in one cell: narrow enough for a page
+    assert {"Knee, batch size (95% CI)", "Fitted ceiling, inferences/s (95% CI)", "Refits finding a knee (%)",
+            "Notes"} <= set(shown.columns)
+    assert shown["Refits finding a knee (%)"].tolist() == pytest.approx((table["refits_with_knee"] * 100).tolist())
+    row = table.loc[0]
+    assert shown.loc[0, "Knee, batch size (95% CI)"] == (
+        f"{row['knee_batch']:.1f} ({row['knee_batch_ci_low']:.1f}-{row['knee_batch_ci_high']:.1f})")
     html = report.styled(shown).to_html()
-    assert f">{table.loc[0, 'knee_batch_ci_low']:.1f}<" in html  # one decimal, as the knee
-    assert f">{table.loc[0, 'asymptote_ci_high_per_s']:,.0f}<" in html  # whole inferences/s
-    assert f">{table.loc[0, 'refits_with_knee'] * 100:.1f}%<" in html
+    assert f"-{row['asymptote_ci_high_per_s']:,.0f})<" in html  # whole inferences/s
+    assert f">{table.loc[0, 'refits_with_knee'] * 100:.0f}<" in html
 
 
 def test_knees_group_a_summary_by_curve_and_skip_oom_points() -> None:

@@ -140,9 +140,8 @@ def test_the_advice_is_a_pure_function_of_the_fit() -> None:
 def test_the_knee_table_shows_what_would_resolve_a_knee_and_reads_older_knees_csv() -> None:
     table = knees(pd.DataFrame(curve_rows(RISING, RISING_THROUGHPUT)), resamples=0)
     shown = report.people_knees(table)
-    columns = shown.columns.tolist()
-    assert columns[columns.index("No knee because") + 1] == "To resolve"
-    assert shown["To resolve"].iloc[0].startswith("add batch sizes 32, 64")
+    assert "; to resolve: add batch sizes 32, 64" in shown["Notes"].iloc[0]
+    assert shown["Notes"].iloc[0].startswith(table["reason"].iloc[0])  # why, then what would resolve it
     older = report.people_knees(table.drop(columns="to_resolve"))  # knees.csv from before the column
-    assert "To resolve" not in older.columns and "No knee because" in older.columns
+    assert "to resolve" not in older["Notes"].iloc[0] and older["Notes"].iloc[0].startswith("still rising")
     assert "add batch sizes 32, 64" in report.styled(shown).to_html()

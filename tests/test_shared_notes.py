@@ -76,7 +76,7 @@ def test_the_published_knees_say_their_assumed_interval_once() -> None:
     shown = report.people_knees(knees(published_table()))
     html = report.styled(shown).to_html()
     assert html.count("no throughput interval at batch 1, 8, 16, 32") == 1
-    assert "<caption>Interval note of every row: no throughput interval at batch 1, 8, 16, 32" in html
+    assert "Notes of every row: no throughput interval at batch 1, 8, 16, 32" in html
 
 
 def test_the_caption_reaches_the_notebook_page(tmp_path: Path) -> None:

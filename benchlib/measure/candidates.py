@@ -1,6 +1,6 @@
 """What a configuration search knows of each configuration (benchlib.measure.search has the rule).
 
-A :class:`Configuration` is a grid point less its offered rate; each of its :class:`Trial`\ s is what
+A :class:`Configuration` is a grid point less its offered rate; each of its trials (:class:`Trial`) is what
 one window of it measured (in open loop, one rate search's bracket); its :class:`Candidate` gathers its
 trials, its latest intervals and, once given, its verdict. :class:`SearchSpec` holds the knobs, and
 :class:`SearchOutcome` what a search found, with its rounds.

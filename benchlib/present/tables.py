@@ -6,6 +6,7 @@ reading."""
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import pandas as pd
@@ -15,6 +16,7 @@ from benchlib.errors import InputError
 from benchlib.derive.coverage import percentile_notes, with_percentile
 from benchlib.params_base import RUNTIMES
 from benchlib.schema import closed_loop, has_open_loop, with_load_keys, with_runtime
+from benchlib.present.shared_notes import NOTE_SEPARATOR
 from benchlib.present.style import GIB
 from benchlib.vocabulary import (
     DEFAULT_PERCENTILE,
@@ -268,19 +270,41 @@ def people_summary(summary: pd.DataFrame, percentile_columns: tuple[str, ...] = 
 
 
 def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
-    """The knees with readable headers, each with its 95 % interval (shown for a knee not resolved, too), and
-    for a curve without one, why and what would resolve it (knees.csv from before `to_resolve` shows no such column)."""
+    """The knees as people read them, narrow enough for a page: the knee and the fitted ceiling each with its
+    95 % interval in one cell (the interval shown for a knee not resolved, too), the fit, and one Notes cell:
+    why there is no knee, what would resolve it (knees.csv from before `to_resolve` has none) and the interval's
+    note."""
     columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "runtime": "Runtime",
-               "threads": "Client threads", "knee_batch": "Knee (batch size)",
-               "knee_batch_ci_low": "Knee (batch size) 95% CI low",
-               "knee_batch_ci_high": "Knee (batch size) 95% CI high",
-               "recommended_batch_size": "Recommended batch size", "asymptote_per_s": "Fitted ceiling (inferences/s)",
-               "asymptote_ci_low_per_s": "Fitted ceiling 95% CI low (inferences/s)",
-               "asymptote_ci_high_per_s": "Fitted ceiling 95% CI high (inferences/s)",
-               "r_squared": "Fit R²", "refits_with_knee": "% of refits finding a knee",
-               "reason": "No knee because", "to_resolve": "To resolve", "interval_note": "Interval note"}
-    shown = knees.assign(refits_with_knee=knees["refits_with_knee"] * 100) if "refits_with_knee" in knees else knees
-    return shown[[c for c in columns if c in shown.columns]].rename(columns=columns)
+               "threads": "Client threads"}
+    shown = knees[[c for c in columns if c in knees.columns]].rename(columns=columns)
+    shown["Knee, batch size (95% CI)"] = [_with_interval(*row, "{:.1f}") for row in zip(
+        knees["knee_batch"], knees.get("knee_batch_ci_low", math.nan), knees.get("knee_batch_ci_high", math.nan))]
+    shown["Recommended batch size"] = knees["recommended_batch_size"]
+    shown["Fitted ceiling, inferences/s (95% CI)"] = [_with_interval(*row, "{:,.0f}") for row in zip(
+        knees["asymptote_per_s"], knees.get("asymptote_ci_low_per_s", math.nan),
+        knees.get("asymptote_ci_high_per_s", math.nan))]
+    shown["Fit R²"] = knees["r_squared"]
+    if "refits_with_knee" in knees:
+        shown["Refits finding a knee (%)"] = knees["refits_with_knee"] * 100
+    shown["Notes"] = [_knee_notes(row) for _, row in knees.iterrows()]
+    return shown
+
+
+def _knee_notes(knee: pd.Series) -> str:
+    advice = knee.get("to_resolve")
+    parts = [knee.get("reason"), f"to resolve: {advice}" if _text(advice) else None, knee.get("interval_note")]
+    return NOTE_SEPARATOR.join(str(p) for p in parts if _text(p))
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _with_interval(value: Any, low: Any, high: Any, fmt: str) -> str:
+    """"25.1 (20.3-30.9)", "– (20.3-30.9)" for an interval without an estimate, "–" for neither."""
+    known = [isinstance(v, (int, float)) and math.isfinite(v) for v in (value, low, high)]
+    text = fmt.format(value) if known[0] else "–"
+    return f"{text} ({fmt.format(low)}-{fmt.format(high)})" if known[1] and known[2] else text
 
 
 def people_recommendation(table: pd.DataFrame) -> pd.DataFrame:
