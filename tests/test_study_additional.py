@@ -233,7 +233,8 @@ def test_report_notebook_section_shows_both_tables(imported, monkeypatch, capsys
     cells = {c.get("id"): c for c in nb.cells}
     assert "## The study's additional benchmarks" in cells["study-additional-md"].source
     monkeypatch.setattr(study, "_model_counts", lambda: fake_counts)
-    namespace = {"report": report, "study": study, "runs": imported}
+    page = report.Page()
+    namespace = {"report": report, "study": study, "runs": imported, "page": page}
     capsys.readouterr()
     bert = run_cell(cells["study-bert-large"].source, namespace).to_html()
     yolo = run_cell(cells["study-yolo"].source, namespace).to_html()
@@ -243,8 +244,8 @@ def test_report_notebook_section_shows_both_tables(imported, monkeypatch, capsys
     for figure in ("YOLOv5s", "16.5", "7.2M", "205.9", "14.4", "9.1M", "yolov5su"):
         assert figure in yolo, figure
     assert "our `amp`" in printed and "val.py" in printed
-    # Without the seed's runs, the section says how to get it and shows empty tables.
+    # Without the seed's runs, the section shows nothing, and the closing list says how to get it.
     namespace["runs"] = types.SimpleNamespace(latest=imported.latest.assign(run_id="20260101T000000Z-abc"))
-    assert run_cell(cells["study-bert-large"].source, namespace).data.empty
-    assert run_cell(cells["study-yolo"].source, namespace).data.empty
-    assert capsys.readouterr().out.count("--example seed") == 2
+    assert run_cell(cells["study-bert-large"].source, namespace) is None
+    assert run_cell(cells["study-yolo"].source, namespace) is None
+    assert capsys.readouterr().out == "" and page.missing().count("--example seed") == 2

@@ -125,10 +125,12 @@ class Page:
         if key not in self.absent:
             self.absent.append(key)
         try:
+            from IPython import get_ipython
             from IPython.display import display
-        except ImportError:  # a library caller, not a notebook: nothing to mark
+        except ImportError:  # no IPython: not a notebook, nothing to mark
             return
-        display({ABSENT_MIME: {"section": key}}, raw=True)
+        if get_ipython() is not None:  # outside a kernel display() would print the mark
+            display({ABSENT_MIME: {"section": key}}, raw=True)
 
     def missing(self) -> str:
         """The closing list: each section left out and what would measure it; empty when none was."""
