@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchlib.errors import InputError
-from benchlib.measure import peaks
+from benchlib.measure import peaks, plateau
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.peaks import (
     PEAK_DTYPES,
@@ -126,8 +126,8 @@ def test_the_peak_is_the_best_size_and_progress_is_against_the_best():
 
 
 def test_sizes_stop_growing_when_the_budget_would_be_overrun(monkeypatch):
-    monkeypatch.setattr(peaks, "_REPS", 3)
-    monkeypatch.setattr(peaks, "_MIN_REP_S", 10 * TICK)
+    monkeypatch.setattr(plateau, "REPS", 3)
+    monkeypatch.setattr(plateau, "MIN_REP_S", 10 * TICK)
     # One tick a product at any size: the rate keeps growing 8x, only the budget stops it.
     # Size 8: warm-up 1 tick, then 3 reps of 10 products = 31 ticks. Size 16 is predicted at
     # 8 ticks a product, 8 + 3 * 10 = 38 ticks more (69 in all, inside 80) and runs: 62 ticks.
@@ -142,7 +142,7 @@ def test_sizes_stop_growing_when_the_budget_would_be_overrun(monkeypatch):
 
 
 def test_a_size_stops_its_reps_once_the_budget_is_spent(monkeypatch):
-    monkeypatch.setattr(peaks, "_MIN_REP_S", 10 * TICK)
+    monkeypatch.setattr(plateau, "MIN_REP_S", 10 * TICK)
     clock = FakeClock(start=0.0)
     matmul = FakeMatmul(clock, lambda n: TICK)
     measure_peak_flops(CPU, ["float32"], budget_s=15 * TICK, clock=clock, matmul=matmul, sizes=(8, 16))
