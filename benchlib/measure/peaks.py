@@ -20,8 +20,9 @@ in one process does not time the same GEMMs again; ``fresh=True`` times them any
 (a sweep's end-of-run measurement, benchlib.measure.ceilings), and the cache keeps the
 higher figure.
 
-Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, from the
-table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's device name.
+Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, and its memory
+bandwidth (bytes/s), from the table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's
+device name.
 """
 from __future__ import annotations
 
@@ -170,10 +171,14 @@ class PublishedPeak:
     source: str
     date: str
     match: str = ""  # regex tried against torch's device name, case-insensitively
+    memory_bandwidth_bytes_per_s: float | None = None  # None: the row gives none
 
 
 _FIELDS = {"match", "source", "date", "flops_per_s"}
-_FIX = "give `devices: {<name>: {match: <regex>, source: ..., date: ..., flops_per_s: {<dtype>: <FLOP/s>}}}`"
+#: A row may leave it out: a GPU whose memory differs between parts of one name (the A100s) has none.
+_OPTIONAL_FIELDS = {"memory_bandwidth_bytes_per_s"}
+_FIX = ("give `devices: {<name>: {match: <regex>, source: ..., date: ..., flops_per_s: {<dtype>: <FLOP/s>}, "
+        "memory_bandwidth_bytes_per_s: <bytes/s> (optional)}}`")
 
 
 def load_published_peaks(path: str | Path | None = None) -> list[PublishedPeak]:
@@ -194,8 +199,8 @@ def load_published_peaks(path: str | Path | None = None) -> list[PublishedPeak]:
 
 def _row(path: Path, name: str, entry: object) -> PublishedPeak:
     where = f"{path}: devices.{name}"
-    if not isinstance(entry, dict) or set(entry) != _FIELDS:
-        raise PeaksError(f"{where}: give exactly {sorted(_FIELDS)}")
+    if not isinstance(entry, dict) or not _FIELDS <= set(entry) <= _FIELDS | _OPTIONAL_FIELDS:
+        raise PeaksError(f"{where}: give exactly {sorted(_FIELDS)}, and optionally {sorted(_OPTIONAL_FIELDS)}")
     for field in ("match", "source", "date"):
         if entry[field] is None or not str(entry[field]).strip():
             raise PeaksError(f"{where}.{field}: must not be empty")
@@ -216,7 +221,11 @@ def _row(path: Path, name: str, entry: object) -> PublishedPeak:
         if number is None:
             raise PeaksError(f"{where}.flops_per_s.{dtype}: a positive number of FLOP/s (e.g. 65.0e12), got {value!r}")
         peaks[str(dtype)] = number
-    return PublishedPeak(name, peaks, str(entry["source"]), str(entry["date"]), pattern)
+    bandwidth = entry.get("memory_bandwidth_bytes_per_s")
+    if "memory_bandwidth_bytes_per_s" in entry and _number(bandwidth) is None:
+        raise PeaksError(f"{where}.memory_bandwidth_bytes_per_s: a positive number of bytes/s (e.g. 600.0e9 for "
+                         f"600 GB/s), got {bandwidth!r}")
+    return PublishedPeak(name, peaks, str(entry["source"]), str(entry["date"]), pattern, _number(bandwidth))
 
 
 def _number(value: object) -> float | None:
