@@ -100,8 +100,8 @@ class Params(Strict):
     #: duration_s over MAX_DURATION_S or min_requests over MAX_MIN_REQUESTS are refused
     #: unless this says they are meant.
     allow_long_window: StrictBool = False
-    #: Time a GEMM per compute dtype at the start and again at the end (a few seconds each), keeping
-    #: the higher: each point's % of measured peak.
+    #: Time a GEMM per compute dtype and a memory copy at the start and again at the end (a few seconds
+    #: each), keeping the higher: each point's % of measured peak, and the device's memory bandwidth.
     measure_peak_flops: StrictBool = True
     #: Sample power, energy, clocks and memory on a side thread during each point.
     telemetry: StrictBool = True

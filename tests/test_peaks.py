@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchlib.errors import InputError
-from benchlib.measure import peaks
+from benchlib.measure import peaks, plateau
 from benchlib.measure.device import intra_op_threads
 from benchlib.measure.peaks import (
     PEAK_DTYPES,
@@ -126,8 +126,8 @@ def test_the_peak_is_the_best_size_and_progress_is_against_the_best():
 
 
 def test_sizes_stop_growing_when_the_budget_would_be_overrun(monkeypatch):
-    monkeypatch.setattr(peaks, "_REPS", 3)
-    monkeypatch.setattr(peaks, "_MIN_REP_S", 10 * TICK)
+    monkeypatch.setattr(plateau, "REPS", 3)
+    monkeypatch.setattr(plateau, "MIN_REP_S", 10 * TICK)
     # One tick a product at any size: the rate keeps growing 8x, only the budget stops it.
     # Size 8: warm-up 1 tick, then 3 reps of 10 products = 31 ticks. Size 16 is predicted at
     # 8 ticks a product, 8 + 3 * 10 = 38 ticks more (69 in all, inside 80) and runs: 62 ticks.
@@ -142,7 +142,7 @@ def test_sizes_stop_growing_when_the_budget_would_be_overrun(monkeypatch):
 
 
 def test_a_size_stops_its_reps_once_the_budget_is_spent(monkeypatch):
-    monkeypatch.setattr(peaks, "_MIN_REP_S", 10 * TICK)
+    monkeypatch.setattr(plateau, "MIN_REP_S", 10 * TICK)
     clock = FakeClock(start=0.0)
     matmul = FakeMatmul(clock, lambda n: TICK)
     measure_peak_flops(CPU, ["float32"], budget_s=15 * TICK, clock=clock, matmul=matmul, sizes=(8, 16))
@@ -291,9 +291,11 @@ def test_a_real_cpu_measurement_is_plausible_and_quick(dtype):
     ("Tesla T4", "T4"),
     ("NVIDIA H100 80GB HBM3", "H100 SXM"),
     ("NVIDIA H100 PCIe", "H100 PCIe"),
-    ("NVIDIA A100-SXM4-80GB", "A100"),
-    ("NVIDIA A100-SXM4-40GB", "A100"),
-    ("NVIDIA A100 80GB PCIe", "A100"),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM"),
+    ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
+    ("NVIDIA A100-PCIE-40GB", "A100 40GB"),
+    ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe"),
+    ("NVIDIA A100 HBM2e", "A100"),  # a part the rows above cannot tell: FLOP/s, no bandwidth
     ("Tesla V100-SXM2-16GB", "V100 SXM2"),
     ("Tesla V100-SXM2-32GB", "V100 SXM2"),
     ("NVIDIA L40S", "L40S"),
@@ -310,7 +312,7 @@ def test_a10_a10g_and_a100_are_told_apart():
     table = load_published_peaks()
     assert published_peak("NVIDIA A10", table).device == "A10"
     assert published_peak("NVIDIA A10G", table).device == "A10G"
-    assert published_peak("NVIDIA A100-SXM4-80GB", table).device == "A100"
+    assert published_peak("NVIDIA A100-SXM4-80GB", table).device == "A100 80GB SXM"
     assert published_peak("NVIDIA A100-SXM4-80GB", table).flops_per_s["float16"] == 312.0e12
     assert published_peak("NVIDIA A10G", table).flops_per_s["float16"] == 125.0e12
 
@@ -332,7 +334,7 @@ def test_a_cpu_or_an_unknown_gpu_has_no_published_peak(name):
 def test_the_shipped_table_loads_and_every_row_has_a_source_and_date():
     table = load_published_peaks()
     assert {row.device for row in table} >= {"T4", "A10G", "L4", "L40S", "V100 SXM2", "A100", "H100 SXM",
-                                              "H100 PCIe", "H200"}
+                                              "H100 PCIe", "H200", "A100 80GB SXM", "A100 80GB PCIe", "A100 40GB"}
     for row in table:
         assert row.source.strip() and row.date.strip() and row.match
         assert row.flops_per_s and set(row.flops_per_s) <= set(PEAK_DTYPES)
@@ -344,6 +346,12 @@ def test_the_shipped_table_loads_and_every_row_has_a_source_and_date():
         assert "tf32" not in by_name[old].flops_per_s and "bfloat16" not in by_name[old].flops_per_s
     # Sparse figures are halved: the H100 SXM's 989* TFLOPS TF32 is 494.5 dense.
     assert by_name["H100 SXM"].flops_per_s["tf32"] == 494.5e12
+    # The datasheets' memory bandwidth, decimal GB/s; the A100s share their FLOP/s (one YAML anchor).
+    assert {row.device: row.memory_bandwidth_bytes_per_s for row in table} == {
+        "T4": 320e9, "A10G": 600e9, "A10": 600e9, "L4": 300e9, "L40S": 864e9, "V100 SXM2": 900e9,
+        "A100 80GB SXM": 2039e9, "A100 80GB PCIe": 1935e9, "A100 40GB": 1555e9, "A100": None,
+        "H100 PCIe": 2.0e12, "H100 SXM": 3.35e12, "H200": 4.8e12}
+    assert len({str(row.flops_per_s) for row in table if row.device.startswith("A100")}) == 1
 
 
 def test_the_shipped_table_is_the_default():
@@ -357,6 +365,14 @@ def test_a_given_table_is_used(tmp_path):
     (row,) = load_published_peaks(path)
     assert published_peak("Tesla T4", [row]) == row
     assert row.flops_per_s == {"float16": 1.0e12}
+    assert row.memory_bandwidth_bytes_per_s is None  # optional: a row without it has none
+
+
+def test_a_rows_memory_bandwidth_is_read(tmp_path):
+    # Written as the shipped table writes it: 320.0e9 (text to PyYAML), or with a sign.
+    for text in ("320.0e9", "320.0e+9", "320000000000"):
+        path = _table(tmp_path, _row() + f"    memory_bandwidth_bytes_per_s: {text}\n")
+        assert load_published_peaks(path)[0].memory_bandwidth_bytes_per_s == 320.0e9
 
 
 def test_an_exponent_without_a_sign_is_a_number(tmp_path):
@@ -387,6 +403,11 @@ def _row(flops: str = "{float32: 1.0e+12}", match: str = "'X1'", name: str = "X1
     (_row("[1, 2]"), r"flops_per_s: give"),
     (_row(match="'A10G(('"), r"match: 'A10G\(\(' is not a regular expression"),
     (_row(match="''"), r"match: must not be empty"),
+    (_row() + "    memory_bandwidth_bytes_per_s: -1.0e+9\n", r"devices\.X1\.memory_bandwidth_bytes_per_s: a positive"),
+    (_row() + "    memory_bandwidth_bytes_per_s: 600 GB/s\n", r"memory_bandwidth_bytes_per_s: a positive number of bytes/s"),
+    (_row() + "    memory_bandwidth_bytes_per_s:\n", r"memory_bandwidth_bytes_per_s: a positive.*got None"),
+    (_row() + "    memory_bandwidth_bytes_per_s: .inf\n", r"memory_bandwidth_bytes_per_s: a positive"),
+    (_row() + "    bandwidth: 6.0e+11\n", r"devices\.X1: give exactly.*optionally \['memory_bandwidth_bytes_per_s'\]"),
     ("  X1:\n    match: 'X1'\n    flops_per_s: {float32: 1.0e+12}\n", r"devices\.X1: give exactly"),
     ("  X1: 12\n", r"devices\.X1: give exactly"),
 ])

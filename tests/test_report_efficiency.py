@@ -112,6 +112,28 @@ def test_env_table_names_the_peaks_memory_and_flops() -> None:
     assert table["device memory"] == "24.0 GiB"
     assert table["FLOPs per inference of resnet50"] == "8.180 GFLOP (counted)"
     none = report.env_table({"peak_flops_per_s": {}, "peak_flops_note": "not measured",
+                             "memory_bandwidth_bytes_per_s": None, "memory_bandwidth_note": "not measured either",
                              "published_peak": {"flops_per_s": {}, "note": "no published peak for 'AMD EPYC'"}})
     assert none["value"]["measured peak"] == "not measured"
+    assert none["value"]["measured memory bandwidth"] == "not measured either"
     assert none["value"]["published peak"] == "no published peak for 'AMD EPYC'"
+    assert "published memory bandwidth (A10G)" not in table.index  # the row gave none
+
+
+def test_env_table_shows_each_ceilings_start_end_and_kept_figures_and_the_bandwidths() -> None:
+    env = {"peak_flops_start_per_s": {"float32": 2.0e11}, "peak_flops_end_per_s": {"float32": 2.03e11},
+           "peak_flops_per_s": {"float32": 2.03e11},
+           "memory_bandwidth_start_bytes_per_s": 44.1e9, "memory_bandwidth_end_bytes_per_s": 40.0e9,
+           "memory_bandwidth_bytes_per_s": 44.1e9,
+           "published_peak": {"device": "H200", "flops_per_s": {"float16": 989.5e12}, "memory_bandwidth_bytes_per_s":
+                              4.8e12, "source": "s", "date": "d"}}
+    table = report.env_table(env)["value"]
+    assert table["measured peak, float32"] == "0.203 TFLOP/s (higher of start 0.2, end 0.203)"
+    assert table["measured memory bandwidth (copy, read + write)"] == "44.1 GB/s (higher of start 44.1, end 40.0)"
+    assert table["published memory bandwidth (H200)"] == "4,800 GB/s"
+    # A run still going has only its start figures.
+    running = report.env_table({**env, "peak_flops_end_per_s": {}, "memory_bandwidth_end_bytes_per_s": None})["value"]
+    assert running["measured memory bandwidth (copy, read + write)"] == (
+        "44.1 GB/s (start; the end-of-run figure comes when the run finishes)")
+    assert running["measured peak, float32"].startswith("0.203 TFLOP/s (start;")
+    assert max(len(text) for text in table.index) <= 48  # the label column stays narrow

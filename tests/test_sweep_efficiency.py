@@ -45,6 +45,10 @@ def test_env_records_the_peak_the_published_table_and_each_models_flops(measured
     start, end = env["peak_flops_start_per_s"]["float32"], env["peak_flops_end_per_s"]["float32"]
     assert start != end and env["peak_flops_per_s"]["float32"] == max(start, end)
     assert env["peak_flops_kept"] == {"float32": "end" if end > start else "start"}
+    # The memory bandwidth beside it, the same way: two real copy probes, the higher kept.
+    start, end = env["memory_bandwidth_start_bytes_per_s"], env["memory_bandwidth_end_bytes_per_s"]
+    assert start > 1e8 and end > 1e8 and env["memory_bandwidth_bytes_per_s"] == max(start, end)
+    assert env["memory_bandwidth_kept"] == ("end" if end > start else "start")
     assert env["published_peak"]["flops_per_s"] == {} and "no published peak" in env["published_peak"]["note"]
     assert env["device_memory_bytes"] > 1e9
     assert env["telemetry"] == {"energy_method": None, "energy_note": env["telemetry"]["energy_note"],
@@ -148,25 +152,34 @@ def test_telemetry_off_and_a_flops_figure_from_the_params(tmp_path: Path) -> Non
 def test_a_resumed_run_keeps_the_peak_it_measured(measured, tmp_path: Path, monkeypatch) -> None:
     out = Path(shutil.copytree(measured[0], tmp_path / "run"))  # resumed: the module's run stays as measured
     summary = measured[1]
-    before = json.loads((out / "env.json").read_text())["peak_flops_per_s"]
+    before = json.loads((out / "env.json").read_text())
+    peak, bandwidth = before["peak_flops_per_s"], before["memory_bandwidth_bytes_per_s"]
 
     def only_at_the_end(device, dtypes, threads=None, fresh=False):
         if not fresh:
             raise AssertionError("a resumed run measured its start peak again")
         return {dtype: 1.0 for dtype in dtypes}  # far below: the figures it had stay the higher
 
+    def bandwidth_only_at_the_end(device, threads=None, fresh=False):
+        if not fresh:
+            raise AssertionError("a resumed run measured its start bandwidth again")
+        return 1.0
+
     monkeypatch.setattr(ceilings_module, "measure_peak_flops", only_at_the_end)
+    monkeypatch.setattr(ceilings_module, "measure_memory_bandwidth", bandwidth_only_at_the_end)
     params = parse_params(tiny_params(models=[TINY_BERT, TINY_RESNET], batch_sizes=[1, 4], duration_s=0.3,
                                       measure_peak_flops=True))
     resumed = run_sweep(params, out, progress=None, resume=True).summary
-    assert json.loads((out / "env.json").read_text())["peak_flops_per_s"] == before
+    after = json.loads((out / "env.json").read_text())
+    assert after["peak_flops_per_s"] == peak and after["memory_bandwidth_bytes_per_s"] == bandwidth
     assert resumed["pct_of_measured_peak"].tolist() == pytest.approx(summary["pct_of_measured_peak"].tolist())
 
 
 def injected_peaks(monkeypatch, start: float, end: float) -> list[bool]:
     """The GEMM probe replaced: `start` FLOP/s before the first point, `end` after the last; returns
-    each call's `fresh`."""
+    each call's `fresh`. The bandwidth probe is replaced too (1 byte/s), so nothing real is timed."""
     calls: list[bool] = []
+    monkeypatch.setattr(ceilings_module, "measure_memory_bandwidth", lambda device, threads=None, fresh=False: 1.0)
 
     def probe(device, dtypes, threads=None, fresh=False):
         calls.append(fresh)

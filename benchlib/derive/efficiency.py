@@ -18,8 +18,9 @@ says so in its notes (:func:`with_peak_notes`), and the report marks its figure.
 The energy of a window comes from telemetry samples (:func:`window_energy`): the
 difference of a cumulative energy counter interpolated at the window's ends, or, with
 no counter, sampled power integrated over the window (trapezoids). What was not
-measured stays NaN, never 0. The ceilings leave room for the roofline's other half,
-memory bandwidth, as another mapping beside the FLOP/s ones.
+measured stays NaN, never 0. The roofline's other half, memory bandwidth, is measured and
+recorded in env.json (benchlib.measure.ceilings) but not judged here yet: that needs each
+point's bytes moved counted, as its FLOPs are.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ is ``2 * n**3`` FLOPs. Sizes grow (CPU 256 ... 4096, CUDA 1024 ... 16384) until 
 sizes in a row have not beaten the best rate by 5 % (a plateau that holds, not one
 flat reading on a busy machine), or the budget would be overrun; at each size one
 warm-up product, then the best of a few reps, each rep enough products to last about
-20 ms. The peak is the best rate of any size, and of any intra-op thread count tried:
+20 ms (the protocol benchlib.measure.plateau shares with the bandwidth probe).
+The peak is the best rate of any size, and of any intra-op thread count tried:
 by default the count in force; a sweep also tries all usable cores on a CPU
 (:func:`ceiling_threads`), since its client threads together can use them. ``tf32`` is
 float32 operands under ``matmul_precision("high")``, ``float32`` the same under
@@ -19,8 +20,9 @@ in one process does not time the same GEMMs again; ``fresh=True`` times them any
 (a sweep's end-of-run measurement, benchlib.measure.ceilings), and the cache keeps the
 higher figure.
 
-Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, from the
-table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's device name.
+Published peak: the dense (no sparsity) FLOP/s an NVIDIA datasheet gives, and its memory
+bandwidth (bytes/s), from the table ``benchlib/data/gpu_peaks.yaml``, whose rows match torch's
+device name.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ import torch
 import yaml
 
 from benchlib.errors import InputError
-from benchlib.measure.device import intra_op_threads, usable_cpus
+from benchlib.measure.device import usable_cpus
+from benchlib.measure.plateau import RateCache, best_rate, device_key, device_sync, plateau_rate
 from benchlib.measure.precision import matmul_precision
 
 PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16", "int8")
@@ -57,17 +60,7 @@ CUDA_SIZES = (1024, 2048, 4096, 8192, 16384)
 CPU_CONVOLUTIONS = ((8, 256, 56), (8, 512, 28))
 CONVOLUTION_DTYPES = ("float32", "bfloat16")
 
-#: A size must beat the best rate so far by this factor to count as progress ...
-_PLATEAU = 1.05
-#: ... and after this many sizes in a row without progress the sizes stop growing: one flat size
-#: can be a busy moment on a shared machine, and stopping there leaves the ceiling too low.
-_PLATEAU_SIZES = 2
-#: Reps per size (the best counts) and the least a rep should last: long against the
-#: clock's resolution and a CUDA synchronize, short against the budget.
-_REPS = 5
-_MIN_REP_S = 0.02
-
-_cache: dict[tuple[str, str, int], float] = {}
+_cache = RateCache()  # by (device, dtype) and intra-op thread count
 
 Matmul = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -110,28 +103,16 @@ def measure_peak_flops(device: torch.device | str, dtypes: Iterable[str], budget
     without the CPU's convolution.
     """
     device = torch.device(device)
-    counts = tuple(dict.fromkeys(threads)) if threads is not None else (torch.get_num_threads(),)
+    sizes = tuple(sizes) if sizes else CUDA_SIZES if device.type == "cuda" else CPU_SIZES
     results = {}
     for dtype in dtypes:
         if dtype not in PEAK_DTYPES:
             raise ValueError(f"no peak dtype {dtype!r}; expected one of {', '.join(PEAK_DTYPES)}")
         if dtype == "int8" or not _supported(device, dtype):
             continue
-        rates = []
-        for count in counts:
-            # Intra-op threads set a CPU's peak: each count is its own measurement.
-            key = (_device_key(device), dtype, count)
-            if fresh or key not in _cache:
-                with intra_op_threads(count):
-                    rate = _measure(device, dtype, budget_s, clock, matmul or torch.matmul,
-                                    tuple(sizes) if sizes else CUDA_SIZES if device.type == "cuda" else CPU_SIZES)
-                    if matmul is None and device.type == "cpu" and dtype in CONVOLUTION_DTYPES:
-                        rate = max(rate, _convolution_rate(dtype, budget_s / 2, clock))
-                _cache[key] = max(rate, _cache.get(key, 0.0))
-            else:
-                rate = _cache[key]
-            rates.append(rate)
-        results[dtype] = max(rates)
+        measure = partial(_measure, device, dtype, budget_s, clock, matmul or torch.matmul, sizes,
+                          convolution=matmul is None and device.type == "cpu" and dtype in CONVOLUTION_DTYPES)
+        results[dtype] = _cache.best_over_threads((device_key(device), dtype), threads, measure, fresh)
     return results
 
 
@@ -152,45 +133,18 @@ def _supported(device: torch.device, dtype: str) -> bool:
     return True
 
 
-def _device_key(device: torch.device) -> str:
-    if device.type == "cuda" and device.index is None:
-        return f"cuda:{torch.cuda.current_device()}"
-    return str(device)
-
-
 def _measure(device: torch.device, dtype: str, budget_s: float, clock: Callable[[], float], matmul: Matmul,
-             sizes: tuple[int, ...]) -> float:
+             sizes: tuple[int, ...], convolution: bool) -> float:
+    """The GEMM's plateaued FLOP/s (2 n**3 a product) and, where `convolution`, the better of that and a 3x3 convolution."""
     torch_dtype = torch.float32 if dtype in ("float32", "tf32") else getattr(torch, dtype)
-    precision = {"float32": "highest", "tf32": "high"}.get(dtype)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # device-wide: nothing else runs while we measure
+    def product(n: int) -> Callable[[], Any]:
+        return partial(matmul, torch.randn(n, n, device=device, dtype=torch_dtype),
+                       torch.randn(n, n, device=device, dtype=torch_dtype))
 
-    best = 0.0
-    flat = 0  # sizes in a row that did not beat the best by _PLATEAU
-    previous: tuple[int, float] | None = None  # size, seconds per product
-    with matmul_precision(precision):
-        deadline = clock() + budget_s
-        for n in sizes:
-            if previous is not None:
-                # A product costs n**3: predict this size from the last one and stop rather than overrun.
-                last_n, last_s = previous
-                one = last_s * (n / last_n) ** 3
-                if clock() + one + _REPS * max(one, _MIN_REP_S) > deadline:
-                    break
-            a = torch.randn(n, n, device=device, dtype=torch_dtype)
-            b = torch.randn(n, n, device=device, dtype=torch_dtype)
-            rate = _rate(partial(matmul, a, b), 2 * n**3, clock, sync, deadline)
-            del a, b
-            flat = flat + 1 if rate < best * _PLATEAU else 0
-            best = max(best, rate)
-            if flat >= _PLATEAU_SIZES:
-                break
-            previous = (n, 2 * n**3 / rate)
-            if clock() >= deadline:
-                break
-    return best
+    with matmul_precision({"float32": "highest", "tf32": "high"}.get(dtype)):
+        rate = plateau_rate(sizes, lambda n: 2 * n**3, product, budget_s, clock, device_sync(device))
+    return max(rate, _convolution_rate(dtype, budget_s / 2, clock)) if convolution else rate
 
 
 def _convolution_rate(dtype: str, budget_s: float, clock: Callable[[], float]) -> float:
@@ -203,38 +157,8 @@ def _convolution_rate(dtype: str, budget_s: float, clock: Callable[[], float]) -
         x = torch.randn(batch, channels, side, side, dtype=getattr(torch, dtype))
         w = torch.randn(channels, channels, 3, 3, dtype=getattr(torch, dtype))
         flops = 2 * batch * channels * channels * 9 * side * side
-        best = max(best, _rate(partial(torch.nn.functional.conv2d, x, w, padding=1), flops, clock, lambda: None,
+        best = max(best, best_rate(partial(torch.nn.functional.conv2d, x, w, padding=1), flops, clock, lambda: None,
                                deadline))
-    return best
-
-
-def _rate(product: Callable[[], Any], flops: float, clock: Callable[[], float],
-          sync: Callable[[], None], deadline: float) -> float:
-    """Best FLOP/s of `product` (`flops` each) over a few reps, after one warm-up."""
-    sync()
-    start = clock()
-    product()
-    sync()
-    warm = clock() - start
-    count = max(1, math.ceil(_MIN_REP_S / warm)) if warm > 0 else 1
-    best = 0.0
-    for _ in range(_REPS):
-        sync()
-        start = clock()
-        for _ in range(count):
-            product()
-        sync()
-        elapsed = clock() - start
-        if elapsed > 0:
-            best = max(best, flops * count / elapsed)
-            # Size the next rep from this one: the warm-up may have paid one-off costs (cuBLAS handles, caches).
-            count = max(1, math.ceil(_MIN_REP_S * count / elapsed))
-        else:
-            count *= 2  # too short for the clock to see
-        if clock() >= deadline:
-            break
-    if best <= 0:
-        raise RuntimeError(f"the clock did not advance over {count} runs of {flops:.3g} FLOPs each")
     return best
 
 
@@ -247,10 +171,14 @@ class PublishedPeak:
     source: str
     date: str
     match: str = ""  # regex tried against torch's device name, case-insensitively
+    memory_bandwidth_bytes_per_s: float | None = None  # None: the row gives none
 
 
 _FIELDS = {"match", "source", "date", "flops_per_s"}
-_FIX = "give `devices: {<name>: {match: <regex>, source: ..., date: ..., flops_per_s: {<dtype>: <FLOP/s>}}}`"
+#: A row may leave it out: a GPU whose memory differs between parts of one name (the A100s) has none.
+_OPTIONAL_FIELDS = {"memory_bandwidth_bytes_per_s"}
+_FIX = ("give `devices: {<name>: {match: <regex>, source: ..., date: ..., flops_per_s: {<dtype>: <FLOP/s>}, "
+        "memory_bandwidth_bytes_per_s: <bytes/s> (optional)}}`")
 
 
 def load_published_peaks(path: str | Path | None = None) -> list[PublishedPeak]:
@@ -271,8 +199,8 @@ def load_published_peaks(path: str | Path | None = None) -> list[PublishedPeak]:
 
 def _row(path: Path, name: str, entry: object) -> PublishedPeak:
     where = f"{path}: devices.{name}"
-    if not isinstance(entry, dict) or set(entry) != _FIELDS:
-        raise PeaksError(f"{where}: give exactly {sorted(_FIELDS)}")
+    if not isinstance(entry, dict) or not _FIELDS <= set(entry) <= _FIELDS | _OPTIONAL_FIELDS:
+        raise PeaksError(f"{where}: give exactly {sorted(_FIELDS)}, and optionally {sorted(_OPTIONAL_FIELDS)}")
     for field in ("match", "source", "date"):
         if entry[field] is None or not str(entry[field]).strip():
             raise PeaksError(f"{where}.{field}: must not be empty")
@@ -293,7 +221,11 @@ def _row(path: Path, name: str, entry: object) -> PublishedPeak:
         if number is None:
             raise PeaksError(f"{where}.flops_per_s.{dtype}: a positive number of FLOP/s (e.g. 65.0e12), got {value!r}")
         peaks[str(dtype)] = number
-    return PublishedPeak(name, peaks, str(entry["source"]), str(entry["date"]), pattern)
+    bandwidth = entry.get("memory_bandwidth_bytes_per_s")
+    if "memory_bandwidth_bytes_per_s" in entry and _number(bandwidth) is None:
+        raise PeaksError(f"{where}.memory_bandwidth_bytes_per_s: a positive number of bytes/s (e.g. 600.0e9 for "
+                         f"600 GB/s), got {bandwidth!r}")
+    return PublishedPeak(name, peaks, str(entry["source"]), str(entry["date"]), pattern, _number(bandwidth))
 
 
 def _number(value: object) -> float | None:

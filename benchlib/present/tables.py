@@ -333,10 +333,18 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
                      ", ".join(map(str, env["resumed_across_code"]))))
     price = env.get("price") or {}
     rows.append(("price", f"{price.get('usd_per_hour')} $/h ({price.get('source', '')})"))
+    starts, ends = env.get("peak_flops_start_per_s") or {}, env.get("peak_flops_end_per_s") or {}
     for dtype, flops in (env.get("peak_flops_per_s") or {}).items():
-        rows.append((f"measured peak, {dtype}", f"{flops / 1e12:,.3g} TFLOP/s"))
+        rows.append((f"measured peak, {dtype}",
+                     _ceiling(flops, starts.get(dtype), ends.get(dtype), 1e12, "{:,.3g}", "TFLOP/s", bool(starts))))
     if env.get("peak_flops_note") and not env.get("peak_flops_per_s"):
         rows.append(("measured peak", env["peak_flops_note"]))
+    if env.get("memory_bandwidth_bytes_per_s"):
+        rows.append(("measured memory bandwidth (copy, read + write)",
+                     _ceiling(env["memory_bandwidth_bytes_per_s"], env.get("memory_bandwidth_start_bytes_per_s"),
+                              env.get("memory_bandwidth_end_bytes_per_s"), 1e9, "{:,.1f}", "GB/s", True)))
+    elif env.get("memory_bandwidth_note"):
+        rows.append(("measured memory bandwidth", env["memory_bandwidth_note"]))
     published = env.get("published_peak") or {}
     if published.get("flops_per_s"):
         figures = ", ".join(f"{dtype} {flops / 1e12:,.1f}" for dtype, flops in published["flops_per_s"].items())
@@ -344,6 +352,9 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
                      f"{figures} ({published.get('source')}, {published.get('date')})"))
     elif published.get("note"):
         rows.append(("published peak", published["note"]))
+    if published.get("memory_bandwidth_bytes_per_s"):  # its source is the published peak's
+        rows.append((f"published memory bandwidth ({published.get('device')})",
+                     f"{published['memory_bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s"))
     if env.get("device_memory_bytes"):
         rows.append(("device memory", f"{env['device_memory_bytes'] / GIB:,.1f} GiB"))
     telemetry = env.get("telemetry") or {}
@@ -359,6 +370,18 @@ def env_table(env: dict[str, Any]) -> pd.DataFrame:
             rows.append((f"FLOPs per inference of {label}",
                          f"{flops / 1e9:,.3f} GFLOP ({model['flops_source']})" if flops else model["flops_source"]))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _ceiling(kept: float, start: float | None, end: float | None, scale: float, fmt: str, unit: str,
+             recorded: bool) -> str:
+    """A measured ceiling with the two figures it is the higher of: "0.203 TFLOP/s (start 0.2, end 0.203)".
+    Not `recorded`: a run from before start and end were kept, the figure alone."""
+    text = f"{fmt.format(kept / scale)} {unit}"
+    if not recorded:
+        return text
+    if end is None:
+        return f"{text} (start; the end-of-run figure comes when the run finishes)"
+    return f"{text} (higher of start {fmt.format((start or 0.0) / scale)}, end {fmt.format(end / scale)})"
 
 
 def percentile_note(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE) -> str:
