@@ -397,7 +397,7 @@ def summary_shown(summary: pd.DataFrame) -> list[str]:
 
 
 KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high",
-               "recommended_batch_size", "asymptote_per_s", "r_squared", "reason"]
+               "recommended_batch_size", "asymptote_per_s", "r_squared", "reason", "to_resolve"]
 
 
 def format_table(table: pd.DataFrame, columns: list[str], digits: int = 1) -> str:
