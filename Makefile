@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/benchlib run params/local.yaml --out $(OUT)
-	# P50 is the percentile that local.yaml's few requests per point can bound.
-	$(BIN)/benchlib report --out $(OUT) --percentile p50 --latency-budget-ms 1000
+	# A P95 budget a 2-core CPU can meet: nothing of local.yaml's is under 50 ms there.
+	$(BIN)/benchlib report --out $(OUT) --latency-budget-ms 100
 	@echo "open $(OUT)/report.html"
 
 test: $(STAMP)

@@ -72,7 +72,10 @@ def test_a_run_from_before_efficiency_shows_it_empty() -> None:
     old = summary()[["instance", "model", "precision", "runtime", "batch_size", "threads", "status",
                      "throughput_per_s", "latency_p95_ms", "usd_per_million"]]
     table = report.efficiency_table(old)
-    assert table["% of measured peak"].isna().all() and table["Notes"].tolist() == ["", ""]
+    # No figure at all: no column of dashes for it (the page then leaves the whole section out)
+    assert list(table.columns) == ["Model", "Precision", "Batch size", "Client threads", "Throughput (inferences/s)",
+                                   "Notes"] and table["Notes"].tolist() == ["", ""]
+    assert report.Page().show("efficiency", table) is None
     limits = report.memory_limits(old)
     assert math.isnan(limits["Headroom there (GiB)"].iloc[0])
     for chart, message in ((plots.efficiency_vs_batch, "no FLOPs or no measured peak"),

@@ -48,6 +48,11 @@ def _extreme(points: pd.DataFrame | None, column: str, how: str) -> float:
     return float(pd.to_numeric(points[column], errors="coerce").agg(how))
 
 
+#: The efficiency table's figures, left out where no point has one.
+FIGURE_COLUMNS = ("FLOPs per inference (GFLOP)", "Achieved (GFLOP/s)", "Peak of", "% of measured peak",
+                  "% of published peak", "Peak memory (GiB)", "Headroom (GiB)", "Energy per inference (J)")
+
+
 def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per point that ran: its FLOPs, the FLOP/s it reached and what share of the device's peak
     (measured today, and the datasheet's), the memory it held and left, and its energy per inference.
@@ -63,7 +68,7 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
         table = table.drop(columns="Instance")
     if several_runtimes(summary):
         table["Runtime"] = with_runtime(ok)["runtime"]
-    return table.assign(**{
+    table = table.assign(**{
         "Batch size": ok["batch_size"],
         "Client threads": ok["threads"],
         "Throughput (inferences/s)": ok["throughput_per_s"],
@@ -77,6 +82,9 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
         "Energy per inference (J)": ok["joules_per_inference"],
         "Notes": notes,
     }).reset_index(drop=True)
+    # A figure no point has (no datasheet row, no energy counter) is a column of dashes: the notes say why.
+    empty = [c for c in FIGURE_COLUMNS if c in table.columns and table[c].isna().all()]
+    return table.drop(columns=empty)
 
 
 def _flag_above_peak(points: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
