@@ -78,6 +78,7 @@ def test_where_nothing_is_within_the_budget_the_answer_names_the_smallest_budget
     assert answer.nearest.instance == "g5" and "nothing meets p95 <= 4 ms" in answer.reason
     text = answer_markdown(SUMMARY, 4.0, "p95")
     assert "Nothing is within the budget" in text and "The smallest budget anything meets is 5 ms: g5" in text
+    assert "It is the only configuration within the budget." in answer_markdown(SUMMARY, 5.0, "p95")
 
 
 def test_each_precision_gets_its_own_answer_and_instance_ratio():

@@ -46,6 +46,8 @@ def model_markdown(answer: Answer) -> str:
     lines = [head, "",
              f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD per million**, {name} "
              f"{_latency(winner.latency_ms)} against the {answer.budget_ms:g} ms budget."]
+    if answer.runner_up is None:
+        lines += ["", "It is the only configuration within the budget."]
     if answer.runner_up is not None and answer.margin is not None:
         m = answer.margin
         interval = f" ({_signed(m.low_pct)} to {_signed(m.high_pct)})" if not math.isnan(m.low_pct) else ""
