@@ -21,36 +21,38 @@ class LMShape:
     config: Mapping[str, Any]
     #: The config field that bounds input + output tokens (GPT-2 calls it n_positions).
     context_key: str
-    #: Whose shape this is, for `weights_source`.
-    copies: str
+    #: Whose shape this is, in words, for `weights_source`.
+    shape_of: str
 
     @property
     def context_tokens(self) -> int:
         return int(self.config[self.context_key])
 
 
-def _shape(config_class: str, context_key: str, copies: str, **config: Any) -> LMShape:
-    return LMShape(config_class, MappingProxyType(config), context_key, copies)
+def _shape(config_class: str, context_key: str, shape_of: str, **config: Any) -> LMShape:
+    return LMShape(config_class, MappingProxyType(config), context_key, shape_of)
 
 
 #: Zoo name -> shape. Checked against transformers' config classes in tests/test_lm_zoo.py.
 LM_ZOO: Mapping[str, LMShape] = MappingProxyType({
     # GPT2Config's defaults are gpt2 (124M); written out so the shape does not move with them.
-    "gpt2": _shape("GPT2Config", "n_positions", "openai-community/gpt2 (124M)", vocab_size=50257,
-                   n_positions=1024, n_embd=768, n_layer=12, n_head=12, tie_word_embeddings=True),
+    "gpt2": _shape(
+        "GPT2Config", "n_positions", "the shape of openai-community/gpt2's public config (124M)", vocab_size=50257,
+        n_positions=1024, n_embd=768, n_layer=12, n_head=12, tie_word_embeddings=True),
     "llama-3.2-1b-shape": _shape(
-        "LlamaConfig", "max_position_embeddings", "meta-llama/Llama-3.2-1B", vocab_size=128256, hidden_size=2048,
-        intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-        max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000,
-        eos_token_id=128001,
+        "LlamaConfig", "max_position_embeddings", "the shape of meta-llama/Llama-3.2-1B's public config",
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
         # Llama 3's long-context RoPE: changes no cost, kept so the model is the public one's.
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
     "qwen2.5-0.5b-shape": _shape(
-        "Qwen2Config", "max_position_embeddings", "Qwen/Qwen2.5-0.5B", vocab_size=151936, hidden_size=896,
-        intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
-        bos_token_id=151643, eos_token_id=151643, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+        "Qwen2Config", "max_position_embeddings", "the shape of Qwen/Qwen2.5-0.5B's public config",
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        use_sliding_window=False, bos_token_id=151643, eos_token_id=151643,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     # For tests and a quick look on a laptop: Llama's architecture, 2 layers, hidden 64, grouped KV heads.
     "tiny-llama": _shape(
         "LlamaConfig", "max_position_embeddings", "a 2-layer Llama for tests", vocab_size=256, hidden_size=64,

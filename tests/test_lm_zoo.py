@@ -30,7 +30,8 @@ PUBLIC: dict[str, tuple[type, dict[str, Any]]] = {
         "head_dim": 64}),
     "qwen2.5-0.5b-shape": (transformers.Qwen2Config, {
         "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-        "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True, "max_position_embeddings": 32768}),
+        "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True,
+        "max_position_embeddings": 32768}),
     "tiny-llama": (transformers.LlamaConfig, {"num_hidden_layers": 2, "hidden_size": 64}),
 }
 
@@ -59,7 +60,12 @@ def test_the_tiny_zoo_lm_builds_says_it_generates_and_generates() -> None:
     loaded = load_model(spec, CPU, seed=0)
     assert loaded.generative and isinstance(loaded.module, transformers.LlamaForCausalLM)
     assert loaded.weights == "random" and "meta-llama" not in loaded.weights_source
-    assert "random: the shape of a 2-layer Llama for tests's public config (LlamaConfig)" in loaded.weights_source
+    assert loaded.weights_source == ("random: a 2-layer Llama for tests (LlamaConfig), built with a fixed seed, "
+                                     "no download")
+    gpt2 = load_model(ModelSpec(name="gpt2", config={"n_layer": 1}), CPU, seed=0)
+    assert gpt2.generative and gpt2.weights_source == (
+        "random: the shape of openai-community/gpt2's public config (124M) (GPT2Config), built with a fixed seed, "
+        "no download, config overrides {'n_layer': 1}")
     prompt = torch.randint(3, 256, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         out = loaded.module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4,

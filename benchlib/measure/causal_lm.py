@@ -37,8 +37,7 @@ def build_zoo_lm(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
 
     shape = LM_ZOO[spec.name]
     overrides = f", config overrides {spec.config}" if spec.config else ""
-    source = (f"random: the shape of {shape.copies}'s public config ({shape.config_class}), built from it with a "
-              f"fixed seed, no download{overrides}")
+    source = f"random: {shape.shape_of} ({shape.config_class}), built with a fixed seed, no download{overrides}"
     return AutoModelForCausalLM.from_config(zoo_config(spec.name, spec.config)), source
 
 
