@@ -56,7 +56,9 @@ def _validate(args: argparse.Namespace) -> int:
             f"{path}: ok: instance {params.instance}, device {params.device}, "
             f"{len(params.models)} model(s) x {len(params.precisions)} precision(s) x "
             f"{len(params.runtimes)} runtime(s) x {len(params.batch_sizes)} batch size(s) x {load} "
-            f"= {params.grid_size} points, ${usd:g}/h"
+            + (f"x {len(params.input_tokens or ())} input x {len(params.output_tokens or ())} output token count(s) "
+               if params.generative else "")
+            + f"= {params.grid_size} points, ${usd:g}/h"
             + (f"; searched for the cheapest within {params.search.latency_budget_ms:g} ms at "
                f"{params.search.percentile}, measuring at most {params.search.max_measure_s:g} s"
                if params.search is not None else "")

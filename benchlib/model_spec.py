@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from benchlib.lm_zoo import LM_ZOO
 from benchlib.params_base import (
     ALLOWED_MODEL_NAMES,
     MAX_LABEL_CHARS,
@@ -31,6 +32,10 @@ from benchlib.params_base import (
     config_problem,
     error_at,
 )
+
+
+#: Model keys that shape an encoder's or a vision model's input, never a causal LM's.
+ENCODER_KEYS: tuple[str, ...] = ("seq_len", "image_size", "pipeline", "channels_last")
 
 
 class ModelSpec(Strict):
@@ -154,12 +159,35 @@ class ModelSpec(Strict):
         if self.pipeline and self.kind in ("synthetic", "torchscript"):
             raise ValueError(f"{self.name}: `pipeline: true` needs a model whose raw input benchlib knows (images "
                              "for vision models, text for BERT); remove it")
+        if self.name in LM_ZOO:
+            self._check_zoo_lm()
         if self.weights == "pretrained" and self.config:
             raise ValueError(
                 f"{self.name}: `config` overrides change the architecture and cannot apply to "
                 "pretrained weights; remove `config` or use `weights: random`"
             )
         return self
+
+    def _check_zoo_lm(self) -> None:
+        if self.weights == "pretrained":
+            raise error_at(("weights",), "pretrained", "random_only",
+                           f"{self.name} is built from its config with random weights; for real weights give a local "
+                           "checkpoint as `name: hf:<folder>` with `weights: pretrained`")
+        for key in self.encoder_keys_set():
+            raise error_at((key,), getattr(self, key), "encoder_key",
+                               f"{self.name} is a causal LM: `{key}` is for encoders and vision models; remove it "
+                               "(a causal LM's tokens are the top-level `input_tokens` and `output_tokens`)")
+
+    def encoder_keys_set(self) -> list[str]:
+        """The encoder keys (ENCODER_KEYS) this entry sets to other than their defaults. Against the defaults,
+        not what was given: params_to_dict writes them all out, and must read back."""
+        return [key for key in ENCODER_KEYS if getattr(self, key) != type(self).model_fields[key].default]
+
+    @property
+    def generative(self) -> bool | None:
+        """Whether this is a causal LM that generates: known for the zoo and the other kinds; None for an
+        `hf:` model, whose config says (benchlib.measure.causal_lm.is_causal_lm)."""
+        return None if self.kind == "hf" else self.name in LM_ZOO
 
     @property
     def kind(self) -> str:

@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,11 +52,14 @@ from benchlib.params_base import (
     problem,
 )
 from benchlib.model_spec import ModelSpec
+from benchlib.params_generative import generative_problems
 from benchlib.params_search import SEARCH_FIRST_WINDOW_FRACTION, SEARCH_TRIALS_PER_ROUND, RateSearch, Search
 from benchlib.percentiles import min_samples_for_percentile
 from benchlib.textfiles import read_text
 from benchlib.vocabulary import ARRIVAL_CLOSED, ARRIVALS
 
+#: Tokens per request, in or out: a list (one count alone means a one-element list), each checked to be 1 or more.
+TokenCounts = Annotated[tuple[StrictInt, ...], BeforeValidator(one_element_list), Field(min_length=1)]
 
 
 
@@ -134,6 +138,13 @@ class Params(Strict):
     #: max_queue_delay); 0 merges only what is already queued.
     max_queue_delay_ms: Annotated[float, BeforeValidator(exponent_number),
                                   Field(ge=0, le=MAX_QUEUE_DELAY_MS, strict=True, allow_inf_nan=False)] = 0.0
+    #: Causal LMs (see benchlib.params_generative): prompt tokens per request, a grid dimension ...
+    input_tokens: TokenCounts | None = None
+    #: ... and the tokens every request generates, exactly (greedy, EOS ignored), so points compare.
+    output_tokens: TokenCounts | None = None
+    #: Causal LMs: the recommendation's budgets, time to first token and time per output token after it.
+    ttft_budget_ms: PositiveFloat | None = None
+    tpot_budget_ms: PositiveFloat | None = None
 
     @field_validator("instance")
     @classmethod
@@ -145,7 +156,20 @@ class Params(Strict):
             )
         return name
 
-    @field_validator("batch_sizes", "threads", "precisions", "runtimes", "rates_per_s", "max_batch_size")
+    @field_validator("input_tokens", "output_tokens")
+    @classmethod
+    def _at_least_one_token(cls, values: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        # A message of our own: "greater than 0" would not say what a request of 0 tokens is.
+        what = "a prompt has" if info.field_name == "input_tokens" else "every request generates"
+        problems = [problem((index,), value, "no_tokens", f"{what} at least 1 token; use 1 or more"
+                            + (" (1 measures the prefill alone: the first token)" if info.field_name == "output_tokens" else ""))
+                    for index, value in enumerate(values or ()) if value < 1]
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return values
+
+    @field_validator("batch_sizes", "threads", "precisions", "runtimes", "rates_per_s", "max_batch_size",
+                     "input_tokens", "output_tokens")
     @classmethod
     def _no_duplicates(cls, values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
         if values is None:  # an optional list left out
@@ -154,6 +178,18 @@ class Params(Strict):
         if dupes:
             raise ValueError(f"duplicate values {dupes}; list each once")
         return values
+
+    @model_validator(mode="after")
+    def _generative_keys_fit_the_models(self) -> Params:
+        problems = generative_problems(self)
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    @property
+    def generative(self) -> bool:
+        """Whether the models generate tokens (the params give input_tokens or output_tokens)."""
+        return self.input_tokens is not None or self.output_tokens is not None
 
     @model_validator(mode="after")
     def _window_not_accidentally_long(self) -> Params:
@@ -321,7 +357,9 @@ class Params(Strict):
                 f"the grid has {self.grid_size} points ({len(self.models)} models x {len(self.precisions)} precisions "
                 f"x {len(self.runtimes)} runtimes x {len(self.batch_sizes)} batch sizes x {len(self.threads)} "
                 f"thread counts x {len(self.max_batch_size)} merged batch sizes x {self._rate_count} "
-                f"{'probes at most' if self.rate_search is not None else 'rates'}), at least "
+                f"{'probes at most' if self.rate_search is not None else 'rates'}"
+                + (f" x {len(self.input_tokens or ())} input and {len(self.output_tokens or ())} output token counts"
+                   if self.generative else "") + "), at least "
                 f"{hours:.1f} h of measuring at duration_s {self.duration_s:g}; shrink it to {MAX_GRID_POINTS} points "
                 "or fewer, or set `allow_large_grid: true` if you mean it"
             )
@@ -331,7 +369,8 @@ class Params(Strict):
     def configurations(self) -> int:
         """Grid points but for the offered rate."""
         return (len(self.models) * len(self.precisions) * len(self.runtimes) * len(self.batch_sizes)
-                * len(self.threads) * len(self.max_batch_size))
+                * len(self.threads) * len(self.max_batch_size) * len(self.input_tokens or (None,))
+                * len(self.output_tokens or (None,)))
 
     @property
     def _rate_count(self) -> int:

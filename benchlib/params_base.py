@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from benchlib.lm_zoo import LM_ZOO
 
 
 #: Precisions a params file may ask for. ``amp`` is float16 autocast on CUDA (as in
@@ -34,6 +35,18 @@ CUDA_ONLY_RUNTIMES: tuple[str, ...] = ("cuda-graphs",)
 
 RUNTIME_PACKAGES: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript")}
 
+#: Runtimes that generate with a causal LM: eager (required, the reference) and compile (with a static KV
+#: cache where transformers has one). Every other runtime's points are `unsupported`, for this reason:
+CAUSAL_LM_RUNTIME_REASONS: dict[str, str] = {
+    "trace": "torch.jit.trace records one forward pass of fixed shapes; generation grows the KV cache every step",
+    "compile-max-autotune": "not prepared for generation yet; use `compile` (default mode, static KV cache)",
+    "cuda-graphs": "our capture holds one forward pass; a generate loop's steps need a static KV cache, which "
+                   "`compile` brings",
+    "onnxruntime": "the export holds one forward pass without the KV cache; generating needs a decoder exported "
+                   "with past key values, which benchlib does not build",
+}
+CAUSAL_LM_RUNTIMES: tuple[str, ...] = tuple(name for name in RUNTIMES if name not in CAUSAL_LM_RUNTIME_REASONS)
+
 MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "high", "medium")
 
 WEIGHTS: tuple[str, ...] = ("random", "pretrained")
@@ -48,7 +61,8 @@ YOLO_IMAGE_SIZE = 640
 YOLO_INSTALL = "pip install 'benchlib[yolo]'"
 
 #: Models known by name; anything else goes through one of the prefixes.
-ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "bert-large-uncased-squad", "resnet50", *YOLO_MODELS)
+ZOO_MODELS: tuple[str, ...] = ("bert-base-uncased-squad2", "bert-large-uncased-squad", "resnet50", *YOLO_MODELS,
+                               *LM_ZOO)
 
 MODEL_PREFIXES: tuple[str, ...] = ("hf:", "torchvision:", "torchscript:", "synthetic:")
 

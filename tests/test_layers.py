@@ -13,6 +13,7 @@ LAYERS: dict[str, int] = {
     "benchlib": 1, "benchlib.vocabulary": 1, "benchlib.errors": 1, "benchlib.textfiles": 1,
     "benchlib.interrupts": 1, "benchlib.percentiles": 1,
     "benchlib.labels": 2, "benchlib.params": 2, "benchlib.params_base": 2, "benchlib.params_search": 2, "benchlib.model_spec": 2,
+    "benchlib.params_generative": 2, "benchlib.lm_zoo": 2,
     "benchlib.schema": 3, "benchlib.files": 3, "benchlib.ownership": 3, "benchlib.results": 3,
     "benchlib.derive": 4,
     "benchlib.measure": 5,

@@ -65,7 +65,8 @@ PLAUSIBLE = {
     "instance": st.sampled_from(["g5.4xlarge", "c7i.large", "test-cpu", "my desktop", ""]),
     "device": st.sampled_from(["cpu", "auto", "cuda", "gpu"]),
     "models": st.lists(st.sampled_from([TINY_BERT, TINY_RESNET, {"name": "synthetic:2"}, {"name": "resnet50"},
-                                        {"name": "resnet50", "image_size": 64, "label": "r"}, {"name": "nope"}]),
+                                        {"name": "resnet50", "image_size": 64, "label": "r"}, {"name": "nope"},
+                                        "tiny-llama", {"name": "gpt2", "seq_len": 64}, "hf:/models/lm"]),
                        min_size=1, max_size=3),
     "batch_sizes": st.lists(st.integers(0, 64), min_size=1, max_size=4),
     "threads": st.lists(st.integers(0, 8), min_size=1, max_size=3),
@@ -103,6 +104,10 @@ PLAUSIBLE = {
                   "start_per_s": st.floats(0, 100), "tolerance_pct": st.floats(0, 120)})),
     "max_batch_size": st.one_of(st.integers(0, 16), st.lists(st.integers(1, 16), min_size=1, max_size=2)),
     "max_queue_delay_ms": seconds,
+    "input_tokens": st.one_of(st.none(), st.integers(-1, 600), st.lists(st.integers(0, 600), min_size=1, max_size=3)),
+    "output_tokens": st.one_of(st.none(), st.integers(-1, 64), st.lists(st.integers(0, 64), min_size=1, max_size=3)),
+    "ttft_budget_ms": st.one_of(st.none(), st.floats(-1, 500, allow_nan=False)),
+    "tpot_budget_ms": st.one_of(st.none(), st.floats(-1, 100, allow_nan=False)),
 }
 
 
@@ -121,6 +126,29 @@ def test_plausible_params_round_trip_or_name_a_key(data) -> None:
         assert_names_a_key(exc, params_data)
     else:
         assert_round_trips(params)
+
+
+#: What a generative file varies: its token keys and budgets, and the keys they are checked against.
+GENERATIVE_KEYS = ("models", "runtimes", "input_tokens", "output_tokens", "ttft_budget_ms", "tpot_budget_ms", "search",
+                   "batch_sizes")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_plausible_generative_params_round_trip_or_name_a_key(data) -> None:
+    keys = data.draw(st.lists(st.sampled_from(GENERATIVE_KEYS), min_size=1, max_size=3, unique=True))
+    base = {**tiny_params(), "models": ["tiny-llama"], "input_tokens": [8], "output_tokens": [4]}
+    params_data = {**base, **{key: data.draw(PLAUSIBLE[key], label=key) for key in keys}}
+    params_data = {key: value for key, value in params_data.items() if value is not None}
+    try:
+        params = parse_params(params_data)
+    except ParamsError as exc:
+        assert_names_a_key(exc, params_data)
+    else:
+        assert_round_trips(params)
+        if params.generative:
+            assert params.input_tokens and params.output_tokens and "eager" in params.runtimes
+            assert all(spec.generative is not False for spec in params.models)
 
 
 # Models as people write them: zoo and hub names, local folders and files whose paths

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from benchlib.derive.efficiency import window_energy
-from benchlib.measure import gates, pipelines
+from benchlib.measure import causal_lm, gates, pipelines
 from benchlib.measure.caches import Level
 from benchlib.measure.environment import RunEnv
 from benchlib.measure.flops import FlopCount, flops_per_inference
@@ -174,7 +174,8 @@ class PointMeasurer:
         spec's speed factor (benchlib.measure.synthetic.Simulated), and its gate compares zeros to zeros."""
         workload = self._workload(point)
         runtime = self._runtime(point)
-        reason = runtime.unsupported(workload)
+        reason = (causal_lm.runtime_problem(self.params.generative and workload.loaded.generative, point.runtime)
+                  or runtime.unsupported(workload))
         if reason:
             raise _NotRun.unsupported(f"{point.runtime}: {reason}")
         if point.model.pipeline and point.open_loop:

@@ -52,7 +52,7 @@ from benchlib.measure.grid_search import search_grid, search_record, search_tabl
 from benchlib.measure.loads import Window
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
-from benchlib.measure.runnable import check_runnable_here
+from benchlib.measure.runnable import check_runnable_here, refuse_unwired_generation
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.rate_search import SearchResult, search_rate
@@ -96,6 +96,7 @@ def run_sweep(
     """
     check_percentile(percentile)
     check_runnable_here(params)  # the packages its models and runtimes need, on this machine
+    refuse_unwired_generation(params)
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]

@@ -10,10 +10,13 @@ from typing import Any
 import torch
 
 from benchlib.errors import WorkloadError
+from benchlib.lm_zoo import LM_ZOO
+from benchlib.measure import causal_lm
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.measure.synthetic import SyntheticModel
 from benchlib.model_spec import ModelSpec
+from benchlib.params import Params
 from benchlib.params_base import YOLO_MODELS
 
 #: The study's checkpoint for the NLP model (used when `weights: pretrained`).
@@ -40,6 +43,8 @@ class LoadedModel:
     #: Where the weights came from, in words (results record it).
     weights_source: str
     make_inputs: InputMaker
+    #: A causal LM that generates (benchlib.measure.causal_lm): timed per token, not per forward pass.
+    generative: bool = False
 
     @property
     def weights(self) -> str:
@@ -52,13 +57,14 @@ def load_model(spec: ModelSpec, device: torch.device, seed: int) -> LoadedModel:
                "synthetic": _load_synthetic}
     torch.manual_seed(seed)  # random weights are the same for the same seed
     module, source, make_inputs = loaders[spec.kind](spec)
+    generative = spec.generative if spec.generative is not None else causal_lm.is_causal_lm(module.config)
     # No gradients in inference. This also keeps autocast's weight-cast cache (which is
     # process-wide, shared by all client threads) out of play: every request casts the
     # weights it uses on its own stream, as the study's per-request autocast did.
     module = module.to(device).eval()
     for parameter in module.parameters():  # (ScriptModules lack requires_grad_)
         parameter.requires_grad_(False)
-    return LoadedModel(spec, module, device, source, make_inputs)
+    return LoadedModel(spec, module, device, source, make_inputs, generative)
 
 
 def _load_zoo(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
@@ -69,6 +75,11 @@ def _load_zoo(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
 
         module = yolo.build(spec.name, spec.config)
         return module, yolo.weights_source(spec.name, spec.config), image_inputs(spec.image_size, 3, key=None)
+    if spec.name in LM_ZOO:
+        # Its forward pass takes seq_len tokens (the FLOP count's, an encoder-style call); generating takes
+        # input_tokens, made by the generation workload.
+        module, source = causal_lm.build_zoo_lm(spec)
+        return module, source, text_inputs(module, spec.seq_len)
     # The QA BERTs (no pooler): BertConfig's defaults are exactly bert-base-uncased.
     from transformers import BertConfig, BertForQuestionAnswering
 
@@ -84,28 +95,49 @@ def _load_zoo(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
 def _load_hf(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
     import transformers
 
-    target = spec.source if spec.weights == "pretrained" and spec.source else spec.target
-    _check_local_path(target, spec)
-    try:
-        config = transformers.AutoConfig.from_pretrained(target, **spec.config)
-    except (OSError, ValueError) as exc:
-        raise WorkloadError(
-            f"{spec.name}: cannot read the model config from {target!r} ({first_line(exc, with_type=False)}); "
-            "give a local directory that holds config.json, or a hub id on a machine that can reach the hub"
-        ) from None
+    target = _hf_target(spec)
+    config = hf_config(spec)
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
-    cls = cls or transformers.AutoModel
+    # A config without `architectures`: a causal LM gets its LM head, anything else the bare model.
+    cls = cls or (transformers.AutoModelForCausalLM if causal_lm.is_causal_lm(config) else transformers.AutoModel)
     if spec.weights == "pretrained":
         module, source = _hf_pretrained(cls, target)
-    elif cls is transformers.AutoModel:
-        module, source = transformers.AutoModel.from_config(config), _random_source(spec)
+    elif cls in (transformers.AutoModel, transformers.AutoModelForCausalLM):
+        module, source = cls.from_config(config), _random_source(spec)
     else:
         module, source = cls(config), _random_source(spec)
     if getattr(module, "main_input_name", "input_ids") == "pixel_values":
         channels = getattr(config, "num_channels", 3)
         return module, source, image_inputs(spec.image_size, channels, key="pixel_values")
     return module, source, text_inputs(module, spec.seq_len)
+
+
+def _hf_target(spec: ModelSpec) -> str:
+    return spec.source if spec.weights == "pretrained" and spec.source else spec.target
+
+
+def hf_config(spec: ModelSpec) -> Any:
+    """An `hf:` model's transformers config, read without its weights (a local folder or the HF cache)."""
+    import transformers
+
+    target = _hf_target(spec)
+    _check_local_path(target, spec)
+    try:
+        return transformers.AutoConfig.from_pretrained(target, **spec.config)
+    except (OSError, ValueError) as exc:
+        raise WorkloadError(
+            f"{spec.name}: cannot read the model config from {target!r} ({first_line(exc, with_type=False)}); "
+            "give a local directory that holds config.json, or a hub id on a machine that can reach the hub"
+        ) from None
+
+
+def check_generative_hf_models(params: Params) -> None:
+    """In a generative params file, each `hf:` model's config is a causal LM's that holds the longest request:
+    checked from the configs, before any weights load (the schema checks the zoo's)."""
+    for spec in params.models:
+        if spec.kind == "hf" and params.generative:
+            causal_lm.check_causal_lm_config(spec, hf_config(spec), params)
 
 
 def _hf_pretrained(cls: Any, target: str) -> tuple[torch.nn.Module, str]:

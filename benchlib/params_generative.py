@@ -1,0 +1,115 @@
+"""What a params file with causal LMs must hold together (benchlib.params calls :func:`generative_problems`).
+
+A params file is generative when it gives `input_tokens` or `output_tokens`; then every model is a causal LM
+that generates, and every point's requests are that many tokens in and out. Checked here, without the
+machine: the keys come as a pair; no encoder, vision or synthetic model and no encoder key (`seq_len`)
+among the models; a zoo LM's context holds input + output tokens; eager is among the runtimes; a TPOT
+budget has decode steps to time; the searches, whose budgets are per request, are not asked for.
+
+An `hf:` model is a causal LM or not by its config, and its context is in that config: both are checked
+when the config is read, before any weights (benchlib.measure.causal_lm.check_causal_lm_config).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic_core import InitErrorDetails
+
+from benchlib.lm_zoo import LM_ZOO, context_tokens
+from benchlib.params_base import problem
+
+if TYPE_CHECKING:
+    from benchlib.params import Params
+
+GENERATIVE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens")
+#: The recommendation's budgets for generative runs (time to first token, time per output token).
+TOKEN_BUDGETS: tuple[str, ...] = ("ttft_budget_ms", "tpot_budget_ms")
+CAUSAL_LMS = ", ".join([*LM_ZOO, "hf:<causal LM>"])
+
+
+def generative_problems(params: Params) -> list[InitErrorDetails]:
+    """Every way `params` mixes generative and encoder settings, each at the key to change."""
+    if not params.generative:
+        return [*_lms_without_tokens(params), *_budgets_without_tokens(params)]
+    problems = [*_missing_pair(params), *_not_causal_lms(params)]
+    if not problems:
+        problems += _too_long(params)
+    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params)]
+
+
+def _lms_without_tokens(params: Params) -> list[InitErrorDetails]:
+    return [problem(("models", index, "name"), spec.name, "needs_tokens",
+                    f"{spec.name} is a causal LM: give the top-level `input_tokens` and `output_tokens` (lists of "
+                    "tokens per request, e.g. [512] and [128])")
+            for index, spec in enumerate(params.models) if spec.generative]
+
+
+def _budgets_without_tokens(params: Params) -> list[InitErrorDetails]:
+    return [problem((key,), getattr(params, key), "needs_tokens",
+                    "a token budget is for causal LMs that generate: give `input_tokens` and `output_tokens` with "
+                    "causal LMs, or remove it (an encoder's budget is `latency_budget_ms`)")
+            for key in TOKEN_BUDGETS if getattr(params, key) is not None]
+
+
+def _missing_pair(params: Params) -> list[InitErrorDetails]:
+    # The input shown is {}: _format_error shows no "(got ...)" for a mapping, and nothing was given.
+    return [problem((key,), {}, "missing_pair",
+                    f"give `{key}` too: a generative point is input_tokens in and output_tokens out "
+                    f"(e.g. `{key}: [{128 if key == 'output_tokens' else 512}]`)")
+            for key in GENERATIVE_KEYS if getattr(params, key) is None]
+
+
+def _not_causal_lms(params: Params) -> list[InitErrorDetails]:
+    problems = []
+    given = next(key for key in GENERATIVE_KEYS if getattr(params, key) is not None)
+    for index, spec in enumerate(params.models):
+        if spec.generative is False:
+            problems.append(problem((given,), list(getattr(params, given)), "not_a_causal_lm",
+                                    f"models.{index} ({spec.name}) does not generate: input_tokens and output_tokens "
+                                    f"are for causal LMs ({CAUSAL_LMS}); remove them for this model (an encoder's "
+                                    "tokens are its `seq_len`), or measure it in a params file of its own"))
+        for key in spec.encoder_keys_set() if spec.generative is None else ():
+            problems.append(problem(("models", index, key), getattr(spec, key), "encoder_key",
+                                        f"`{key}` is for encoders and vision models, and this params file "
+                                        "generates (input_tokens, output_tokens); remove it"))
+    return problems
+
+
+def _too_long(params: Params) -> list[InitErrorDetails]:
+    longest = max(params.input_tokens or ()) + max(params.output_tokens or ())
+    problems = []
+    for index, spec in enumerate(params.models):
+        context = context_tokens(spec.name, spec.config)
+        if context is not None and longest > context:
+            key = LM_ZOO[spec.name].context_key
+            problems.append(problem(("input_tokens",), list(params.input_tokens or ()), "beyond_context",
+                                    f"models.{index} ({spec.name}) holds {context} tokens ({key}), and the longest "
+                                    f"request is {max(params.input_tokens or ())} input + "
+                                    f"{max(params.output_tokens or ())} output = {longest}; keep input_tokens + "
+                                    f"output_tokens within {context}"))
+    return problems
+
+
+def _without_eager(params: Params) -> list[InitErrorDetails]:
+    if "eager" in params.runtimes:
+        return []
+    return [problem(("runtimes",), list(params.runtimes), "needs_eager",
+                    "a causal LM is measured under eager too (the reference the other runtimes' outputs are checked "
+                    "against); add eager to runtimes")]
+
+
+def _tpot_without_decode(params: Params) -> list[InitErrorDetails]:
+    single = [tokens for tokens in params.output_tokens or () if tokens < 2]
+    if params.tpot_budget_ms is None or not single:
+        return []
+    return [problem(("tpot_budget_ms",), params.tpot_budget_ms, "no_decode",
+                    "TPOT is (E2E - TTFT) / (output_tokens - 1): a request of output_tokens 1 has no decode step to "
+                    "time; list only output_tokens above 1, or remove tpot_budget_ms (ttft_budget_ms budgets the "
+                    "first token)")]
+
+
+def _searches(params: Params) -> list[InitErrorDetails]:
+    return [problem((key,), getattr(params, key).model_dump(), "not_generative_yet",
+                    "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure the grid "
+                    "(ttft_budget_ms and tpot_budget_ms are the recommendation's budgets)")
+            for key in ("rate_search", "search") if getattr(params, key) is not None]
