@@ -22,7 +22,8 @@ A token's time is when its step's output exists:
   the request, from the last one's ``synchronize``. A device-wide synchronize would serialise the
   client threads (DESIGN, timing rules), and even a stream synchronize per token would stall the host
   between launches, which a server does not do; an event costs one launch and timestamps the
-  token's last kernel on the device. The events are made before ``start``, outside the request.
+  token's last kernel on the device. The events are made (and created on the device, by a first
+  record) before ``start``, outside the request.
 
 `Step` is the model as this loop sees it: :func:`causal_lm_step` adapts a Hugging Face
 ``AutoModelForCausalLM``; a synthetic model (benchlib.measure.synthetic_generative) is one itself.
@@ -107,9 +108,12 @@ class EventTimer:
         self._marked = 0
 
     def start(self, output_tokens: int) -> float:
-        # Made before the start: creating events is host work that is no part of the request.
+        # Made before the start: torch creates a CUDA event on its first record, host work that is no part of
+        # the request, so each is recorded once here; the marks record them again.
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(output_tokens)]
         self._start_event = torch.cuda.Event(enable_timing=True)
+        for event in (*self._events, self._start_event):
+            event.record()
         self._marked = 0
         started = self._clock()
         self._start_event.record()
