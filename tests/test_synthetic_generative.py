@@ -104,7 +104,9 @@ def test_ttft_and_tpot_are_the_formulas(batch_size: int, threads: int) -> None:
     model = SyntheticGenerativeModel(FIXED_MS, PER_TOKEN_MS, PER_SEQUENCE_MS)
     truth = generative_truth(model, batch_size, INPUT_TOKENS, OUTPUT_TOKENS, threads)
     model.overshoot(reset=True)
-    row = token_figures(closed_loop(model, batch_size, threads, requests=7))
+    # 11 requests a thread: a window of ~0.4 s, so one 5 ms preemption between holds (a busy 2-core VM) stays
+    # inside the throughput's 2 %.
+    row = token_figures(closed_loop(model, batch_size, threads, requests=11))
     late = model.overshoot()  # how late the point's own holds woke: each token is one hold
     expected = {"ttft": truth.ttft_s[0] + late.median_s, "tpot": truth.tpot_s[0] + late.median_s,
                 "e2e": truth.e2e_s + OUTPUT_TOKENS * late.median_s}
