@@ -20,8 +20,8 @@ from benchlib.derive.stats import (
     REQUESTS_PER_WINDOW,
     trial_figures,
     completed_requests,
-    percentile_with_ci,
-    pooled_interval,
+    mean_throughput_with_ci,
+    pooled_percentile,
 )
 from benchlib.percentiles import min_samples_for_percentile
 from benchlib.schema import is_open_loop, with_load_keys, with_trials
@@ -64,23 +64,14 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
     # What the run itself said (an OOM's message, why a runtime is unsupported, a recompile), once each.
     notes: list[str] = list(dict.fromkeys(str(v) for v in records["note"] if isinstance(v, str) and v))
     throughputs = np.array([t["throughput"] for t in trials], dtype=float)
-    throughput = float(throughputs.mean()) if n else nan
+    throughput, low, high = mean_throughput_with_ci(throughputs, [t["ci"] for t in trials]) if n else (nan, nan, nan)
     row: dict[str, Any] = {"throughput_per_s": throughput}
-
-    # The mean's within-window interval: each trial's half-widths combined, over N.
-    halves = [(t["throughput"] - t["ci"][0], t["ci"][1] - t["throughput"]) for t in trials]
-    if n and all(math.isfinite(low) for low, _ in halves):
-        within = (throughput - math.sqrt(sum(low**2 for low, _ in halves)) / len(halves),
-                  throughput + math.sqrt(sum(high**2 for _, high in halves)) / len(halves))
-    else:
-        within = (nan, nan)
-        if n:
-            fewest = min(t["n"] for t in trials)
-            what = "throughput CI" if n_trials == 1 else "within-window throughput CI"
-            notes.append(f"no {what}: {fewest} requests{' in a trial' if n_trials > 1 else ''} < "
-                         f"{MIN_WINDOWS * REQUESTS_PER_WINDOW}")
-    row["throughput_ci_low_per_s"], row["throughput_ci_high_per_s"] = (
-        pooled_interval(throughput, within, throughputs) if n else (nan, nan))
+    if n and not all(math.isfinite(t["ci"][0]) for t in trials):
+        fewest = min(t["n"] for t in trials)
+        what = "throughput CI" if n_trials == 1 else "within-window throughput CI"
+        notes.append(f"no {what}: {fewest} requests{' in a trial' if n_trials > 1 else ''} < "
+                     f"{MIN_WINDOWS * REQUESTS_PER_WINDOW}")
+    row["throughput_ci_low_per_s"], row["throughput_ci_high_per_s"] = low, high
     cvs = [t["cv"] for t in trials if math.isfinite(t["cv"])]
     row["throughput_cv"] = float(np.mean(cvs)) if cvs else nan
     if cvs and row["throughput_cv"] > NOISY_CV and not open_loop:
@@ -95,10 +86,7 @@ def summarize_point(records: pd.DataFrame) -> dict[str, Any]:
 
     unbounded = []
     for p in PERCENTILES:
-        value, low, high = percentile_with_ci(latencies_ms, p)
-        if n_trials >= 2 and math.isfinite(value):
-            per_trial = np.array([np.percentile(t["latencies_ms"], p) for t in trials if t["n"]])
-            low, high = pooled_interval(value, (low, high), per_trial)
+        value, low, high = pooled_percentile([t["latencies_ms"] for t in trials], p)
         row[latency_column(f"p{p}")] = value
         if p in PERCENTILES_WITH_CI:
             row.update(zip(latency_interval_columns(f"p{p}"), (low, high)))

@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -133,3 +134,35 @@ def pooled_interval(estimate: float, within: tuple[float, float], trial_values: 
     below = estimate - low if math.isfinite(low) else 0.0
     above = high - estimate if math.isfinite(high) else 0.0
     return estimate - math.hypot(below, between), estimate + math.hypot(above, between)
+
+
+def pooled_percentile(per_trial: Sequence[np.ndarray], percent: float) -> tuple[float, float, float]:
+    """(estimate, low, high) of a percentile of the trials' samples pooled (:func:`percentile_with_ci`); with two
+    or more trials that have samples, the interval carries their spread too (:func:`pooled_interval` of the
+    trials' own percentiles). All NaN when the pooled sample cannot bound it."""
+    samples = [np.asarray(s, dtype=float) for s in per_trial if len(s)]
+    value, low, high = percentile_with_ci(np.concatenate(samples) if samples else np.empty(0), percent)
+    if len(samples) >= 2 and math.isfinite(value):
+        low, high = pooled_interval(value, (low, high), np.array([np.percentile(s, percent) for s in samples]))
+    return value, low, high
+
+
+def mean_throughput_with_ci(throughputs: Sequence[float],
+                            within: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """(mean, low, high) of the trials' throughputs, each with its window's own interval (`within`).
+
+    The mean's within-window interval combines the trials' half-widths in quadrature, over N; then
+    :func:`pooled_interval` adds the spread between trials. When a trial has no window interval (too few
+    requests), only that spread is left: NaN ends with one trial.
+    """
+    values = np.asarray(throughputs, dtype=float)
+    if not len(values):
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    halves = [(value - low, high - value) for value, (low, high) in zip(values, within)]
+    if all(math.isfinite(low) for low, _ in halves):
+        window = (mean - math.sqrt(sum(low**2 for low, _ in halves)) / len(halves),
+                  mean + math.sqrt(sum(high**2 for _, high in halves)) / len(halves))
+    else:
+        window = (math.nan, math.nan)
+    return (mean, *pooled_interval(mean, window, values))
