@@ -59,6 +59,7 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
     TELEMETRY,
     TEXT_KEYS,
     TEXT_MEASURES,
+    TOKEN_TIMES,
     TELEMETRY_COLUMNS,
 )
 
@@ -70,7 +71,9 @@ FINISHED = "finished"
 
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 0) -> pd.DataFrame:
-    """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row."""
+    """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row.
+    A generative point's rows add TOKEN_TIMES (its marker row an empty list): its `keys` give
+    output_tokens."""
     missing = set(POINT_KEYS) - set(keys)
     if missing:  # a grid dimension added without its column would leave it empty
         raise ValueError(f"point keys lack {sorted(missing)}")
@@ -93,7 +96,11 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 
         rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan,
                  "end_s": nan, "enqueued_s": nan, "dispatched_s": nan, "batch_id": -1, "merged_requests": -1,
                  **dict.fromkeys(PIPELINE_RECORD_COLUMNS, nan), **point_columns}]
-    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    generative = isinstance(keys.get("output_tokens"), int) or any(r.token_times_s is not None for r in run.records)
+    if not generative:
+        return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    times = [list(r.token_times_s or ()) for r in run.records] if run.records else [[]]
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS).assign(**{TOKEN_TIMES: times})
 
 
 
