@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 GENERATIVE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens")
 #: The recommendation's budgets for generative runs (time to first token, time per output token).
 TOKEN_BUDGETS: tuple[str, ...] = ("ttft_budget_ms", "tpot_budget_ms")
-CAUSAL_LMS = ", ".join([*LM_ZOO, "hf:<causal LM>"])
+CAUSAL_LMS = ", ".join([*LM_ZOO, "hf:<causal LM>", "synthetic-gen:<prefill_ms>+<per_token_ms>/<decode_ms>+<per_sequence_ms>"])
 
 
 def generative_problems(params: Params) -> list[InitErrorDetails]:
