@@ -34,7 +34,7 @@ from pandas._libs.parsers import STR_NA_VALUES
 from benchlib.errors import InputError
 from benchlib.files import append_part, join_parts, next_part, read_table_parts, table_exists, write_atomic
 from benchlib.ownership import check_run_folder
-from benchlib.schema import upgraded
+from benchlib.schema import upgraded, with_token_keys
 from benchlib.vocabulary import (  # the run folder's file names are re-exported for its readers
     ACCURACY,
     ACCURACY_COLUMNS,
@@ -59,6 +59,7 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
     TELEMETRY,
     TEXT_KEYS,
     TEXT_MEASURES,
+    TOKEN_KEYS,
     TOKEN_TIMES,
     TELEMETRY_COLUMNS,
 )
@@ -240,11 +241,13 @@ class RunWriter:
             out.setdefault(key, (int(point), []))[1].append(status)
         return out
 
-    def smallest_oom_batches(self) -> dict[tuple[str, str, str], int]:
-        """Per (model, precision, runtime), the smallest batch size that ran out of memory so far."""
-        oom = self.records[self.records["status"] == STATUS_OOM]
-        smallest = oom.groupby(["model", "precision", "runtime"])["batch_size"].min()
-        return {(str(m), str(p), str(r)): int(b) for (m, p, r), b in smallest.items()}
+    def smallest_oom_batches(self) -> dict[tuple[Any, ...], int]:
+        """Per (model, precision, runtime, input tokens, output tokens), the smallest batch size that ran out of
+        memory so far (the tokens None for encoders: GridPoint.memory_family)."""
+        oom = with_token_keys(self.records[self.records["status"] == STATUS_OOM])
+        smallest = oom.groupby(["model", "precision", "runtime", *TOKEN_KEYS], dropna=False)["batch_size"].min()
+        return {(str(m), str(p), str(r), *(None if pd.isna(t) else int(t) for t in tokens)): int(b)
+                for (m, p, r, *tokens), b in smallest.items()}
 
     def has_accuracy(self, **keys: Any) -> bool:
         """Whether an accuracy row with these values (e.g. model, precision, runtime, batch_size) exists."""

@@ -166,3 +166,21 @@ def test_the_shipped_llm_params_are_generative() -> None:
     params = load_params(Path(__file__).parents[1] / "params" / "llm-local.yaml")
     assert params.generative and params.models[0].generative and params.runtimes == ("eager",)
     assert params.device == "auto" and params.input_tokens == (32,) and params.output_tokens == (16,)
+
+
+def test_out_of_memory_rules_out_larger_batches_of_the_same_request_length_only(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    real_call = SyntheticGenerativeModel.__call__
+
+    def call(self, tokens, state):  # a CUDA-style OOM for a prefill of 256 tokens or more
+        if state is None and tokens.numel() >= 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_call(self, tokens, state)
+
+    monkeypatch.setattr(SyntheticGenerativeModel, "__call__", call)
+    params = parse_params(generative_params(models=["synthetic-gen:1/1"], input_tokens=[64, 8], output_tokens=[2],
+                                            batch_sizes=[1, 4, 8]))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    status = dict(zip(zip(summary["input_tokens"], summary["batch_size"]), summary["status"]))
+    assert status == {(64, 1): "ok", (64, 4): "oom", (64, 8): "skipped", (8, 1): "ok", (8, 4): "ok", (8, 8): "ok"}
+    assert summary.loc[summary["status"] != "ok", "ttft_p50_ms"].isna().all()

@@ -46,6 +46,12 @@ class GridPoint:
         return tuple(values[k] for k in GRID_KEYS)
 
     @property
+    def memory_family(self) -> tuple[Any, ...]:
+        """The points a larger batch of which needs more memory: same model, precision, runtime and request
+        tokens (None for encoders). An out-of-memory batch rules out the larger ones of its family alone."""
+        return (self.model.label, self.precision.name, self.runtime, self.input_tokens, self.output_tokens)
+
+    @property
     def generative(self) -> bool:
         """Whether the point's requests generate tokens (a causal LM's), timed per token."""
         return self.output_tokens is not None

@@ -108,7 +108,7 @@ class PointMeasurer:
         self.model = Level(self.workload, self.reference)
         #: (runtime name, simulated on a synthetic model?) -> the runtime
         self.runtimes: dict[tuple[str, bool], Runtime] = {}
-        #: (model, precision, runtime) -> the smallest batch size that ran out of memory.
+        #: (model, precision, runtime, input tokens, output tokens) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
         #: model label -> why loading it ran out of memory.
         self.model_oom: dict[str, str] = {}
@@ -155,7 +155,7 @@ class PointMeasurer:
         return run
 
     def _rule_out(self, point: GridPoint, trial: int) -> None:
-        limit = self.oom_batch.get(point.key[:3])
+        limit = self.oom_batch.get(point.memory_family)
         if limit is not None and point.batch_size > limit and trial == 0:
             raise _NotRun(PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory"))
         if point.model.label in self.model_oom:
@@ -326,7 +326,7 @@ class PointMeasurer:
         self.artifact.clear()
         self.inputs.clear()
         release_memory(self.device)
-        key = point.key[:3]
+        key = point.memory_family
         self.oom_batch[key] = min(self.oom_batch.get(key, point.batch_size), point.batch_size)
 
     def _workload(self, point: GridPoint) -> Workload:
