@@ -75,6 +75,7 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 
     """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row.
     A generative point's rows add TOKEN_TIMES (its marker row an empty list): its `keys` give
     output_tokens."""
+    keys = {**dict.fromkeys(TOKEN_KEYS, float("nan")), **keys}  # an encoder's point may leave them out: empty
     missing = set(POINT_KEYS) - set(keys)
     if missing:  # a grid dimension added without its column would leave it empty
         raise ValueError(f"point keys lack {sorted(missing)}")
