@@ -387,15 +387,27 @@ SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "ba
                                 "usd_per_million_at_target", "reason"]
 
 
+#: Columns printed with three significant digits, not `digits` decimals: a token costs a millionth of a request.
+SIGNIFICANT_SHOWN = ["usd_per_million_output_tokens"]
+#: What the summary shows besides SUMMARY_SHOWN where the run generated (its summary has the token figures):
+#: the request's tokens, time to first token and per output token, output tokens/s and their cost.
+TOKENS_SHOWN = ["input_tokens", "output_tokens", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
+                "output_tokens_per_s", "usd_per_million_output_tokens"]
+
+
 def summary_shown(summary: pd.DataFrame) -> list[str]:
     """The summary columns printed: SUMMARY_SHOWN, with the open-loop ones after `threads` where any point was
-    open loop (a closed-loop run prints as before)."""
+    open loop, and the token figures after them where the run generated (an encoder run prints as before)."""
     from benchlib.schema import has_open_loop
 
-    if not has_open_loop(summary):
-        return SUMMARY_SHOWN
+    shown = SUMMARY_SHOWN
     at = SUMMARY_SHOWN.index("threads") + 1
-    return [*SUMMARY_SHOWN[:at], *SERVING_SHOWN, *SUMMARY_SHOWN[at:]]
+    if has_open_loop(summary):
+        shown = [*shown[:at], *SERVING_SHOWN, *shown[at:]]
+        at += len(SERVING_SHOWN)
+    if "ttft_p50_ms" in summary.columns:
+        shown = [*shown[:at], *TOKENS_SHOWN, *shown[at:]]
+    return shown
 
 
 KNEES_SHOWN = ["model", "precision", "runtime", "threads", "knee_batch", "knee_batch_ci_low", "knee_batch_ci_high",
@@ -407,6 +419,9 @@ def format_table(table: pd.DataFrame, columns: list[str], digits: int = 1) -> st
     if table.empty:
         return "(none)"
     shown = table[[c for c in columns if c in table.columns]]
+    small = [c for c in SIGNIFICANT_SHOWN if c in shown.columns]
+    if small:  # cents per million tokens would print as 0.0: three significant digits instead
+        shown = shown.assign(**{c: shown[c].map(lambda v: f"{v:.3g}") for c in small})
     return shown.to_string(index=False, float_format=lambda v: f"{v:.{digits}f}")
 
 

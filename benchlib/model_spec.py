@@ -92,6 +92,9 @@ class ModelSpec(Strict):
         if name.startswith("synthetic:"):
             synthetic_ms(name)  # raises with the fix
             return name
+        if name.startswith(SYNTHETIC_GENERATIVE):
+            synthetic_generative_ms(name)  # raises with the fix
+            return name
         for prefix in MODEL_PREFIXES:
             if name.startswith(prefix) and len(name) > len(prefix):
                 return name
@@ -161,6 +164,8 @@ class ModelSpec(Strict):
                              "for vision models, text for BERT); remove it")
         if self.name in LM_ZOO:
             self._check_zoo_lm()
+        if self.name.startswith(SYNTHETIC_GENERATIVE):
+            self._check_synthetic_generative()
         if self.weights == "pretrained" and self.config:
             raise ValueError(
                 f"{self.name}: `config` overrides change the architecture and cannot apply to "
@@ -178,6 +183,16 @@ class ModelSpec(Strict):
                                f"{self.name} is a causal LM: `{key}` is for encoders and vision models; remove it "
                                "(a causal LM's tokens are the top-level `input_tokens` and `output_tokens`)")
 
+    def _check_synthetic_generative(self) -> None:
+        if self.speedup is not None:
+            raise error_at(("speedup",), self.speedup, "not_generative",
+                           f"{self.name} generates under eager alone (the runtime causal LMs are measured with): "
+                           "remove `speedup`, or write the faster costs into the name")
+        for key in self.encoder_keys_set():
+            raise error_at((key,), getattr(self, key), "encoder_key",
+                           f"{self.name} generates: `{key}` is for encoders and vision models; remove it (its "
+                           "tokens are the top-level `input_tokens` and `output_tokens`)")
+
     def encoder_keys_set(self) -> list[str]:
         """The encoder keys (ENCODER_KEYS) this entry sets to other than their defaults. Against the defaults,
         not what was given: params_to_dict writes them all out, and must read back."""
@@ -187,22 +202,33 @@ class ModelSpec(Strict):
     def generative(self) -> bool | None:
         """Whether this is a causal LM that generates: known for the zoo and the other kinds; None for an
         `hf:` model, whose config says (benchlib.measure.causal_lm.is_causal_lm)."""
-        return None if self.kind == "hf" else self.name in LM_ZOO
+        if self.kind == "hf":
+            return None
+        return self.name in LM_ZOO or self.name.startswith(SYNTHETIC_GENERATIVE)
 
     @property
     def kind(self) -> str:
-        """``zoo``, ``hf``, ``torchvision``, ``torchscript`` or ``synthetic``."""
+        """``zoo``, ``hf``, ``torchvision``, ``torchscript`` or ``synthetic`` (``synthetic-gen:`` too: it computes
+        nothing, has no weights and holds for set times, as ``synthetic:`` does)."""
+        if self.name.startswith(SYNTHETIC_GENERATIVE):
+            return "synthetic"
         return self.name.split(":", 1)[0] if ":" in self.name else "zoo"
 
     @property
     def synthetic_ms(self) -> float | None:
-        """A synthetic model's fixed milliseconds per request; None for a real model."""
-        return synthetic_cost_ms(self.name)[0] if self.kind == "synthetic" else None
+        """A synthetic encoder's fixed milliseconds per request; None for a real or generative model."""
+        cost = self.synthetic_cost_ms
+        return cost[0] if cost is not None else None
 
     @property
     def synthetic_cost_ms(self) -> tuple[float, float] | None:
-        """A synthetic model's (fixed_ms, per_item_ms); None for a real model."""
-        return synthetic_cost_ms(self.name) if self.kind == "synthetic" else None
+        """A synthetic encoder's (fixed_ms, per_item_ms); None for a real or generative model."""
+        return synthetic_cost_ms(self.name) if self.name.startswith("synthetic:") else None
+
+    @property
+    def synthetic_generative_ms(self) -> tuple[float, float, float, float] | None:
+        """A synthetic generative model's (prefill fixed, per token, decode fixed, per sequence) ms; None else."""
+        return synthetic_generative_ms(self.name) if self.name.startswith(SYNTHETIC_GENERATIVE) else None
 
     def speed_factor(self, runtime: str, precision: str) -> float:
         """How many times faster a synthetic model holds under `runtime` at `precision` (names not in
@@ -234,6 +260,29 @@ def synthetic_cost_ms(name: str) -> tuple[float, float]:
                          f"number from 0 to {MAX_SYNTHETIC_MS:g} (e.g. synthetic:10 holds each request 10 ms, "
                          "synthetic:2+0.5 holds a batch of 8 for 2 + 0.5 x 8 = 6 ms)")
     return values[0], values[1] if len(values) == 2 else 0.0
+
+
+#: The prefix of a synthetic generative model (benchlib.measure.synthetic_generative).
+SYNTHETIC_GENERATIVE = "synthetic-gen:"
+
+
+def synthetic_generative_ms(name: str) -> tuple[float, float, float, float]:
+    """(prefill_fixed_ms, prefill_per_token_ms, decode_fixed_ms, decode_per_sequence_ms) of
+    ``synthetic-gen:<prefill_fixed>[+<per_token>]/<decode_fixed>[+<per_sequence>]``: a prefill of b sequences
+    of L tokens holds ``prefill_fixed + per_token x L x b`` ms, each decode step ``decode_fixed + per_sequence x b``
+    ms. ValueError saying what is allowed."""
+    halves = name.removeprefix(SYNTHETIC_GENERATIVE).split("/")
+    parts = [half.split("+") for half in halves]
+    values = [[_synthetic_number(number) for number in half] for half in parts]
+    if len(values) != 2 or any(len(half) > 2 for half in values) or not all(
+            math.isfinite(v) for half in values for v in half):
+        raise ValueError(f"{name!r}: write {SYNTHETIC_GENERATIVE}<prefill_ms>+<per_token_ms>/<decode_ms>+"
+                         f"<per_sequence_ms>, each a number from 0 to {MAX_SYNTHETIC_MS:g} (the per-token and "
+                         f"per-sequence parts may be left out: e.g. {SYNTHETIC_GENERATIVE}5+0.01/2+0.5 prefills 4 "
+                         "prompts of 100 tokens in 5 + 0.01 x 100 x 4 = 9 ms and decodes a step of them in "
+                         "2 + 0.5 x 4 = 4 ms)")
+    (prefill, *per_token), (decode, *per_sequence) = values
+    return prefill, (per_token or [0.0])[0], decode, (per_sequence or [0.0])[0]
 
 
 def synthetic_ms(name: str) -> float:

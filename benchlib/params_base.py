@@ -113,7 +113,8 @@ MAX_LABEL_CHARS = 64
 PARAMS_FILE_FIX = "write at least `instance`, `models` and `batch_sizes` in it (see the README, section Params)"
 
 ALLOWED_MODEL_NAMES = ", ".join([*ZOO_MODELS, "hf:<hub-id-or-local-dir>", "torchvision:<name>", "torchscript:<path>",
-                                  "synthetic:<milliseconds>", "synthetic:<fixed_ms>+<per_item_ms>"])
+                                  "synthetic:<milliseconds>", "synthetic:<fixed_ms>+<per_item_ms>",
+                                  "synthetic-gen:<prefill_ms>+<per_token_ms>/<decode_ms>+<per_sequence_ms>"])
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -1,10 +1,11 @@
 """What a params file with causal LMs must hold together (benchlib.params calls :func:`generative_problems`).
 
 A params file is generative when it gives `input_tokens` or `output_tokens`; then every model is a causal LM
-that generates, and every point's requests are that many tokens in and out. Checked here, without the
-machine: the keys come as a pair; no encoder, vision or synthetic model and no encoder key (`seq_len`)
-among the models; a zoo LM's context holds input + output tokens; eager is among the runtimes; a TPOT
-budget has decode steps to time; the searches, whose budgets are per request, are not asked for.
+that generates (a zoo LM, an `hf:` causal LM or `synthetic-gen:`), and every point's requests are that many
+tokens in and out. Checked here, without the machine: the keys come as a pair; no encoder, vision or
+`synthetic:` model and no encoder key (`seq_len`) among the models; a zoo LM's context holds input + output
+tokens; eager is among the runtimes; a TPOT budget has decode steps to time; the searches, whose budgets
+are per request, are not asked for.
 
 An `hf:` model is a causal LM or not by its config, and its context is in that config: both are checked
 when the config is read, before any weights (benchlib.measure.causal_lm.check_causal_lm_config).
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 GENERATIVE_KEYS: tuple[str, ...] = ("input_tokens", "output_tokens")
 #: The recommendation's budgets for generative runs (time to first token, time per output token).
 TOKEN_BUDGETS: tuple[str, ...] = ("ttft_budget_ms", "tpot_budget_ms")
-CAUSAL_LMS = ", ".join([*LM_ZOO, "hf:<causal LM>"])
+CAUSAL_LMS = ", ".join([*LM_ZOO, "hf:<causal LM>", "synthetic-gen:<prefill_ms>+<per_token_ms>/<decode_ms>+<per_sequence_ms>"])
 
 
 def generative_problems(params: Params) -> list[InitErrorDetails]:

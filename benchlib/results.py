@@ -34,7 +34,7 @@ from pandas._libs.parsers import STR_NA_VALUES
 from benchlib.errors import InputError
 from benchlib.files import append_part, join_parts, next_part, read_table_parts, table_exists, write_atomic
 from benchlib.ownership import check_run_folder
-from benchlib.schema import upgraded
+from benchlib.schema import upgraded, with_token_keys
 from benchlib.vocabulary import (  # the run folder's file names are re-exported for its readers
     ACCURACY,
     ACCURACY_COLUMNS,
@@ -59,6 +59,8 @@ from benchlib.vocabulary import (  # the run folder's file names are re-exported
     TELEMETRY,
     TEXT_KEYS,
     TEXT_MEASURES,
+    TOKEN_KEYS,
+    TOKEN_TIMES,
     TELEMETRY_COLUMNS,
 )
 
@@ -70,7 +72,10 @@ FINISHED = "finished"
 
 
 def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 0) -> pd.DataFrame:
-    """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row."""
+    """The records of one trial of a grid point as rows; an OOM or skipped point leaves one marker row.
+    A generative point's rows add TOKEN_TIMES (its marker row an empty list): its `keys` give
+    output_tokens."""
+    keys = {**dict.fromkeys(TOKEN_KEYS, float("nan")), **keys}  # an encoder's point may leave them out: empty
     missing = set(POINT_KEYS) - set(keys)
     if missing:  # a grid dimension added without its column would leave it empty
         raise ValueError(f"point keys lack {sorted(missing)}")
@@ -93,7 +98,11 @@ def point_records(point: int, keys: dict[str, Any], run: PointRun, trial: int = 
         rows = [{"point": point, "trial": trial, **keys, "thread": -1, "seq": -1, "warmup": False, "start_s": nan,
                  "end_s": nan, "enqueued_s": nan, "dispatched_s": nan, "batch_id": -1, "merged_requests": -1,
                  **dict.fromkeys(PIPELINE_RECORD_COLUMNS, nan), **point_columns}]
-    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    generative = isinstance(keys.get("output_tokens"), int) or any(r.token_times_s is not None for r in run.records)
+    if not generative:
+        return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    times = [list(r.token_times_s or ()) for r in run.records] if run.records else [[]]
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS).assign(**{TOKEN_TIMES: times})
 
 
 
@@ -233,11 +242,13 @@ class RunWriter:
             out.setdefault(key, (int(point), []))[1].append(status)
         return out
 
-    def smallest_oom_batches(self) -> dict[tuple[str, str, str], int]:
-        """Per (model, precision, runtime), the smallest batch size that ran out of memory so far."""
-        oom = self.records[self.records["status"] == STATUS_OOM]
-        smallest = oom.groupby(["model", "precision", "runtime"])["batch_size"].min()
-        return {(str(m), str(p), str(r)): int(b) for (m, p, r), b in smallest.items()}
+    def smallest_oom_batches(self) -> dict[tuple[Any, ...], int]:
+        """Per (model, precision, runtime, input tokens, output tokens), the smallest batch size that ran out of
+        memory so far (the tokens None for encoders: GridPoint.memory_family)."""
+        oom = with_token_keys(self.records[self.records["status"] == STATUS_OOM])
+        smallest = oom.groupby(["model", "precision", "runtime", *TOKEN_KEYS], dropna=False)["batch_size"].min()
+        return {(str(m), str(p), str(r), *(None if pd.isna(t) else int(t) for t in tokens)): int(b)
+                for (m, p, r, *tokens), b in smallest.items()}
 
     def has_accuracy(self, **keys: Any) -> bool:
         """Whether an accuracy row with these values (e.g. model, precision, runtime, batch_size) exists."""

@@ -7,7 +7,8 @@ derives from it never asks what version wrote it:
 - runs from before trials: one trial each (`trial` 0);
 - runs from before open loop: closed loop (`max_batch_size` 1, `arrival` ``closed``, no
   `offered_rate_per_s`: NaN, as a closed-loop point has today);
-- runs from before runtimes: the model's own forward pass, ``eager``.
+- runs from before runtimes: the model's own forward pass, ``eager``;
+- runs from before generation: no `input_tokens` or `output_tokens` (empty, as an encoder's point has today).
 
 :func:`is_open_loop` is the one question "was this point open loop?" asked of a table.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchlib.vocabulary import ARRIVAL_CLOSED, LOAD_KEYS, OPEN_ARRIVALS, POINT_KEYS, REFERENCE_RUNTIME
+from benchlib.vocabulary import ARRIVAL_CLOSED, LOAD_KEYS, OPEN_ARRIVALS, POINT_KEYS, REFERENCE_RUNTIME, TOKEN_KEYS
 
 #: The load keys of a closed-loop point (and of every point measured before open loop existed).
 CLOSED_LOOP_KEYS: dict[str, Any] = {"max_batch_size": 1, "arrival": ARRIVAL_CLOSED, "offered_rate_per_s": math.nan}
@@ -27,7 +28,20 @@ CLOSED_LOOP_KEYS: dict[str, Any] = {"max_batch_size": 1, "arrival": ARRIVAL_CLOS
 def upgraded(table: pd.DataFrame) -> pd.DataFrame:
     """A summary or records table with every column today's code expects that an older run lacks."""
     records = "start_s" in table.columns  # a summary has no trials to fill in
-    return with_runtime(with_load_keys(with_trials(table) if records else table))
+    return with_token_keys(with_runtime(with_load_keys(with_trials(table) if records else table)))
+
+
+def with_token_keys(points: pd.DataFrame) -> pd.DataFrame:
+    """`points` (a summary or records) with the token keys of runs from before generation: empty (NaN), as an
+    encoder's point has them today, each added where it belongs among the point keys."""
+    missing = [key for key in TOKEN_KEYS if key not in points.columns]
+    if not missing:
+        return points
+    out = points.copy()
+    for key in missing:
+        before = [k for k in POINT_KEYS[:POINT_KEYS.index(key)] if k in out.columns]
+        out.insert(out.columns.get_loc(before[-1]) + 1 if before else len(out.columns), key, math.nan)
+    return out
 
 
 def with_trials(records: pd.DataFrame) -> pd.DataFrame:

@@ -119,16 +119,21 @@ def latency_interval_columns(percentile: str) -> tuple[str, str]:
 #: the offered rate in requests per second (empty in closed loop). In open loop `threads`
 #: counts server workers.
 LOAD_KEYS: list[str] = ["max_batch_size", "arrival", "offered_rate_per_s"]
+#: A causal LM's request: prompt tokens in, tokens generated out (exactly; benchlib.params_generative).
+#: Empty (NaN) for encoders and vision models, and missing in runs from before generation
+#: (benchlib.schema fills them in as empty when a table is read).
+TOKEN_KEYS: list[str] = ["input_tokens", "output_tokens"]
 #: What identifies a grid point within a run: its configuration. Resume, cost
-#: comparisons and the recommendation match points on these.
-GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads", *LOAD_KEYS]
+#: comparisons and the recommendation match points on these. The offered rate stays last
+#: (a rate search's configuration is every key but it).
+GRID_KEYS: list[str] = ["model", "precision", "runtime", "batch_size", "threads", *TOKEN_KEYS, *LOAD_KEYS]
 #: The columns that describe a point in records and summaries, in the order shown.
 POINT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "batch_size", "threads",
-                         *LOAD_KEYS]
+                         *TOKEN_KEYS, *LOAD_KEYS]
 #: Point keys that are names, read as text whatever they look like (a label "2024").
 TEXT_KEYS: list[str] = ["instance", "model", "weights", "precision", "dtype", "runtime", "arrival"]
 #: A knee is fitted per curve: everything but the batch size fixed.
-CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime", "threads"]
+CURVE_KEYS: list[str] = ["instance", "model", "weights", "precision", "runtime", "threads", *TOKEN_KEYS]
 
 # --- columns ------------------------------------------------------------------
 
@@ -183,6 +188,38 @@ SERVING_COLUMNS: list[str] = ["achieved_rate_per_s", *QUEUE_COLUMNS.values(), "m
 #: mean candidate and kept boxes per image (NaN without a pipeline, or for a model that is no detector).
 PIPELINE_COLUMNS: list[str] = [*(f"{stage}_p{p}_ms" for stage in STAGES for p in (50, 95)), "candidate_boxes_mean",
                                "kept_boxes_mean"]
+#: The column a generative request's record adds: its token times, a list of when each of its `output_tokens`
+#: tokens was produced, s from its `start_s` (benchlib.derive.tokens). Only a generative run's records have it.
+TOKEN_TIMES = "token_times_s"
+#: The per-request latencies of a generative point (time to first token, time per output token after it,
+#: inter-token gaps, end to end), stored in seconds, summarised in ms ...
+TOKEN_LATENCIES: tuple[str, ...] = ("ttft", "tpot", "itl", "e2e")
+#: ... and the volumes per request whose completed amount per second is a throughput.
+TOKEN_RATES: tuple[str, ...] = ("requests", "output_tokens", "total_tokens")
+
+
+def token_interval_columns(column: str) -> tuple[str, str]:
+    """A token figure's interval columns, the unit kept last: ``ttft_p50_ms`` -> ``ttft_p50_ci_low_ms``, ...;
+    ``usd_per_million_output_tokens`` -> ``usd_per_million_output_tokens_ci_low``, ..."""
+    for unit in ("_ms", "_per_s"):
+        if column.endswith(unit):
+            stem = column.removesuffix(unit)
+            return f"{stem}_ci_low{unit}", f"{stem}_ci_high{unit}"
+    return f"{column}_ci_low", f"{column}_ci_high"
+
+
+def _with_token_intervals(columns: list[str]) -> list[str]:
+    return [name for column in columns for name in (column, *token_interval_columns(column))]
+
+
+#: What a generative point's summary row adds (benchlib.derive.tokens.token_figures), in order; NaN for
+#: encoders. `requests_per_s` counts generate calls; the summary's latency columns are then E2E.
+TOKEN_COLUMNS: list[str] = [
+    *_with_token_intervals([f"{name}_p{p}_ms" for name in TOKEN_LATENCIES for p in PERCENTILES]),
+    *[f"{name}_mean_ms" for name in TOKEN_LATENCIES],
+    *_with_token_intervals([*(f"{rate}_per_s" for rate in TOKEN_RATES), "user_output_tokens_per_s"]),
+    *_with_token_intervals(["usd_per_million_output_tokens", "usd_per_million_total_tokens"]),
+    "n_itl_gaps", "token_notes"]
 #: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
 #: artifact (per batch size) against eager at the same precision (the gate).
 ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",
@@ -202,7 +239,8 @@ EFFICIENCY_COLUMNS: list[str] = [
     "energy_j", "joules_per_inference",
     "inferences_per_kwh", "telemetry_note",
 ]
-#: summary.csv: one row per grid point.
+#: summary.csv: one row per grid point. A generative run's adds TOKEN_COLUMNS after PIPELINE_COLUMNS
+#: (an encoder run's leaves them out, and its TOKEN_KEYS empty).
 SUMMARY_COLUMNS: list[str] = [*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS, *ACCURACY_IN_SUMMARY,
                               *COST_COLUMNS, *EFFICIENCY_COLUMNS]
 #: The least a summary needs to be compared in a report.

@@ -16,7 +16,7 @@ from benchlib.measure.causal_lm import check_causal_lm_config, is_causal_lm, run
 from benchlib.measure.zoo import check_generative_hf_models, load_model
 from benchlib.model_spec import ModelSpec
 from benchlib.params import parse_params
-from tests.helpers import TINY_BERT, run_cli, tiny_params
+from tests.helpers import TINY_BERT, tiny_params
 
 CPU = torch.device("cpu")
 
@@ -133,14 +133,3 @@ def test_runtimes_a_causal_lm_cannot_generate_with_say_why() -> None:
     assert runtime_problem(True, "eager") is None and runtime_problem(True, "compile") is None
     assert "KV cache" in runtime_problem(True, "trace")
     assert runtime_problem(False, "trace") is None  # an encoder-style forward pass traces as before
-
-
-def test_a_generative_file_is_not_swept_until_generation_is_wired(tmp_path: Path, write_params, capsys) -> None:
-    from benchlib.measure.sweep import run_sweep
-
-    data = tiny_params(models=["tiny-llama"], input_tokens=[8], output_tokens=[4])
-    with pytest.raises(InputError, match="generating is not measured yet"):
-        run_sweep(parse_params(data), tmp_path / "out")
-    run = run_cli(capsys, "bench", write_params(data), "--out", tmp_path / "out")
-    assert run.code == 2 and "input_tokens, output_tokens: generating is not measured yet" in run.err
-    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from benchlib.derive.knee import knees
 from benchlib.derive.capacity import max_rate_table, meets_budget, recommend_serving
 from benchlib.derive.overload import overload_test, queue_growth
 from benchlib.derive.serving import LATE_ENQUEUE_S, MAX_LATE_SHARE, serving_figures
-from benchlib.schema import with_load_keys
+from benchlib.schema import with_load_keys, with_token_keys
 from benchlib.derive.point_summary import summarize, summarize_point
 from benchlib.errors import InputError
 from benchlib.vocabulary import (
@@ -27,6 +27,7 @@ from benchlib.vocabulary import (
     STATUS_DROPPED,
     STATUS_OK,
     STATUS_OVERLOADED,
+    TOKEN_KEYS,
 )
 from tests.helpers import summary_row
 
@@ -342,7 +343,9 @@ def old_summary() -> pd.DataFrame:
 def test_with_load_keys_fills_an_old_summary_in_place_of_the_point_keys() -> None:
     old = old_summary()
     filled = with_load_keys(old)
-    assert list(filled.columns[:len(POINT_KEYS)]) == POINT_KEYS
+    before_tokens = [k for k in POINT_KEYS if k not in TOKEN_KEYS]  # runs from before generation: with_token_keys
+    assert list(filled.columns[:len(before_tokens)]) == before_tokens
+    assert list(with_token_keys(filled).columns[:len(POINT_KEYS)]) == POINT_KEYS
     assert (filled.loc[0, "max_batch_size"], filled.loc[0, "arrival"]) == (1, "closed")
     assert math.isnan(filled.loc[0, "offered_rate_per_s"]) and filled["max_batch_size"].dtype == "int64"
     assert list(old.columns) == list(old_summary().columns)  # the input is not changed

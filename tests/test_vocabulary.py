@@ -41,7 +41,7 @@ def test_the_grid_is_one_product_with_the_model_changing_slowest() -> None:
     keys = [p.key for p in points]
     assert len(set(keys)) == 32
     bert = TINY_BERT["name"]
-    closed = (1, "closed", None)  # no merging, no offered rate
+    closed = (None, None, 1, "closed", None)  # no tokens (an encoder), no merging, no offered rate
     assert keys[:5] == [(bert, "fp32", "eager", 1, 1, *closed), (bert, "fp32", "eager", 1, 2, *closed),
                         (bert, "fp32", "eager", 4, 1, *closed), (bert, "fp32", "eager", 4, 2, *closed),
                         (bert, "fp32", "compile", 1, 1, *closed)]
@@ -51,7 +51,8 @@ def test_the_grid_is_one_product_with_the_model_changing_slowest() -> None:
     point: GridPoint = points[5]
     assert dict(zip(GRID_KEYS, point.key)) == {"model": point.model.label, "precision": point.precision.name,
                                                "runtime": point.runtime, "batch_size": point.batch_size,
-                                               "threads": point.threads, "max_batch_size": 1, "arrival": "closed",
+                                               "threads": point.threads, "input_tokens": None,
+                                               "output_tokens": None, "max_batch_size": 1, "arrival": "closed",
                                                "offered_rate_per_s": None}
 
 
@@ -62,6 +63,8 @@ def test_open_loop_adds_merging_and_the_rate_as_the_fastest_dimensions() -> None
 
     points = grid(params, [resolve_precision("fp32", torch.device("cpu"))])
     assert len(points) == params.grid_size == 12
-    assert [p.key[3:] for p in points[:4]] == [(1, 1, 1, "poisson", 10.0), (1, 1, 1, "poisson", 20.0),
-                                               (1, 1, 1, "poisson", 40.0), (1, 1, 8, "poisson", 10.0)]
+    assert [p.key[3:] for p in points[:4]] == [(1, 1, None, None, 1, "poisson", 10.0),
+                                               (1, 1, None, None, 1, "poisson", 20.0),
+                                               (1, 1, None, None, 1, "poisson", 40.0),
+                                               (1, 1, None, None, 8, "poisson", 10.0)]
     assert points[3].merged_batch_sizes == list(range(1, 9)) and points[-1].merged_batch_sizes == list(range(4, 33, 4))

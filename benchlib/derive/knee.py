@@ -68,7 +68,7 @@ from benchlib.derive.knee_advice import (
     to_resolve,
 )
 from benchlib.derive.stats import Z95
-from benchlib.vocabulary import CURVE_KEYS, STATUS_OK, STATUS_OOM, STATUS_SKIPPED
+from benchlib.vocabulary import CURVE_KEYS, STATUS_OK, STATUS_OOM, STATUS_SKIPPED, TOKEN_KEYS
 
 DEFAULT_FRACTION = 0.9
 #: Below this the "curve" is mostly noise around a flat line.
@@ -338,7 +338,8 @@ def knees(summary: pd.DataFrame, fraction: float = DEFAULT_FRACTION, resamples: 
     A curve's points that ran out of memory (or were skipped after a smaller batch did) are
     not fitted; the smallest of them bounds the batch sizes `to_resolve` suggests.
     """
-    keys = [c for c in CURVE_KEYS if c in summary.columns]
+    # The token keys make curves only where some point generated: an encoder run's knees keep their columns.
+    keys = [c for c in CURVE_KEYS if c in summary.columns and (c not in TOKEN_KEYS or summary[c].notna().any())]
     status = summary["status"] if "status" in summary.columns else pd.Series(STATUS_OK, index=summary.index)
     rows = []
     for values, curve in closed_loop(summary).groupby(keys, sort=False, dropna=False):  # unpublished threads: NaN

@@ -2,7 +2,9 @@
 
 Pools a point's trials (see stats' module docstring for how each figure and its
 interval are made), adds the open-loop figures and status (benchlib.derive.serving)
-and a pipeline's stage figures, and says in `notes` what a figure cannot say.
+and a pipeline's stage figures, and says in `notes` what a figure cannot say. A generative point
+(its records carry token times) adds its token figures (benchlib.derive.tokens): its requests are
+generate calls, so the latency columns are their E2E and `throughput_per_s` their sequences per second.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive import serving
+from benchlib.derive.tokens import token_figures
 from benchlib.derive.overload import overload_test
 from benchlib.derive.stats import (
     MIN_WINDOWS,
@@ -24,7 +27,7 @@ from benchlib.derive.stats import (
     pooled_percentile,
 )
 from benchlib.percentiles import min_samples_for_percentile
-from benchlib.schema import is_open_loop, with_load_keys, with_trials
+from benchlib.schema import is_open_loop, with_load_keys, with_token_keys, with_trials
 from benchlib.vocabulary import (
     PERCENTILES,
     PERCENTILES_WITH_CI,
@@ -38,6 +41,8 @@ from benchlib.vocabulary import (
     STATUS_OVERLOADED,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
+    TOKEN_COLUMNS,
+    TOKEN_TIMES,
     latency_column,
     latency_interval_columns,
 )
@@ -158,15 +163,29 @@ def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str,
     return status, notes
 
 
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
+def summarize(records: pd.DataFrame, usd_per_hour: float | None = None) -> pd.DataFrame:
     """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS,
-    PIPELINE_COLUMNS.
+    PIPELINE_COLUMNS, and where the records carry token times (a generative run) TOKEN_COLUMNS, their
+    costs at `usd_per_hour` (None: NaN).
 
-    Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`).
+    Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`); records
+    from before generation lack the token keys: empty (see `with_token_keys`).
     """
-    records = with_load_keys(records)
+    records = with_token_keys(with_load_keys(records))
+    generative = TOKEN_TIMES in records.columns
     rows = []
     for _, group in records.groupby("point", sort=True):
         keys = {k: group[k].iloc[0] for k in POINT_KEYS}
-        rows.append({**keys, **summarize_point(group)})
-    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS])
+        tokens = generative_figures(group, usd_per_hour) if generative else {}
+        rows.append({**keys, **summarize_point(group), **tokens})
+    return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS,
+                                       *(TOKEN_COLUMNS if generative else [])])
+
+
+def generative_figures(records: pd.DataFrame, usd_per_hour: float | None) -> dict[str, Any]:
+    """TOKEN_COLUMNS of one point's records: its token figures, or NaN where it has no completed request
+    (out of memory, skipped, unsupported) or is no generative point (empty output_tokens)."""
+    measured = completed_requests(with_trials(records))
+    if measured.empty or pd.to_numeric(measured["output_tokens"], errors="coerce").isna().any():
+        return {**dict.fromkeys(TOKEN_COLUMNS, math.nan), "token_notes": ""}
+    return token_figures(records, usd_per_hour)

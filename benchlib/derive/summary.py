@@ -24,7 +24,7 @@ def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: f
                   ceilings: Ceilings | None = None) -> pd.DataFrame:
     """One row per grid point, in the order the points ran; efficiency judged against `ceilings`
     (a point above its measured peak says so in its notes)."""
-    summary = add_cost(with_accuracy(summarize(records), accuracy), usd_per_hour)
+    summary = add_cost(with_accuracy(summarize(records, usd_per_hour), accuracy), usd_per_hour)
     return with_peak_notes(add_efficiency(summary, point_measures(records), ceilings or Ceilings()))
 
 

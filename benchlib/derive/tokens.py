@@ -49,38 +49,18 @@ from benchlib.derive.stats import (
 )
 from benchlib.percentiles import min_samples_for_percentile
 from benchlib.schema import with_trials
-from benchlib.vocabulary import PERCENTILES
+from benchlib.vocabulary import PERCENTILES, TOKEN_LATENCIES, TOKEN_RATES, token_interval_columns
+from benchlib.vocabulary import TOKEN_COLUMNS as VOCABULARY_TOKEN_COLUMNS
 
 #: What a token record must have (`origin_s` is optional).
 TOKEN_RECORD_COLUMNS = ("start_s", "end_s", "token_times_s", "batch_size", "input_tokens", "output_tokens",
                         "warmup", "status")
-#: The per-request latencies, stored in seconds, summarised in ms.
-LATENCIES = ("ttft", "tpot", "itl", "e2e")
-#: Volumes per request whose completed amount per second is a throughput.
-RATES = ("requests", "output_tokens", "total_tokens")
-
-
-def interval_columns(column: str) -> tuple[str, str]:
-    """A figure's interval columns, the unit kept last: ``ttft_p50_ms`` -> ``ttft_p50_ci_low_ms``, ...;
-    ``usd_per_million_output_tokens`` -> ``usd_per_million_output_tokens_ci_low``, ..."""
-    for unit in ("_ms", "_per_s"):
-        if column.endswith(unit):
-            stem = column.removesuffix(unit)
-            return f"{stem}_ci_low{unit}", f"{stem}_ci_high{unit}"
-    return f"{column}_ci_low", f"{column}_ci_high"
-
-
-def _with_intervals(columns: list[str]) -> list[str]:
-    return [name for column in columns for name in (column, *interval_columns(column))]
-
-
+#: The per-request latencies and the rates (their names live in benchlib.vocabulary, with the columns').
+LATENCIES = TOKEN_LATENCIES
+RATES = TOKEN_RATES
+interval_columns = token_interval_columns
 #: The columns :func:`token_figures` returns, in order.
-TOKEN_COLUMNS: tuple[str, ...] = tuple(
-    _with_intervals([f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES])
-    + [f"{name}_mean_ms" for name in LATENCIES]
-    + _with_intervals([f"{rate}_per_s" for rate in RATES] + ["user_output_tokens_per_s"])
-    + _with_intervals(["usd_per_million_output_tokens", "usd_per_million_total_tokens"])
-    + ["n_itl_gaps", "token_notes"])
+TOKEN_COLUMNS: tuple[str, ...] = tuple(VOCABULARY_TOKEN_COLUMNS)
 
 
 def request_latencies(records: pd.DataFrame) -> pd.DataFrame:

@@ -32,14 +32,29 @@ class GridPoint:
     max_batch_size: int = 1
     rate_per_s: float | None = None
     arrival: str = ARRIVAL_CLOSED
+    #: A causal LM's request: prompt tokens in and tokens generated out (None for encoders and vision models).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
         """The point's identity, in GRID_KEYS order (records and resume use it; see results.grid_key)."""
         values = {"model": self.model.label, "precision": self.precision.name, "runtime": self.runtime,
                   "batch_size": self.batch_size, "threads": self.threads, "max_batch_size": self.max_batch_size,
-                  "arrival": self.arrival, "offered_rate_per_s": self.rate_per_s}
+                  "arrival": self.arrival, "offered_rate_per_s": self.rate_per_s, "input_tokens": self.input_tokens,
+                  "output_tokens": self.output_tokens}
         return tuple(values[k] for k in GRID_KEYS)
+
+    @property
+    def memory_family(self) -> tuple[Any, ...]:
+        """The points a larger batch of which needs more memory: same model, precision, runtime and request
+        tokens (None for encoders). An out-of-memory batch rules out the larger ones of its family alone."""
+        return (self.model.label, self.precision.name, self.runtime, self.input_tokens, self.output_tokens)
+
+    @property
+    def generative(self) -> bool:
+        """Whether the point's requests generate tokens (a causal LM's), timed per token."""
+        return self.output_tokens is not None
 
     @property
     def open_loop(self) -> bool:
@@ -55,9 +70,11 @@ class GridPoint:
 def grid(params: Params, precisions: list[Precision]) -> list[GridPoint]:
     """Every point of `params` in the order it is measured: the first dimension changes slowest.
     With a rate search (or a configuration search in open loop), one point per configuration, its rate left
-    to the search."""
+    to the search. A generative params file steps through input x output tokens inside each runtime, so a
+    block (model, precision, runtime) keeps one model and each request length's batch sizes run in a row."""
     rates = (None,) if params.adaptive else params.rates
     dimensions = {"model": params.models, "precision": precisions, "runtime": params.runtimes,
+                  "input_tokens": params.input_tokens or (None,), "output_tokens": params.output_tokens or (None,),
                   "batch_size": params.batch_sizes, "threads": params.threads,
                   "max_batch_size": params.max_batch_size, "rate_per_s": rates}
     return [GridPoint(**dict(zip(dimensions, values)), arrival=params.arrival)
@@ -75,6 +92,8 @@ def record_keys(params: Params, point: GridPoint) -> dict[str, Any]:
         "runtime": point.runtime,
         "batch_size": point.batch_size,
         "threads": point.threads,
+        "input_tokens": math.nan if point.input_tokens is None else point.input_tokens,
+        "output_tokens": math.nan if point.output_tokens is None else point.output_tokens,
         "max_batch_size": point.max_batch_size,
         "arrival": point.arrival,
         "offered_rate_per_s": math.nan if point.rate_per_s is None else point.rate_per_s,

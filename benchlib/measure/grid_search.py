@@ -39,6 +39,7 @@ from benchlib.vocabulary import (
     GRID_KEYS,
     STATUS_DROPPED,
     STATUS_OK,
+    TOKEN_KEYS,
 )
 
 #: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
@@ -46,7 +47,8 @@ TrialRecords = Callable[[GridPoint, int, Window], pd.DataFrame]
 #: A round of windows shorter than duration_s asks for proportionally fewer requests, but at least these.
 MIN_ROUND_REQUESTS = 20
 #: The keys of search.csv's rows beside GRID_KEYS (all but the offered rate).
-SEARCH_KEYS = [k for k in GRID_KEYS if k != "offered_rate_per_s"]
+#: (A search does not generate yet, benchlib.params_generative: its rows keep the encoder's keys.)
+SEARCH_KEYS = [k for k in GRID_KEYS if k not in ("offered_rate_per_s", *TOKEN_KEYS)]
 
 
 def search_spec(params: Params) -> SearchSpec:

@@ -15,7 +15,10 @@ A pipeline point (``staged``, see benchlib.measure.pipelines) runs the same loop
 one hook: its ``send`` also reads the clock at its stage boundaries and returns them
 (:class:`StageTimes`), which a wrapper keeps in order; after the window each record
 takes its start and end from the first and last of them, so its stages sum to its
-latency. A plain ``send``'s result (the model's output) is never kept.
+latency. A generative point (``generated``, see benchlib.measure.generation) keeps its
+``send``'s :class:`GeneratedRequest` the same way: its record takes the request's own start,
+end and token times (read by its token timer: the clock on the CPU, events on CUDA), so
+the latency is the request's E2E. A plain ``send``'s result (the model's output) is never kept.
 
 A thread that sees the stop rule sends nothing more; requests already in flight
 finish and count. The measured window is therefore [t0, last completion], and
@@ -31,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from benchlib.measure.crew import Crew
+from benchlib.measure.generation import GeneratedRequest
 from benchlib.measure.records import Clock, ClientFactory, PointRun, RequestRecord, StageTimes
 
 class _Window:
@@ -57,12 +61,15 @@ class _Window:
 
 
 def _client(index: int, make_client: ClientFactory, warmup_requests: int, window: _Window,
-            barrier: threading.Barrier, out: list[RequestRecord], staged: bool) -> None:
+            barrier: threading.Barrier, out: list[RequestRecord], staged: bool, generated: bool = False) -> None:
     clock = window.clock
     with make_client(index) as send:
         stages: list[StageTimes] = []
+        requests: list[GeneratedRequest] = []
         if staged:  # the hook: a pipeline's own clock reads at its stage boundaries, kept in order
             send = functools.partial(_keep, send, stages.append)
+        elif generated:  # the same hook: a generative request's own start, end and token times
+            send = functools.partial(_keep, send, requests.append)
         warm: list[tuple[float, float]] = []
         for _ in range(warmup_requests):
             if window.stop.is_set():
@@ -84,11 +91,14 @@ def _client(index: int, make_client: ClientFactory, warmup_requests: int, window
     timed += [(i, False, s, e) for i, (s, e) in enumerate(measured)]
     if staged:
         out.extend(_staged_record(index, seq, warmup, stage, t0) for (seq, warmup, _, _), stage in zip(timed, stages))
+    elif generated:
+        out.extend(_generated_record(index, seq, warmup, request, t0)
+                   for (seq, warmup, _, _), request in zip(timed, requests))
     else:
         out.extend(RequestRecord(index, seq, warmup, s - t0, e - t0) for seq, warmup, s, e in timed)
 
 
-def _keep(send: Callable[[], object], keep: Callable[[StageTimes], None]) -> None:
+def _keep(send: Callable[[], object], keep: Callable[[object], None]) -> None:
     keep(send())  # type: ignore[arg-type]
 
 
@@ -100,6 +110,13 @@ def _staged_record(thread: int, seq: int, warmup: bool, s: StageTimes, t0: float
                          kept_boxes=s.kept_boxes)
 
 
+def _generated_record(thread: int, seq: int, warmup: bool, request: GeneratedRequest, t0: float) -> RequestRecord:
+    """A generative request: its start and end are the request's own clock readings (its token times' zero and
+    its last token known done), so its latency is its E2E."""
+    return RequestRecord(thread, seq, warmup, request.start - t0, request.end - t0,
+                         token_times_s=tuple(request.token_times_s))
+
+
 def run_point(
     make_client: ClientFactory,
     threads: int,
@@ -108,11 +125,13 @@ def run_point(
     min_requests: int,
     clock: Clock = time.perf_counter,
     staged: bool = False,
+    generated: bool = False,
 ) -> PointRun:
     """Measure one grid point with `threads` closed-loop clients.
 
     `staged`: each `send` returns the :class:`StageTimes` of a pipeline request (reading
-    `clock` itself); the records then carry its stages.
+    `clock` itself); the records then carry its stages. `generated`: each `send` returns the
+    :class:`GeneratedRequest` of a generative request; the records then carry its token times.
 
     Out-of-memory in any client ends the point with status ``oom`` (no records are
     kept: a partial window would mislead); any other error propagates (see Crew).
@@ -123,7 +142,7 @@ def run_point(
     per_thread: list[list[RequestRecord]] = [[] for _ in range(threads)]
     for i in range(threads):
         crew.add(f"benchlib-client-{i}", lambda i=i: _client(i, make_client, warmup_requests, window, barrier,
-                                                             per_thread[i], staged))
+                                                             per_thread[i], staged, generated))
     crew.run()
     failed = crew.failed_run()
     if failed is not None:

@@ -37,11 +37,13 @@ class ClosedLoop:
     duration_s: float
     min_requests: int
     staged: bool  # a pipeline's clients, timed by stage
+    generated: bool = False  # a causal LM's clients, timed per token
     open = False
 
     def run(self, clients: dict[int, ClientFactory], trial: int, clock: Clock) -> PointRun:
         return run_point(clients[1], threads=self.threads, warmup_requests=self.warmup_requests,
-                         duration_s=self.duration_s, min_requests=self.min_requests, clock=clock, staged=self.staged)
+                         duration_s=self.duration_s, min_requests=self.min_requests, clock=clock, staged=self.staged,
+                         generated=self.generated)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def load_of(point: GridPoint, params: Params, window: Window | None = None) -> C
     window = window or Window(params.duration_s, params.min_requests)
     if not point.open_loop:
         return ClosedLoop(point.threads, params.warmup_requests, window.duration_s, window.min_requests,
-                          staged=point.model.pipeline)
+                          staged=point.model.pipeline, generated=point.generative)
     if point.rate_per_s is None:
         raise ValueError("an open-loop point is measured at a rate: a rate search's probe sets it")
     return OpenLoop(point.arrival, point.rate_per_s, point.threads, point.max_batch_size,

@@ -84,6 +84,8 @@ class _Ready:
     merged: dict[int, tuple[Inputs, Artifact]]
     prepare_s: float
     pipeline: pipelines.Pipeline | None
+    #: A generative point's prompt (batch, input_tokens) on the device; None otherwise.
+    prompt: torch.Tensor | None = None
 
 
 class PointMeasurer:
@@ -106,7 +108,7 @@ class PointMeasurer:
         self.model = Level(self.workload, self.reference)
         #: (runtime name, simulated on a synthetic model?) -> the runtime
         self.runtimes: dict[tuple[str, bool], Runtime] = {}
-        #: (model, precision, runtime) -> the smallest batch size that ran out of memory.
+        #: (model, precision, runtime, input tokens, output tokens) -> the smallest batch size that ran out of memory.
         self.oom_batch = writer.smallest_oom_batches()
         #: model label -> why loading it ran out of memory.
         self.model_oom: dict[str, str] = {}
@@ -153,7 +155,7 @@ class PointMeasurer:
         return run
 
     def _rule_out(self, point: GridPoint, trial: int) -> None:
-        limit = self.oom_batch.get(point.key[:3])
+        limit = self.oom_batch.get(point.memory_family)
         if limit is not None and point.batch_size > limit and trial == 0:
             raise _NotRun(PointRun(status=STATUS_SKIPPED, error=f"infeasible: batch {limit} ran out of memory"))
         if point.model.label in self.model_oom:
@@ -178,6 +180,8 @@ class PointMeasurer:
                   or runtime.unsupported(workload))
         if reason:
             raise _NotRun.unsupported(f"{point.runtime}: {reason}")
+        if point.generative:
+            return self._ready_generative(point, workload)
         if point.model.pipeline and point.open_loop:
             raise _NotRun.unsupported(pipelines.open_loop_reason())
         # Text is timed with padding, as tokenised text comes: every runtime then takes the
@@ -204,6 +208,23 @@ class PointMeasurer:
                 raise _NotRun.unsupported(str(exc), prepare_s) from None
         return _Ready(workload, merged, prepare_s, pipeline)
 
+    def _ready_generative(self, point: GridPoint, workload: Workload) -> _Ready:
+        """A generative point: its prompt on the device (eager: nothing to prepare). Other runtimes and open
+        loop's token-level batching are not measured yet: such points are unsupported, saying so."""
+        if point.open_loop:
+            raise _NotRun.unsupported("generating in open loop (continuous batching) is not measured yet; "
+                                      "measure causal LMs in closed loop (`arrival: closed`)")
+        if point.runtime != REFERENCE_RUNTIME:
+            raise _NotRun.unsupported(f"{point.runtime}: generating is measured under eager alone for now (a "
+                                      "compiled step with a static KV cache is not wired into the sweep yet)")
+        if not workload.loaded.generative:
+            raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
+                                      "for causal LMs")
+        prompt = self.inputs.get((point.model.label, point.precision.name, point.batch_size, point.input_tokens),
+                                 lambda: workload.prompt(point.batch_size, int(point.input_tokens or 1),
+                                                         self.params.seed))
+        return _Ready(workload, {}, 0.0, None, prompt)
+
     def _runtime(self, point: GridPoint) -> Runtime:
         """The point's runtime, made once; on a synthetic model it is simulated by its speed factor."""
         key = (point.runtime, point.model.kind == "synthetic")
@@ -219,7 +240,10 @@ class PointMeasurer:
         started = clock()
         with PeakMemory(self.device) as memory, sampler or contextlib.nullcontext():
             try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                if ready.pipeline is not None:
+                if ready.prompt is not None:
+                    clients = {1: ready.workload.generation_client_factory(ready.prompt, int(point.output_tokens or 1),
+                                                                           point.threads, clock)}
+                elif ready.pipeline is not None:
                     clients = {1: ready.workload.pipeline_client_factory(ready.pipeline, point.threads,
                                                                          ready.merged[1][1].prepared, clock)}
                 else:
@@ -285,7 +309,10 @@ class PointMeasurer:
             notes.extend(sampler.notes())
         run.samples = samples
         run.measures = {
-            "flops_per_inference": flops.flops_per_inference if flops.flops_per_inference is not None else math.nan,
+            # A generative request is a prefill and decode steps, not one forward pass of the counted shape:
+            # its FLOPs are benchlib.derive.llm_costs' (not wired yet), so none is claimed here.
+            "flops_per_inference": (flops.flops_per_inference if flops.flops_per_inference is not None
+                                    and not point.generative else math.nan),
             "peak_dtype": peak_dtype(point.precision.dtype, self.device.type, self.params.matmul_precision),
             "peak_memory_bytes": peak_bytes if peak_bytes is not None else math.nan,
             "peak_memory_reserved_bytes": memory.reserved_bytes if memory.reserved_bytes is not None else math.nan,
@@ -299,7 +326,7 @@ class PointMeasurer:
         self.artifact.clear()
         self.inputs.clear()
         release_memory(self.device)
-        key = point.key[:3]
+        key = point.memory_family
         self.oom_batch[key] = min(self.oom_batch.get(key, point.batch_size), point.batch_size)
 
     def _workload(self, point: GridPoint) -> Workload:

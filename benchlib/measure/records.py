@@ -59,6 +59,8 @@ class RequestRecord:
     postprocess_s: float = math.nan
     candidate_boxes: float = math.nan
     kept_boxes: float = math.nan
+    #: A generative request's token times, s from `start_s`, one per generated token; None otherwise.
+    token_times_s: tuple[float, ...] | None = None
 
 
 @dataclass

@@ -37,10 +37,3 @@ def check_runnable_here(params: Params, source: str = "params") -> None:
     if problems:
         raise ParamsError("\n".join(problems))
 
-
-def refuse_unwired_generation(params: Params, source: str = "params") -> None:
-    """ParamsError for a generative params file: until the generation workload is wired into the sweep (issue
-    23), a forward pass of `seq_len` tokens would pass for generating. `validate` accepts such a file."""
-    if params.generative:
-        raise ParamsError(f"{source}: input_tokens, output_tokens: generating is not measured yet (issue 23); "
-                          "`benchlib validate` checks such a file, and `benchlib run` will measure it once it is")

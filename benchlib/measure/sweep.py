@@ -52,12 +52,12 @@ from benchlib.measure.grid_search import search_grid, search_record, search_tabl
 from benchlib.measure.loads import Window
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
-from benchlib.measure.runnable import check_runnable_here, refuse_unwired_generation
+from benchlib.measure.runnable import check_runnable_here
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.rate_search import SearchResult, search_rate
 from benchlib.measure.trials import StopRule, blocks, trial_order
-from benchlib.measure.zoo import check_sources
+from benchlib.measure.zoo import check_generative_hf_models, check_sources
 from benchlib.params import Params, params_to_dict
 from benchlib.params_base import MAX_RATE_PER_S
 from benchlib.results import FINISHED, RunWriter, point_records
@@ -67,6 +67,7 @@ from benchlib.vocabulary import (
     STATUS_OOM,
     STATUS_SKIPPED,
     STATUS_UNSUPPORTED,
+    TOKEN_KEYS,
 )
 
 
@@ -96,13 +97,13 @@ def run_sweep(
     """
     check_percentile(percentile)
     check_runnable_here(params)  # the packages its models and runtimes need, on this machine
-    refuse_unwired_generation(params)
     device = resolve_device(params.device)
     # Check everything that needs no model first: a bad precision or path fails in seconds.
     precisions = [resolve_precision(name, device) for name in params.precisions]
     check_client_threads(device, params.threads)
     for spec in params.models:
         check_sources(spec)
+    check_generative_hf_models(params)  # an hf: model's config is a causal LM's that holds the longest request
     prices = load_prices() if prices is None else prices
     usd_per_hour = require_price(params.instance, prices, params.price_usd_per_hour)
     params_dict = params_to_dict(params)
@@ -140,7 +141,8 @@ def run_sweep(
                     found = sweep.search(configuration)
                     # What each search found, with its bracket, beside the probes it measured.
                     env.add_rate_search({
-                        **dict(zip(GRID_KEYS[:-1], configuration.key[:-1])), "highest_met_per_s": found.low_per_s,
+                        **{k: v for k, v in zip(GRID_KEYS[:-1], configuration.key[:-1]) if k not in TOKEN_KEYS},
+                        "highest_met_per_s": found.low_per_s,
                         "lowest_missed_per_s": found.high_per_s, "probes": len(found.probes),
                         "reason": found.reason})
         summary = sweep.summary

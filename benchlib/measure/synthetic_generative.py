@@ -6,7 +6,8 @@ It is a `Step` (benchlib.measure.generation) that holds each forward pass for a 
     step(tokens (b, k), state):
         hold_s = prefill_s(b, k) if state is None else decode_s(b)
             prefill_s(b, L) = (fixed_ms + per_token_ms x L x b) / 1000 / speed     the whole prompt, once
-            decode_s(b)     = (fixed_ms + per_sequence_ms x b) / 1000 / speed      one token per sequence
+            decode_s(b)     = (decode_fixed_ms + per_sequence_ms x b) / 1000 / speed   one token per sequence
+                              (decode_fixed_ms: fixed_ms unless given)
         deadline = slots.reserve(clock, hold_s)       # or clock() + hold_s without slots
         next = zeros(b) of token ids, on the tokens' device
         hold to the deadline                          # short sleeps: no GIL held, client threads overlap
@@ -39,8 +40,10 @@ class SyntheticGenerativeModel:
 
     def __init__(self, fixed_ms: float, per_token_ms: float = 0.0, per_sequence_ms: float = 0.0,
                  slots: int | Slots | None = None, speed: float = 1.0, clock: Clock = time.perf_counter,
-                 sleep: Sleep = time.sleep) -> None:
-        for name, ms in (("fixed_ms", fixed_ms), ("per_token_ms", per_token_ms), ("per_sequence_ms", per_sequence_ms)):
+                 sleep: Sleep = time.sleep, decode_fixed_ms: float | None = None) -> None:
+        decode_fixed_ms = fixed_ms if decode_fixed_ms is None else decode_fixed_ms
+        for name, ms in (("fixed_ms", fixed_ms), ("per_token_ms", per_token_ms), ("per_sequence_ms", per_sequence_ms),
+                         ("decode_fixed_ms", decode_fixed_ms)):
             if not (math.isfinite(ms) and ms >= 0):
                 raise ValueError(f"{name} must be a finite number of milliseconds >= 0, not {ms}")
         if not (math.isfinite(speed) and speed > 0):
@@ -48,6 +51,7 @@ class SyntheticGenerativeModel:
         self.fixed_ms = fixed_ms
         self.per_token_ms = per_token_ms
         self.per_sequence_ms = per_sequence_ms
+        self.decode_fixed_ms = decode_fixed_ms
         self.speed = speed
         self.slots = Slots(slots) if isinstance(slots, int) else slots
         self._clock = clock
@@ -61,7 +65,7 @@ class SyntheticGenerativeModel:
 
     def decode_s(self, batch_size: int) -> float:
         """How long a decode step holds once it has a slot."""
-        return (self.fixed_ms + self.per_sequence_ms * batch_size) / 1e3 / self.speed
+        return (self.decode_fixed_ms + self.per_sequence_ms * batch_size) / 1e3 / self.speed
 
     def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, int]:
         batch, new = tokens.shape[0], tokens.shape[1]
@@ -78,6 +82,25 @@ class SyntheticGenerativeModel:
         if reset:
             self._lates.clear()
         return Overshoot.of(lates)
+
+
+class SyntheticGenerativeModule(torch.nn.Module):
+    """A :class:`SyntheticGenerativeModel` as the zoo loads models (``synthetic-gen:`` in params): no weights;
+    the generation workload steps `model`. Its forward pass (what an accuracy check calls) holds nothing and
+    returns zeros (b, 1), as the encoder synthetic model's outputs are."""
+
+    def __init__(self, model: SyntheticGenerativeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(inputs.shape[0], 1, device=inputs.device)
+
+    def extra_repr(self) -> str:
+        model = self.model
+        slots = f", slots={model.slots.k}" if model.slots else ""
+        return (f"prefill={model.fixed_ms:g}+{model.per_token_ms:g}/token ms, decode={model.decode_fixed_ms:g}+"
+                f"{model.per_sequence_ms:g}/sequence ms{slots}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Its inputs for a batch size are built once, on the device, before any timing; ea
 client thread then gets a ``send`` that runs one forward pass and returns when it
 is complete. A pipeline point's clients (:meth:`Workload.pipeline_client_factory`) run
 the model's whole request path on raw input instead, timed by stage
-(benchlib.measure.pipelines).
+(benchlib.measure.pipelines). A generative point's clients
+(:meth:`Workload.generation_client_factory`) each run one generate call per request on a
+prompt (:meth:`Workload.prompt`), timed per token (benchlib.measure.generation).
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from typing import Any
 import torch
 
 from benchlib.measure.device import check_client_threads
+from benchlib.measure.generation import GeneratedRequest, Step, causal_lm_step, generate_request, token_timer
 from benchlib.measure.inputs import Inputs, map_tensors, pad_attention_mask
 from benchlib.measure.records import ClientFactory, Clock, StageTimes
 from benchlib.measure.pipelines import Pipeline
 from benchlib.measure.precision import Precision
 from benchlib.measure.runtimes.base import Prepared
+from benchlib.measure.synthetic_generative import SyntheticGenerativeModule
 from benchlib.measure.zoo import LoadedModel
 
 
@@ -116,6 +120,54 @@ class Workload:
 
         return client
 
+    def prompt(self, batch_size: int, input_tokens: int, seed: int) -> torch.Tensor:
+        """A generative request's input ids (batch_size, input_tokens), seeded, drawn uniformly from the model's
+        vocabulary without its special tokens (BOS, EOS, padding), on the device before any timing."""
+        config = getattr(self.module, "config", None)
+        vocab = int(getattr(config, "vocab_size", 0) or 2)
+        special = sorted({int(i) for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+                          for i in _ids(getattr(config, key, None)) if 0 <= int(i) < vocab})
+        if len(special) >= vocab:
+            special = []
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab - len(special), (batch_size, input_tokens), generator=generator)
+        for token in special:  # ascending: each id at or above a special one moves past it
+            ids = ids + (ids >= token).long()
+        moved = ids.to(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # resident before any client stream reads them
+        return moved
+
+    def step(self) -> Step:
+        """The model as the generate loop steps it: a causal LM's forward pass with its KV cache, greedy, EOS
+        never chosen; a synthetic generative model's holds."""
+        if isinstance(self.module, SyntheticGenerativeModule):
+            return self.module.model
+        return causal_lm_step(self.module)
+
+    def generation_client_factory(self, input_ids: torch.Tensor, output_tokens: int, threads: int,
+                                  clock: Clock) -> ClientFactory:
+        """Per-thread `send` of one generative request: `generate_request` on `input_ids`, exactly
+        `output_tokens` tokens per sequence, in the client's precision context and (on CUDA) on its own stream,
+        each token stamped by the device's timer (an event on the client's stream on CUDA, the clock on the CPU).
+        `send` returns the :class:`GeneratedRequest` (run_point with ``generated``)."""
+        streams = self._client_streams(threads)
+        step = self.step()
+
+        @contextlib.contextmanager
+        def client(index: int) -> Iterator[Callable[[], object]]:
+            stream = streams[index]
+            timer = token_timer(self.device, clock)  # one per client: it holds the request's marks
+
+            def send() -> GeneratedRequest:
+                return generate_request(step, input_ids, output_tokens, clock=clock, timer=timer)
+
+            with self.precision_context(), (torch.cuda.stream(stream) if stream is not None
+                                            else contextlib.nullcontext()):
+                yield send
+
+        return client
+
     def _client_streams(self, threads: int) -> list[torch.cuda.Stream | None]:
         """One stream per client on CUDA (kept for the workload's life), None on the CPU."""
         if self.device.type != "cuda":
@@ -171,3 +223,10 @@ class Workload:
             return functools.partial(prepared.call, inputs)
         with self.precision_context(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             return prepared.bind(index, stream, inputs)
+
+
+def _ids(value: Any) -> list[int]:
+    """A config's token id field as a list: None, one id, or several."""
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(i) for i in value]

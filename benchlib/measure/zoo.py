@@ -15,6 +15,7 @@ from benchlib.measure import causal_lm
 from benchlib.measure.memory import first_line
 from benchlib.measure.inputs import InputMaker, float_inputs, image_inputs, int_inputs, text_inputs
 from benchlib.measure.synthetic import SyntheticModel
+from benchlib.measure.synthetic_generative import SyntheticGenerativeModel, SyntheticGenerativeModule
 from benchlib.model_spec import ModelSpec
 from benchlib.params import Params
 from benchlib.params_base import YOLO_MODELS
@@ -201,11 +202,23 @@ def _load_torchscript(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker
 
 
 def _load_synthetic(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    if spec.synthetic_generative_ms is not None:
+        return _load_synthetic_generative(spec)
     fixed_ms, per_item_ms = spec.synthetic_cost_ms or (0.0, 0.0)
     cost = f"{fixed_ms:g} ms" + (f" + {per_item_ms:g} ms per item" if per_item_ms else "")
     slots = f", {spec.slots} at once" if spec.slots else ""
     # One float per sample: the model reads only the batch size, so the inputs stay tiny.
     return (SyntheticModel(fixed_ms, per_item_ms, spec.slots), f"synthetic: holds each request {cost}{slots}, "
+            "no weights", float_inputs((1,)))
+
+
+def _load_synthetic_generative(spec: ModelSpec) -> tuple[torch.nn.Module, str, InputMaker]:
+    prefill_ms, per_token_ms, decode_ms, per_sequence_ms = spec.synthetic_generative_ms or (0.0,) * 4
+    slots = f", {spec.slots} steps at once" if spec.slots else ""
+    model = SyntheticGenerativeModel(prefill_ms, per_token_ms, per_sequence_ms, spec.slots,
+                                     decode_fixed_ms=decode_ms)
+    return (SyntheticGenerativeModule(model), f"synthetic: prefills b x L tokens in {prefill_ms:g} + "
+            f"{per_token_ms:g} x L x b ms, decodes a step in {decode_ms:g} + {per_sequence_ms:g} x b ms{slots}, "
             "no weights", float_inputs((1,)))
 
 

@@ -34,7 +34,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 from benchlib.measure.environment import fingerprint
-from benchlib.measure.runnable import check_runnable_here, refuse_unwired_generation
+from benchlib.measure.runnable import check_runnable_here
 from benchlib.errors import InputError
 from benchlib.ownership import check_outputs_root, mark_made, record_report_files
 from benchlib.params import Params, load_params, params_to_dict
@@ -184,7 +184,6 @@ def run_benchmarks(params_paths: list[str | Path], out_root: str | Path, log: Te
     for path, params in load_each(params_paths, outcomes, log):
         try:
             check_runnable_here(params, source=str(path))  # here, not on a cluster's client: its workers measure
-            refuse_unwired_generation(params, source=str(path))
             unfinished = _unfinished_run(out_root / params.instance, params, force) if resume else None
         except InputError as exc:  # refused before the notebook can overwrite that run's pages
             outcomes.append(RunOutcome(path, None, False, str(exc)))

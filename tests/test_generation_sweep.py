@@ -1,0 +1,186 @@
+"""Generative points measured end to end by the sweep (`benchlib bench`): a causal LM's requests are generate
+calls, timed per token, recorded with their token times and summarised as TTFT, TPOT, tokens/s and $ per
+million tokens.
+
+The synthetic generative model (`synthetic-gen:<prefill>+<per token>/<decode>+<per sequence>`) has known
+token times (benchlib.measure.synthetic_generative.generative_truth): through the real sweep, TTFT and TPOT
+must be them within 2 %. Its holds are 20 ms or more, so the sleep's own lateness (a tenth of a millisecond
+on a busy 2-core VM) stays well inside that. tiny-llama (2 layers, hidden 64) shows a real model's records
+and summary, and that a generative run resumes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchlib.errors import InputError
+from benchlib.measure.grid import grid
+from benchlib.measure.precision import resolve_precision
+from benchlib.measure.sweep import run_sweep
+from benchlib.measure.synthetic_generative import SyntheticGenerativeModel, generative_truth
+from benchlib.model_spec import synthetic_generative_ms
+from benchlib.params import parse_params
+from benchlib.results import read_records, read_summary
+from benchlib.vocabulary import GRID_KEYS, TOKEN_COLUMNS
+from tests.helpers import run_cli, tiny_params
+
+CPU = torch.device("cpu")
+TOLERANCE = 0.02
+PREFILL_MS, PER_TOKEN_MS, DECODE_MS, PER_SEQUENCE_MS = 20.0, 0.05, 20.0, 0.5
+SYNTHETIC = f"synthetic-gen:{PREFILL_MS:g}+{PER_TOKEN_MS:g}/{DECODE_MS:g}+{PER_SEQUENCE_MS:g}"
+INPUT_TOKENS, OUTPUT_TOKENS = 32, 4
+
+
+def generative_params(**overrides: object) -> dict:
+    return tiny_params(**{"models": ["tiny-llama"], "input_tokens": [8], "output_tokens": [4], **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("llm") / "run"
+    run_sweep(parse_params(generative_params(batch_sizes=[1, 2])), folder, progress=None)
+    return folder
+
+
+def test_synthetic_gen_names_hold_their_costs() -> None:
+    assert synthetic_generative_ms("synthetic-gen:5+0.01/2+0.5") == (5.0, 0.01, 2.0, 0.5)
+    assert synthetic_generative_ms("synthetic-gen:5/2") == (5.0, 0.0, 2.0, 0.0)
+    for bad in ("synthetic-gen:5", "synthetic-gen:5+1+2/3", "synthetic-gen:a/2", "synthetic-gen:-1/2"):
+        with pytest.raises(ValueError, match="synthetic-gen:<prefill_ms>"):
+            synthetic_generative_ms(bad)
+    params = parse_params(generative_params(models=[{"name": SYNTHETIC, "slots": 1}]))
+    assert params.models[0].generative and params.models[0].kind == "synthetic"
+    with pytest.raises(InputError, match="causal LM: give the top-level `input_tokens`"):
+        parse_params(tiny_params(models=[SYNTHETIC]))  # a generative model without tokens
+    with pytest.raises(InputError, match="seq_len"):
+        parse_params(generative_params(models=[{"name": SYNTHETIC, "seq_len": 16}]))
+
+
+def test_the_grid_steps_through_input_and_output_tokens_and_keys_them() -> None:
+    params = parse_params(generative_params(input_tokens=[8, 16], output_tokens=[2, 4], batch_sizes=[1, 2]))
+    points = grid(params, [resolve_precision("fp32", CPU)])
+    assert len(points) == params.grid_size == 8
+    assert len({point.key for point in points}) == 8  # every point distinct
+    keyed = [dict(zip(GRID_KEYS, point.key)) for point in points]
+    assert [(k["input_tokens"], k["output_tokens"], k["batch_size"]) for k in keyed[:3]] == [(8, 2, 1), (8, 2, 2),
+                                                                                             (8, 4, 1)]
+    encoder = grid(parse_params(tiny_params()), [resolve_precision("fp32", CPU)])
+    assert all(dict(zip(GRID_KEYS, p.key))["input_tokens"] is None and not p.generative for p in encoder)
+
+
+def test_bench_measures_the_synthetic_models_ttft_and_tpot(tmp_path: Path, write_params, capsys) -> None:
+    data = generative_params(models=[SYNTHETIC], input_tokens=[INPUT_TOKENS], output_tokens=[OUTPUT_TOKENS],
+                             batch_sizes=[1, 4], threads=[1, 2], duration_s=0.5, min_requests=10)
+    run = run_cli(capsys, "bench", write_params(data), "--out", tmp_path / "run")
+    assert run.code == 0, run.text
+    assert "ttft_p50_ms" in run.out and "tpot_p95_ms" in run.out and "usd_per_million_output_tokens" in run.out
+    summary = read_summary(tmp_path / "run")
+    assert len(summary) == 4 and (summary["status"] == "ok").all(), summary["notes"].tolist()
+    model = SyntheticGenerativeModel(PREFILL_MS, PER_TOKEN_MS, PER_SEQUENCE_MS, decode_fixed_ms=DECODE_MS)
+    for _, row in summary.iterrows():
+        batch, threads = int(row["batch_size"]), int(row["threads"])
+        truth = generative_truth(model, batch, INPUT_TOKENS, OUTPUT_TOKENS, threads)
+        where = (batch, threads, truth)
+        assert row["ttft_p50_ms"] == pytest.approx(truth.ttft_s[0] * 1e3, rel=TOLERANCE), where
+        assert row["tpot_p50_ms"] == pytest.approx(truth.tpot_s[0] * 1e3, rel=TOLERANCE), where
+        assert row["e2e_p50_ms"] == pytest.approx(truth.e2e_s * 1e3, rel=TOLERANCE), where
+        # A request is one generate call: requests/s is the generate calls', throughput their sequences'.
+        assert row["throughput_per_s"] == pytest.approx(row["requests_per_s"] * batch, rel=1e-9)
+        assert row["output_tokens_per_s"] == pytest.approx(row["requests_per_s"] * batch * OUTPUT_TOKENS, rel=1e-9)
+        usd = data["price_usd_per_hour"]
+        assert row["usd_per_million_output_tokens"] == pytest.approx(usd / 3600 / row["output_tokens_per_s"] * 1e6)
+    # The prefill grows with the batch's tokens and each decode step with its sequences: the points differ.
+    by_batch = summary.groupby("batch_size")[["ttft_p50_ms", "tpot_p50_ms"]].mean()
+    assert by_batch.loc[4, "ttft_p50_ms"] > by_batch.loc[1, "ttft_p50_ms"] + 4
+    assert by_batch.loc[4, "tpot_p50_ms"] > by_batch.loc[1, "tpot_p50_ms"] + 1
+
+
+def test_every_generative_record_has_one_time_per_token(tiny_llama_run: Path) -> None:
+    records = read_records(tiny_llama_run)
+    assert {"token_times_s", "input_tokens", "output_tokens"} <= set(records.columns)
+    assert (records["status"] == "ok").all() and len(records) >= 2 * 3
+    assert (records["input_tokens"] == 8).all() and (records["output_tokens"] == 4).all()
+    for times, start, end in zip(records["token_times_s"], records["start_s"], records["end_s"]):
+        times = np.asarray(times, dtype=float)
+        assert len(times) == 4 and (np.diff(times) > 0).all() and times[0] > 0
+        assert times[-1] <= end - start + 1e-9  # the last token is done by the request's end
+
+
+def test_a_generative_summary_has_token_figures_and_their_cost(tiny_llama_run: Path) -> None:
+    summary = read_summary(tiny_llama_run)
+    assert set(TOKEN_COLUMNS) <= set(summary.columns)
+    assert summary["batch_size"].tolist() == [1, 2] and (summary["status"] == "ok").all()
+    for column in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms", "output_tokens_per_s", "total_tokens_per_s",
+                   "usd_per_million_output_tokens", "usd_per_million_total_tokens"):
+        assert summary[column].map(math.isfinite).all() and (summary[column] > 0).all(), column
+    # The latency columns are the requests' E2E: read at the request's end, just after its last token.
+    assert (summary["latency_p50_ms"] >= summary["e2e_p50_ms"]).all()
+    assert (summary["usd_per_million_total_tokens"] < summary["usd_per_million_output_tokens"]).all()
+    assert summary["flops_per_inference"].isna().all()  # a generate call is no forward pass of the counted shape
+
+
+def test_an_encoder_run_has_no_token_figures(tiny_run) -> None:
+    summary, records = read_summary(tiny_run.folder), read_records(tiny_run.folder)
+    assert not set(TOKEN_COLUMNS) & set(summary.columns) and "token_times_s" not in records.columns
+    assert summary["input_tokens"].isna().all() and records["output_tokens"].isna().all()
+
+
+def test_a_generative_run_resumes_without_measuring_a_point_twice(tiny_llama_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_llama_run, folder)
+    params = parse_params(generative_params(batch_sizes=[1, 2]))
+    records = read_records(folder)
+    first = records[records["point"] == 0]
+    first.to_parquet(folder / "records.parquet", index=False)  # as if killed after the first point
+    summary = run_sweep(params, folder, progress=None, resume=True).summary
+    assert summary["batch_size"].tolist() == [1, 2] and summary["ttft_p50_ms"].map(math.isfinite).all()
+    again = read_records(folder)
+    kept = again[again["point"] == 0]
+    assert len(kept) == len(first) and kept["start_s"].tolist() == first["start_s"].tolist()
+    assert all(len(times) == 4 for times in again["token_times_s"])
+    # Resumed again with nothing left: nothing is measured.
+    run_sweep(params, folder, progress=None, resume=True)
+    assert len(read_records(folder)) == len(again)
+
+
+def test_an_hf_encoder_in_a_generative_file_is_refused_before_it_loads(tmp_path: Path) -> None:
+    import transformers
+
+    folder = tmp_path / "encoder"
+    transformers.BertConfig(architectures=["BertForQuestionAnswering"], num_hidden_layers=1).save_pretrained(folder)
+    params = parse_params(generative_params(models=[f"hf:{folder}"]))
+    with pytest.raises(InputError, match="input_tokens and output_tokens are for causal LMs"):
+        run_sweep(params, tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_llm_params_are_generative() -> None:
+    from benchlib.params import load_params
+
+    params = load_params(Path(__file__).parents[1] / "params" / "llm-local.yaml")
+    assert params.generative and params.models[0].generative and params.runtimes == ("eager",)
+    assert params.device == "auto" and params.input_tokens == (32,) and params.output_tokens == (16,)
+
+
+def test_out_of_memory_rules_out_larger_batches_of_the_same_request_length_only(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    real_call = SyntheticGenerativeModel.__call__
+
+    def call(self, tokens, state):  # a CUDA-style OOM for a prefill of 256 tokens or more
+        if state is None and tokens.numel() >= 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_call(self, tokens, state)
+
+    monkeypatch.setattr(SyntheticGenerativeModel, "__call__", call)
+    params = parse_params(generative_params(models=["synthetic-gen:1/1"], input_tokens=[64, 8], output_tokens=[2],
+                                            batch_sizes=[1, 4, 8]))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    status = dict(zip(zip(summary["input_tokens"], summary["batch_size"]), summary["status"]))
+    assert status == {(64, 1): "ok", (64, 4): "oom", (64, 8): "skipped", (8, 1): "ok", (8, 4): "ok", (8, 8): "ok"}
+    assert summary.loc[summary["status"] != "ok", "ttft_p50_ms"].isna().all()
