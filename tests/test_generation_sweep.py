@@ -39,10 +39,16 @@ def generative_params(**overrides: object) -> dict:
     return tiny_params(**{"models": ["tiny-llama"], "input_tokens": [8], "output_tokens": [4], **overrides})
 
 
+def tiny_llama_params() -> dict:
+    """The tiny-llama run's params: 8 requests a point whatever the machine's load, as a P50 needs 6
+    (tiny_params' 3 would leave it unbounded on a busy machine)."""
+    return generative_params(batch_sizes=[1, 2], min_requests=8)
+
+
 @pytest.fixture(scope="module")
 def tiny_llama_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("llm") / "run"
-    run_sweep(parse_params(generative_params(batch_sizes=[1, 2])), folder, progress=None)
+    run_sweep(parse_params(tiny_llama_params()), folder, progress=None)
     return folder
 
 
@@ -134,7 +140,7 @@ def test_a_generative_run_resumes_without_measuring_a_point_twice(tiny_llama_run
 
     folder = tmp_path / "run"
     shutil.copytree(tiny_llama_run, folder)
-    params = parse_params(generative_params(batch_sizes=[1, 2]))
+    params = parse_params(tiny_llama_params())
     records = read_records(folder)
     first = records[records["point"] == 0]
     first.to_parquet(folder / "records.parquet", index=False)  # as if killed after the first point
