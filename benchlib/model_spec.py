@@ -178,20 +178,21 @@ class ModelSpec(Strict):
             raise error_at(("weights",), "pretrained", "random_only",
                            f"{self.name} is built from its config with random weights; for real weights give a local "
                            "checkpoint as `name: hf:<folder>` with `weights: pretrained`")
-        for key in self.encoder_keys_set():
-            raise error_at((key,), getattr(self, key), "encoder_key",
-                               f"{self.name} is a causal LM: `{key}` is for encoders and vision models; remove it "
-                               "(a causal LM's tokens are the top-level `input_tokens` and `output_tokens`)")
+        self._refuse_encoder_keys("is a causal LM")
 
     def _check_synthetic_generative(self) -> None:
         if self.speedup is not None:
             raise error_at(("speedup",), self.speedup, "not_generative",
                            f"{self.name} generates under eager alone (the runtime causal LMs are measured with): "
                            "remove `speedup`, or write the faster costs into the name")
-        for key in self.encoder_keys_set():
+        self._refuse_encoder_keys("generates")
+
+    def _refuse_encoder_keys(self, what: str) -> None:
+        """A generative entry's first encoder key set, refused at that key."""
+        for key in self.encoder_keys_set()[:1]:
             raise error_at((key,), getattr(self, key), "encoder_key",
-                           f"{self.name} generates: `{key}` is for encoders and vision models; remove it (its "
-                           "tokens are the top-level `input_tokens` and `output_tokens`)")
+                           f"{self.name} {what}: `{key}` is for encoders and vision models; remove it (its tokens "
+                           "are the top-level `input_tokens` and `output_tokens`)")
 
     def encoder_keys_set(self) -> list[str]:
         """The encoder keys (ENCODER_KEYS) this entry sets to other than their defaults. Against the defaults,
