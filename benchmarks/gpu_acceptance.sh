@@ -14,7 +14,9 @@
 #   3. params/gpu-acceptance-serving.yaml: open loop, ResNet50 fp32 eager served by 2
 #      workers (a CUDA stream each) from one queue of seeded Poisson arrivals at 150/s
 #      (below capacity) and 20000/s (far above it), merging up to 1 and 8 requests;
-#   4. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+#   4. params/gpu-acceptance-llm.yaml: the Llama-3.2-1B shape (random weights) in fp16, 128
+#      prompt tokens in and 32 generated out, at batch 1 and 16, a CUDA event per token;
+#   5. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
 # A step that would get under 30 s of what is left of the budget is skipped, with a note.
 # The verdict gives per model, precision, runtime and thread count the throughput at
 # each batch size, the statuses, the accuracy gates, cuda-graphs against eager, the
@@ -32,11 +34,16 @@
 # backlog dispatched batches of more than 1.5 requests on average; each point's offered
 # and achieved rate, P50/P99 latency, mean merged batch, queue P99 and generator lag,
 # beside main's closed-loop throughput of the same configuration (about the capacity).
+# Then the LLM: both points ran; every measured request has one finite, ascending token
+# time per generated token (so a TTFT and a TPOT); the point's TTFT and TPOT are there; a
+# decode step of 16 sequences costs less than 16 of one (TPOT at batch 16 below 16 x TPOT at
+# batch 1); decode moves at most the measured memory bandwidth (its % of it at or below 100).
 #
 # Writes into $OUT when set (the device tool brings back at most 8 files from there),
 # else outputs/gpu-acceptance/: verdict.txt, log.txt, env.json, main-summary.csv,
-# energy-summary.csv, serving-summary.csv, compile-summary.csv and accuracy.csv (main's
-# and compile's accuracy.csv in one: the runtime column tells them apart).
+# energy-summary.csv, serving-summary.csv, llm-summary.csv and accuracy.csv (main's and
+# compile's accuracy.csv in one: the runtime column tells them apart; compile's summary is
+# in the verdict, its file left in the run folder: the device tool brings back 8 files).
 # The run folders themselves go to /tmp with $OUT, else to outputs/gpu-acceptance/runs/<time>/.
 #
 # Exit status: 0 every point ran and every gate passed; 1 something failed (the
@@ -53,6 +60,7 @@ BUDGET_S=${BUDGET_S:-480}       # the whole script, installing and the verdict i
 MAIN_MAX_S=${MAIN_MAX_S:-300}   # the eager and cuda-graphs sweep at most
 ENERGY_MAX_S=${ENERGY_MAX_S:-90}  # the energy step at most (model load, GEMM peak, a 6 s window)
 SERVING_MAX_S=${SERVING_MAX_S:-90}  # the serving step at most (model load, 4 points of 4 s, drains)
+LLM_MAX_S=${LLM_MAX_S:-120}     # the LLM step at most (a 1.2B model built, peaks, 2 points of 3 s)
 VERDICT_S=30                    # kept for the verdict
 KILL_S=15                       # after a step's time is up: SIGTERM, then SIGKILL this much later
 SITE=${SITE:-/tmp/benchlib-site}
@@ -75,7 +83,11 @@ import yaml
 
 runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
 STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry", "serving": "open-loop serving",
-         "compile": "torch.compile"}
+         "llm": "a causal LM, timed per token", "compile": "torch.compile"}
+#: The LLM step's batch sizes: a decode step of the larger must cost less than LLM_BATCHES[1] of the smaller.
+LLM_BATCHES = (1, 16)
+#: Decode's share of the measured memory bandwidth: above it the byte count or the probe is wrong.
+MAX_PCT_OF_BANDWIDTH = 100.0
 #: A point that ran: measured, kept up or not (an open-loop point the server could not keep up with).
 RAN = ("ok", "overloaded")
 #: The serving step's params as shipped: its rates and merged batch sizes, when the run folder lacks its own.
@@ -363,10 +375,82 @@ def serving(summaries, problems, notes):
     return lines
 
 
+def llm(summaries, problems, notes):
+    """The LLM step: both points, a TTFT and a TPOT for every request, batching that pays in decode, and decode
+    within the measured memory bandwidth; each point's figures."""
+    status = step_status("llm")
+    if status is None or status.get("skipped"):
+        return []  # steps() said so
+    summary = summaries.get("llm")
+    if summary is None or "tpot_p50_ms" not in summary:
+        problems.append("llm: the summary has no token figures (tpot_p50_ms)")
+        return []
+    env_path = runs / "llm" / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    bandwidth = env.get("memory_bandwidth_bytes_per_s")
+    records_path = runs / "llm" / "records.parquet"
+    records = pd.read_parquet(records_path) if records_path.is_file() else None
+    if records is None or "token_times_s" not in records:
+        problems.append("llm: no records with token times (records.parquet, token_times_s)")
+    first = summary.iloc[0]
+    lines = ["", f"LLM: {first['model']} {first['precision']} {first['runtime']}, "
+                 f"{figure(first.get('input_tokens'), '.0f')} tokens in, {figure(first.get('output_tokens'), '.0f')} "
+                 f"out; measured memory bandwidth {figure(bandwidth and bandwidth / 1e9, ',.0f')} GB/s"]
+    tpot = {}
+    for batch in LLM_BATCHES:
+        found = summary[summary["batch_size"].eq(batch)]
+        where = f"llm: batch {batch}"
+        if found.empty:
+            problems.append(f"{where}: not in the summary")
+            continue
+        row = found.iloc[0]
+        if row["status"] != "ok":
+            continue  # steps() said so
+        for column in ("ttft_p50_ms", "tpot_p50_ms"):
+            if not pd.notna(row.get(column)):
+                problems.append(f"{where}: no {column}")
+        pct = row.get("decode_pct_of_measured_bandwidth")
+        if "decode_pct_of_measured_bandwidth" not in summary:
+            problems.append(f"{where}: no decode_pct_of_measured_bandwidth column")
+        elif not pd.notna(pct):
+            problems.append(f"{where}: no share of the measured bandwidth in decode ({row.get('token_notes') or '-'})")
+        elif pct > MAX_PCT_OF_BANDWIDTH:
+            problems.append(f"{where}: decode at {pct:.0f}% of the measured memory bandwidth: the bytes per token "
+                            "or the bandwidth probe are wrong")
+        if records is not None and "token_times_s" in records:
+            mine = records[records["batch_size"].eq(batch) & ~records["warmup"].astype(bool)
+                           & records["status"].eq("ok")]
+            bad = 0
+            for times, n in zip(mine["token_times_s"], mine["output_tokens"]):
+                times = pd.Series(list(times), dtype=float)
+                if len(times) != int(n) or not times.notna().all() or not (times.diff().dropna() >= 0).all() \
+                        or not times.iloc[0] > 0:
+                    bad += 1
+            if mine.empty or bad:
+                problems.append(f"{where}: {bad} of {len(mine)} measured requests lack a finite, ascending time "
+                                "for each generated token")
+        tpot[batch] = row.get("tpot_p50_ms")
+        lines.append(f"  batch {batch}: {len(mine) if records is not None and 'token_times_s' in records else '-'} "
+                     f"requests, TTFT P50 {figure(row.get('ttft_p50_ms'), '.2f')} ms, TPOT P50 "
+                     f"{figure(row.get('tpot_p50_ms'), '.2f')} ms, {figure(row.get('output_tokens_per_s'), ',.0f')} "
+                     f"output tokens/s, {figure(row.get('user_output_tokens_per_s'), ',.1f')} per user; decode "
+                     f"{figure(row.get('decode_pct_of_measured_bandwidth'), '.1f', '%')} of the measured bandwidth; "
+                     f"prefill {figure(row.get('prefill_pct_of_measured_peak'), '.1f', '%')} of the measured peak; "
+                     f"peak memory {figure(row.get('peak_memory_bytes', float('nan')) / 2**30, '.2f')} GiB")
+    small, large = LLM_BATCHES
+    if pd.notna(tpot.get(small)) and pd.notna(tpot.get(large)):
+        ratio = tpot[large] / tpot[small]
+        lines.append(f"  TPOT at batch {large} / at batch {small}: x{ratio:.2f} (below x{large} passes)")
+        if not ratio < large:
+            problems.append(f"llm: TPOT at batch {large} is {ratio:.1f}x that at batch {small}, not below {large}x: "
+                            "batching does not share the decode step")
+    return lines
+
+
 def verdict():
     problems, notes, out = [], [], []
     summaries = steps(problems, notes, out)
-    closed = {name: summary for name, summary in summaries.items() if name != "serving"}
+    closed = {name: summary for name, summary in summaries.items() if name not in ("serving", "llm")}
     if closed:
         out += throughput_table(closed)
     if "main" in summaries:
@@ -374,6 +458,7 @@ def verdict():
     out += efficiency(summaries, problems, notes)
     out += energy(summaries, problems, notes)
     out += serving(summaries, problems, notes)
+    out += llm(summaries, problems, notes)
     listed = [f"PROBLEM: {p}" for p in problems[:SHOWN]]
     if len(problems) > SHOWN:
         listed.append(f"PROBLEM: ... and {len(problems) - SHOWN} more (the summary files have them all)")
@@ -428,7 +513,7 @@ if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$
 mkdir -p "$DEST" "$RUNS" || exit 2
 if [ -z "${OUT:-}" ]; then echo '{"made": "gpu-acceptance"}' >"$DEST/$MARK"; fi
 # None left from an earlier run (main-accuracy.csv and compile-accuracy.csv: an older script's).
-for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,compile}-{summary,accuracy}.csv; do
+for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,llm,compile}-{summary,accuracy}.csv; do
     rm -f "${DEST:?}/$file"
 done
 LOG=$DEST/log.txt
@@ -475,12 +560,13 @@ bench() {  # NAME PARAMS MAX_S: one sweep, within MAX_S and what is left of the 
 bench main params/gpu-acceptance.yaml "$MAIN_MAX_S"
 bench energy params/gpu-acceptance-energy.yaml "$ENERGY_MAX_S"
 bench serving params/gpu-acceptance-serving.yaml "$SERVING_MAX_S"
+bench llm params/gpu-acceptance-llm.yaml "$LLM_MAX_S"
 bench compile params/gpu-acceptance-compile.yaml "$BUDGET_S"
 
 # 4. The verdict, and the summary files beside it: 8 files with the verdict, the most the
 # device tool brings back, so main's and compile's accuracy go into one accuracy.csv (the
 # energy and serving steps run eager alone: no gate).
-for name in main energy serving compile; do
+for name in main energy serving llm; do
     if [ -f "$RUNS/$name/summary.csv" ]; then cp "$RUNS/$name/summary.csv" "$DEST/$name-summary.csv"; fi
 done
 for name in main compile; do  # the same columns (one writer): the first gives the header

@@ -40,6 +40,7 @@ WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
 PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-acceptance-compile.yaml"]
 ENERGY_PARAMS = REPO / "params" / "gpu-acceptance-energy.yaml"
 SERVING_PARAMS = REPO / "params" / "gpu-acceptance-serving.yaml"
+LLM_PARAMS = REPO / "params" / "gpu-acceptance-llm.yaml"
 #: The serving step's rates: one below capacity, one far above it.
 LOW, HIGH = yaml.safe_load(SERVING_PARAMS.read_text(encoding="utf-8"))["rates_per_s"]
 
@@ -204,10 +205,10 @@ def test_acceptance_without_cuda_exits_2_with_one_line_and_touches_nothing(tmp_p
 
 def test_acceptance_runs_the_shipped_params_files() -> None:
     text = ACCEPTANCE.read_text()
-    for path in [*PARAMS, ENERGY_PARAMS, SERVING_PARAMS]:
+    for path in [*PARAMS, ENERGY_PARAMS, SERVING_PARAMS, LLM_PARAMS]:
         assert str(path.relative_to(REPO)) in text
     steps = re.findall(r"^bench (\w+) ", text, re.MULTILINE)
-    assert steps == ["main", "energy", "serving", "compile"]
+    assert steps == ["main", "energy", "serving", "llm", "compile"]
     assert re.search(r"^SERVING_MAX_S=\$\{SERVING_MAX_S:-90\}", text, re.MULTILINE)
 
 
@@ -240,6 +241,15 @@ def test_the_energy_step_is_one_busy_point_in_a_window_nvml_can_measure() -> Non
     params = load_params(ENERGY_PARAMS)
     assert params.device == "cuda" and params.grid_size == 1 and params.telemetry
     assert params.duration_s >= MIN_NVML_ENERGY_WINDOW_S and params.measure_peak_flops
+
+
+def test_the_llm_step_is_a_llama_shape_at_batch_1_and_16() -> None:
+    params = load_params(LLM_PARAMS)
+    assert params.device == "cuda" and params.generative and [m.name for m in params.models] == ["llama-3.2-1b-shape"]
+    assert params.batch_sizes == (1, 16) and params.threads == (1,) and params.runtimes == ("eager",)
+    assert params.output_tokens[0] > 2 and params.precisions == ("fp16",)  # TPOT needs decode steps
+    assert params.measure_peak_flops  # the bandwidth probe runs with the peaks: decode's % of it is judged
+    assert params.grid_size * params.duration_s <= 10
 
 
 def test_acceptance_params_are_the_study_models_on_cuda() -> None:
@@ -488,6 +498,65 @@ def test_the_verdict_of_a_real_open_loop_run(tmp_path: Path) -> None:
     assert [line for line in text.splitlines() if "serving" in line and line.startswith("PROBLEM")] == [], text
     assert "serving (open-loop serving): 4/4 points ran (2 overloaded)" in text
     assert re.search(rf"merge 8 at {HIGH:g}/s: overloaded, achieved [\d,.]+/s, .*, merged [2-8]\.\d\d", text), text
+
+
+def llm_point(batch: int, tpot_ms: float, pct: float = 3.0, status: str = "ok") -> dict:
+    return summary_row(model="llama-3.2-1b-shape", precision="fp16", runtime="eager", batch_size=batch, threads=1,
+                       input_tokens=128, output_tokens=32, status=status, throughput_per_s=batch / 0.5,
+                       ttft_p50_ms=20.0, tpot_p50_ms=tpot_ms, output_tokens_per_s=batch * 32 / 0.5,
+                       user_output_tokens_per_s=1e3 / tpot_ms, decode_pct_of_measured_bandwidth=pct,
+                       prefill_pct_of_measured_peak=12.0, peak_memory_bytes=3 * 2**30, token_notes="")
+
+
+def llm_records(batches: tuple[int, ...] = (1, 16), requests: int = 3, broken: int = 0) -> pd.DataFrame:
+    """Records of the LLM step: `requests` measured and one warm-up per batch, 32 token times each; the first
+    `broken` measured requests of batch 16 short of a token."""
+    rows = []
+    for batch in batches:
+        for seq in range(requests + 1):
+            times = [0.02 + 0.01 * i for i in range(32)]
+            if batch == 16 and 0 < seq <= broken:
+                times = times[:-1]
+            rows.append({"batch_size": batch, "output_tokens": 32, "input_tokens": 128, "warmup": seq == 0,
+                         "status": "ok", "token_times_s": times})
+    return pd.DataFrame(rows)
+
+
+def llm_runs(runs: Path, rows: list[dict], records: pd.DataFrame) -> Path:
+    fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
+    fake_run(runs, "llm", rows, [])
+    (runs / "llm" / "env.json").write_text(json.dumps({"memory_bandwidth_bytes_per_s": 4.2e12}))
+    records.to_parquet(runs / "llm" / "records.parquet", index=False)
+    return runs
+
+
+def test_the_verdict_shows_the_llm_step(tmp_path: Path) -> None:
+    runs = llm_runs(tmp_path / "runs", [llm_point(1, 10.0), llm_point(16, 12.5)], llm_records())
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 0 and "PROBLEM" not in text, text
+    assert "LLM: llama-3.2-1b-shape fp16 eager, 128 tokens in, 32 out; measured memory bandwidth 4,200 GB/s" in text
+    assert ("  batch 16: 3 requests, TTFT P50 20.00 ms, TPOT P50 12.50 ms, 1,024 output tokens/s, 80.0 per user; "
+            "decode 3.0% of the measured bandwidth; prefill 12.0% of the measured peak; peak memory 3.00 GiB") in text
+    assert "  TPOT at batch 16 / at batch 1: x1.25 (below x16 passes)" in text
+
+
+@pytest.mark.parametrize(("rows", "records", "problem"), [
+    ([llm_point(1, 10.0), llm_point(16, 170.0)], llm_records(),
+     "llm: TPOT at batch 16 is 17.0x that at batch 1, not below 16x"),
+    ([llm_point(1, 10.0), llm_point(16, 12.0, pct=130.0)], llm_records(),
+     "llm: batch 16: decode at 130% of the measured memory bandwidth"),
+    ([llm_point(1, 10.0), llm_point(16, 12.0)], llm_records(broken=2),
+     "llm: batch 16: 2 of 3 measured requests lack a finite, ascending time for each generated token"),
+    ([llm_point(1, 10.0), llm_point(16, 12.0, pct=float("nan"))], llm_records(),
+     "llm: batch 16: no share of the measured bandwidth in decode"),
+    ([llm_point(1, 10.0)], llm_records(batches=(1,)), "llm: batch 16: not in the summary"),
+    ([llm_point(1, 10.0), llm_point(16, float("nan"))], llm_records(), "llm: batch 16: no tpot_p50_ms"),
+], ids=["tpot-not-shared", "above-bandwidth", "tokens-missing", "no-bandwidth", "missing", "no-tpot"])
+def test_the_verdict_fails_an_llm_step_that_misbehaves(tmp_path: Path, rows: list, records: pd.DataFrame,
+                                                       problem: str) -> None:
+    status, text = verdict(llm_runs(tmp_path / "runs", rows, records), tmp_path / "dest")
+    problems = [line for line in text.splitlines() if line.startswith("PROBLEM: ")]
+    assert status == 1 and len(problems) == 1 and problems[0].startswith(f"PROBLEM: {problem}"), text
 
 
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:
