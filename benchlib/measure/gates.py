@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchlib.derive.accuracy import compare_outputs, concat_outputs, gate, gate_tolerance
+from benchlib.derive.accuracy import Agreement, compare_outputs, concat_outputs, gate, gate_tolerance
 from benchlib.measure.caches import Level
 from benchlib.measure.grid import GridPoint, point_dtype
 from benchlib.measure.inputs import Inputs
@@ -57,6 +57,14 @@ def gate_row(workload: Workload, prepared: Prepared, point: GridPoint, batch_siz
     agreement = compare_outputs(reference, candidate)
     return {**row, **agreement.as_row(), "gate": GATE_PASS if gate(agreement, tolerance) else GATE_FAIL,
             "status": STATUS_OK}
+
+
+def generation_gate_row(workload: Workload, point: GridPoint, params: Params, agreement: Agreement) -> dict[str, Any]:
+    """A causal LM runtime's gate at the point's batch size: `agreement` (benchlib.measure.compiled_generation:
+    every step's logits, teacher-forced on eager's tokens) within the precision's tolerance."""
+    tolerance = gate_tolerance(point.precision.dtype, params.matmul_precision, params.accuracy_tolerance)
+    return {**accuracy_keys(workload, point.runtime, point.batch_size, REFERENCE_EAGER), "tolerance": tolerance,
+            **agreement.as_row(), "gate": GATE_PASS if gate(agreement, tolerance) else GATE_FAIL, "status": STATUS_OK}
 
 
 def precision_row(loaded: LoadedModel, workload: Workload, params: Params, fp32_outputs: Level) -> dict[str, Any]:

@@ -162,29 +162,95 @@ def generate_request(step: Step, input_ids: torch.Tensor, output_tokens: int, cl
                             input_tokens=int(input_ids.shape[1]), output_tokens=output_tokens, tokens=generated)
 
 
-def causal_lm_step(model: torch.nn.Module) -> Step:
-    """A Hugging Face causal LM as a `Step`: one forward pass with the KV cache, greedy, EOS never chosen.
+#: One forward pass as a check sees it: like a `Step`, but the last position's logits (b, vocab) for the next token.
+LogitsStep = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
+
+
+def causal_lm_logits(model: torch.nn.Module) -> LogitsStep:
+    """A Hugging Face causal LM's forward pass with its own KV cache: the last position's logits.
 
     The state is the model's own cache (a ``DynamicCache`` it makes on the prefill and extends in place).
     As ``generate`` does here, no attention mask is passed (no sequence is padded: the model's causal
     mask is the whole mask) and only the last position's logits are computed (``logits_to_keep=1``).
-    transformers 5.x names the cache ``cache``; before, ``past_key_values``: the forward's signature says.
     """
-    accepted = set(inspect.signature(model.forward).parameters)
-    cache_key = "cache" if "cache" in accepted else "past_key_values"
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
-    eos = eos_token_ids(model)
-    device = next(model.parameters()).device
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+    cache_key, last_only = _forward_keys(model)
 
     def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         out = model(input_ids=tokens, **{cache_key: state}, use_cache=True, **last_only)
-        logits = out.logits[:, -1, :]
-        if eos_ids is not None:
-            logits = logits.index_fill(1, eos_ids, -torch.inf)  # min_new_tokens' rule: EOS is never the argmax
-        return logits.argmax(dim=-1), out[cache_key]
+        return out.logits[:, -1, :], out[cache_key]
 
     return step
+
+
+def static_cache_logits(model: torch.nn.Module, max_cache_len: int,
+                        decode_forward: Callable[..., Any] | None = None) -> LogitsStep:
+    """A causal LM on a ``StaticCache`` of `max_cache_len` tokens (the longest request: input + output), the
+    decode steps through `decode_forward` (a ``torch.compile`` of ``model.forward``; None: eager).
+
+    The prefill runs eagerly, as ``generate`` runs it under a compiled decode: its length varies by request,
+    the decode step's shapes never do (one token per sequence, a cache of fixed size), so one graph per batch
+    size serves every step. The state is the next position. A prefill first resets the cache (a memset of it,
+    inside the request, as ``generate`` does between calls): a new request never reads the last one's keys.
+    Each client needs its own (one cache per request in flight); the compiled forward is shared.
+    """
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)  # sized on the first prefill
+    cache_key, last_only = _forward_keys(model)
+    decode = decode_forward or model.forward
+
+    def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        position = 0 if state is None else int(state)
+        if state is None:
+            cache.reset()
+        forward = model.forward if state is None else decode
+        positions = torch.arange(position, position + tokens.shape[1], device=tokens.device)
+        out = forward(input_ids=tokens, **{cache_key: cache}, cache_position=positions, use_cache=True, **last_only)
+        return out.logits[:, -1, :], position + tokens.shape[1]
+
+    return step
+
+
+def greedy(logits_step: LogitsStep, eos: list[int], device: torch.device) -> Step:
+    """The `Step` that picks each next token as ``generate(do_sample=False, min_new_tokens=n)`` does: the argmax,
+    the EOS ids (`eos`) never chosen."""
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+
+    def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        logits, state = logits_step(tokens, state)
+        if eos_ids is not None:
+            logits = logits.index_fill(1, eos_ids, -torch.inf)  # min_new_tokens' rule: EOS is never the argmax
+        return logits.argmax(dim=-1), state
+
+    return step
+
+
+def causal_lm_step(model: torch.nn.Module) -> Step:
+    """A Hugging Face causal LM as a `Step`: one forward pass with its KV cache (:func:`causal_lm_logits`), greedy,
+    EOS never chosen."""
+    return greedy(causal_lm_logits(model), eos_token_ids(model), next(model.parameters()).device)
+
+
+def forced_logits(step: LogitsStep, input_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing: the logits (b, n, vocab) of a prefill of `input_ids`, then of a decode step on each of
+    `tokens` (b, n) but the last; what a check compares between two ways of running one model, whatever
+    token either would have picked after a near-tie."""
+    kept = []
+    with torch.inference_mode():
+        logits, state = step(input_ids, None)
+        kept.append(logits)
+        for i in range(tokens.shape[1] - 1):
+            logits, state = step(tokens[:, i:i + 1], state)
+            kept.append(logits)
+    return torch.stack(kept, dim=1)
+
+
+def _forward_keys(model: torch.nn.Module) -> tuple[str, dict[str, int]]:
+    """The forward's name for the cache (transformers 5.x: ``cache``; before, ``past_key_values``: its signature
+    says) and, where it takes it, ``logits_to_keep=1`` (only the last position's logits)."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    cache_key = "cache" if "cache" in accepted else "past_key_values"
+    return cache_key, ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
 
 
 def eos_token_ids(model: torch.nn.Module) -> list[int]:

@@ -26,6 +26,11 @@ import torch
 from benchlib.derive.efficiency import window_energy
 from benchlib.measure import causal_lm, gates, pipelines
 from benchlib.measure.caches import Level
+from benchlib.measure.compiled_generation import (
+    CompiledGeneration,
+    generation_agreement,
+    prepare_compiled_generation,
+)
 from benchlib.measure.environment import RunEnv
 from benchlib.measure.flops import FlopCount, flops_per_inference
 from benchlib.measure.grid import GridPoint
@@ -36,6 +41,7 @@ from benchlib.measure.peaks import peak_dtype
 from benchlib.measure.records import Clock, PointRun
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
 from benchlib.measure.synthetic import Simulated
+from benchlib.measure.synthetic_generative import SyntheticGenerativeModule
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
 from benchlib.measure.workload import Workload
 from benchlib.measure.zoo import LoadedModel, load_model
@@ -86,6 +92,8 @@ class _Ready:
     pipeline: pipelines.Pipeline | None
     #: A generative point's prompt (batch, input_tokens) on the device; None otherwise.
     prompt: torch.Tensor | None = None
+    #: A compiled generative point's clients' steps (benchlib.measure.compiled_generation); None under eager.
+    compiled: CompiledGeneration | None = None
 
 
 class PointMeasurer:
@@ -209,21 +217,60 @@ class PointMeasurer:
         return _Ready(workload, merged, prepare_s, pipeline)
 
     def _ready_generative(self, point: GridPoint, workload: Workload) -> _Ready:
-        """A generative point: its prompt on the device (eager: nothing to prepare). Other runtimes and open
-        loop's token-level batching are not measured yet: such points are unsupported, saying so."""
+        """A generative point: its prompt on the device; under eager nothing to prepare, under compile its clients'
+        static caches and the compiled decode step, gated (benchlib.measure.compiled_generation). Open loop's
+        token-level batching is not measured yet: such points are unsupported, saying so."""
         if point.open_loop:
             raise _NotRun.unsupported("generating in open loop (continuous batching) is not measured yet; "
                                       "measure causal LMs in closed loop (`arrival: closed`)")
-        if point.runtime != REFERENCE_RUNTIME:
-            raise _NotRun.unsupported(f"{point.runtime}: generating is measured under eager alone for now (a "
-                                      "compiled step with a static KV cache is not wired into the sweep yet)")
         if not workload.loaded.generative:
             raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
                                       "for causal LMs")
+        if point.runtime not in (REFERENCE_RUNTIME, "compile"):
+            raise _NotRun.unsupported(f"{point.runtime}: generating is measured under eager and compile")
+        if point.runtime == "compile" and isinstance(workload.module, SyntheticGenerativeModule):
+            raise _NotRun.unsupported("compile: a synthetic generative model has no forward pass to compile; "
+                                      "measure it under eager")
         prompt = self.inputs.get((point.model.label, point.precision.name, point.batch_size, point.input_tokens),
                                  lambda: workload.prompt(point.batch_size, int(point.input_tokens or 1),
                                                          self.params.seed))
-        return _Ready(workload, {}, 0.0, None, prompt)
+        if point.runtime == REFERENCE_RUNTIME:
+            return _Ready(workload, {}, 0.0, None, prompt)
+        compiled = self.artifact.get((*point.key[:3], point.batch_size, point.input_tokens, point.output_tokens,
+                                      point.threads), lambda: self._compile_generation(point, workload, prompt))
+        if isinstance(compiled, Artifact):  # it could not be prepared: why
+            raise _NotRun.unsupported(compiled.unsupported, compiled.prepare_s)
+        compiled.mark_ready()
+        return _Ready(workload, {}, compiled.prepare_s, None, prompt, compiled)
+
+    def _compile_generation(self, point: GridPoint, workload: Workload,
+                            prompt: torch.Tensor) -> CompiledGeneration | Artifact:
+        """The compiled point's steps, prepared and held to the gate once per (batch, tokens, clients); an
+        Artifact saying why when it cannot be."""
+        started = time.perf_counter()
+        output_tokens = int(point.output_tokens or 1)
+        try:
+            compiled = prepare_compiled_generation(workload, prompt, output_tokens, point.threads)
+        except Unsupported as exc:
+            return Artifact(None, time.perf_counter() - started, f"compile: {exc}")
+        except Exception as exc:  # a model dynamo cannot compile cannot run here under compile
+            if is_out_of_memory(exc):
+                raise
+            return Artifact(None, time.perf_counter() - started, f"compile: preparing failed: {first_line(exc)}")
+        if not self.writer.has_accuracy(model=point.model.label, precision=point.precision.name,
+                                        runtime=point.runtime, batch_size=point.batch_size):
+            gate_prompt = workload.prompt(point.batch_size, int(point.input_tokens or 1), self.params.seed + 1)
+            try:
+                row = gates.generation_gate_row(workload, point, self.params, generation_agreement(
+                    workload, gate_prompt, output_tokens))
+            except Exception as exc:  # noqa: BLE001 - a gate that cannot run fails; the sweep goes on
+                if is_out_of_memory(exc):
+                    release_memory(self.device)
+                note = "out of memory" if is_out_of_memory(exc) else first_line(exc)
+                row = {**gates.accuracy_keys(workload, point.runtime, point.batch_size, REFERENCE_EAGER),
+                       "gate": GATE_FAIL, "status": f"not checked: {note}"}
+            self.writer.add_accuracy(row)
+        return compiled
 
     def _runtime(self, point: GridPoint) -> Runtime:
         """The point's runtime, made once; on a synthetic model it is simulated by its speed factor."""
@@ -241,8 +288,9 @@ class PointMeasurer:
         with PeakMemory(self.device) as memory, sampler or contextlib.nullcontext():
             try:  # per-client preparation (a CUDA graph captured on each client's stream)
                 if ready.prompt is not None:
-                    clients = {1: ready.workload.generation_client_factory(ready.prompt, int(point.output_tokens or 1),
-                                                                           point.threads, clock)}
+                    clients = {1: ready.workload.generation_client_factory(
+                        ready.prompt, int(point.output_tokens or 1), point.threads, clock,
+                        ready.compiled.steps if ready.compiled else None)}
                 elif ready.pipeline is not None:
                     clients = {1: ready.workload.pipeline_client_factory(ready.pipeline, point.threads,
                                                                          ready.merged[1][1].prepared, clock)}
@@ -267,6 +315,8 @@ class PointMeasurer:
         for _, artifact in ready.merged.values():
             prepared = artifact.prepared
             said.extend([*prepared.notes, prepared.check_window() if prepared.check_window else None])
+        if ready.compiled is not None:
+            said.extend([*ready.compiled.notes, ready.compiled.check_window()])
         flops = self.flops[point.model.label]
         run.error = "; ".join(filter(None, dict.fromkeys([run.error, *said, flops.note])))
         if run.status == STATUS_OK:

@@ -146,18 +146,22 @@ class Workload:
         return causal_lm_step(self.module)
 
     def generation_client_factory(self, input_ids: torch.Tensor, output_tokens: int, threads: int,
-                                  clock: Clock) -> ClientFactory:
+                                  clock: Clock, steps: list[Step] | None = None) -> ClientFactory:
         """Per-thread `send` of one generative request: `generate_request` on `input_ids`, exactly
         `output_tokens` tokens per sequence, in the client's precision context and (on CUDA) on its own stream,
         each token stamped by the device's timer (an event on the client's stream on CUDA, the clock on the CPU).
-        `send` returns the :class:`GeneratedRequest` (run_point with ``generated``)."""
+        `send` returns the :class:`GeneratedRequest` (run_point with ``generated``). `steps`: one per client (a
+        compiled point's, each on its own static cache); None: eager's, one shared (each request's cache is its
+        own state)."""
         streams = self._client_streams(threads)
-        step = self.step()
+        steps = steps or [self.step()] * threads
 
         @contextlib.contextmanager
         def client(index: int) -> Iterator[Callable[[], object]]:
             stream = streams[index]
             timer = token_timer(self.device, clock)  # one per client: it holds the request's marks
+
+            step = steps[index]
 
             def send() -> GeneratedRequest:
                 return generate_request(step, input_ids, output_tokens, clock=clock, timer=timer)

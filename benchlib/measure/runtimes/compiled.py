@@ -131,20 +131,7 @@ class Compile(Runtime):
         call = _caller(compiled, isinstance(example, dict), copy_outputs=self._cuda_graphs(workload))
         for _ in range(WARMUP_CALLS):
             call(example)
-        made = DynamoCounts.now().since(before)
-        if made.graphs == 0:
-            reasons = made.unimplemented + made.graph_breaks
-            raise Unsupported(f"torch.compile made no graph, the model would run eagerly{_reason(reasons)}")
-        notes = []
-        left = max(made.frames_failed, sum(made.unimplemented.values()))
-        if left:
-            notes.append(f"{self.name}: {left} frame(s) left to eager{_reason(made.unimplemented)}")
-        breaks = sum(made.graph_breaks.values())
-        if breaks:
-            notes.append(f"{self.name}: {breaks} graph break(s){_reason(made.graph_breaks)}")
-        if made.cached:
-            notes.append(f"{self.name}: {made.cached} of {made.graphs} graph(s) from inductor's on-disk cache "
-                         "(prepare_s is not a cold compile)")
+        notes = compile_notes(self.name, DynamoCounts.now().since(before))
         if self._cuda_graphs(workload):
             notes.append(f"{self.name}: CUDA graphs recorded per client thread in its warm-up requests")
         # Clients drop their outputs: only the gate (`call`) needs copies that outlive a replay.
@@ -157,6 +144,26 @@ class Compile(Runtime):
         from torch._inductor import config, list_mode_options
 
         return bool(list_mode_options(self.mode).get("triton.cudagraphs", config.triton.cudagraphs))
+
+
+def compile_notes(name: str, made: DynamoCounts) -> list[str]:
+    """What a preparation's compiling (`made`: the counters' growth over it) leaves to say: frames left to eager,
+    graph breaks, graphs from inductor's on-disk cache. Raises Unsupported when it made no graph at all (the
+    model would run eagerly under the runtime's name)."""
+    if made.graphs == 0:
+        reasons = made.unimplemented + made.graph_breaks
+        raise Unsupported(f"torch.compile made no graph, the model would run eagerly{_reason(reasons)}")
+    notes = []
+    left = max(made.frames_failed, sum(made.unimplemented.values()))
+    if left:
+        notes.append(f"{name}: {left} frame(s) left to eager{_reason(made.unimplemented)}")
+    breaks = sum(made.graph_breaks.values())
+    if breaks:
+        notes.append(f"{name}: {breaks} graph break(s){_reason(made.graph_breaks)}")
+    if made.cached:
+        notes.append(f"{name}: {made.cached} of {made.graphs} graph(s) from inductor's on-disk cache "
+                     "(prepare_s is not a cold compile)")
+    return notes
 
 
 class CompileMaxAutotune(Compile):
