@@ -174,6 +174,16 @@ def test_the_shipped_llm_params_are_generative() -> None:
     assert params.device == "auto" and params.input_tokens == (32,) and params.output_tokens == (16,)
 
 
+def test_the_a10g_llm_params_are_the_issues_grid() -> None:
+    from benchlib.params import load_params
+
+    params = load_params(Path(__file__).parents[1] / "params" / "g5.4xlarge-llm.yaml")
+    assert [m.name for m in params.models] == ["llama-3.2-1b-shape"] and params.device == "cuda"
+    assert params.batch_sizes == (1, 2, 4, 8, 16, 32) and (params.input_tokens, params.output_tokens) == ((512,), (128,))
+    assert set(params.precisions) == {"fp16", "bf16", "amp"} and params.instance == "g5.4xlarge"
+    assert params.min_requests >= 72  # a P95 of TTFT and TPOT is bounded
+
+
 def test_out_of_memory_rules_out_larger_batches_of_the_same_request_length_only(tmp_path: Path,
                                                                                monkeypatch) -> None:
     real_call = SyntheticGenerativeModel.__call__
