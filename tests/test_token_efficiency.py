@@ -131,7 +131,7 @@ def test_shapes_and_bandwidths_come_from_env_json() -> None:
 
 
 def test_the_per_point_line_says_ttft_tpot_and_the_shares() -> None:
-    row = pd.Series({**ROW, "threads": 3, "model": "toy", "runtime": "eager", "throughput_per_s": 1.0, "latency_p50_ms": 6.0,
+    row = pd.Series({**ROW, "threads": 3, "runtime": "eager", "throughput_per_s": 1.0, "latency_p50_ms": 6.0,
                      "latency_p95_ms": 7.0, "usd_per_million": 1.0, "output_tokens_per_s": 1000.0,
                      "usd_per_million_output_tokens": 0.125, "n_requests": 10,
                      **point_token_efficiency({**ROW, "threads": 3}, DIMS, CEILINGS)})

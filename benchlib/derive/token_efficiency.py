@@ -117,7 +117,8 @@ def point_token_efficiency(row: Mapping[str, Any], dims: LMDims, ceilings: Ceili
     out["prefill_flops_per_s"] = out["prefill_flops"] / ttft_s
     out["decode_bytes_per_s"] = threads * batch * out["decode_bytes_per_token"] / tpot_s
     peak_dtype = str(row.get("peak_dtype"))
-    out["prefill_pct_of_measured_peak"] = _pct(out["prefill_flops_per_s"], ceilings.measured_flops_per_s.get(peak_dtype))
+    out["prefill_pct_of_measured_peak"] = _pct(out["prefill_flops_per_s"],
+                                               ceilings.measured_flops_per_s.get(peak_dtype))
     out["prefill_pct_of_published_peak"] = _pct(out["prefill_flops_per_s"],
                                                 ceilings.published_flops_per_s.get(peak_dtype))
     out["decode_pct_of_measured_bandwidth"] = _pct(out["decode_bytes_per_s"], ceilings.measured_bandwidth_bytes_per_s)

@@ -89,12 +89,12 @@ def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE
     achieved = row.get("achieved_rate_per_s")
     served = f", achieved {achieved:.1f} req/s" if achieved is not None and pd.notna(achieved) else ""
     if pd.notna(row.get("output_tokens")) and "ttft_p50_ms" in row.index:
-        return f"{point} {tokens(row)} ({row['n_requests']} requests), {row['status']}"
+        return f"{point} {describe_tokens(row)} ({row['n_requests']} requests), {row['status']}"
     return (f"{point}: {row['throughput_per_s']:.1f} inf/s{served}, {latency}{cost}{efficiency} "
             f"({row['n_requests']} requests), {row['status']}")
 
 
-def tokens(row: pd.Series) -> str:
+def describe_tokens(row: pd.Series) -> str:
     """A generative point's figures: its request, TTFT and TPOT (P50), output tokens/s, their cost, and its
     prefill's share of the GEMM peak and its decode's of the memory bandwidth (measured; flagged past 100 %)."""
     def figure(column: str, text: str) -> str | None:
