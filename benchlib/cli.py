@@ -390,9 +390,11 @@ SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "ba
 #: Columns printed with three significant digits, not `digits` decimals: a token costs a millionth of a request.
 SIGNIFICANT_SHOWN = ["usd_per_million_output_tokens"]
 #: What the summary shows besides SUMMARY_SHOWN where the run generated (its summary has the token figures):
-#: the request's tokens, time to first token and per output token, output tokens/s and their cost.
+#: the request's tokens, time to first token and per output token, output tokens/s and their cost, the prefill's
+#: share of the GEMM peak and the decode's of the memory bandwidth (both measured here).
 TOKENS_SHOWN = ["input_tokens", "output_tokens", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms",
-                "output_tokens_per_s", "usd_per_million_output_tokens"]
+                "output_tokens_per_s", "usd_per_million_output_tokens", "prefill_pct_of_measured_peak",
+                "decode_pct_of_measured_bandwidth"]
 
 
 def summary_shown(summary: pd.DataFrame) -> list[str]:

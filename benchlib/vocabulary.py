@@ -220,6 +220,17 @@ TOKEN_COLUMNS: list[str] = [
     *_with_token_intervals([*(f"{rate}_per_s" for rate in TOKEN_RATES), "user_output_tokens_per_s"]),
     *_with_token_intervals(["usd_per_million_output_tokens", "usd_per_million_total_tokens"]),
     "n_itl_gaps", "token_notes"]
+#: What a generative point's summary row adds after EFFICIENCY_COLUMNS (benchlib.derive.token_efficiency), from
+#: its model's shape (env.json `models[].lm_dims`), its token figures and the device's ceilings; NaN for a model
+#: without a shape (a synthetic one) and for encoders. Per request (a batch of `batch_size` sequences): the KV
+#: cache of one token and the whole request's at its last token, the weights' bytes, the prefill's FLOPs, the
+#: FLOP/s its TTFT (P50) implies and its share of the GEMM peak; a decode step's bytes per token at the mean
+#: context it reads, the bytes/s the clients' TPOT (P50) implies and its share of the memory bandwidth.
+TOKEN_EFFICIENCY_COLUMNS: list[str] = [
+    "kv_cache_bytes_per_token", "kv_cache_bytes", "weight_bytes",
+    "prefill_flops", "prefill_flops_per_s", "prefill_pct_of_measured_peak", "prefill_pct_of_published_peak",
+    "decode_context_tokens", "decode_bytes_per_token", "decode_bytes_per_s", "decode_pct_of_measured_bandwidth",
+    "decode_pct_of_published_bandwidth"]
 #: accuracy.csv: each reduced precision against fp32 eager (informational), and each runtime's
 #: artifact (per batch size) against eager at the same precision (the gate).
 ACCURACY_COLUMNS: list[str] = ["model", "weights", "precision", "dtype", "runtime", "batch_size", "reference",

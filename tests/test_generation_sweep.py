@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchlib.derive.token_efficiency import no_shape_note
 from benchlib.errors import InputError
 from benchlib.measure.grid import grid
 from benchlib.measure.precision import resolve_precision
@@ -25,7 +26,7 @@ from benchlib.measure.synthetic_generative import SyntheticGenerativeModel, gene
 from benchlib.model_spec import synthetic_generative_ms
 from benchlib.params import parse_params
 from benchlib.results import read_records, read_summary
-from benchlib.vocabulary import GRID_KEYS, TOKEN_COLUMNS
+from benchlib.vocabulary import GRID_KEYS, TOKEN_COLUMNS, TOKEN_EFFICIENCY_COLUMNS
 from tests.helpers import run_cli, tiny_params
 
 CPU = torch.device("cpu")
@@ -99,6 +100,9 @@ def test_bench_measures_the_synthetic_models_ttft_and_tpot(tmp_path: Path, write
         assert row["output_tokens_per_s"] == pytest.approx(row["requests_per_s"] * batch * OUTPUT_TOKENS, rel=1e-9)
         usd = data["price_usd_per_hour"]
         assert row["usd_per_million_output_tokens"] == pytest.approx(usd / 3600 / row["output_tokens_per_s"] * 1e6)
+    # A synthetic model's costs are holds, not tensors: no shape, no prefill or decode efficiency, said so.
+    assert summary[TOKEN_EFFICIENCY_COLUMNS].isna().all().all()
+    assert summary["notes"].str.contains(no_shape_note(SYNTHETIC), regex=False).all()
     # The prefill grows with the batch's tokens and each decode step with its sequences: the points differ.
     by_batch = summary.groupby("batch_size")[["ttft_p50_ms", "tpot_p50_ms"]].mean()
     assert by_batch.loc[4, "ttft_p50_ms"] > by_batch.loc[1, "ttft_p50_ms"] + 4
@@ -200,3 +204,64 @@ def test_out_of_memory_rules_out_larger_batches_of_the_same_request_length_only(
     status = dict(zip(zip(summary["input_tokens"], summary["batch_size"]), summary["status"]))
     assert status == {(64, 1): "ok", (64, 4): "oom", (64, 8): "skipped", (8, 1): "ok", (8, 4): "ok", (8, 8): "ok"}
     assert summary.loc[summary["status"] != "ok", "ttft_p50_ms"].isna().all()
+
+
+def test_out_of_memory_rules_out_larger_batches_of_the_same_output_length_only(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The skip rule is keyed on output tokens too: a decode that runs out of memory at 4 sequences x 16 tokens
+    held rules out batch 8 of that request length, not batch 8 of a shorter one (measured, out of memory on its
+    own). The boundary table reads each length's boundary."""
+    from benchlib.derive.oom_boundary import oom_boundary
+
+    real_call = SyntheticGenerativeModel.__call__
+
+    def call(self, tokens, state):  # out of memory once the batch holds 48 tokens or more in its cache
+        if state is not None and tokens.shape[0] * (state + tokens.shape[1]) >= 48:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_call(self, tokens, state)
+
+    monkeypatch.setattr(SyntheticGenerativeModel, "__call__", call)
+    params = parse_params(generative_params(models=["synthetic-gen:1/1"], input_tokens=[8], output_tokens=[8, 2],
+                                            batch_sizes=[1, 4, 8]))
+    summary = run_sweep(params, tmp_path, progress=None).summary
+    status = dict(zip(zip(summary["output_tokens"], summary["batch_size"]), summary["status"]))
+    # 8 out: batch 4 holds 4 x (8 + 4) = 48 at its 5th token; 2 out: batch 4 holds 36, batch 8 holds 72.
+    assert status == {(8, 1): "ok", (8, 4): "oom", (8, 8): "skipped", (2, 1): "ok", (2, 4): "ok", (2, 8): "oom"}
+    boundary = oom_boundary(summary).set_index("output_tokens")
+    assert boundary.loc[8, ["largest_ok_batch", "smallest_oom_batch", "skipped_batches"]].tolist() == [1, 4, "8"]
+    assert boundary.loc[2, ["largest_ok_batch", "smallest_oom_batch", "skipped_batches"]].tolist() == [4, 8, ""]
+
+
+def test_a_tiny_llama_runs_prefill_and_decode_efficiency_come_out_finite_on_this_machine(tmp_path: Path,
+                                                                                       write_params, capsys) -> None:
+    """With the peak and bandwidth measured, every figure of TOKEN_EFFICIENCY_COLUMNS is finite but the datasheet's
+    (a CPU has none); the shape in env.json recomputes them from the run folder alone; the bench line says them."""
+    import json
+
+    from benchlib.derive.efficiency import Ceilings
+    from benchlib.derive.summary import summary_table
+    from benchlib.derive.token_efficiency import lm_dims_by_model
+    import pandas as pd
+
+    from benchlib.vocabulary import ACCURACY_COLUMNS
+
+    folder = tmp_path / "run"
+    data = {**tiny_llama_params(), "measure_peak_flops": True, "batch_sizes": [2]}
+    run = run_cli(capsys, "bench", write_params(data), "--out", folder)
+    assert run.code == 0, run.text
+    assert "prefill_pct_of_measured_peak" in run.out and "% of bandwidth" in run.err + run.out
+    summary = read_summary(folder)
+    published = [c for c in TOKEN_EFFICIENCY_COLUMNS if "published" in c]
+    for column in sorted(set(TOKEN_EFFICIENCY_COLUMNS) - set(published)):
+        assert summary[column].map(math.isfinite).all() and (summary[column] > 0).all(), column
+    assert summary[published].isna().all().all()
+    row = summary.iloc[0]  # tiny-llama at batch 2, 8 tokens in, 4 out, fp32: 512 bytes of KV cache per token
+    assert (row["kv_cache_bytes_per_token"], row["kv_cache_bytes"], row["weight_bytes"]) == (512, 2 * 11 * 512,
+                                                                                            90_432 * 4)
+    env = json.loads((folder / "env.json").read_text())
+    no_accuracy = pd.DataFrame(columns=ACCURACY_COLUMNS)  # fp32 eager alone: nothing to compare, no accuracy.csv
+    again = summary_table(read_records(folder), no_accuracy, data["price_usd_per_hour"],
+                          Ceilings.from_env(env), lm_dims_by_model(env))
+    assert again[TOKEN_EFFICIENCY_COLUMNS].iloc[0].tolist() == pytest.approx(
+        summary[TOKEN_EFFICIENCY_COLUMNS].iloc[0].tolist(), nan_ok=True)
+

@@ -18,9 +18,9 @@ says so in its notes (:func:`with_peak_notes`), and the report marks its figure.
 The energy of a window comes from telemetry samples (:func:`window_energy`): the
 difference of a cumulative energy counter interpolated at the window's ends, or, with
 no counter, sampled power integrated over the window (trapezoids). What was not
-measured stays NaN, never 0. The roofline's other half, memory bandwidth, is measured and
-recorded in env.json (benchlib.measure.ceilings) but not judged here yet: that needs each
-point's bytes moved counted, as its FLOPs are.
+measured stays NaN, never 0. The roofline's other half, memory bandwidth (env.json,
+benchlib.measure.ceilings), judges a causal LM's decode: benchlib.derive.token_efficiency counts
+its bytes moved from the model's shape; an encoder's bytes are not counted.
 """
 from __future__ import annotations
 
@@ -50,12 +50,17 @@ class Ceilings:
     published_flops_per_s: dict[str, float] = field(default_factory=dict)
     #: The memory a point may fill: the GPU's, or the host's.
     memory_bytes: float | None = None
+    #: The memory bandwidth this machine reached today (a copy's bytes read + written per second), and the
+    #: datasheet's: what a generative point's decode is judged against (benchlib.derive.token_efficiency).
+    measured_bandwidth_bytes_per_s: float | None = None
+    published_bandwidth_bytes_per_s: float | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, Any]) -> Ceilings:
         published = env.get("published_peak") or {}
         return cls(dict(env.get("peak_flops_per_s") or {}), dict(published.get("flops_per_s") or {}),
-                   env.get("device_memory_bytes"))
+                   env.get("device_memory_bytes"), env.get("memory_bandwidth_bytes_per_s"),
+                   published.get("memory_bandwidth_bytes_per_s"))
 
 
 def window_energy(samples: pd.DataFrame, window_s: float) -> float:

@@ -22,7 +22,9 @@ nor a lookup table's row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,19 @@ class LMDims:
     def q_width(self) -> int:
         return self.heads * self.head_dim
 
+    def as_record(self) -> dict[str, int]:
+        """The shape as env.json keeps it (a model's `lm_dims`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LMDims:
+        """The shape :meth:`as_record` wrote; ValueError naming what a record lacks."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in record]
+        if missing:
+            raise ValueError(f"an lm_dims record lacks {', '.join(missing)}: it needs {', '.join(names)}")
+        return cls(**{name: int(record[name]) for name in names})
+
 
 def kv_cache_bytes_per_token(dims: LMDims, bytes_per_value: int) -> int:
     """Bytes the KV cache holds per token of one sequence."""
@@ -59,11 +74,15 @@ def weight_bytes(dims: LMDims, bytes_per_value: int) -> int:
     return dims.parameters * bytes_per_value
 
 
-def decode_bytes_per_token(dims: LMDims, bytes_per_value: int, batch_size: int, context_tokens: int) -> float:
+def decode_bytes_per_token(dims: LMDims, bytes_per_value: int, batch_size: int, context_tokens: float,
+                           kv_bytes_per_value: int | None = None) -> float:
     """Bytes read from memory per generated token at a decode step of `batch_size` sequences, each with
-    `context_tokens` tokens in its KV cache: the weights once per step, shared; each sequence's cache."""
+    `context_tokens` tokens in its KV cache: the weights once per step, shared; each sequence's cache.
+    `kv_bytes_per_value`: the cache's bytes per value where they differ from the weights' (autocast keeps
+    float32 weights and computes K and V in half precision); None: `bytes_per_value`."""
     weights = dims.matmul_parameters * bytes_per_value / batch_size
-    return weights + context_tokens * kv_cache_bytes_per_token(dims, bytes_per_value)
+    kv = bytes_per_value if kv_bytes_per_value is None else kv_bytes_per_value
+    return weights + context_tokens * kv_cache_bytes_per_token(dims, kv)
 
 
 def prefill_flops(dims: LMDims, input_tokens: int, logits_tokens: int = 1) -> int:

@@ -360,7 +360,8 @@ class PointMeasurer:
         run.samples = samples
         run.measures = {
             # A generative request is a prefill and decode steps, not one forward pass of the counted shape:
-            # its FLOPs are benchlib.derive.llm_costs' (not wired yet), so none is claimed here.
+            # its prefill FLOPs and decode bytes are counted from the model's shape (env.json `lm_dims`) in
+            # benchlib.derive.token_efficiency, so none is claimed here.
             "flops_per_inference": (flops.flops_per_inference if flops.flops_per_inference is not None
                                     and not point.generative else math.nan),
             "peak_dtype": peak_dtype(point.precision.dtype, self.device.type, self.params.matmul_precision),
@@ -399,9 +400,13 @@ class PointMeasurer:
         release_memory(self.device)
         loaded = load_model(spec, self.device, self.params.seed)
         flops = self.flops[spec.label] = flops_per_inference(loaded, self.params.seed)
+        # A causal LM's shape: what its prefill computes and its decode moves (benchlib.derive.token_efficiency);
+        # a synthetic one's costs are holds, it has none.
+        shape = (causal_lm.lm_dims(loaded.module).as_record() if loaded.generative and spec.kind != "synthetic"
+                 else None)
         self.env.add_model({"label": spec.label, "model": spec.name, "weights": loaded.weights,
                             "weights_source": loaded.weights_source, "flops_per_inference": flops.flops_per_inference,
-                            "flops_source": flops.source})
+                            "flops_source": flops.source, "lm_dims": shape})
         return loaded
 
     def _prepare(self, runtime: Runtime, workload: Workload, inputs: Inputs, point: GridPoint,

@@ -88,5 +88,27 @@ def describe(row: pd.Series, run: PointRun, percentile: str = DEFAULT_PERCENTILE
         efficiency += " (above the measured peak)"
     achieved = row.get("achieved_rate_per_s")
     served = f", achieved {achieved:.1f} req/s" if achieved is not None and pd.notna(achieved) else ""
+    if pd.notna(row.get("output_tokens")) and "ttft_p50_ms" in row.index:
+        return f"{point} {describe_tokens(row)} ({row['n_requests']} requests), {row['status']}"
     return (f"{point}: {row['throughput_per_s']:.1f} inf/s{served}, {latency}{cost}{efficiency} "
             f"({row['n_requests']} requests), {row['status']}")
+
+
+def describe_tokens(row: pd.Series) -> str:
+    """A generative point's figures: its request, TTFT and TPOT (P50), output tokens/s, their cost, and its
+    prefill's share of the GEMM peak and its decode's of the memory bandwidth (measured; flagged past 100 %)."""
+    def figure(column: str, text: str) -> str | None:
+        value = row.get(column)
+        return text.format(value) if value is not None and pd.notna(value) else None
+
+    shares = []
+    for column, what in (("prefill_pct_of_measured_peak", "prefill {:.1f}% of peak"),
+                         ("decode_pct_of_measured_bandwidth", "decode {:.1f}% of bandwidth")):
+        said = figure(column, what)
+        if said is not None:
+            shares.append(f"{said}, above the measured ceiling" if row[column] > 100 else said)
+    parts = [figure("ttft_p50_ms", "TTFT p50 {:.1f} ms"), figure("tpot_p50_ms", "TPOT p50 {:.1f} ms"),
+             figure("output_tokens_per_s", "{:.1f} out tok/s"),
+             figure("usd_per_million_output_tokens", "${:.3g}/M out tok"), *shares]
+    return (f"in {int(row['input_tokens'])} out {int(row['output_tokens'])}: "
+            + ", ".join(part for part in parts if part))

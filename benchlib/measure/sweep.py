@@ -42,6 +42,7 @@ from benchlib.derive.frontier import frontier
 from benchlib.derive.knee import knees
 from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
+from benchlib.derive.token_efficiency import lm_dims_by_model
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
 from benchlib.measure.ceilings import end_ceilings, start_ceilings
@@ -152,7 +153,7 @@ def run_sweep(
         # The points were judged against the start figure as they ran: again where the end one is higher.
         # No point at all (an empty grid cannot be): an empty summary.
         if summary is None or final != ceilings:
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final)
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final, lm_dims_by_model(env.fields))
         writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
@@ -178,7 +179,7 @@ class _Sweep:
         #: (a resumed run's points once, here).
         self.rows: dict[int, pd.DataFrame] = {}
         if writer.point_numbers:
-            resumed = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
+            resumed = self._summary_table(writer.records)
             self.rows = {n: resumed.iloc[[i]] for i, n in enumerate(writer.point_numbers)}
         self._summary: pd.DataFrame | None = None
         self._family: tuple[Any, ...] | None = None  # a search's: whose caches are kept
@@ -214,7 +215,7 @@ class _Sweep:
         records = writer.add_records(new)  # the point's: a trial's cost does not grow with the run
         if run.samples is not None:
             writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
-        self.rows[number] = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
+        self.rows[number] = self._summary_table(records)
         self._summary = None
         writer.write_summary(self.summary)
         searching = self.params.search is not None  # a search counts configurations as it decides them
@@ -222,6 +223,12 @@ class _Sweep:
                     finished=finished and not searching)
         self.interrupts.check()
         return finished
+
+    def _summary_table(self, records: pd.DataFrame) -> pd.DataFrame:
+        """The summary rows of `records`, judged against the start ceilings; a causal LM's with its shape, which
+        env.json holds once its model is loaded."""
+        return summary_table(records, self.writer.accuracy, self.usd_per_hour, self.ceilings,
+                             lm_dims_by_model(self.shared.env.fields))
 
     @property
     def summary(self) -> pd.DataFrame | None:
@@ -234,8 +241,7 @@ class _Sweep:
         """The point's summary row (derived from its records when a resume found it measured already)."""
         number = self.trials[point.key][0]
         if number not in self.rows:
-            self.rows[number] = summary_table(self.writer.point_records(number), self.writer.accuracy,
-                                              self.usd_per_hour, self.ceilings)
+            self.rows[number] = self._summary_table(self.writer.point_records(number))
             self._summary = None
         return self.rows[number].iloc[0]
 
