@@ -559,6 +559,28 @@ def test_the_verdict_fails_an_llm_step_that_misbehaves(tmp_path: Path, rows: lis
     assert status == 1 and len(problems) == 1 and problems[0].startswith(f"PROBLEM: {problem}"), text
 
 
+@pytest.mark.slow
+def test_the_verdict_of_a_real_llm_run(tmp_path: Path) -> None:
+    """The LLM step's params as shipped, on the CPU with tiny-llama in the Llama shape's place: the same summary,
+    records and env.json a GPU writes (the clock per token instead of events), judged by the same verdict."""
+    from benchlib.measure.sweep import run_sweep
+    from benchlib.params import parse_params
+
+    given = yaml.safe_load(LLM_PARAMS.read_text())
+    params = parse_params({**given, "device": "cpu", "models": ["tiny-llama"], "precisions": ["fp32"],
+                           "duration_s": 0.5, "min_requests": 6})
+    runs = tmp_path / "runs"
+    fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
+    run_sweep(params, runs / "llm", progress=None)
+    (runs / "llm.status").write_text("rc=0 seconds=30 limit=120\n")
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 0 and "PROBLEM" not in text, text
+    assert re.search(r"LLM: tiny-llama fp32 eager, 128 tokens in, 32 out; measured memory bandwidth [\d,]+ GB/s", text)
+    assert re.search(r"  batch 16: \d+ requests, TTFT P50 [\d.]+ ms, TPOT P50 [\d.]+ ms, .* decode [\d.]+% of the "
+                     r"measured bandwidth; prefill [\d.]+% of the measured peak", text), text
+    assert re.search(r"TPOT at batch 16 / at batch 1: x[\d.]+ \(below x16 passes\)", text), text
+
+
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:
     runtime = get_runtime("cuda-graphs")
     assert runtime.name == "cuda-graphs"
