@@ -48,7 +48,7 @@ from benchlib.derive.capacity import recommend_serving
 from benchlib.derive.compare import change
 from benchlib.derive.cost import eligible, recommend
 from benchlib.derive.coverage import why_lacking, with_percentile
-from benchlib.schema import closed_loop, with_load_keys, with_runtime
+from benchlib.schema import closed_loop, is_generative, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     PERCENTILE_NAMES,
     TOKEN_KEYS,
@@ -121,7 +121,7 @@ def token_goal(percentile: str, ttft_budget_ms: float | None = None, tpot_budget
 
 def generates(points: pd.DataFrame) -> bool:
     """Whether these points (of one model) generated tokens: their requests have `output_tokens`."""
-    return "output_tokens" in points.columns and bool(points["output_tokens"].notna().any())
+    return bool(is_generative(points).any())
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,23 @@ def model_markdown(answer: Answer) -> str:
     return "\n".join(lines)
 
 
+def answer_table(found: list[Answer]) -> pd.DataFrame:
+    """The answers for a terminal: a row per model, its winner's configuration, cost (with interval) and figures,
+    the runner-up's margin; or why nothing is within the budgets."""
+    rows = []
+    for answer in found:
+        goal, winner = answer.goal, answer.winner
+        row: dict[str, Any] = {"model": answer.model}
+        if winner is not None:
+            row.update({"instance": winner.instance, **winner.configuration, goal.cost: winner.usd_per_million.value,
+                        **dict(zip(goal.cost_interval, winner.usd_per_million.triple[1:])),
+                        **{limit.column: figure.value for limit, figure in zip(goal.limits, winner.latencies)},
+                        "runner_up_dearer_pct": answer.margin.pct if answer.margin else math.nan})
+        row["reason"] = answer.reason
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _precision_line(answer: Answer) -> str:
     """One precision's answer in a bullet: its winner, and how the instances compare within it."""
     precision = answer.winner.configuration.get("precision") if answer.winner else None
