@@ -24,8 +24,8 @@ KIB = 1024
 
 
 def token_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per causal LM's closed-loop point that ran (by model, instance, precision, runtime, tokens, threads and
-    batch): TTFT and TPOT P50 and P95 as "value (low–high)", output tokens/s, tokens/s per user, $ per million
+    """Per causal LM's closed-loop point that ran (by model, then instance, precision, runtime, tokens in / out
+    and threads where they vary, and batch): TTFT and TPOT P50 and P95 as "value (low–high)", output tokens/s, tokens/s per user, $ per million
     output tokens with its interval, and the bandwidth figures a run has. Empty without a causal LM."""
     points = closed_loop(generative_points(summary))
     points = points[points["status"] == STATUS_OK] if "status" in points.columns else points
@@ -36,10 +36,14 @@ def token_table(summary: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({"Model": points["model"]})
     if summary["instance"].nunique() > 1:
         table["Instance"] = points["instance"]
-    table["Precision"] = points["precision"]
+    # What does not vary goes without saying (the runs table and the answer say it), so the table fits a page.
+    if points["precision"].nunique() > 1:
+        table["Precision"] = points["precision"]
     if several_runtimes(points):
         table["Runtime"] = points["runtime"]
-    table["Tokens in / out"] = [f"{_int(i)} / {_int(o)}" for i, o in zip(points["input_tokens"], points["output_tokens"])]
+    tokens = [f"{_int(i)} / {_int(o)}" for i, o in zip(points["input_tokens"], points["output_tokens"])]
+    if len(set(tokens)) > 1:
+        table["Tokens in / out"] = tokens
     if points["threads"].nunique() > 1:
         table["Client threads"] = points["threads"]
     table["Batch size"] = points["batch_size"]
