@@ -9,7 +9,8 @@ subsections carries each subsection's key); their code shows what it has through
     page.show("memory", table)              # the styled table, or nothing and "memory" recorded absent
     page.show("energy", figure, figures_dir, "energy_vs_batch")   # a figure, saved when it is shown
     page.show("serving", text)              # printed
-    print(page.missing())                   # the closing list
+    page.markdown("missing", page.missing(summary))  # the closing list (no encoder in summary: their
+                                                      # sections in one line)
 
 Something is absent when it is None, an empty string, a table with no rows (or none of the
 columns its section needs: ``SECTIONS[key].needs``), or a figure none of whose axes holds data.
