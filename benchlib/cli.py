@@ -89,6 +89,8 @@ def _bench(args: argparse.Namespace) -> int:
         from benchlib.present.search_tables import search_lines
 
         print("\nsearch:\n" + "\n".join(f"  {line}" for line in search_lines(result.out_dir)))
+    args.ttft_budget_ms = args.ttft_budget_ms if args.ttft_budget_ms is not None else params.ttft_budget_ms
+    args.tpot_budget_ms = args.tpot_budget_ms if args.tpot_budget_ms is not None else params.tpot_budget_ms
     try:
         _print_recommendation(result.summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
@@ -181,27 +183,40 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
                          "or try `benchlib report --example seed --out outputs/seed`")
     _check_report_inputs(out, args)
     parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile or DEFAULT_PERCENTILE,
-                  "target_per_s": args.target_per_s, "baseline_instance": args.baseline}
+                  "target_per_s": args.target_per_s, "baseline_instance": args.baseline,
+                  "ttft_budget_ms": args.ttft_budget_ms, "tpot_budget_ms": args.tpot_budget_ms}
     return run_report(out, {k: v for k, v in parameters.items() if v is not None})
 
 
 def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
     """Before the notebook runs, what the report is asked about must be in the runs it compares: the
-    `--baseline` instance, and a `--percentile` asked for (the default's absence is said in the report)."""
+    `--baseline` instance, a `--percentile` asked for (the default's absence is said in the report), and
+    the TTFT and TPOT budgets where the runs' params give different ones."""
     from benchlib.derive.coverage import require_percentile
-    from benchlib.present.report import load_runs
+    from benchlib.present.report import load_runs, token_budgets
     from benchlib.present.tables import check_baseline
 
-    latest = load_runs(out).latest
+    runs = load_runs(out)
+    latest = runs.latest
     if latest.empty:
         return
+    token_budgets(runs, args.ttft_budget_ms, args.tpot_budget_ms)
     check_baseline(args.baseline, sorted(map(str, latest["instance"].unique())))
     if args.percentile is not None:
         require_percentile(latest, args.percentile)
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    summary = pd.concat([_run_folder(text)[0] for text in args.runs], ignore_index=True)
+    from benchlib.derive.answer import generates
+    from benchlib.params_generative import run_token_budgets
+
+    folders = [_run_folder(text) for text in args.runs]
+    summary = pd.concat([folder[0] for folder in folders], ignore_index=True)
+    if args.latency_budget_ms is None and not all(generates(points) for _, points in summary.groupby("model")):
+        raise InputError("--latency-budget-ms: required for a model that does not generate (an encoder or vision "
+                         "model); give e.g. `--latency-budget-ms 50`")
+    args.ttft_budget_ms, args.tpot_budget_ms = run_token_budgets(
+        [env.get("params") for _, env in folders], args.ttft_budget_ms, args.tpot_budget_ms)
     _print_recommendation(summary, args, None)
     return EXIT_OK
 
@@ -212,10 +227,15 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
     from benchlib.derive.cost import recommend
     from benchlib.derive.coverage import require_percentile
     from benchlib.results import write_recommendation
+    from benchlib.derive.answer import generates
     from benchlib.schema import has_open_loop, with_load_keys
     from benchlib.vocabulary import SERVING_RECOMMENDATION
 
-    if args.latency_budget_ms is None:
+    lms = summary["model"].isin([m for m, points in summary.groupby("model") if generates(points)])
+    if lms.any():
+        _print_token_answer(summary[lms], args)
+    summary = summary[~lms]
+    if args.latency_budget_ms is None or summary.empty:
         return
     notes = require_percentile(summary, args.percentile)  # none holding it at all: exit 2, saying why
     table = recommend(summary, args.latency_budget_ms, args.percentile, args.target_per_s)
@@ -240,6 +260,19 @@ def _print_recommendation(summary: pd.DataFrame, args: argparse.Namespace, out: 
         print(format_table(serving, SERVING_RECOMMENDATION_SHOWN))
         if out is not None:
             write_recommendation(out, serving, SERVING_RECOMMENDATION)
+
+
+def _print_token_answer(summary: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Causal LMs: the cheapest configuration per million output tokens within the TTFT and TPOT budgets."""
+    from benchlib.derive.answer import answers
+    from benchlib.present.answer_text import answer_table
+
+    budgets = " and ".join(f"{args.percentile} {name} <= {budget:g} ms" for name, budget in
+                           (("TTFT", args.ttft_budget_ms), ("TPOT", args.tpot_budget_ms)) if budget is not None)
+    print("\ncausal LMs: cheapest configuration per million output tokens"
+          + (f" with {budgets}:" if budgets else " (no TTFT or TPOT budget: --ttft-budget-ms, --tpot-budget-ms):"))
+    table = answer_table(answers(summary, math.inf, args.percentile, args.ttft_budget_ms, args.tpot_budget_ms))
+    print(format_table(table, list(table.columns), digits=3))  # a TPOT can be a fraction of a millisecond
 
 
 COMPARE_HELP = """\
@@ -388,7 +421,8 @@ SERVING_RECOMMENDATION_SHOWN = ["model", "instance", "precision", "runtime", "ba
 
 
 #: Columns printed with three significant digits, not `digits` decimals: a token costs a millionth of a request.
-SIGNIFICANT_SHOWN = ["usd_per_million_output_tokens"]
+SIGNIFICANT_SHOWN = ["usd_per_million_output_tokens", "usd_per_million_output_tokens_ci_low",
+                     "usd_per_million_output_tokens_ci_high"]
 #: What the summary shows besides SUMMARY_SHOWN where the run generated (its summary has the token figures):
 #: the request's tokens, time to first token and per output token, output tokens/s and their cost, the prefill's
 #: share of the GEMM peak and the decode's of the memory bandwidth (both measured here).
@@ -502,6 +536,12 @@ def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None
                         help=f"the latency percentile the budget applies to (default {DEFAULT_PERCENTILE})")
     parser.add_argument("--target-per-s", type=positive_number,
                         help="target load in inferences/s: how many instances")
+    parser.add_argument("--ttft-budget-ms", type=positive_number,
+                        help="causal LMs: time to first token at --percentile within this (default: the runs' "
+                             "params' ttft_budget_ms)")
+    parser.add_argument("--tpot-budget-ms", type=positive_number,
+                        help="causal LMs: time per output token at --percentile within this (default: the runs' "
+                             "params' tpot_budget_ms)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -553,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="cheapest configuration over one or more runs")
     recommend.add_argument("runs", nargs="+", help="run folders written by `benchlib bench`")
-    _add_budget_options(recommend, required=True)
+    # The latency budget is required for encoders only (checked in _recommend): a causal LM's are TTFT and TPOT.
+    _add_budget_options(recommend, required=False)
     recommend.set_defaults(func=_recommend)
 
     compare = commands.add_parser(

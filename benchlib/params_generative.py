@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic_core import InitErrorDetails
 
+from benchlib.errors import InputError
 from benchlib.lm_zoo import LM_ZOO, context_tokens
 from benchlib.params_base import problem
 
@@ -114,3 +115,22 @@ def _searches(params: Params) -> list[InitErrorDetails]:
                     "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure the grid "
                     "(ttft_budget_ms and tpot_budget_ms are the recommendation's budgets)")
             for key in ("rate_search", "search") if getattr(params, key) is not None]
+
+
+def run_token_budgets(runs_params: list[dict], ttft_budget_ms: float | None = None,
+                      tpot_budget_ms: float | None = None) -> tuple[float | None, float | None]:
+    """The TTFT and TPOT budgets a report or recommendation answers with: each one given, else the one the
+    runs' params (env.json's `params`, or params.yaml) give, where they agree; None where none gives it.
+    Runs that give different ones are InputError naming the option that settles it."""
+    given = {"ttft_budget_ms": ttft_budget_ms, "tpot_budget_ms": tpot_budget_ms}
+    chosen = []
+    for key, value in given.items():
+        if value is None:
+            found = sorted({float(p[key]) for p in runs_params if isinstance(p, dict) and p.get(key) is not None})
+            if len(found) > 1:
+                option = "--" + key.replace("_", "-")
+                raise InputError(f"{key}: the runs' params give {', '.join(f'{v:g}' for v in found)}; give the one "
+                                 f"to answer with, e.g. `{option} {found[0]:g}`")
+            value = found[0] if found else None
+        chosen.append(value)
+    return chosen[0], chosen[1]

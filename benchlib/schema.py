@@ -102,6 +102,25 @@ def has_open_loop(points: pd.DataFrame) -> bool:
     return bool(is_open_loop(points).any())
 
 
+def is_generative(points: pd.DataFrame) -> pd.Series:
+    """Per row, whether the point is a causal LM generating (its requests have `output_tokens`); all False
+    without the column (runs from before generation)."""
+    if "output_tokens" not in points.columns:
+        return pd.Series(False, index=points.index)
+    return pd.to_numeric(points["output_tokens"], errors="coerce").notna()
+
+
+def generative_points(points: pd.DataFrame) -> pd.DataFrame:
+    """A causal LM's points: what the token sections and the answer in tokens judge."""
+    return points[is_generative(points)]
+
+
+def encoder_points(points: pd.DataFrame) -> pd.DataFrame:
+    """Every other model's points (encoders, vision models): what the per-inference sections judge; a causal
+    LM's latency there would be a whole generate call and its throughput requests, not tokens."""
+    return points[~is_generative(points)]
+
+
 def closed_loop(points: pd.DataFrame) -> pd.DataFrame:
     """The closed-loop points: what the batch-size tables, knees and the closed-loop recommendation compare.
 

@@ -77,7 +77,9 @@ def test_where_nothing_is_within_the_budget_the_answer_names_the_smallest_budget
     assert answer.winner is None and answer.nearest.latency_ms.value == 5.0
     assert answer.nearest.instance == "g5" and "nothing meets p95 <= 4 ms" in answer.reason
     text = answer_markdown(SUMMARY, 4.0, "p95")
-    assert "Nothing is within the budget" in text and "The smallest budget anything meets is 5 ms: g5" in text
+    assert "Nothing is within the budget" in text
+    assert ("The nearest is g5, fp32 eager, batch 1, 1 client thread, at 4 (3.92-4.08) USD per million: P95 5 ms, "
+            "1 ms (25 %) over the 4 ms budget (the smallest budget anything meets).") in text
     assert "It is the only configuration within the budget." in answer_markdown(SUMMARY, 5.0, "p95")
 
 
@@ -108,6 +110,95 @@ def test_the_answer_reads_without_dollar_signs_and_names_the_winner_first():
     assert text.index("**g5, fp32 eager, batch 8, 1 client thread: 1 (0.98-1.02) USD per million**") \
         < text.index("Runner-up") < text.index("g5 is 3x")
     assert "a tie" in text and "| g4dn | fp32 eager, batch 8, 1 client thread |" in text
+
+
+def token_point(instance: str, batch: int, ttft_ms: float, tpot_ms: float, usd_per_token_m: float,
+                half_pct: float = 2.0, **columns) -> dict:
+    """A causal LM's closed-loop point (32 tokens in, 16 out) costing `usd_per_token_m` per million output tokens;
+    its $ per million inferences the same for all, so only the token cost can order them."""
+    low, high = usd_per_token_m * math.exp(-half_pct / 100), usd_per_token_m * math.exp(half_pct / 100)
+    return summary_row(instance=instance, model="llm", batch_size=batch, input_tokens=32, output_tokens=16,
+                       ttft_p95_ms=ttft_ms, ttft_p95_ci_low_ms=ttft_ms * 0.9, ttft_p95_ci_high_ms=ttft_ms * 1.1,
+                       tpot_p95_ms=tpot_ms, tpot_p95_ci_low_ms=tpot_ms * 0.9, tpot_p95_ci_high_ms=tpot_ms * 1.1,
+                       usd_per_million_output_tokens=usd_per_token_m, usd_per_million_output_tokens_ci_low=low,
+                       usd_per_million_output_tokens_ci_high=high, usd_per_million=1.0, latency_p95_ms=1.0,
+                       throughput_per_s=100.0, **columns)
+
+
+LLM = pd.DataFrame([
+    token_point("g5", 1, 20.0, 5.0, 4.0),
+    token_point("g5", 8, 60.0, 12.0, 1.0),      # within TTFT 100 and TPOT 15: g5's answer
+    token_point("g5", 16, 90.0, 20.0, 0.8),     # within TTFT 100, over TPOT 15
+    token_point("g5", 32, 300.0, 30.0, 0.5),    # cheapest of all, over both
+    token_point("g5", 4, 30.0, 6.0, 0.1, runtime="trace", accuracy_gate="fail"),  # failed its gate: never chosen
+    token_point("g4dn", 8, 80.0, 15.0, 2.0, half_pct=4.0),  # g4dn's answer, and the runner-up: 2x dearer
+])
+
+
+@pytest.mark.parametrize(("ttft", "tpot", "picked"), [
+    (100.0, 15.0, [("g5", 8), ("g4dn", 8)]),   # both limits
+    (None, 25.0, [("g5", 16), ("g4dn", 8)]),   # TPOT only
+    (70.0, None, [("g5", 8)]),                 # TTFT only: g4dn's 80 ms is over
+    (None, None, [("g5", 32), ("g4dn", 8)]),   # neither: the cheapest per million output tokens
+])
+def test_a_causal_lm_is_answered_per_million_output_tokens_within_its_ttft_and_tpot_budgets(ttft, tpot, picked):
+    (answer,) = answers(LLM, 1.0, "p95", ttft, tpot)  # the 1 ms latency budget is an encoder's: not applied
+    assert answer.goal.tokens
+    assert [(c.instance, c.configuration["batch_size"]) for c in answer.choices] == picked
+
+
+def test_a_causal_lms_runner_up_margin_and_instance_ratio_are_in_output_tokens_by_hand():
+    (answer,) = answers(LLM, 50.0, "p95", 100.0, 15.0)
+    assert [(c.instance, c.configuration["batch_size"], c.usd_per_million.value) for c in answer.choices] == [
+        ("g5", 8, 1.0), ("g4dn", 8, 2.0)]
+    assert (answer.runner_up.instance, answer.runner_up.configuration["batch_size"]) == ("g4dn", 8)
+    se = math.hypot(log_se(2.0), log_se(4.0))
+    assert answer.margin.pct == pytest.approx(100.0) and answer.margin.verdict == CLEARLY_CHEAPER
+    assert answer.margin.low_pct == pytest.approx(100 * math.expm1(math.log(2.0) - Z95 * se))
+    assert answer.ratios[0].times == pytest.approx(2.0)
+    assert [(e.value, e.high) for e in answer.winner.latencies] == [(60.0, pytest.approx(66.0)),
+                                                                    (12.0, pytest.approx(13.2))]
+    text = answer_markdown(LLM, 50.0, "p95", ttft_budget_ms=100.0, tpot_budget_ms=15.0)
+    assert "$" not in text and "### llm: P95 TTFT within 100 ms and P95 TPOT within 15 ms" in text
+    assert ("**g5, fp32 eager, batch 8 of 32 tokens in, 16 out, 1 client thread: 1 (0.98-1.02) USD per million "
+            "output tokens**, P95 TTFT 60 ms (up to 66) against the 100 ms budget, P95 TPOT 12 ms (up to 13.2) "
+            "against the 15 ms budget.") in text
+    assert "cheaper per million output tokens than g4dn for llm at a 100 ms P95 TTFT and a 15 ms P95 TPOT." in text
+    assert "| Instance | Cheapest configuration within the budget | USD per million output tokens (95 % interval) | " \
+           "P95 TTFT (ms) | P95 TPOT (ms) |" in text
+    no_budget = answer_markdown(LLM, 50.0, "p95")
+    assert "### llm: the cheapest per million output tokens, no latency budget" in no_budget
+    assert "against the" not in no_budget and "batch 32" in no_budget
+
+
+def test_where_nothing_is_within_a_causal_lms_budgets_the_nearest_says_which_fails_and_by_how_much():
+    (answer,) = answers(LLM, 50.0, "p95", 10.0, 4.0)
+    # Worst figure over its budget: batch 1 is 2x (TTFT 20 / 10), every other more.
+    assert answer.winner is None and answer.nearest.configuration["batch_size"] == 1
+    assert answer.reason == "nothing meets P95 TTFT <= 10 ms and P95 TPOT <= 4 ms; the lowest are P95 TTFT 20 ms, " \
+                            "P95 TPOT 5 ms"
+    text = answer_markdown(LLM, 50.0, "p95", ttft_budget_ms=10.0, tpot_budget_ms=4.0)
+    assert ("P95 TTFT 20 ms, 10 ms (100 %) over the 10 ms budget; P95 TPOT 5 ms, 1 ms (25 %) over the 4 ms "
+            "budget.") in text
+    text = answer_markdown(LLM, 50.0, "p95", ttft_budget_ms=10.0, tpot_budget_ms=100.0)
+    assert "P95 TTFT 20 ms, 10 ms (100 %) over the 10 ms budget; P95 TPOT 5 ms within its 100 ms." in text
+
+
+def test_an_encoder_and_a_causal_lm_in_one_summary_each_get_their_own_cost_and_budget():
+    encoder, llm = answers(pd.concat([SUMMARY, LLM]), 50.0, "p95", 100.0, 15.0)
+    assert (encoder.model, encoder.goal.cost, encoder.winner.usd_per_million.value) == ("m", "usd_per_million", 1.0)
+    assert (llm.model, llm.goal.cost, llm.winner.usd_per_million.value) == ("llm", "usd_per_million_output_tokens", 1.0)
+    text = answer_markdown(pd.concat([SUMMARY, LLM]), 50.0, "p95", ttft_budget_ms=100.0, tpot_budget_ms=15.0)
+    assert "### m: P95 within 50 ms" in text and "USD per million**" in text
+    assert "USD per million output tokens**" in text
+
+
+def test_a_causal_lm_without_a_price_or_enough_requests_says_why_nothing_is_answered():
+    unpriced = LLM.assign(usd_per_million_output_tokens=math.nan)
+    assert "no price" in answers(unpriced, 50.0, "p95", 100.0)[0].reason
+    unbounded = LLM.assign(ttft_p95_ms=math.nan, n_requests=10)
+    (answer,) = answers(unbounded, 50.0, "p95", 100.0)
+    assert answer.reason.startswith("no P95 TTFT known: too few requests (10 to 10)") and answer.nearest is None
 
 
 def test_a_table_figure_or_text_without_data_is_left_out_and_listed_once_per_whole_section():

@@ -1,10 +1,18 @@
-"""The answer, per model: the cheapest configuration within the latency budget on each instance,
+"""The answer, per model: the cheapest configuration within the latency budgets on each instance,
 the winner, how sure that is, and how the instances compare.
+
+What is cheapest and what is within depend on the model (its Goal, one rule for both)::
+
+    encoder, vision   cost: usd_per_million (inferences)           limit: the latency percentile <= budget_ms
+    causal LM         cost: usd_per_million_output_tokens          limits: TTFT at the percentile <= ttft_budget_ms
+                      (a model whose points generated tokens)              and TPOT at it <= tpot_budget_ms, either
+                                                                           absent; with neither, no latency
+                                                                           limit: the cheapest per million tokens
 
 Protocol (pure, over a merged summary priced by ``cost.add_cost``)::
 
     candidates    closed-loop points that may be recommended (cost.eligible: ran, runtime passed its
-                  gate), priced, whose percentile is known and within the budget. A model with no
+                  gate), priced, whose limited figures are known and within their budgets. A model with no
                   closed-loop point takes, per instance, its open-loop configuration at the highest
                   rate within the budget (capacity.recommend_serving), priced at the rate achieved.
     per instance  the cheapest candidate there (ties: the lower latency, then the first measured)
@@ -18,12 +26,14 @@ Protocol (pure, over a merged summary priced by ``cost.add_cost``)::
     ratios        each other instance's best against the winner's: how many times dearer, with the
                   same interval
     by precision  with several precisions, the same answer among each precision's candidates alone
-    nearest       where nothing is within the budget: the configuration of the lowest latency, whose
-                  latency is the smallest budget anything meets (the frontier's first step), and the
-                  reason (cost.recommend's, or capacity.recommend_serving's in open loop)
+    nearest       where nothing is within the budgets: the configuration whose worst figure is the least
+                  over its budget (value / budget; the cheaper among equals), and the reason. With one
+                  limit that is the lowest latency, the smallest budget anything meets (the frontier's
+                  first step); the reason is cost.recommend's, or capacity.recommend_serving's in open loop
 
 Open loop (the highest rate within the budget) and closed loop are never mixed for one model:
-a closed-loop point's cost is at saturation, an open-loop one's at the traffic it carried.
+a closed-loop point's cost is at saturation, an open-loop one's at the traffic it carried. A causal LM
+is answered in closed loop only.
 """
 from __future__ import annotations
 
@@ -37,18 +47,81 @@ import pandas as pd
 from benchlib.derive.capacity import recommend_serving
 from benchlib.derive.compare import change
 from benchlib.derive.cost import eligible, recommend
-from benchlib.derive.coverage import with_percentile
-from benchlib.schema import closed_loop, with_load_keys, with_runtime
-from benchlib.vocabulary import latency_column, latency_interval_columns
+from benchlib.derive.coverage import why_lacking, with_percentile
+from benchlib.schema import closed_loop, is_generative, with_load_keys, with_runtime
+from benchlib.vocabulary import (
+    PERCENTILE_NAMES,
+    TOKEN_KEYS,
+    latency_column,
+    latency_interval_columns,
+    token_interval_columns,
+)
 
-#: What a closed-loop configuration is, in the order it is said.
-CLOSED_KEYS = ["precision", "runtime", "batch_size", "threads"]
+#: What a closed-loop configuration is, in the order it is said (a causal LM's request lengths after it).
+CLOSED_KEYS = ["precision", "runtime", "batch_size", "threads", *TOKEN_KEYS]
 #: An open-loop configuration adds what the server merges and the rate it carried.
 OPEN_KEYS = [*CLOSED_KEYS, "max_batch_size", "offered_rate_per_s"]
+#: What a causal LM's answer minimises.
+TOKEN_COST = "usd_per_million_output_tokens"
 
 TIE = "a tie"
 CLEARLY_CHEAPER = "clearly cheaper"
 NO_INTERVAL = "no interval"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A latency figure the answer shows for each configuration: its summary columns (the figure, its
+    interval's ends), how it is named, and its budget (None: shown, not a constraint)."""
+    name: str  # "P95", "P95 TTFT"
+    column: str
+    low: str
+    high: str
+    budget_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the answer minimises for a model (its cost column, named `unit`) and the figures it shows,
+    those with a budget being its constraints."""
+    cost: str
+    unit: str  # "per million", "per million output tokens"
+    limits: tuple[Limit, ...]
+
+    @property
+    def constraints(self) -> tuple[Limit, ...]:
+        return tuple(limit for limit in self.limits if limit.budget_ms is not None)
+
+    @property
+    def tokens(self) -> bool:
+        return self.cost == TOKEN_COST
+
+    @property
+    def cost_interval(self) -> tuple[str, str]:
+        return token_interval_columns(self.cost)
+
+
+def latency_goal(budget_ms: float, percentile: str) -> Goal:
+    """An encoder's or vision model's: $ per million inferences, the latency percentile within `budget_ms`."""
+    return Goal("usd_per_million", "per million",
+                (Limit(PERCENTILE_NAMES[percentile], latency_column(percentile),
+                       *latency_interval_columns(percentile), budget_ms),))
+
+
+def token_goal(percentile: str, ttft_budget_ms: float | None = None, tpot_budget_ms: float | None = None) -> Goal:
+    """A causal LM's: $ per million output tokens, TTFT and TPOT at the percentile within their budgets
+    (either absent: shown, not limited)."""
+    limits = []
+    for figure, budget in (("ttft", ttft_budget_ms), ("tpot", tpot_budget_ms)):
+        column = f"{figure}_{percentile}_ms"
+        limits.append(Limit(f"{PERCENTILE_NAMES[percentile]} {figure.upper()}", column,
+                            *token_interval_columns(column), budget))
+    return Goal(TOKEN_COST, "per million output tokens", tuple(limits))
+
+
+def generates(points: pd.DataFrame) -> bool:
+    """Whether these points (of one model) generated tokens: their requests have `output_tokens`."""
+    return bool(is_generative(points).any())
 
 
 @dataclass(frozen=True)
@@ -69,13 +142,19 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Choice:
-    """The cheapest configuration within the budget on one instance."""
+    """The cheapest configuration within the budgets on one instance: its cost (USD in the goal's unit)
+    and its goal's latency figures, in the goal's order."""
     instance: str
     configuration: dict[str, Any]
     usd_per_million: Estimate
-    latency_ms: Estimate
+    latencies: tuple[Estimate, ...]
     throughput_per_s: float
     open_loop: bool = False
+
+    @property
+    def latency_ms(self) -> Estimate:
+        """The first figure: an encoder's only one, a causal LM's TTFT."""
+        return self.latencies[0]
 
 
 @dataclass(frozen=True)
@@ -101,13 +180,13 @@ class InstanceRatio:
 class Answer:
     model: str
     percentile: str
-    budget_ms: float
+    goal: Goal
     choices: tuple[Choice, ...]  # one per instance with a candidate, the cheapest first
     runner_up: Choice | None = None
     margin: Margin | None = None
     ratios: tuple[InstanceRatio, ...] = ()
-    nearest: Choice | None = None  # with no choices: the lowest latency anything has, the smallest budget met
-    reason: str = ""  # with no choices: why nothing is within the budget
+    nearest: Choice | None = None  # with no choices: the least over its budgets (see the module docstring)
+    reason: str = ""  # with no choices: why nothing is within the budgets
     by_precision: tuple[Answer, ...] = ()  # with several precisions: the same answer within each
 
     @property
@@ -115,73 +194,91 @@ class Answer:
         return self.choices[0] if self.choices else None
 
 
-def answers(summary: pd.DataFrame, budget_ms: float, percentile: str) -> list[Answer]:
-    """One answer per model of `summary`, in the order models first appear (see the module docstring)."""
+def answers(summary: pd.DataFrame, budget_ms: float, percentile: str, ttft_budget_ms: float | None = None,
+            tpot_budget_ms: float | None = None) -> list[Answer]:
+    """One answer per model of `summary`, in the order models first appear (see the module docstring):
+    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's."""
     if summary.empty:
         return []
     summary = with_percentile(with_load_keys(with_runtime(summary)), percentile).reset_index(drop=True)
     out = []
     for model in summary["model"].drop_duplicates():
         points = summary[summary["model"] == model]
+        goal = token_goal(percentile, ttft_budget_ms, tpot_budget_ms) if generates(points) else \
+            latency_goal(budget_ms, percentile)
+        points = points.assign(**{c: math.nan for c in _columns(goal) if c not in points.columns})
         closed = closed_loop(points)
-        candidates = _closed_candidates(closed, budget_ms, percentile) if not closed.empty else \
-            _open_candidates(points, budget_ms, percentile)
-        answer = _answer(model, candidates, budget_ms, percentile, points)
+        candidates = _closed_candidates(closed, goal) if not closed.empty or goal.tokens else \
+            _open_candidates(points, goal, percentile)
+        answer = _answer(model, candidates, goal, percentile, points)
         precisions = points["precision"].dropna().drop_duplicates()
         if len(precisions) > 1:
             answer = replace(answer, by_precision=tuple(
-                _answer(model, [c for c in candidates if c.configuration.get("precision") == precision], budget_ms,
+                _answer(model, [c for c in candidates if c.configuration.get("precision") == precision], goal,
                         percentile, points[points["precision"] == precision])
                 for precision in precisions))
         out.append(answer)
     return out
 
 
-def _closed_candidates(points: pd.DataFrame, budget_ms: float, percentile: str) -> list[Choice]:
-    latency = latency_column(percentile)
-    ok = eligible(points)
-    ok = ok[ok["usd_per_million"].map(_positive) & ok[latency].map(_finite)]
-    ok = ok[ok[latency] <= budget_ms].sort_values(["usd_per_million", latency], kind="stable")
-    return _choices(ok, percentile)
+def _columns(goal: Goal) -> list[str]:
+    return [goal.cost, *goal.cost_interval, *(c for limit in goal.limits for c in (limit.column, limit.low,
+                                                                                    limit.high))]
 
 
-def _choices(points: pd.DataFrame, percentile: str) -> list[Choice]:
-    latency = latency_column(percentile)
-    low, high = latency_interval_columns(percentile)
+def _measured(points: pd.DataFrame, goal: Goal) -> pd.DataFrame:
+    """The points that may be recommended, priced, whose constrained figures are known."""
+    ok = _kept(eligible(points), goal.cost, _positive)
+    for limit in goal.constraints:
+        ok = _kept(ok, limit.column, _finite)
+    return ok
+
+
+def _kept(points: pd.DataFrame, column: str, test: Any) -> pd.DataFrame:
+    """The rows whose `column` passes `test` (an empty frame keeps its columns: a mask, never a selection)."""
+    return points[points[column].map(test).astype(bool)]
+
+
+def _closed_candidates(points: pd.DataFrame, goal: Goal) -> list[Choice]:
+    ok = _measured(closed_loop(points), goal)
+    for limit in goal.constraints:
+        ok = ok[ok[limit.column] <= limit.budget_ms]
+    return _choices(ok.sort_values([goal.cost, *(limit.column for limit in goal.limits)], kind="stable"), goal)
+
+
+def _choices(points: pd.DataFrame, goal: Goal) -> list[Choice]:
     return [Choice(instance=str(p["instance"]),
                    configuration={k: p[k] for k in CLOSED_KEYS if k in p.index},
-                   usd_per_million=Estimate(p["usd_per_million"], *_pair(p, "usd_per_million_ci_low",
-                                                                          "usd_per_million_ci_high")),
-                   latency_ms=Estimate(p[latency], *_pair(p, low, high)),
+                   usd_per_million=Estimate(p[goal.cost], *_pair(p, *goal.cost_interval)),
+                   latencies=tuple(Estimate(p[limit.column], *_pair(p, limit.low, limit.high))
+                                   for limit in goal.limits),
                    throughput_per_s=float(p["throughput_per_s"]))
             for _, p in points.iterrows()]
 
 
-def _open_candidates(points: pd.DataFrame, budget_ms: float, percentile: str) -> list[Choice]:
+def _open_candidates(points: pd.DataFrame, goal: Goal, percentile: str) -> list[Choice]:
     """Each instance's open-loop recommendation, with the $/M interval of the point it rests on."""
-    low, high = latency_interval_columns(percentile)
+    (limit,) = goal.limits
     found = []
     for instance in points["instance"].drop_duplicates():
         here = points[points["instance"] == instance]
-        best = recommend_serving(here, budget_ms, percentile)
+        best = recommend_serving(here, limit.budget_ms, percentile)
         if best.empty or best.iloc[0]["reason"]:
             continue
         row = best.iloc[0]
         keys = {k: row[k] for k in OPEN_KEYS if k in row.index}
         point = here[(here[list(keys)] == pd.Series(keys)).all(axis=1)].iloc[0]
         found.append(Choice(instance=str(instance), configuration=keys,
-                            usd_per_million=Estimate(row["usd_per_million"],
-                                                     *_pair(point, "usd_per_million_ci_low", "usd_per_million_ci_high")),
-                            latency_ms=Estimate(row["latency_ms"], *_pair(point, low, high)),
+                            usd_per_million=Estimate(row["usd_per_million"], *_pair(point, *goal.cost_interval)),
+                            latencies=(Estimate(row["latency_ms"], *_pair(point, limit.low, limit.high)),),
                             throughput_per_s=float(row["throughput_per_s"]), open_loop=True))
     return sorted(found, key=lambda c: (c.usd_per_million.value, c.latency_ms.value))
 
 
-def _answer(model: str, candidates: list[Choice], budget_ms: float, percentile: str,
-            points: pd.DataFrame) -> Answer:
+def _answer(model: str, candidates: list[Choice], goal: Goal, percentile: str, points: pd.DataFrame) -> Answer:
     if not candidates:
-        return Answer(model, percentile, budget_ms, (), nearest=_nearest(points, percentile),
-                      reason=_why_nothing(points, budget_ms, percentile))
+        return Answer(model, percentile, goal, (), nearest=_nearest(points, goal),
+                      reason=_why_nothing(points, goal, percentile))
     best_per_instance: dict[str, Choice] = {}
     for choice in candidates:  # cheapest first: the first of each instance is its best
         best_per_instance.setdefault(choice.instance, choice)
@@ -190,7 +287,7 @@ def _answer(model: str, candidates: list[Choice], budget_ms: float, percentile: 
     runner_up = candidates[1] if len(candidates) > 1 else None
     margin = _margin(winner, runner_up) if runner_up else None
     ratios = tuple(_ratio(winner, other) for other in choices[1:])
-    return Answer(model, percentile, budget_ms, choices, runner_up, margin, ratios)
+    return Answer(model, percentile, goal, choices, runner_up, margin, ratios)
 
 
 def _margin(winner: Choice, runner_up: Choice) -> Margin:
@@ -207,24 +304,48 @@ def _ratio(winner: Choice, other: Choice) -> InstanceRatio:
     return InstanceRatio(winner.instance, other.instance, 1 + pct / 100, 1 + low / 100, 1 + high / 100)
 
 
-def _nearest(points: pd.DataFrame, percentile: str) -> Choice | None:
-    """Where nothing is within the budget: the configuration of the lowest latency (the cheaper among equals),
-    whose latency is the smallest budget anything meets (the frontier's first step)."""
+def _nearest(points: pd.DataFrame, goal: Goal) -> Choice | None:
+    """Where nothing is within the budgets: the configuration whose worst figure is the least over its budget
+    (value / budget), the cheaper among equals; with one budget, the lowest latency, the smallest budget
+    anything meets (the frontier's first step)."""
+    ok = _measured(closed_loop(points), goal)
+    if ok.empty or not goal.constraints:
+        return None
+    worst = pd.concat([ok[limit.column] / limit.budget_ms for limit in goal.constraints], axis=1).max(axis=1)
+    first = pd.DataFrame({"worst": worst, "cost": ok[goal.cost]}).sort_values(["worst", "cost"], kind="stable").index[:1]
+    return _choices(ok.loc[first], goal)[0]
+
+
+def over_budget(choice: Choice, goal: Goal) -> list[tuple[Limit, Estimate, float]]:
+    """Each budget `choice` fails: the limit, the figure, and how many ms it is over (the nearest's reading)."""
+    return [(limit, figure, figure.value - limit.budget_ms) for limit, figure in zip(goal.limits, choice.latencies)
+            if limit.budget_ms is not None and figure.value > limit.budget_ms]
+
+
+def _why_nothing(points: pd.DataFrame, goal: Goal, percentile: str) -> str:
+    """An encoder's: cost.recommend's reason (closed loop) or capacity.recommend_serving's (open loop only).
+    A causal LM's in the same steps: nothing ran, no price, no figure known, nothing within."""
+    if not goal.tokens:
+        (limit,) = goal.limits
+        said = recommend_serving(points, limit.budget_ms, percentile) if closed_loop(points).empty else \
+            recommend(points, limit.budget_ms, percentile)
+        return str(said.iloc[0]["reason"]) if not said.empty else "no point of this model ran"
     closed = closed_loop(points)
     if closed.empty:
-        return None
-    latency = latency_column(percentile)
-    ok = eligible(closed)
-    ok = ok[ok["usd_per_million"].map(_positive) & ok[latency].map(_finite)]
-    return _choices(ok.sort_values([latency, "usd_per_million"], kind="stable").head(1), percentile)[0] \
-        if not ok.empty else None
-
-
-def _why_nothing(points: pd.DataFrame, budget_ms: float, percentile: str) -> str:
-    """cost.recommend's reason (closed loop) or capacity.recommend_serving's (open loop only)."""
-    said = recommend_serving(points, budget_ms, percentile) if closed_loop(points).empty else \
-        recommend(points, budget_ms, percentile)
-    return str(said.iloc[0]["reason"]) if not said.empty else "no point of this model ran"
+        return "only open-loop points: a causal LM is answered in closed loop"
+    ran = eligible(closed)
+    if ran.empty:
+        return "no point ran, or none whose runtime passed its accuracy gate"
+    priced = _kept(ran, goal.cost, _positive)
+    if priced.empty:
+        return "no price for these instances: add them to the price table or set price_usd_per_hour"
+    known = _measured(closed, goal)
+    if known.empty:
+        names = " and ".join(limit.name for limit in goal.constraints)
+        return f"no {names} known: {why_lacking(priced, percentile)}"
+    wanted = " and ".join(f"{limit.name} <= {limit.budget_ms:g} ms" for limit in goal.constraints)
+    lowest = ", ".join(f"{limit.name} {known[limit.column].min():.3g} ms" for limit in goal.constraints)
+    return f"nothing meets {wanted}; the lowest are {lowest}"
 
 
 def _pair(point: pd.Series, low: str, high: str) -> tuple[float, float]:

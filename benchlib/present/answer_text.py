@@ -2,7 +2,8 @@
 compared in a sentence, and each instance's cheapest configuration in a small table
 (benchlib.derive.answer computes it all).
 
-Markdown with no dollar sign (a notebook reads two as mathematics): costs are "USD per million".
+Markdown with no dollar sign (a notebook reads two as mathematics): costs are "USD per million", a causal
+LM's "USD per million output tokens", judged by TTFT and TPOT (benchlib.derive.answer's Goal).
 """
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from typing import Any
 
 import pandas as pd
 
-from benchlib.derive.answer import CLEARLY_CHEAPER, NO_INTERVAL, TIE, Answer, Choice, Estimate, answers
-from benchlib.vocabulary import PERCENTILE_NAMES
+from benchlib.derive.answer import (
+    CLEARLY_CHEAPER,
+    NO_INTERVAL,
+    TIE,
+    Answer,
+    Choice,
+    Estimate,
+    Goal,
+    answers,
+    over_budget,
+)
 
 #: What a verdict on the runner-up's margin says.
 VERDICT_WORDS = {
@@ -24,28 +34,28 @@ VERDICT_WORDS = {
 
 
 def answer_markdown(summary: pd.DataFrame, budget_ms: float, percentile: str,
-                    searches: pd.DataFrame | None = None) -> str:
+                    searches: pd.DataFrame | None = None, ttft_budget_ms: float | None = None,
+                    tpot_budget_ms: float | None = None) -> str:
     """The answer section's Markdown: each model's answer (see the module docstring), then how the searches
-    among the runs got there (`searches`: present.search_tables.search_summary); empty without points."""
-    blocks = [model_markdown(a) for a in answers(summary, budget_ms, percentile)]
+    among the runs got there (`searches`: present.search_tables.search_summary); empty without points.
+    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's."""
+    blocks = [model_markdown(a) for a in answers(summary, budget_ms, percentile, ttft_budget_ms, tpot_budget_ms)]
     if searches is not None and not searches.empty:
         blocks.append(searched(searches))
     return "\n\n".join(blocks)
 
 
 def model_markdown(answer: Answer) -> str:
-    name = PERCENTILE_NAMES[answer.percentile]
-    head = f"### {answer.model}: {name} within {answer.budget_ms:g} ms"
+    goal = answer.goal
+    head = f"### {answer.model}: {_budgets(goal)}"
     winner = answer.winner
     if winner is None:
         text = f"{head}\n\n**Nothing is within the budget**: {answer.reason}."
         if answer.nearest is not None:
-            text += (f" The smallest budget anything meets is {answer.nearest.latency_ms.value:.3g} ms: "
-                     f"{_where(answer.nearest)}, at {_cost(answer.nearest.usd_per_million)} USD per million.")
+            text += f" {_nearest(answer.nearest, goal)}"
         return text
     lines = [head, "",
-             f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD per million**, {name} "
-             f"{_latency(winner.latency_ms)} against the {answer.budget_ms:g} ms budget."]
+             f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD {goal.unit}**, {_figures(winner, goal)}."]
     if answer.runner_up is None:
         lines += ["", "It is the only configuration within the budget."]
     if answer.runner_up is not None and answer.margin is not None:
@@ -55,8 +65,8 @@ def model_markdown(answer: Answer) -> str:
                       f"{VERDICT_WORDS[m.verdict]}."]
     for ratio in answer.ratios:
         interval = f" ({ratio.low:.3g}-{ratio.high:.3g}x)" if not math.isnan(ratio.low) else " (no interval)"
-        lines += ["", f"{ratio.cheaper} is {ratio.times:.3g}x{interval} cheaper per million than {ratio.dearer} "
-                      f"for {answer.model} at a {answer.budget_ms:g} ms {name}."]
+        lines += ["", f"{ratio.cheaper} is {ratio.times:.3g}x{interval} cheaper {goal.unit} than {ratio.dearer} "
+                      f"for {answer.model}{_at(goal)}."]
     if len(answer.choices) > 1:
         lines += ["", _choices_table(answer)]
     if answer.by_precision:
@@ -64,15 +74,33 @@ def model_markdown(answer: Answer) -> str:
     return "\n".join(lines)
 
 
+def answer_table(found: list[Answer]) -> pd.DataFrame:
+    """The answers for a terminal: a row per model, its winner's configuration, cost (with interval) and figures,
+    the runner-up's margin; or why nothing is within the budgets."""
+    rows = []
+    for answer in found:
+        goal, winner = answer.goal, answer.winner
+        row: dict[str, Any] = {"model": answer.model}
+        if winner is not None:
+            row.update({"instance": winner.instance, **winner.configuration, goal.cost: winner.usd_per_million.value,
+                        **dict(zip(goal.cost_interval, winner.usd_per_million.triple[1:])),
+                        **{limit.column: figure.value for limit, figure in zip(goal.limits, winner.latencies)},
+                        "runner_up_dearer_pct": answer.margin.pct if answer.margin else math.nan})
+        row["reason"] = answer.reason
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _precision_line(answer: Answer) -> str:
     """One precision's answer in a bullet: its winner, and how the instances compare within it."""
     precision = answer.winner.configuration.get("precision") if answer.winner else None
     if answer.winner is None:
         return f"- nothing else: {answer.reason}"
-    line = f"- **{precision}**: {_where(answer.winner)}, {_cost(answer.winner.usd_per_million)} USD per million"
+    unit = answer.goal.unit
+    line = f"- **{precision}**: {_where(answer.winner)}, {_cost(answer.winner.usd_per_million)} USD {unit}"
     for ratio in answer.ratios:
         interval = f" ({ratio.low:.3g}-{ratio.high:.3g}x)" if not math.isnan(ratio.low) else " (no interval)"
-        line += f"; {ratio.cheaper} is {ratio.times:.3g}x{interval} cheaper per million than {ratio.dearer}"
+        line += f"; {ratio.cheaper} is {ratio.times:.3g}x{interval} cheaper {unit} than {ratio.dearer}"
     return line + "."
 
 
@@ -88,13 +116,49 @@ def searched(searches: pd.DataFrame) -> str:
 
 
 def _choices_table(answer: Answer) -> str:
-    name = PERCENTILE_NAMES[answer.percentile]
-    rows = ["| Instance | Cheapest configuration within the budget | USD per million (95 % interval) | "
-            f"{name} (ms) |", "|---|---|---|---|"]
+    limits = answer.goal.limits
+    rows = [f"| Instance | Cheapest configuration within the budget | USD {answer.goal.unit} (95 % interval) | "
+            + "".join(f"{limit.name} (ms) | " for limit in limits).rstrip(),
+            "|---|---|---|" + "---|" * len(limits)]
     for choice in answer.choices:
         rows.append(f"| {choice.instance} | {configuration(choice)} | {_cost(choice.usd_per_million)} | "
-                    f"{_latency(choice.latency_ms)} |")
+                    + "".join(f"{_latency(figure)} | " for figure in choice.latencies).rstrip())
     return "\n".join(rows)
+
+
+def _budgets(goal: Goal) -> str:
+    """The heading's budgets: "P95 within 50 ms", "P95 TTFT within 200 ms and P95 TPOT within 50 ms"."""
+    if not goal.constraints:
+        return f"the cheapest {goal.unit}, no latency budget (give a TTFT or TPOT budget to limit it)"
+    return " and ".join(f"{limit.name} within {limit.budget_ms:g} ms" for limit in goal.constraints)
+
+
+def _at(goal: Goal) -> str:
+    """" at a 50 ms P95", " at a 200 ms P95 TTFT and a 50 ms P95 TPOT", or nothing without a budget."""
+    if not goal.constraints:
+        return ""
+    return " at " + " and ".join(f"a {limit.budget_ms:g} ms {limit.name}" for limit in goal.constraints)
+
+
+def _figures(choice: Choice, goal: Goal) -> str:
+    """Each figure of the goal, against its budget where it has one."""
+    return ", ".join(f"{limit.name} {_latency(figure)}"
+                     + (f" against the {limit.budget_ms:g} ms budget" if limit.budget_ms is not None else "")
+                     for limit, figure in zip(goal.limits, choice.latencies))
+
+
+def _nearest(choice: Choice, goal: Goal) -> str:
+    """The configuration nearest the budgets, and which it fails by how much."""
+    failing = over_budget(choice, goal)
+    over = "; ".join(f"{limit.name} {figure.value:.3g} ms, {excess:.3g} ms ({_pct(100 * excess / limit.budget_ms)}) "
+                     f"over the {limit.budget_ms:g} ms budget" for limit, figure, excess in failing)
+    failed = {limit for limit, _, _ in failing}
+    within = ", ".join(f"{limit.name} {figure.value:.3g} ms within its {limit.budget_ms:g} ms"
+                       for limit, figure in zip(goal.limits, choice.latencies)
+                       if limit.budget_ms is not None and limit not in failed)
+    smallest = " (the smallest budget anything meets)" if len(goal.constraints) == 1 else ""
+    return (f"The nearest is {_where(choice)}, at {_cost(choice.usd_per_million)} USD {goal.unit}: {over}{smallest}"
+            + (f"; {within}" if within else "") + ".")
 
 
 def _where(choice: Choice) -> str:
@@ -107,6 +171,8 @@ def configuration(choice: Choice) -> str:
     c: dict[str, Any] = choice.configuration
     named = " ".join(str(c[k]) for k in ("precision", "runtime") if _known(c.get(k)))
     words = f"{named}, batch {_int(c.get('batch_size'))}" if named else f"batch {_int(c.get('batch_size'))}"
+    if _known(c.get("input_tokens")) and _known(c.get("output_tokens")):
+        words += f" of {_int(c.get('input_tokens'))} tokens in, {_int(c.get('output_tokens'))} out"
     if choice.open_loop:
         words += f", {_int(c.get('threads'))} server workers"
         if _int(c.get("max_batch_size")) not in ("1", "–"):

@@ -9,7 +9,8 @@ subsections carries each subsection's key); their code shows what it has through
     page.show("memory", table)              # the styled table, or nothing and "memory" recorded absent
     page.show("energy", figure, figures_dir, "energy_vs_batch")   # a figure, saved when it is shown
     page.show("serving", text)              # printed
-    print(page.missing())                   # the closing list
+    page.markdown("missing", page.missing(summary))  # the closing list (no encoder in summary: their
+                                                      # sections in one line)
 
 Something is absent when it is None, an empty string, a table with no rows (or none of the
 columns its section needs: ``SECTIONS[key].needs``), or a figure none of whose axes holds data.
@@ -28,6 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from benchlib.present.style import styled
+from benchlib.schema import encoder_points
 
 #: The output a cell of an absent section writes, read back by the runner; renders as nothing.
 ABSENT_MIME = "application/vnd.benchlib.absent+json"
@@ -41,34 +43,56 @@ class Section:
     how: str  # what would measure it: the params keys, or the command
     needs: tuple[str, ...] = ()  # a table's columns, one of which must hold a value
     part_of: str = ""  # the section this one is a part of: the closing list names only the whole
+    family: str = ""  # a FAMILIES key: where the runs hold none of its models, the closing list names the family
 
+
+#: Sections judged per inference, which a causal LM's points are left out of (a generate call is no inference).
+ENCODER = "encoder"
+#: Kinds of model whose sections go together: where the runs hold no model of a family, the closing list says the
+#: family in one line instead of each of its sections.
+FAMILIES: dict[str, Section] = {
+    ENCODER: Section("the sections per inference (the comparison table, throughput vs latency, knees, efficiency, "
+                     "cost per million inferences)", "an encoder or vision model in `models` (causal LMs are "
+                     "judged per token in their own section)"),
+}
+_ENCODER_POINTS = "closed-loop points of an encoder or vision model"
 
 SECTIONS: dict[str, Section] = {
     "answer": Section("the answer", "points that ran, with a price (`price_usd_per_hour`, or the instance in "
                       "params/prices.yaml)"),
     "target": Section("how many instances carry a target load", "the report's `target_per_s` parameter "
-                      "(`benchlib report --target-per-s N`)", needs=("Instances needed",)),
-    "frontier": Section("what each millisecond costs", "priced closed-loop points with enough requests to bound "
-                        "the latency percentile (`min_requests`: P95 needs 72)"),
-    "comparison": Section("the comparison table", "closed-loop points (`arrival: closed`)"),
+                      "(`benchlib report --target-per-s N`) and an encoder or vision model",
+                      needs=("Instances needed",), family=ENCODER),
+    "frontier": Section("what each millisecond costs", f"priced {_ENCODER_POINTS} with enough requests to bound "
+                        "the latency percentile (`min_requests`: P95 needs 72)", family=ENCODER),
+    "comparison": Section("the comparison table", f"{_ENCODER_POINTS} (`arrival: closed`)", family=ENCODER),
     "study-bert-large": Section("the study's BERT-large table", "the study's published runs: `benchlib report "
                                 "--example seed`, or params/g5.4xlarge-additional.yaml and "
                                 "params/g4dn.4xlarge-additional.yaml"),
     "study-yolo": Section("the study's YOLOv5 table", "the study's published runs: `benchlib report --example seed`"),
     "runtimes": Section("the best runtime per model", "closed-loop points (`arrival: closed`)"),
-    "throughput-latency": Section("throughput against latency", "closed-loop points (`arrival: closed`) with "
-                                  "enough requests to bound the latency percentile (`min_requests`: P95 needs 72)"),
-    "knees": Section("the knees of throughput against batch size", "three or more `batch_sizes` in closed loop"),
+    "throughput-latency": Section("throughput against latency", f"{_ENCODER_POINTS} with enough requests to "
+                                  "bound the latency percentile (`min_requests`: P95 needs 72)", family=ENCODER),
+    "knees": Section("the knees of throughput against batch size", "three or more `batch_sizes` in closed loop, "
+                     "for an encoder or vision model", family=ENCODER),
     "memory": Section("memory limits", "runs measured by benchlib (published figures record no memory)",
                       needs=("Peak memory there (GiB)", "Smallest batch out of memory")),
     "efficiency": Section("efficiency (FLOPs, % of peak, memory, energy)", "a model whose FLOPs benchlib counts "
                           "(not `synthetic:`), `measure_peak_flops: true`",
-                          needs=("Achieved (GFLOP/s)", "Peak memory (GiB)", "Energy per inference (J)")),
+                          needs=("Achieved (GFLOP/s)", "Peak memory (GiB)", "Energy per inference (J)"),
+                          family=ENCODER),
     "efficiency-chart": Section("the share of peak chart", "FLOPs and a GEMM peak: a model whose FLOPs benchlib "
-                                "counts, `measure_peak_flops: true`"),
+                                "counts, `measure_peak_flops: true`", family=ENCODER),
     "energy": Section("energy per inference", "an energy counter: a GPU with NVML (`telemetry: true`), or a CPU "
-                      "whose RAPL counters are readable (/sys/class/powercap)"),
-    "cost-chart": Section("cost per million against batch size", "closed-loop points with a price"),
+                      "whose RAPL counters are readable (/sys/class/powercap)", family=ENCODER),
+    "cost-chart": Section("cost per million against batch size", f"priced {_ENCODER_POINTS}", family=ENCODER),
+    "tokens": Section("time to first token, time per output token and tokens/s (causal LMs)", "a causal LM that "
+                      "generates: `input_tokens` and `output_tokens` in the params (e.g. [512] and [128]) with a "
+                      "zoo LM, an `hf:` causal LM or `synthetic-gen:`"),
+    "tokens-latency": Section("TTFT and TPOT against batch size", "a causal LM: `input_tokens` and "
+                              "`output_tokens`", part_of="tokens"),
+    "tokens-tradeoff": Section("output tokens/s per instance against per user", "a causal LM: `input_tokens` and "
+                               "`output_tokens`", part_of="tokens"),
     "serving": Section("serving under load (open loop)", "`arrival: poisson` (or `constant`) with `rates_per_s` "
                        "or `rate_search`"),
     "serving-rates": Section("the highest rate within the budget", "open-loop points (`arrival: poisson` with "
@@ -132,12 +156,22 @@ class Page:
         if get_ipython() is not None:  # outside a kernel display() would print the mark
             display({ABSENT_MIME: {"section": key}}, raw=True)
 
-    def missing(self) -> str:
-        """The closing list: each section left out and what would measure it; empty when none was."""
+    def missing(self, summary: pd.DataFrame | None = None) -> str:
+        """The closing list: each section left out and what would measure it; empty when none was. With the
+        runs' `summary`, a family of sections its models lack (no encoder: only causal LMs) is one line."""
         if not self.absent:
             return ""
-        wholes = [k for k in self.absent if SECTIONS[k].part_of not in self.absent]
-        return "\n".join(f"- {SECTIONS[k].what[:1].upper()}{SECTIONS[k].what[1:]}: {SECTIONS[k].how}." for k in wholes)
+        lacking = {ENCODER} if summary is not None and encoder_points(summary).empty else set()
+        listed: list[Section] = []
+        for key in self.absent:
+            section = SECTIONS[key]
+            if section.part_of in self.absent:
+                continue
+            if section.family in lacking:
+                section = FAMILIES[section.family]
+            if section not in listed:
+                listed.append(section)
+        return "\n".join(f"- {s.what[:1].upper()}{s.what[1:]}: {s.how}." for s in listed)
 
 
 def holds(content: Any, needs: tuple[str, ...] = ()) -> bool:

@@ -41,6 +41,8 @@ LABEL_FORMATS = {
     "threads": lambda v: _counted(v, "thread"),
     "batch_size": lambda v: f"batch {int(v)}",
     "max_batch_size": lambda v: "no merging" if int(v) == 1 else f"merge up to {int(v)}",
+    "input_tokens": lambda v: f"{int(v)} tokens in",
+    "output_tokens": lambda v: f"{int(v)} out",
 }
 
 

@@ -2,7 +2,7 @@
 
 Each lives in the module of its job: reading runs (runs), the closed-loop tables (tables),
 efficiency (efficiency_tables), open-loop serving (serving_tables), a configuration
-search (search_tables) and how tables read (style); the load of a point is benchlib.schema's question.
+search (search_tables), causal LMs' tokens (token_tables) and how tables read (style); the load of a point is benchlib.schema's question.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from benchlib.present.runs import (
     load_runs,
     read_run,
     runs_table,
+    token_budgets,
 )
 from benchlib.present.tables import (
     RUNTIME_NOT_RECORDED,
@@ -61,7 +62,8 @@ from benchlib.present.search_tables import (
 )
 from benchlib.present.answer_text import answer_markdown
 from benchlib.present.page import Page
-from benchlib.schema import closed_loop, has_open_loop
+from benchlib.present.token_tables import token_table
+from benchlib.schema import closed_loop, encoder_points, generative_points, has_open_loop
 
 __all__ = [
     "COMPARED",
@@ -81,7 +83,9 @@ __all__ = [
     "closed_loop",
     "compare_note",
     "efficiency_table",
+    "encoder_points",
     "env_table",
+    "generative_points",
     "has_open_loop",
     "load_description",
     "load_runs",
@@ -106,4 +110,6 @@ __all__ = [
     "shared_notes",
     "study_table",
     "styled",
+    "token_budgets",
+    "token_table",
 ]

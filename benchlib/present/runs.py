@@ -12,6 +12,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.params import parse_params
+from benchlib.params_generative import run_token_budgets
 from benchlib.results import ENV, PARAMS, SUMMARY, find_runs, measured_everything, read_env, read_summary
 from benchlib.schema import closed_loop, open_loop_points, has_open_loop, with_load_keys
 from benchlib.vocabulary import (
@@ -104,7 +105,7 @@ def load_runs(root: str | Path) -> Runs:
                              "Compared": f"no: skipped, {exc}", "Folder": str(run_dir)})
             warnings.warn(f"skipping run folder {run_dir}: {exc}", stacklevel=2)
             continue
-        summary = summary.assign(run_id=run_dir.name)
+        summary = summary.copy().assign(run_id=run_dir.name)  # a copy is one block: no fragmented-frame warnings
         summaries.append(summary)
         rows.append({
             "Instance": run_dir.parent.name,
@@ -173,3 +174,12 @@ def compare_note(runs: Runs) -> str:
     if not lines:
         return "One run per instance: every run found is compared."
     return "\n".join(lines)
+
+
+def token_budgets(runs: Runs, ttft_budget_ms: float | None = None,
+                  tpot_budget_ms: float | None = None) -> tuple[float | None, float | None]:
+    """The report's TTFT and TPOT budgets: those given, else those the compared runs' params give
+    (benchlib.params_generative.run_token_budgets; InputError where they disagree)."""
+    folders = runs.runs.loc[runs.runs["Compared"] == COMPARED, "Folder"]
+    runs_params = [read_env(Path(folder)).get("params") for folder in folders if (Path(folder) / ENV).is_file()]
+    return run_token_budgets(runs_params, ttft_budget_ms, tpot_budget_ms)

@@ -33,7 +33,7 @@ FORMATS = {"(inferences/s)": "{:,.0f}", "(ms)": "{:,.1f}", "$ per million": "${:
            "(requests per batch)": "{:.2f}", "requests": "{:.0f}", "trials": "{:.0f}", "workers": "{:.0f}",
            "(s)": "{:,.2f}",
            "(gflop/s)": "{:,.1f}", "(gflop)": "{:,.3g}", "% of": "{:.1f}%", "(gib)": "{:,.2f}",
-           "(j)": "{:.3g}", "(%)": "{:.0f}"}
+           "(j)": "{:.3g}", "(%)": "{:.0f}", "(tokens/s)": "{:,.0f}", "(kib per token)": "{:,.1f}"}
 
 
 def column_format(column: Any, formats: dict[str, str] | None = None) -> str | None:

@@ -274,6 +274,8 @@ def people_knees(knees: pd.DataFrame) -> pd.DataFrame:
     95 % interval in one cell (the interval shown for a knee not resolved, too), the fit, and one Notes cell:
     why there is no knee, what would resolve it (knees.csv from before `to_resolve` has none) and the interval's
     note."""
+    if knees.empty:  # no curve (e.g. only causal LMs, whose knees are not per inference): nothing to show
+        return pd.DataFrame()
     columns = {"instance": "Instance", "model": "Model", "precision": "Precision", "runtime": "Runtime",
                "threads": "Client threads"}
     shown = knees[[c for c in columns if c in knees.columns]].rename(columns=columns)
