@@ -187,3 +187,17 @@ def test_the_oom_rule_keys_on_input_and_output_tokens() -> None:
     families = {GridPoint(spec, fp32, "eager", 4, 1, input_tokens=i, output_tokens=o).memory_family
                 for i, o in ((8, 2), (8, 4), (16, 2))}
     assert len(families) == 3
+
+
+def test_the_reports_memory_limits_are_the_boundary_per_request_length() -> None:
+    from benchlib.present.report import memory_limits
+
+    summary = pd.DataFrame(rows((128, 16, 1, "ok"), (128, 16, 8, "ok"), (128, 16, 32, "oom"), (128, 16, 64, "skipped"),
+                                (512, 16, 1, "ok"), (512, 16, 8, "oom"), (512, 16, 32, "skipped")))
+    summary["peak_memory_bytes"] = [2**30 * b / 8 for b in summary["batch_size"]]
+    table = memory_limits(summary).set_index("Input tokens")
+    assert list(table["Output tokens"]) == [16, 16]
+    assert (table.loc[128, "Largest batch measured"], table.loc[128, "Smallest batch out of memory"],
+            table.loc[128, "Batches skipped as infeasible"], table.loc[128, "Peak memory there (GiB)"]) == (8, 32, "64", 1.0)
+    assert (table.loc[512, "Largest batch measured"], table.loc[512, "Smallest batch out of memory"],
+            table.loc[512, "Batches skipped as infeasible"]) == (1, 8, "32")

@@ -39,10 +39,17 @@ def oom_boundary(summary: pd.DataFrame) -> pd.DataFrame:
     generative = summary[pd.to_numeric(summary["output_tokens"], errors="coerce").notna()
                          & pd.to_numeric(summary["input_tokens"], errors="coerce").notna()]
     keys = [key for key in BOUNDARY_KEYS if key in generative.columns]
-    rows = []
-    for values, points in generative.groupby([*keys, "input_tokens"], sort=True, dropna=False):
-        rows.append({**dict(zip([*keys, "input_tokens"], values)), **_boundary(points)})
-    return pd.DataFrame(rows, columns=[c for c in BOUNDARY_COLUMNS if c in keys or c not in BOUNDARY_KEYS])
+    table = memory_boundary(generative, [*keys, "input_tokens"])
+    return table[[c for c in BOUNDARY_COLUMNS if c in keys or c not in BOUNDARY_KEYS]]
+
+
+def memory_boundary(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The boundary (largest_ok_batch, smallest_oom_batch, skipped_batches, largest_ok_tokens, reason) per group
+    of `keys` of any summary, sorted by them; an empty key (an encoder's tokens) is a group of its own. The
+    report's memory limits are this, per instance, model and precision (and request length for causal LMs)."""
+    rows = [{**dict(zip(keys, values)), **_boundary(points)}
+            for values, points in summary.groupby(keys, sort=True, dropna=False)]
+    return pd.DataFrame(rows, columns=[*keys, *BOUNDARY_COLUMNS[len(BOUNDARY_KEYS) + 1:]])
 
 
 def _boundary(points: pd.DataFrame) -> dict[str, Any]:
@@ -50,7 +57,9 @@ def _boundary(points: pd.DataFrame) -> dict[str, Any]:
     ran, oom, skipped = batch[status.isin(RAN)], batch[status == STATUS_OOM], batch[status == STATUS_SKIPPED]
     largest = int(ran.max()) if len(ran) else math.nan
     smallest = int(oom.min()) if len(oom) else math.nan
-    request = int(points["input_tokens"].iloc[0]) + int(points["output_tokens"].iloc[0])
+    tokens = [pd.to_numeric(points[c], errors="coerce").iloc[0] if c in points.columns else math.nan
+              for c in ("input_tokens", "output_tokens")]
+    request = sum(tokens)  # NaN for an encoder: no sequence tokens to count
     if not len(ran) and not len(oom):
         reason = "no batch ran (unsupported)"
     elif not len(oom):
@@ -64,4 +73,5 @@ def _boundary(points: pd.DataFrame) -> dict[str, Any]:
         reason = f"between batch {largest} (ran) and {smallest} (out of memory)"
     return {"largest_ok_batch": largest, "smallest_oom_batch": smallest,
             "skipped_batches": ", ".join(str(int(b)) for b in sorted(set(skipped))),
-            "largest_ok_tokens": largest * request if len(ran) else math.nan, "reason": reason}
+            "largest_ok_tokens": largest * request if len(ran) and math.isfinite(request) else math.nan,
+            "reason": reason}

@@ -4,38 +4,45 @@ from __future__ import annotations
 import pandas as pd
 
 from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK, above_measured_peak
-from benchlib.schema import with_runtime
+from benchlib.derive.oom_boundary import memory_boundary
+from benchlib.schema import is_generative, with_runtime
 from benchlib.present.style import FLAG, GIB, column_format
 from benchlib.present.tables import runtime_order, several_runtimes
 from benchlib.vocabulary import (
     EFFICIENCY_COLUMNS,
     STATUS_OK,
-    STATUS_OOM,
-    STATUS_SKIPPED,
 )
 
 
 def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per instance, model and precision (and runtime, when several ran): the largest batch that ran,
-    the peak memory it held and the device memory left beside it (the least over its thread counts),
-    and the smallest batch that did not fit."""
+    """Per instance, model and precision (and runtime, when several ran; and request length, input and output
+    tokens, for a causal LM): the largest batch that ran, the peak memory it held and the device memory left
+    beside it (the least over its thread counts), the smallest batch that did not fit and the larger ones skipped
+    (benchlib.derive.oom_boundary)."""
     keys, names = ["instance", "model", "precision"], ["Instance", "Model", "Precision"]
     if several_runtimes(summary):
         summary = with_runtime(summary)
         keys, names = [*keys, "runtime"], [*names, "Runtime"]
+    if is_generative(summary).any():
+        keys, names = [*keys, "input_tokens", "output_tokens"], [*names, "Input tokens", "Output tokens"]
     rows = []
-    for values, points in summary.groupby(keys, sort=True):
-        ran = points.loc[points["status"] == STATUS_OK, "batch_size"]
-        oom = points.loc[points["status"] == STATUS_OOM, "batch_size"]
-        skipped = points.loc[points["status"] == STATUS_SKIPPED, "batch_size"]
-        largest = points[(points["status"] == STATUS_OK) & (points["batch_size"] == ran.max())] if len(ran) else None
-        rows.append({**dict(zip(names, values)),
-                     "Largest batch measured": ran.max() if len(ran) else None,
-                     "Peak memory there (GiB)": _extreme(largest, "peak_memory_bytes", "max") / GIB,
-                     "Headroom there (GiB)": _extreme(largest, "memory_headroom_bytes", "min") / GIB,
-                     "Smallest batch out of memory": oom.min() if len(oom) else None,
-                     "Batches skipped as infeasible": ", ".join(str(b) for b in sorted(set(skipped))) or "–"})
+    for bound in memory_boundary(summary, keys).to_dict("records"):
+        largest = bound["largest_ok_batch"]
+        same = pd.Series(True, index=summary.index)
+        for key in keys:
+            same &= summary[key].eq(bound[key]) | (summary[key].isna() & pd.isna(bound[key]))
+        at_largest = summary[same & (summary["status"] == STATUS_OK) & (summary["batch_size"] == largest)]
+        rows.append({**{name: bound[key] for key, name in zip(keys, names)},
+                     "Largest batch measured": None if pd.isna(largest) else int(largest),
+                     "Peak memory there (GiB)": _extreme(at_largest, "peak_memory_bytes", "max") / GIB,
+                     "Headroom there (GiB)": _extreme(at_largest, "memory_headroom_bytes", "min") / GIB,
+                     "Smallest batch out of memory": (None if pd.isna(bound["smallest_oom_batch"])
+                                                      else int(bound["smallest_oom_batch"])),
+                     "Batches skipped as infeasible": bound["skipped_batches"] or "–"})
     table = pd.DataFrame(rows)
+    for name in ("Input tokens", "Output tokens"):
+        if name in table.columns:  # whole numbers, and a dash for an encoder's row
+            table[name] = [("–" if pd.isna(v) else int(v)) for v in table[name]]
     if "Runtime" in names:  # eager first, as the params list them
         table = table.sort_values(names, key=runtime_order, kind="stable", ignore_index=True)
     return table
