@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from benchlib.derive.efficiency import window_energy
-from benchlib.measure import causal_lm, gates, pipelines
+from benchlib.measure import causal_lm, gates, pipelines, token_serving
 from benchlib.measure.caches import Level
 from benchlib.measure.environment import RunEnv
 from benchlib.measure.flops import FlopCount, flops_per_inference
@@ -209,20 +209,23 @@ class PointMeasurer:
         return _Ready(workload, merged, prepare_s, pipeline)
 
     def _ready_generative(self, point: GridPoint, workload: Workload) -> _Ready:
-        """A generative point: its prompt on the device (eager: nothing to prepare). Other runtimes and open
-        loop's token-level batching are not measured yet: such points are unsupported, saying so."""
+        """A generative point: its prompt on the device (eager: nothing to prepare); in open loop, a prompt per
+        place of the running batch. Other runtimes, and open loop where benchlib.measure.token_serving cannot
+        serve the point, are unsupported, saying so."""
         if point.open_loop:
-            raise _NotRun.unsupported("generating in open loop (continuous batching) is not measured yet; "
-                                      "measure causal LMs in closed loop (`arrival: closed`)")
+            reason = token_serving.open_loop_problem(point.threads, point.batch_size,
+                                                     workload.token_model() is not None)
+            if reason:
+                raise _NotRun.unsupported(reason)
         if point.runtime != REFERENCE_RUNTIME:
             raise _NotRun.unsupported(f"{point.runtime}: generating is measured under eager alone for now (a "
                                       "compiled step with a static KV cache is not wired into the sweep yet)")
         if not workload.loaded.generative:
             raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
                                       "for causal LMs")
-        prompt = self.inputs.get((point.model.label, point.precision.name, point.batch_size, point.input_tokens),
-                                 lambda: workload.prompt(point.batch_size, int(point.input_tokens or 1),
-                                                         self.params.seed))
+        rows = point.max_batch_size if point.open_loop else point.batch_size
+        prompt = self.inputs.get((point.model.label, point.precision.name, rows, point.input_tokens),
+                                 lambda: workload.prompt(rows, int(point.input_tokens or 1), self.params.seed))
         return _Ready(workload, {}, 0.0, None, prompt)
 
     def _runtime(self, point: GridPoint) -> Runtime:
@@ -240,7 +243,9 @@ class PointMeasurer:
         started = clock()
         with PeakMemory(self.device) as memory, sampler or contextlib.nullcontext():
             try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                if ready.prompt is not None:
+                if ready.prompt is not None and point.open_loop:
+                    clients = {1: ready.workload.token_server(ready.prompt)}
+                elif ready.prompt is not None:
                     clients = {1: ready.workload.generation_client_factory(ready.prompt, int(point.output_tokens or 1),
                                                                            point.threads, clock)}
                 elif ready.pipeline is not None:

@@ -39,11 +39,13 @@ would need a second model replica and a rule for which worker admits; `threads` 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -239,10 +241,35 @@ class TokenLoad:
     duration_s: float = 10.0
 
 
-def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad,
-                 clock: Clock = time.perf_counter) -> PointRun:
+#: A model bound to its prompts: a point's load and clock -> its run (benchlib.measure.loads calls it).
+TokenServer = Callable[[TokenLoad, Clock], PointRun]
+#: Why a Hugging Face causal LM is not served in open loop (see the README's "Open loop").
+HF_OPEN_LOOP_REASON = (
+    "a Hugging Face causal LM is not served in open loop yet: its steps keep one KV cache per request batch, and "
+    "sequences at different positions in one batch need a paged or padded cache; transformers' own continuous "
+    "batching (generate_batch) runs on the CPU but admits by its own rule, not this server's (see the README, "
+    "\"Open loop\"); measure it in closed loop (`arrival: closed`)")
+
+
+def open_loop_problem(threads: int, batch_size: int, served: bool) -> str:
+    """Why a generative point cannot run in open loop here ("" when it can): `served` says whether its model
+    steps sequences at different positions (a :class:`TokenModel`)."""
+    if not served:
+        return HF_OPEN_LOOP_REASON
+    if threads != 1:
+        return (f"threads {threads}: a causal LM is served by one worker in open loop (a second would need a model "
+                "replica and a rule for which worker admits); use threads [1]")
+    if batch_size != 1:
+        return (f"batch_size {batch_size}: in open loop a causal LM's request is one sequence, and the server "
+                "batches sequences up to max_batch_size; use batch_sizes [1]")
+    return ""
+
+
+def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad, clock: Clock = time.perf_counter,
+                 context: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext) -> PointRun:
     """Measure one generative open-loop point (see the module docstring): `prompts` holds at least
-    `max_batch_size` rows of input_tokens ids, on the model's device."""
+    `max_batch_size` rows of input_tokens ids, on the model's device; `context()` is entered in the server
+    thread around its steps (the workload's precision, thread-local)."""
     if prompts.shape[0] < load.max_batch_size:
         raise ValueError(f"prompts has {prompts.shape[0]} rows; the running batch may hold {load.max_batch_size}")
     schedule = load.schedule
@@ -256,7 +283,7 @@ def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad,
     prefill, decode = model_work(model, prompts)
 
     def server() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), context():
             start = clock()
             warm = [Sequence(-1, 0.0, 2)]
             prefill(warm)
