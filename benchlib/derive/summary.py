@@ -10,6 +10,7 @@ import pandas as pd
 
 from benchlib.derive.cost import add_cost
 from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures, with_peak_notes
+from benchlib.derive.goodput import TokenBudgets
 from benchlib.derive.point_summary import summarize
 from benchlib.vocabulary import (
     ACCURACY_IN_SUMMARY,
@@ -21,10 +22,10 @@ from benchlib.vocabulary import (
 
 
 def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None,
-                  ceilings: Ceilings | None = None) -> pd.DataFrame:
+                  ceilings: Ceilings | None = None, budgets: TokenBudgets | None = None) -> pd.DataFrame:
     """One row per grid point, in the order the points ran; efficiency judged against `ceilings`
-    (a point above its measured peak says so in its notes)."""
-    summary = add_cost(with_accuracy(summarize(records, usd_per_hour), accuracy), usd_per_hour)
+    (a point above its measured peak says so in its notes); a generative point's goodput within `budgets`."""
+    summary = add_cost(with_accuracy(summarize(records, usd_per_hour, budgets), accuracy), usd_per_hour)
     return with_peak_notes(add_efficiency(summary, point_measures(records), ceilings or Ceilings()))
 
 

@@ -39,6 +39,7 @@ from benchlib.derive.coverage import check_percentile
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings
 from benchlib.derive.frontier import frontier
+from benchlib.derive.goodput import TokenBudgets
 from benchlib.derive.knee import knees
 from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
@@ -152,13 +153,18 @@ def run_sweep(
         # The points were judged against the start figure as they ran: again where the end one is higher.
         # No point at all (an empty grid cannot be): an empty summary.
         if summary is None or final != ceilings:
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final)
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final, token_budgets(params))
         writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
         writer.write_frontier(frontier(summary, percentile))
         env.update(**{FINISHED: True})  # a rate search's number of points is known only now
     return SweepResult(Path(out_dir), summary, knee_table)
+
+
+def token_budgets(params: Params) -> TokenBudgets:
+    """The params' budgets of a generative request (goodput's; both None for encoders)."""
+    return TokenBudgets(params.ttft_budget_ms, params.tpot_budget_ms)
 
 
 class _NotRunnable(Exception):
@@ -178,7 +184,7 @@ class _Sweep:
         #: (a resumed run's points once, here).
         self.rows: dict[int, pd.DataFrame] = {}
         if writer.point_numbers:
-            resumed = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings)
+            resumed = summary_table(writer.records, writer.accuracy, usd_per_hour, ceilings, token_budgets(params))
             self.rows = {n: resumed.iloc[[i]] for i, n in enumerate(writer.point_numbers)}
         self._summary: pd.DataFrame | None = None
         self._family: tuple[Any, ...] | None = None  # a search's: whose caches are kept
@@ -214,7 +220,8 @@ class _Sweep:
         records = writer.add_records(new)  # the point's: a trial's cost does not grow with the run
         if run.samples is not None:
             writer.add_telemetry(run.samples.assign(point=number, trial=len(statuses) - 1))
-        self.rows[number] = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings)
+        self.rows[number] = summary_table(records, writer.accuracy, self.usd_per_hour, self.ceilings,
+                                          token_budgets(self.params))
         self._summary = None
         writer.write_summary(self.summary)
         searching = self.params.search is not None  # a search counts configurations as it decides them
@@ -235,7 +242,7 @@ class _Sweep:
         number = self.trials[point.key][0]
         if number not in self.rows:
             self.rows[number] = summary_table(self.writer.point_records(number), self.writer.accuracy,
-                                              self.usd_per_hour, self.ceilings)
+                                              self.usd_per_hour, self.ceilings, token_budgets(self.params))
             self._summary = None
         return self.rows[number].iloc[0]
 
