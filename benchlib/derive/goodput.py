@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,10 @@ def goodput_figures(records: pd.DataFrame, budgets: TokenBudgets, rates: dict[st
                goodput_requests_per_s=share * float(rates.get("requests_per_s", math.nan)),
                goodput_output_tokens_per_s=share * float(rates.get("output_tokens_per_s", math.nan)))
     return row
+
+
+def meets_goodput(row: Mapping[str, Any] | pd.Series, goodput_pct: float) -> bool:
+    """Whether one summary row ran (status ok: not overloaded) with a goodput share of at least `goodput_pct` %:
+    a rate search's probe of a causal LM (benchlib.measure.sweep)."""
+    share = pd.to_numeric(pd.Series([row.get("goodput_share", math.nan)]), errors="coerce").iloc[0]
+    return row.get("status") == STATUS_OK and math.isfinite(share) and share >= goodput_pct / 100
