@@ -36,7 +36,16 @@ def generative_problems(params: Params) -> list[InitErrorDetails]:
     problems = [*_missing_pair(params), *_not_causal_lms(params)]
     if not problems:
         problems += _too_long(params)
-    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params)]
+    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params),
+            *_queue_delay(params)]
+
+
+def _queue_delay(params: Params) -> list[InitErrorDetails]:
+    if not params.max_queue_delay_ms:
+        return []
+    return [problem(("max_queue_delay_ms",), params.max_queue_delay_ms, "not_for_tokens",
+                    "a causal LM's server admits queued requests at every iteration (continuous batching), holding "
+                    "none back to merge; remove max_queue_delay_ms (max_batch_size caps the running sequences)")]
 
 
 def _lms_without_tokens(params: Params) -> list[InitErrorDetails]:

@@ -156,6 +156,8 @@ def test_a_rate_search_keeps_goodput_within_the_token_budgets(write_params, caps
     assert "rate_search: a causal LM's rate search keeps goodput within the token budgets: give" in err
     err = refused(write_params, capsys, llm_rate_search(rate_search={"goodput_pct": 0}))
     assert "goodput_pct" in err
+    err = refused(write_params, capsys, llm_rate_search(max_queue_delay_ms=5))
+    assert "max_queue_delay_ms: a causal LM's server admits queued requests at every iteration" in err
 
 
 def test_an_encoder_rate_search_needs_its_latency_budget(write_params, capsys) -> None:

@@ -13,7 +13,7 @@ measured (clock and model injected, so :func:`simulate` runs the same loop in vi
         nothing queued or running: wait for an arrival
         past the drain deadline (after the last arrival): every queued request is dropped
         n = admit(queued, running, max_batch_size)         # pure: the free places, oldest first
-        the n oldest queued are admitted (their dispatch):
+        the n oldest queued (by the clock read now) are admitted (their dispatch):
             one prefill of the n together                  # model.prefill(prompts (n, L))
             each stamps its token 1 at the clock after it
         one decode step of every running sequence          # model.decode(last tokens, states), the
