@@ -246,8 +246,15 @@ class Params(Strict):
         elif self.rates_per_s is None and self.rate_search is None and self.search is None:
             raise ValueError(f"arrival: {self.arrival} needs the offered load: `rates_per_s: [50, 100]` (requests/s), "
                              "or `rate_search: {latency_budget_ms: 50}`")
-        if self.rate_search is not None:
-
+        if self.rate_search is not None and not self.generative:
+            if self.rate_search.latency_budget_ms is None:
+                raise error_at(("rate_search", "latency_budget_ms"), None, "missing_budget",
+                               "a rate search finds the highest rate whose latency percentile keeps a budget: give "
+                               "`rate_search: {latency_budget_ms: 50}` (causal LMs: ttft_budget_ms, tpot_budget_ms)")
+            if self.rate_search.goodput_pct is not None:
+                raise error_at(("rate_search", "goodput_pct"), self.rate_search.goodput_pct, "not_generative",
+                               "goodput is a causal LM's (requests within ttft_budget_ms and tpot_budget_ms); an "
+                               "encoder's rate search keeps its latency_budget_ms at its percentile: remove it")
             percentile = self.rate_search.percentile
             needed = min_samples_for_percentile(int(percentile[1:]) / 100)
             if self.min_requests < needed:  # an unknown percentile never meets a budget: the search would only halve

@@ -4,8 +4,8 @@ A params file is generative when it gives `input_tokens` or `output_tokens`; the
 that generates (a zoo LM, an `hf:` causal LM or `synthetic-gen:`), and every point's requests are that many
 tokens in and out. Checked here, without the machine: the keys come as a pair; no encoder, vision or
 `synthetic:` model and no encoder key (`seq_len`) among the models; a zoo LM's context holds input + output
-tokens; eager is among the runtimes; a TPOT budget has decode steps to time; the searches, whose budgets
-are per request, are not asked for.
+tokens; eager is among the runtimes; a TPOT budget has decode steps to time; the configuration search, whose
+budget is a request's latency, is not asked for; a rate search's budget is goodput within the token budgets.
 
 An `hf:` model is a causal LM or not by its config, and its context is in that config: both are checked
 when the config is read, before any weights (benchlib.measure.causal_lm.check_causal_lm_config).
@@ -19,6 +19,7 @@ from pydantic_core import InitErrorDetails
 from benchlib.errors import InputError
 from benchlib.lm_zoo import LM_ZOO, context_tokens
 from benchlib.params_base import problem
+from benchlib.vocabulary import DEFAULT_GOODPUT_PCT
 
 if TYPE_CHECKING:
     from benchlib.params import Params
@@ -36,7 +37,16 @@ def generative_problems(params: Params) -> list[InitErrorDetails]:
     problems = [*_missing_pair(params), *_not_causal_lms(params)]
     if not problems:
         problems += _too_long(params)
-    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params)]
+    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params),
+            *_queue_delay(params)]
+
+
+def _queue_delay(params: Params) -> list[InitErrorDetails]:
+    if not params.max_queue_delay_ms:
+        return []
+    return [problem(("max_queue_delay_ms",), params.max_queue_delay_ms, "not_for_tokens",
+                    "a causal LM's server admits queued requests at every iteration (continuous batching), holding "
+                    "none back to merge; remove max_queue_delay_ms (max_batch_size caps the running sequences)")]
 
 
 def _lms_without_tokens(params: Params) -> list[InitErrorDetails]:
@@ -111,10 +121,27 @@ def _tpot_without_decode(params: Params) -> list[InitErrorDetails]:
 
 
 def _searches(params: Params) -> list[InitErrorDetails]:
-    return [problem((key,), getattr(params, key).model_dump(), "not_generative_yet",
-                    "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure the grid "
-                    "(ttft_budget_ms and tpot_budget_ms are the recommendation's budgets)")
-            for key in ("rate_search", "search") if getattr(params, key) is not None]
+    """The configuration search's budget is a request's latency (refused); a rate search's is goodput within the
+    token budgets (benchlib.derive.goodput): it needs one of them, and no encoder latency budget."""
+    problems = []
+    if params.search is not None:
+        problems.append(problem(("search",), params.search.model_dump(), "not_generative_yet",
+                                "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure "
+                                "the grid, or use `rate_search` (its budget is goodput within ttft_budget_ms and "
+                                "tpot_budget_ms)"))
+    search = params.rate_search
+    if search is None:
+        return problems
+    if search.latency_budget_ms is not None:
+        problems.append(problem(("rate_search", "latency_budget_ms"), search.latency_budget_ms, "encoder_budget",
+                                "a causal LM's rate search keeps goodput (rate_search.goodput_pct, default "
+                                f"{DEFAULT_GOODPUT_PCT:g} %) within the top-level ttft_budget_ms and tpot_budget_ms; "
+                                "remove latency_budget_ms (and percentile)"))
+    if params.ttft_budget_ms is None and params.tpot_budget_ms is None:
+        problems.append(problem(("rate_search",), search.model_dump(), "needs_token_budget",
+                                "a causal LM's rate search keeps goodput within the token budgets: give "
+                                "`ttft_budget_ms` and/or `tpot_budget_ms` (e.g. `ttft_budget_ms: 500`)"))
+    return problems
 
 
 def run_token_budgets(runs_params: list[dict], ttft_budget_ms: float | None = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, StrictInt
 
 from benchlib.params_base import MAX_PROBES, MAX_RATE_PER_S, PositiveFloat, Strict, exponent_number
-from benchlib.vocabulary import DEFAULT_PERCENTILE
+from benchlib.vocabulary import DEFAULT_GOODPUT_PCT, DEFAULT_PERCENTILE
 
 
 class RateSearch(Strict):
@@ -17,9 +17,17 @@ class RateSearch(Strict):
     halves while they miss it) until one probe meets it and another misses. Then a bisection
     of that bracket until its ends are within `tolerance_pct` of each other, or `max_probes`
     probes were spent. Every probe is a grid point of its own (see benchlib.measure.rate_search).
+
+    For causal LMs (a generative params file) a probe meets the budget when its goodput, the share of its
+    requests within the top-level ttft_budget_ms and tpot_budget_ms (benchlib.derive.goodput), is at least
+    `goodput_pct`; `latency_budget_ms` and `percentile` are then an encoder's and not given.
     """
 
-    latency_budget_ms: PositiveFloat
+    #: An encoder's budget (required there); a causal LM's are ttft_budget_ms and tpot_budget_ms.
+    latency_budget_ms: PositiveFloat | None = None
+    #: A causal LM's: the share of requests within the token budgets a rate must keep, in % (None: 99).
+    goodput_pct: Annotated[float, BeforeValidator(exponent_number),
+                           Field(gt=0, le=100, strict=True, allow_inf_nan=False)] | None = None
     percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
     #: The first rate probed, in requests per second.
     start_per_s: Annotated[float, BeforeValidator(exponent_number),
@@ -28,6 +36,11 @@ class RateSearch(Strict):
     tolerance_pct: Annotated[float, BeforeValidator(exponent_number),
                              Field(gt=0, lt=100, strict=True, allow_inf_nan=False)] = 10.0
     max_probes: Annotated[StrictInt, Field(ge=2, le=MAX_PROBES)] = 12
+
+    @property
+    def goodput_target_pct(self) -> float:
+        """The goodput a causal LM's probe must keep, in %."""
+        return DEFAULT_GOODPUT_PCT if self.goodput_pct is None else self.goodput_pct
 
 class Search(Strict):
     """Search the grid for the cheapest configuration within a latency budget instead of measuring

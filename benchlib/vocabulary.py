@@ -212,6 +212,13 @@ def _with_token_intervals(columns: list[str]) -> list[str]:
     return [name for column in columns for name in (column, *token_interval_columns(column))]
 
 
+#: A generative point's goodput (benchlib.derive.goodput): the share of its measured requests within the token
+#: budgets (ttft_budget_ms, tpot_budget_ms; a dropped request a miss), its 95 % Wilson interval, and the rates of
+#: those requests and their output tokens. NaN without a budget.
+GOODPUT_COLUMNS: list[str] = ["goodput_share", "goodput_share_ci_low", "goodput_share_ci_high",
+                              "goodput_requests_per_s", "goodput_output_tokens_per_s"]
+#: The goodput share a rate search on goodput asks of a probed rate (params: rate_search.goodput_pct's default).
+DEFAULT_GOODPUT_PCT = 99.0
 #: What a generative point's summary row adds (benchlib.derive.tokens.token_figures), in order; NaN for
 #: encoders. `requests_per_s` counts generate calls; the summary's latency columns are then E2E.
 TOKEN_COLUMNS: list[str] = [
@@ -219,7 +226,7 @@ TOKEN_COLUMNS: list[str] = [
     *[f"{name}_mean_ms" for name in TOKEN_LATENCIES],
     *_with_token_intervals([*(f"{rate}_per_s" for rate in TOKEN_RATES), "user_output_tokens_per_s"]),
     *_with_token_intervals(["usd_per_million_output_tokens", "usd_per_million_total_tokens"]),
-    "n_itl_gaps", "token_notes"]
+    *GOODPUT_COLUMNS, "n_itl_gaps", "token_notes"]
 #: What a generative point's summary row adds after EFFICIENCY_COLUMNS (benchlib.derive.token_efficiency), from
 #: its model's shape (env.json `models[].lm_dims`), its token figures and the device's ceilings; NaN for a model
 #: without a shape (a synthetic one) and for encoders. Per request (a batch of `batch_size` sequences): the KV

@@ -135,9 +135,37 @@ def test_a_token_budget_without_token_keys(write_params, capsys, key: str) -> No
     assert f"{key}: a token budget is for causal LMs that generate" in err
 
 
-def test_searches_are_refused_for_now(write_params, capsys) -> None:
+def test_the_configuration_search_is_refused_for_now(write_params, capsys) -> None:
     err = refused(write_params, capsys, llm_params(search={"latency_budget_ms": 50}))
     assert "search: its budget is a request's latency, not yet TTFT or TPOT" in err
+
+
+def llm_rate_search(**overrides: Any) -> dict[str, Any]:
+    return llm_params(**{"batch_sizes": [1], "arrival": "poisson", "rate_search": {}, "ttft_budget_ms": 200,
+                         **overrides})
+
+
+def test_a_rate_search_keeps_goodput_within_the_token_budgets(write_params, capsys) -> None:
+    params = parse_params(llm_rate_search(rate_search={"goodput_pct": 95}))
+    assert params.rate_search.goodput_pct == 95 and params.rate_search.latency_budget_ms is None
+    assert parse_params(llm_rate_search()).rate_search.goodput_target_pct == 99
+    assert_round_trips(params)
+    err = refused(write_params, capsys, llm_rate_search(rate_search={"latency_budget_ms": 50}))
+    assert "rate_search.latency_budget_ms: a causal LM's rate search keeps goodput" in err
+    err = refused(write_params, capsys, llm_rate_search(ttft_budget_ms=None))
+    assert "rate_search: a causal LM's rate search keeps goodput within the token budgets: give" in err
+    err = refused(write_params, capsys, llm_rate_search(rate_search={"goodput_pct": 0}))
+    assert "goodput_pct" in err
+    err = refused(write_params, capsys, llm_rate_search(max_queue_delay_ms=5))
+    assert "max_queue_delay_ms: a causal LM's server admits queued requests at every iteration" in err
+
+
+def test_an_encoder_rate_search_needs_its_latency_budget(write_params, capsys) -> None:
+    err = refused(write_params, capsys, tiny_params(arrival="poisson", rate_search={}))
+    assert "rate_search.latency_budget_ms: a rate search finds the highest rate" in err
+    err = refused(write_params, capsys, tiny_params(arrival="poisson", rate_search={"latency_budget_ms": 50,
+                                                                                   "goodput_pct": 99}))
+    assert "rate_search.goodput_pct: goodput is a causal LM's" in err
 
 
 def test_duplicate_token_counts(write_params, capsys) -> None:

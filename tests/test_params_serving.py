@@ -30,7 +30,7 @@ ONLY_OPEN_LOOP = ("only for open-loop load; set `arrival: poisson` (or constant)
                   "closed-loop clients")
 BOTH_GIVEN = ("p.yaml: (top level): give either `rates_per_s` (fixed offered rates) or `rate_search` (find the "
               "highest rate within a latency budget), not both")
-RATE_SEARCH_KEYS = "latency_budget_ms, max_probes, percentile, start_per_s, tolerance_pct"
+RATE_SEARCH_KEYS = "goodput_pct, latency_budget_ms, max_probes, percentile, start_per_s, tolerance_pct"
 
 
 def open_loop(arrival: str = "poisson", **overrides: Any) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def test_a_rate_search_and_its_defaults() -> None:
     given = {"latency_budget_ms": 20.5, "percentile": "p99", "start_per_s": 400, "tolerance_pct": 2.5,
              "max_probes": 30}
     search = parse_params(open_loop(rate_search=given)).rate_search
-    assert search is not None and search.model_dump() == {**given, "start_per_s": 400.0}
+    assert search is not None and search.model_dump(exclude_none=True) == {**given, "start_per_s": 400.0}
     with pytest.raises(pydantic.ValidationError):
         search.max_probes = 3  # type: ignore[misc]
 
@@ -263,8 +263,9 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], list[str]]] = {
                                                     ["max_queue_delay_ms", "greater than or equal to 0"]),
     # rate_search
     "a rate search without its budget": ({"rate_search": {"percentile": "p99"}},
-                                         ["rate_search.latency_budget_ms: required key is missing; add it"]),
-    "an empty rate search": ({"rate_search": {}}, ["rate_search.latency_budget_ms: required key is missing"]),
+                                         ["rate_search.latency_budget_ms: a rate search finds the highest rate", "give `rate_search: "
+                                          "{latency_budget_ms: 50}`"]),
+    "an empty rate search": ({"rate_search": {}}, ["rate_search.latency_budget_ms: a rate search finds"]),
     "a zero budget": ({"rate_search": {"latency_budget_ms": 0}},
                       ["rate_search.latency_budget_ms", "greater than 0", "(got 0)"]),
     "a negative budget": ({"rate_search": {"latency_budget_ms": -50}},

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchlib.derive import serving
+from benchlib.derive.goodput import TokenBudgets, goodput_figures
 from benchlib.derive.tokens import token_figures
 from benchlib.derive.overload import overload_test
 from benchlib.derive.stats import (
@@ -163,10 +164,11 @@ def _serving_status(records: pd.DataFrame, figures: dict[str, Any], status: str,
     return status, notes
 
 
-def summarize(records: pd.DataFrame, usd_per_hour: float | None = None) -> pd.DataFrame:
+def summarize(records: pd.DataFrame, usd_per_hour: float | None = None,
+              budgets: TokenBudgets | None = None) -> pd.DataFrame:
     """One row per grid point, in the order the points ran: POINT_KEYS, STATS_COLUMNS, SERVING_COLUMNS,
     PIPELINE_COLUMNS, and where the records carry token times (a generative run) TOKEN_COLUMNS, their
-    costs at `usd_per_hour` (None: NaN).
+    costs at `usd_per_hour` (None: NaN) and goodput within the token `budgets` (None: NaN).
 
     Records from before open loop lack the load keys: they are closed loop (see `with_load_keys`); records
     from before generation lack the token keys: empty (see `with_token_keys`).
@@ -176,16 +178,18 @@ def summarize(records: pd.DataFrame, usd_per_hour: float | None = None) -> pd.Da
     rows = []
     for _, group in records.groupby("point", sort=True):
         keys = {k: group[k].iloc[0] for k in POINT_KEYS}
-        tokens = generative_figures(group, usd_per_hour) if generative else {}
+        tokens = generative_figures(group, usd_per_hour, budgets) if generative else {}
         rows.append({**keys, **summarize_point(group), **tokens})
     return pd.DataFrame(rows, columns=[*POINT_KEYS, *STATS_COLUMNS, *SERVING_COLUMNS, *PIPELINE_COLUMNS,
                                        *(TOKEN_COLUMNS if generative else [])])
 
 
-def generative_figures(records: pd.DataFrame, usd_per_hour: float | None) -> dict[str, Any]:
+def generative_figures(records: pd.DataFrame, usd_per_hour: float | None,
+                       budgets: TokenBudgets | None = None) -> dict[str, Any]:
     """TOKEN_COLUMNS of one point's records: its token figures, or NaN where it has no completed request
     (out of memory, skipped, unsupported) or is no generative point (empty output_tokens)."""
     measured = completed_requests(with_trials(records))
     if measured.empty or pd.to_numeric(measured["output_tokens"], errors="coerce").isna().any():
         return {**dict.fromkeys(TOKEN_COLUMNS, math.nan), "token_notes": ""}
-    return token_figures(records, usd_per_hour)
+    figures = token_figures(records, usd_per_hour)
+    return {**figures, **goodput_figures(records, budgets or TokenBudgets(), figures)}

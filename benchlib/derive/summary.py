@@ -13,6 +13,7 @@ import pandas as pd
 from benchlib.derive.cost import add_cost
 from benchlib.derive.efficiency import Ceilings, add_efficiency, point_measures, with_peak_notes
 from benchlib.derive.llm_costs import LMDims
+from benchlib.derive.goodput import TokenBudgets
 from benchlib.derive.point_summary import summarize
 from benchlib.derive.token_efficiency import add_token_efficiency
 from benchlib.vocabulary import (
@@ -26,13 +27,14 @@ from benchlib.vocabulary import (
 
 
 def summary_table(records: pd.DataFrame, accuracy: pd.DataFrame, usd_per_hour: float | None,
-                  ceilings: Ceilings | None = None, lm_dims: Mapping[str, LMDims] | None = None) -> pd.DataFrame:
+                  ceilings: Ceilings | None = None, lm_dims: Mapping[str, LMDims] | None = None,
+                  budgets: TokenBudgets | None = None) -> pd.DataFrame:
     """One row per grid point, in the order the points ran; efficiency judged against `ceilings`
     (a point above its measured peak says so in its notes). A generative run's points add their prefill and
     decode efficiency (TOKEN_EFFICIENCY_COLUMNS) from their model's shape in `lm_dims` (model label -> shape,
-    env.json's: benchlib.derive.token_efficiency.lm_dims_by_model)."""
+    env.json's: benchlib.derive.token_efficiency.lm_dims_by_model), and their goodput within `budgets`."""
     ceilings = ceilings or Ceilings()
-    summary = add_cost(with_accuracy(summarize(records, usd_per_hour), accuracy), usd_per_hour)
+    summary = add_cost(with_accuracy(summarize(records, usd_per_hour, budgets), accuracy), usd_per_hour)
     summary = with_peak_notes(add_efficiency(summary, point_measures(records), ceilings))
     if TOKEN_TIMES in records.columns:  # a generative run: its summary has the token figures
         summary = add_token_efficiency(summary, lm_dims or {}, ceilings)

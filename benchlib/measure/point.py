@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from benchlib.derive.efficiency import window_energy
-from benchlib.measure import causal_lm, gates, pipelines
+from benchlib.measure import causal_lm, gates, pipelines, token_serving
 from benchlib.measure.caches import Level
 from benchlib.measure.compiled_generation import (
     CompiledGeneration,
@@ -218,11 +218,16 @@ class PointMeasurer:
 
     def _ready_generative(self, point: GridPoint, workload: Workload) -> _Ready:
         """A generative point: its prompt on the device; under eager nothing to prepare, under compile its clients'
-        static caches and the compiled decode step, gated (benchlib.measure.compiled_generation). Open loop's
-        token-level batching is not measured yet: such points are unsupported, saying so."""
+        static caches and the compiled decode step, gated (benchlib.measure.compiled_generation); in open loop, a
+        prompt per place of the running batch. Open loop where benchlib.measure.token_serving cannot serve the
+        point, and other runtimes, are unsupported, saying so."""
         if point.open_loop:
-            raise _NotRun.unsupported("generating in open loop (continuous batching) is not measured yet; "
-                                      "measure causal LMs in closed loop (`arrival: closed`)")
+            reason = token_serving.open_loop_problem(point.threads, point.batch_size,
+                                                     workload.token_model() is not None)
+            if reason:
+                raise _NotRun.unsupported(reason)
+            if point.runtime != REFERENCE_RUNTIME:
+                raise _NotRun.unsupported(f"{point.runtime}: the token server generates under eager alone")
         if not workload.loaded.generative:
             raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
                                       "for causal LMs")
@@ -231,9 +236,9 @@ class PointMeasurer:
         if point.runtime == "compile" and isinstance(workload.module, SyntheticGenerativeModule):
             raise _NotRun.unsupported("compile: a synthetic generative model has no forward pass to compile; "
                                       "measure it under eager")
-        prompt = self.inputs.get((point.model.label, point.precision.name, point.batch_size, point.input_tokens),
-                                 lambda: workload.prompt(point.batch_size, int(point.input_tokens or 1),
-                                                         self.params.seed))
+        rows = point.max_batch_size if point.open_loop else point.batch_size
+        prompt = self.inputs.get((point.model.label, point.precision.name, rows, point.input_tokens),
+                                 lambda: workload.prompt(rows, int(point.input_tokens or 1), self.params.seed))
         if point.runtime == REFERENCE_RUNTIME:
             return _Ready(workload, {}, 0.0, None, prompt)
         compiled = self.artifact.get((*point.key[:3], point.batch_size, point.input_tokens, point.output_tokens,
@@ -287,7 +292,9 @@ class PointMeasurer:
         started = clock()
         with PeakMemory(self.device) as memory, sampler or contextlib.nullcontext():
             try:  # per-client preparation (a CUDA graph captured on each client's stream)
-                if ready.prompt is not None:
+                if ready.prompt is not None and point.open_loop:
+                    clients = {1: ready.workload.token_server(ready.prompt)}
+                elif ready.prompt is not None:
                     clients = {1: ready.workload.generation_client_factory(
                         ready.prompt, int(point.output_tokens or 1), point.threads, clock,
                         ready.compiled.steps if ready.compiled else None)}

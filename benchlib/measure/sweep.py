@@ -26,6 +26,7 @@ and written here as any other trial (:meth:`_Sweep.trial_of`).
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +40,7 @@ from benchlib.derive.coverage import check_percentile
 from benchlib.derive.cost import Price, load_prices, require_price
 from benchlib.derive.efficiency import Ceilings
 from benchlib.derive.frontier import frontier
+from benchlib.derive.goodput import TokenBudgets, meets_goodput
 from benchlib.derive.knee import knees
 from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
@@ -140,12 +142,18 @@ def run_sweep(
                     continue
                 for configuration in block:
                     found = sweep.search(configuration)
-                    # What each search found, with its bracket, beside the probes it measured.
+                    # What each search found, with its bracket, beside the probes it measured; a causal LM's
+                    # with the goodput it kept and what its output tokens cost at the highest rate that kept it.
+                    priced = {}
+                    if params.generative and found.low_per_s is not None:
+                        row = sweep.row_of(replace(configuration, rate_per_s=found.low_per_s))
+                        priced = {"goodput_pct": params.rate_search.goodput_target_pct,
+                                  "usd_per_million_output_tokens": float(row["usd_per_million_output_tokens"])}
                     env.add_rate_search({
                         **{k: v for k, v in zip(GRID_KEYS[:-1], configuration.key[:-1]) if k not in TOKEN_KEYS},
                         "highest_met_per_s": found.low_per_s,
                         "lowest_missed_per_s": found.high_per_s, "probes": len(found.probes),
-                        "reason": found.reason})
+                        "reason": found.reason, **priced})
         summary = sweep.summary
         shared.release()  # the models' memory back before the GEMMs
         env.update(**end_ceilings(device, params, precisions, env.fields))
@@ -153,13 +161,19 @@ def run_sweep(
         # The points were judged against the start figure as they ran: again where the end one is higher.
         # No point at all (an empty grid cannot be): an empty summary.
         if summary is None or final != ceilings:
-            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final, lm_dims_by_model(env.fields))
+            summary = summary_table(writer.records, writer.accuracy, usd_per_hour, final, lm_dims_by_model(env.fields),
+                                    token_budgets(params))
         writer.write_summary(summary)  # a resume that found every point done rewrites it all the same
         knee_table = knees(summary)
         writer.write_knees(knee_table)
         writer.write_frontier(frontier(summary, percentile))
         env.update(**{FINISHED: True})  # a rate search's number of points is known only now
     return SweepResult(Path(out_dir), summary, knee_table)
+
+
+def token_budgets(params: Params) -> TokenBudgets:
+    """The params' budgets of a generative request (goodput's; both None for encoders)."""
+    return TokenBudgets(params.ttft_budget_ms, params.tpot_budget_ms)
 
 
 class _NotRunnable(Exception):
@@ -228,7 +242,7 @@ class _Sweep:
         """The summary rows of `records`, judged against the start ceilings; a causal LM's with its shape, which
         env.json holds once its model is loaded."""
         return summary_table(records, self.writer.accuracy, self.usd_per_hour, self.ceilings,
-                             lm_dims_by_model(self.shared.env.fields))
+                             lm_dims_by_model(self.shared.env.fields), token_budgets(self.params))
 
     @property
     def summary(self) -> pd.DataFrame | None:
@@ -258,7 +272,9 @@ class _Sweep:
             row = self.row_of(point)
             if row["status"] in (STATUS_OOM, STATUS_SKIPPED, STATUS_UNSUPPORTED):
                 raise _NotRunnable(f"the configuration cannot run here ({row['status']}: {row['notes']})")
-            return meets_budget(row, spec.latency_budget_ms, spec.percentile)
+            if self.params.generative:  # a causal LM: goodput within the token budgets
+                return meets_goodput(row, spec.goodput_target_pct)
+            return meets_budget(row, spec.latency_budget_ms or math.nan, spec.percentile)
 
         try:
             result = search_rate(probe, spec.start_per_s, spec.tolerance_pct, spec.max_probes, MAX_RATE_PER_S)

@@ -13,6 +13,10 @@ It is a `Step` (benchlib.measure.generation) that holds each forward pass for a 
         hold to the deadline                          # short sleeps: no GIL held, client threads overlap
         return next, tokens seen so far
 
+Open loop (benchlib.measure.token_serving) steps it as sequences at different positions in one batch:
+:meth:`SyntheticGenerativeModel.prefill` (the admitted prompts together) and
+:meth:`SyntheticGenerativeModel.decode` (one token for each running sequence), the same holds.
+
 Holding, slots and lateness are the encoder synthetic model's (benchlib.measure.synthetic: `hold`,
 `Slots`, `Overshoot`), so both models wait the same way: each step's deadline is fixed on entry and
 a step never ends early. With `slots` k, at most k steps are held at once, first come first served,
@@ -75,6 +79,17 @@ class SyntheticGenerativeModel:
         if hold_s > 0:  # a zero-cost model returns at once, without reading the clock again
             self._lates.append(hold(hold_s, deadline, self._clock, self._sleep))
         return out, (state or 0) + new
+
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Open loop (benchlib.measure.token_serving.TokenModel): the prompts (n, L) of n sequences admitted
+        together, one prefill holding ``prefill_s(n, L)``; each sequence's state is its tokens so far."""
+        tokens, seen = self(input_ids, None)
+        return tokens, [seen] * input_ids.shape[0]
+
+    def decode(self, tokens: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[int]]:
+        """Open loop: one decode step of r running sequences, wherever each is, holding ``decode_s(r)``."""
+        out, _ = self(tokens[:, None], 0)
+        return out, [seen + 1 for seen in states]
 
     def overshoot(self, reset: bool = True) -> Overshoot:
         """The lateness of the holds since the last reset (at most the newest LATES_KEPT)."""

@@ -26,6 +26,7 @@ from benchlib.measure.pipelines import Pipeline
 from benchlib.measure.precision import Precision
 from benchlib.measure.runtimes.base import Prepared
 from benchlib.measure.synthetic_generative import SyntheticGenerativeModule
+from benchlib.measure.token_serving import TokenLoad, TokenModel, TokenServer, serve_tokens
 from benchlib.measure.zoo import LoadedModel
 
 
@@ -144,6 +145,23 @@ class Workload:
         if isinstance(self.module, SyntheticGenerativeModule):
             return self.module.model
         return causal_lm_step(self.module)
+
+    def token_model(self) -> TokenModel | None:
+        """The model as the open-loop server steps it (sequences at different positions in one batch): a synthetic
+        generative model; None for a Hugging Face causal LM (benchlib.measure.token_serving says why)."""
+        return self.module.model if isinstance(self.module, SyntheticGenerativeModule) else None
+
+    def token_server(self, prompts: torch.Tensor) -> TokenServer:
+        """Open loop: the point's server on `prompts` (a row per place of the running batch), its steps in this
+        workload's precision context."""
+        model = self.token_model()
+        if model is None:
+            raise ValueError("this model is not served in open loop (see token_model)")
+
+        def serve(load: TokenLoad, clock: Clock) -> Any:
+            return serve_tokens(model, prompts, load, clock, context=self.precision_context)
+
+        return serve
 
     def generation_client_factory(self, input_ids: torch.Tensor, output_tokens: int, threads: int,
                                   clock: Clock, steps: list[Step] | None = None) -> ClientFactory:
