@@ -4,8 +4,10 @@ A params file is generative when it gives `input_tokens` or `output_tokens`; the
 that generates (a zoo LM, an `hf:` causal LM or `synthetic-gen:`), and every point's requests are that many
 tokens in and out. Checked here, without the machine: the keys come as a pair; no encoder, vision or
 `synthetic:` model and no encoder key (`seq_len`) among the models; a zoo LM's context holds input + output
-tokens; eager is among the runtimes; a TPOT budget has decode steps to time; the searches, whose budgets
-are per request, are not asked for.
+tokens; eager is among the runtimes; a TPOT budget has decode steps to time; a rate search, whose budget is
+per request, is not asked for; a configuration search (`search:`) is held to ttft_budget_ms and/or
+tpot_budget_ms (at least one given, and no `search.latency_budget_ms`), over one workload (one input_tokens
+and one output_tokens: it compares configurations, not requests), in closed loop.
 
 An `hf:` model is a causal LM or not by its config, and its context is in that config: both are checked
 when the config is read, before any weights (benchlib.measure.causal_lm.check_causal_lm_config).
@@ -35,7 +37,8 @@ def generative_problems(params: Params) -> list[InitErrorDetails]:
     problems = [*_missing_pair(params), *_not_causal_lms(params)]
     if not problems:
         problems += _too_long(params)
-    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params)]
+    return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params),
+            *_search_budgets(params)]
 
 
 def _lms_without_tokens(params: Params) -> list[InitErrorDetails]:
@@ -113,4 +116,31 @@ def _searches(params: Params) -> list[InitErrorDetails]:
     return [problem((key,), getattr(params, key).model_dump(), "not_generative_yet",
                     "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure the grid "
                     "(ttft_budget_ms and tpot_budget_ms are the recommendation's budgets)")
-            for key in ("rate_search", "search") if getattr(params, key) is not None]
+            for key in ("rate_search",) if getattr(params, key) is not None]
+
+
+def _search_budgets(params: Params) -> list[InitErrorDetails]:
+    search = params.search
+    if search is None:
+        return []
+    problems = []
+    if search.latency_budget_ms is not None:
+        problems.append(problem(("search", "latency_budget_ms"), search.latency_budget_ms, "token_budgets",
+                                "a causal LM's search is held to TTFT and TPOT, not a request's latency: remove it "
+                                "and give the top-level `ttft_budget_ms` and/or `tpot_budget_ms`"))
+    elif params.ttft_budget_ms is None and params.tpot_budget_ms is None:
+        problems.append(problem(("search",), {}, "needs_token_budget",
+                                "a causal LM's search needs a budget to meet: give the top-level `tpot_budget_ms` "
+                                "(time per output token), `ttft_budget_ms` (time to first token), or both, e.g. "
+                                "`tpot_budget_ms: 50`"))
+    for key in GENERATIVE_KEYS:
+        values = list(getattr(params, key) or ())
+        if len(values) > 1:
+            problems.append(problem((key,), values, "one_workload",
+                                    f"a search compares configurations of one request shape: list one `{key}` value "
+                                    "(a params file per shape), or remove `search` and measure the grid"))
+    if params.open_loop:
+        problems.append(problem(("arrival",), params.arrival, "closed_loop_only",
+                                "a causal LM's search runs closed-loop clients (its rate searches are per request, not "
+                                "per token); remove `arrival`, or remove `search`"))
+    return problems

@@ -241,8 +241,8 @@ class _Search:
             return False
         limit, low = over[0]
         config = candidate.configuration
-        candidate.decide(OUTCOME_ELIMINATED, f"over budget: {limit.label} at least {low:.3g} ms "
-                         f"> {limit.budget_ms:g} ms", round_number)
+        candidate.decide(OUTCOME_ELIMINATED, "over budget: " + "; ".join(
+            f"{limit.label} at least {low:.3g} ms > {limit.budget_ms:g} ms" for limit, low in over), round_number)
         self._prune(config.covers, f"{limit.label} grows with batch and threads: {config.label} is at least "
                     f"{low:.3g} ms > {limit.budget_ms:g} ms", round_number)
         return True
