@@ -131,6 +131,7 @@ def test_a_causal_lms_search_is_refused_without_a_token_budget_naming_the_key(tm
         "search.latency_budget_ms": generative_search(search={"latency_budget_ms": 50}),
         "output_tokens": generative_search(output_tokens=[4, 8]),
         "input_tokens": generative_search(input_tokens=[8, 16]),
+        "arrival": generative_search(arrival="poisson"),
     }
     for key, params in cases.items():
         path = tmp_path / f"{key}.yaml"
