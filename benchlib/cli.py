@@ -17,6 +17,7 @@ import pandas as pd
 
 from benchlib.errors import InputError
 from benchlib.params import load_params
+from benchlib.params_search import search_budgets
 from benchlib.vocabulary import (
     DEFAULT_LATENCY_BUDGET_MS,
     DEFAULT_PERCENTILE,
@@ -59,8 +60,8 @@ def _validate(args: argparse.Namespace) -> int:
             + (f"x {len(params.input_tokens or ())} input x {len(params.output_tokens or ())} output token count(s) "
                if params.generative else "")
             + f"= {params.grid_size} points, ${usd:g}/h"
-            + (f"; searched for the cheapest within {params.search.latency_budget_ms:g} ms at "
-               f"{params.search.percentile}, measuring at most {params.search.max_measure_s:g} s"
+            + (f"; searched for the cheapest within {search_budgets(params)}, "
+               f"measuring at most {params.search.max_measure_s:g} s"
                if params.search is not None else "")
         )
     return EXIT_OK

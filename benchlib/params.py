@@ -268,6 +268,10 @@ class Params(Strict):
         if self.search is None:
             return self
         search = self.search
+        if search.latency_budget_ms is None and not self.generative:
+            raise error_at(("search", "latency_budget_ms"), {}, "needs_budget",
+                           "a search needs its latency budget in ms, at its percentile: e.g. "
+                           "`search: {latency_budget_ms: 50}`")
         # Against the defaults, not what was given: params_to_dict writes them out, and must read back.
         open_only = [key for key in ("start_per_s", "tolerance_pct")
                      if getattr(search, key) != Search.model_fields[key].default]

@@ -4,8 +4,10 @@ A params file is generative when it gives `input_tokens` or `output_tokens`; the
 that generates (a zoo LM, an `hf:` causal LM or `synthetic-gen:`), and every point's requests are that many
 tokens in and out. Checked here, without the machine: the keys come as a pair; no encoder, vision or
 `synthetic:` model and no encoder key (`seq_len`) among the models; a zoo LM's context holds input + output
-tokens; eager is among the runtimes; a TPOT budget has decode steps to time; the configuration search, whose
-budget is a request's latency, is not asked for; a rate search's budget is goodput within the token budgets.
+tokens; eager is among the runtimes; a TPOT budget has decode steps to time; a rate search's budget is goodput
+within the token budgets; a configuration search (`search:`) is held to ttft_budget_ms and/or tpot_budget_ms
+(at least one given, and no `search.latency_budget_ms`), over one workload (one input_tokens and one
+output_tokens: it compares configurations, not requests), in closed loop.
 
 An `hf:` model is a causal LM or not by its config, and its context is in that config: both are checked
 when the config is read, before any weights (benchlib.measure.causal_lm.check_causal_lm_config).
@@ -38,7 +40,7 @@ def generative_problems(params: Params) -> list[InitErrorDetails]:
     if not problems:
         problems += _too_long(params)
     return [*problems, *_without_eager(params), *_tpot_without_decode(params), *_searches(params),
-            *_queue_delay(params)]
+            *_queue_delay(params), *_search_budgets(params)]
 
 
 def _queue_delay(params: Params) -> list[InitErrorDetails]:
@@ -121,14 +123,9 @@ def _tpot_without_decode(params: Params) -> list[InitErrorDetails]:
 
 
 def _searches(params: Params) -> list[InitErrorDetails]:
-    """The configuration search's budget is a request's latency (refused); a rate search's is goodput within the
-    token budgets (benchlib.derive.goodput): it needs one of them, and no encoder latency budget."""
-    problems = []
-    if params.search is not None:
-        problems.append(problem(("search",), params.search.model_dump(), "not_generative_yet",
-                                "its budget is a request's latency, not yet TTFT or TPOT; remove it and measure "
-                                "the grid, or use `rate_search` (its budget is goodput within ttft_budget_ms and "
-                                "tpot_budget_ms)"))
+    """A rate search's budget is goodput within the token budgets (benchlib.derive.goodput): it needs one of them,
+    and no encoder latency budget."""
+    problems: list[InitErrorDetails] = []
     search = params.rate_search
     if search is None:
         return problems
@@ -161,3 +158,30 @@ def run_token_budgets(runs_params: list[dict], ttft_budget_ms: float | None = No
             value = found[0] if found else None
         chosen.append(value)
     return chosen[0], chosen[1]
+
+
+def _search_budgets(params: Params) -> list[InitErrorDetails]:
+    search = params.search
+    if search is None:
+        return []
+    problems = []
+    if search.latency_budget_ms is not None:
+        problems.append(problem(("search", "latency_budget_ms"), search.latency_budget_ms, "token_budgets",
+                                "a causal LM's search is held to TTFT and TPOT, not a request's latency: remove it "
+                                "and give the top-level `ttft_budget_ms` and/or `tpot_budget_ms`"))
+    elif params.ttft_budget_ms is None and params.tpot_budget_ms is None:
+        problems.append(problem(("search",), {}, "needs_token_budget",
+                                "a causal LM's search needs a budget to meet: give the top-level `tpot_budget_ms` "
+                                "(time per output token), `ttft_budget_ms` (time to first token), or both, e.g. "
+                                "`tpot_budget_ms: 50`"))
+    for key in GENERATIVE_KEYS:
+        values = list(getattr(params, key) or ())
+        if len(values) > 1:
+            problems.append(problem((key,), values, "one_workload",
+                                    f"a search compares configurations of one request shape: list one `{key}` value "
+                                    "(a params file per shape), or remove `search` and measure the grid"))
+    if params.open_loop:
+        problems.append(problem(("arrival",), params.arrival, "closed_loop_only",
+                                "a causal LM's search runs closed-loop clients (its rate searches are per request, not "
+                                "per token); remove `arrival`, or remove `search`"))
+    return problems

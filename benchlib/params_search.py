@@ -2,12 +2,15 @@
 configuration of the grid within one (see benchlib.params for the rest of the schema)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictInt
 
 from benchlib.params_base import MAX_PROBES, MAX_RATE_PER_S, PositiveFloat, Strict, exponent_number
 from benchlib.vocabulary import DEFAULT_GOODPUT_PCT, DEFAULT_PERCENTILE
+
+if TYPE_CHECKING:
+    from benchlib.params import Params
 
 
 class RateSearch(Strict):
@@ -44,9 +47,11 @@ class RateSearch(Strict):
 
 class Search(Strict):
     """Search the grid for the cheapest configuration within a latency budget instead of measuring
-    every point at full length (see benchlib.measure.search)."""
+    every point at full length (see benchlib.measure.search). Encoders' budget is `latency_budget_ms`
+    (required); a causal LM's are the top-level ttft_budget_ms and tpot_budget_ms at `percentile`
+    (benchlib.params_generative), and it has no `latency_budget_ms`."""
 
-    latency_budget_ms: PositiveFloat
+    latency_budget_ms: PositiveFloat | None = None
     percentile: Literal["p50", "p90", "p95", "p99"] = DEFAULT_PERCENTILE  # type: ignore[valid-type]
     #: Configurations this close in $/M are a tie: any of them is an answer.
     indifference_pct: Annotated[float, BeforeValidator(exponent_number),
@@ -67,3 +72,15 @@ class Search(Strict):
 SEARCH_TRIALS_PER_ROUND = 2
 #: The first window of a search, as a fraction of duration_s, unless `first_window_s` says otherwise.
 SEARCH_FIRST_WINDOW_FRACTION = 1 / 16
+
+
+def search_budgets(params: Params) -> str:
+    """The budgets a search holds configurations to, in words: "50 ms at p95", or a causal LM's
+    "TPOT P95 <= 20 ms" (and TTFT's)."""
+    search = params.search
+    assert search is not None  # only asked of a search
+    if search.latency_budget_ms is not None:
+        return f"{search.latency_budget_ms:g} ms at {search.percentile}"
+    budgets = [(name, getattr(params, f"{name.lower()}_budget_ms")) for name in ("TTFT", "TPOT")]
+    return " and ".join(f"{name} {search.percentile.upper()} <= {budget:g} ms" for name, budget in budgets
+                        if budget is not None)

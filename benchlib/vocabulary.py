@@ -38,6 +38,16 @@ SERVING_RECOMMENDATION = "serving_recommendation.csv"
 TELEMETRY = "telemetry.parquet"
 #: A configuration search's verdict on each configuration (benchlib.measure.search).
 SEARCH = "search.csv"
+#: A causal LM's search (benchlib.measure.grid_search) is held to budgets on these latencies ...
+SEARCH_TOKEN_LATENCIES: tuple[str, ...] = ("ttft", "tpot")
+
+
+def search_token_columns(percentile: str) -> list[str]:
+    """... and its search.csv adds them at the search's percentile, and its objective, output tokens/s and $ per
+    million output tokens, each with its interval (ends `_low`, `_high`, as search.csv's other columns)."""
+    return [*(f"{name}_{percentile}{end}_ms" for name in SEARCH_TOKEN_LATENCIES for end in ("", "_low", "_high")),
+            *(f"output_tokens{end}_per_s" for end in ("", "_low", "_high")),
+            *(f"usd_per_million_output_tokens{end}" for end in ("", "_low", "_high"))]
 #: The run folder's lock: one writer at a time.
 LOCK = ".lock"
 #: The study's published figures, imported as a run folder of each instance (`report --example seed`).

@@ -135,9 +135,10 @@ def test_a_token_budget_without_token_keys(write_params, capsys, key: str) -> No
     assert f"{key}: a token budget is for causal LMs that generate" in err
 
 
-def test_the_configuration_search_is_refused_for_now(write_params, capsys) -> None:
+def test_a_search_of_causal_lms_is_held_to_token_budgets_not_a_requests_latency(write_params, capsys) -> None:
     err = refused(write_params, capsys, llm_params(search={"latency_budget_ms": 50}))
-    assert "search: its budget is a request's latency, not yet TTFT or TPOT" in err
+    assert "search.latency_budget_ms: a causal LM's search is held to TTFT and TPOT" in err
+    parse_params(llm_params(search={"percentile": "p50"}, tpot_budget_ms=20, min_requests=8))
 
 
 def llm_rate_search(**overrides: Any) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A :class:`Configuration` is a grid point less its offered rate; each of its trials (:class:`Trial`) is what
 one window of it measured (in open loop, one rate search's bracket); its :class:`Candidate` gathers its
-trials, its latest intervals and, once given, its verdict. :class:`SearchSpec` holds the knobs, and
-:class:`SearchOutcome` what a search found, with its rounds.
+trials, its latest intervals and, once given, its verdict. :class:`SearchSpec` holds the knobs and the
+budgets (:class:`Limit`: a request's latency, or a causal LM's TTFT and TPOT), and :class:`SearchOutcome`
+what a search found, with its rounds.
 """
 from __future__ import annotations
 
@@ -41,6 +42,20 @@ class Configuration:
                 and other.batch_size >= self.batch_size and other != self)
 
 
+#: The figure every trial has: a request's latency at the search's percentile (:attr:`Trial.latency_ms`).
+LATENCY = "latency"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One budget a configuration must meet: a trial's `figure` (LATENCY, or a name in
+    :attr:`Trial.latencies_ms`) at most `budget_ms`; `label` names it in the verdicts ("TPOT P95")."""
+
+    figure: str
+    label: str
+    budget_ms: float
+
+
 @dataclass(frozen=True)
 class Trial:
     """One trial as the search sees it."""
@@ -58,6 +73,12 @@ class Trial:
     throughput_high_per_s: float | None = None
     #: What the trial would have cost in the full window (NaN: the window itself, plus the fixed part seen).
     full_cost_s: float = math.nan
+    #: Further latency figures at the search's percentile, by name, in ms (a causal LM's "ttft" and "tpot").
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+
+    def figure(self, name: str) -> float:
+        """Its latency figure `name` in ms (NaN when it has none)."""
+        return self.latency_ms if name == LATENCY else self.latencies_ms.get(name, math.nan)
 
 
 #: (configuration, window in seconds, trial number of that configuration) -> the trial.
@@ -66,6 +87,7 @@ Measure = Callable[[Configuration, float, int], Trial]
 
 @dataclass(frozen=True)
 class SearchSpec:
+    #: A request's latency budget; with `limits` given, those are the budgets instead.
     latency_budget_ms: float
     indifference_pct: float
     max_measure_s: float
@@ -78,6 +100,12 @@ class SearchSpec:
     seed: int = 0
     #: Open loop: the rate search's bisection tolerance at the full window (coarser in shorter ones).
     rate_tolerance_pct: float = 5.0
+    #: The budgets a configuration must meet, all of them (empty: latency_budget_ms on a request's latency).
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def budgets(self) -> tuple[Limit, ...]:
+        return self.limits or (Limit(LATENCY, LATENCY, self.latency_budget_ms),)
 
     def rate_tolerance_at(self, window_s: float) -> float:
         """Open loop: a round's bisection tolerance, as many times the final one as its window is shorter."""
@@ -107,6 +135,16 @@ class Candidate:
     settled: bool = False  # cannot beat the best by more than the band: no longer measured
     throughput: Interval = field(default_factory=Interval.unbounded)
     latency: Interval = field(default_factory=Interval.unbounded)
+    #: The intervals of its further latency figures (Trial.latencies_ms), by name.
+    latencies: dict[str, Interval] = field(default_factory=dict)
+
+    def interval(self, figure: str) -> Interval:
+        """The interval of its latency figure `figure` (unbounded before it has one)."""
+        return self.latency if figure == LATENCY else self.latencies.get(figure, Interval.unbounded())
+
+    def within(self, spec: SearchSpec, end: str) -> bool:
+        """Whether every budget of `spec` holds at `end` ("low", "mid" or "high") of its interval."""
+        return all(getattr(self.interval(limit.figure), end) <= limit.budget_ms for limit in spec.budgets)
 
     @property
     def live(self) -> bool:

@@ -8,7 +8,12 @@ The rule is benchlib.measure.search's; this module is its seam with the sweep::
                      only what is missing is measured
     a trial's view   its throughput (completed inferences over its window), its latency percentile, its
                      cost (the time from its clients' preparation to its window's end), and the accuracy
-                     gate of its runtime at its batch size
+                     gate of its runtime at its batch size; a causal LM's adds TTFT and TPOT at the
+                     percentile (benchlib.derive.tokens), the figures its budgets hold
+    the budgets      latency_budget_ms on a request's latency; a causal LM's ttft_budget_ms and
+                     tpot_budget_ms (either or both), every one met. Its objective is output tokens/s:
+                     one output_tokens per search (benchlib.params_generative), so that is inferences/s
+                     (sequences) x output_tokens, and the rule compares inferences/s as for encoders
     the verdicts     search.csv, one row per configuration (SEARCH_COLUMNS), and env.json's `search`
 
 The run folder is a normal run: the summary, knees, report and compare read it as they read a sweep.
@@ -25,11 +30,20 @@ import pandas as pd
 
 from benchlib.derive.cost import usd_per_million
 from benchlib.derive.point_summary import summarize_point
-from benchlib.derive.stats import trial_figures
+from benchlib.derive.stats import completed_requests, trial_figures
+from benchlib.derive.tokens import request_latencies
 from benchlib.measure.grid import GridPoint
 from benchlib.measure.loads import Window
 from benchlib.measure.progress import Progress
-from benchlib.measure.candidates import Candidate, Configuration, RoundSummary, SearchOutcome, SearchSpec, Trial
+from benchlib.measure.candidates import (
+    Candidate,
+    Configuration,
+    Limit,
+    RoundSummary,
+    SearchOutcome,
+    SearchSpec,
+    Trial,
+)
 from benchlib.measure.rate_search import rate_bracket
 from benchlib.measure.search import search
 from benchlib.params import Params
@@ -37,18 +51,38 @@ from benchlib.params_search import SEARCH_TRIALS_PER_ROUND
 from benchlib.vocabulary import (
     GATE_FAIL,
     GRID_KEYS,
+    SEARCH_TOKEN_LATENCIES,
     STATUS_DROPPED,
     STATUS_OK,
     TOKEN_KEYS,
+    search_token_columns,
 )
 
 #: (point, trial number, window) -> that trial's records: measured now, or read back when a resumed run has it.
 TrialRecords = Callable[[GridPoint, int, Window], pd.DataFrame]
 #: A round of windows shorter than duration_s asks for proportionally fewer requests, but at least these.
 MIN_ROUND_REQUESTS = 20
-#: The keys of search.csv's rows beside GRID_KEYS (all but the offered rate).
-#: (A search does not generate yet, benchlib.params_generative: its rows keep the encoder's keys.)
+#: The keys of search.csv's rows beside GRID_KEYS (all but the offered rate; a causal LM's adds TOKEN_KEYS).
 SEARCH_KEYS = [k for k in GRID_KEYS if k not in ("offered_rate_per_s", *TOKEN_KEYS)]
+
+
+def search_keys(generative: bool) -> list[str]:
+    return [k for k in GRID_KEYS if k != "offered_rate_per_s"] if generative else SEARCH_KEYS
+
+
+def search_limits(params: Params) -> tuple[Limit, ...]:
+    """A causal LM's budgets, TTFT and TPOT at the search's percentile (those given); none for encoders."""
+    if not params.generative or params.search is None:
+        return ()
+    percentile = params.search.percentile.upper()
+    budgets = {"ttft": params.ttft_budget_ms, "tpot": params.tpot_budget_ms}
+    return tuple(Limit(name, f"{name.upper()} {percentile}", budgets[name]) for name in SEARCH_TOKEN_LATENCIES
+                 if budgets[name] is not None)
+
+
+def output_tokens_of(params: Params) -> int | None:
+    """The tokens every request of a causal LM's search generates (one value: benchlib.params_generative)."""
+    return params.output_tokens[0] if params.generative and params.output_tokens else None
 
 
 def search_spec(params: Params) -> SearchSpec:
@@ -56,8 +90,10 @@ def search_spec(params: Params) -> SearchSpec:
     assert search_params is not None  # only called for a search
     # Open loop: a round is one rate search per configuration, and the answer one of full windows.
     per_round = 1 if params.open_loop else SEARCH_TRIALS_PER_ROUND
+    budget = search_params.latency_budget_ms
     return SearchSpec(
-        latency_budget_ms=search_params.latency_budget_ms, indifference_pct=search_params.indifference_pct,
+        latency_budget_ms=budget if budget is not None else math.inf, limits=search_limits(params),
+        indifference_pct=search_params.indifference_pct,
         max_measure_s=search_params.max_measure_s, full_window_s=params.duration_s,
         first_window_s=params.search_first_window_s, final_trials=1 if params.open_loop else max(params.repeats, 2),
         trials_per_round=per_round, seed=params.seed, rate_tolerance_pct=search_params.tolerance_pct)
@@ -118,8 +154,10 @@ def search_grid(params: Params, points: list[GridPoint], trial_records: TrialRec
     def on_round(summary: RoundSummary) -> None:
         report.forgo(len(points) - summary.live - decided[0])
         decided[0] = len(points) - summary.live
-        best = (f"best so far {summary.best} at ${usd_per_million(summary.best_throughput_per_s, usd_per_hour):.4g}/M"
-                if summary.best else "none yet surely within the budget")
+        tokens = output_tokens_of(params)
+        per = "/M output tokens" if tokens else "/M"
+        cost = usd_per_million(summary.best_throughput_per_s * (tokens or 1), usd_per_hour)
+        best = f"best so far {summary.best} at ${cost:.4g}{per}" if summary.best else "none yet surely within the budget"
         report.say(f"round {summary.round}: {summary.live} of {len(points)} configurations left, {best} "
                    f"({summary.window_s:g} s windows, {summary.spent_s:.0f} s measured so far)")
 
@@ -165,12 +203,21 @@ def trial_view(records: pd.DataFrame, window_s: float, percentile: str, params: 
                      note=note if note != "nan" else "")
     figures = trial_figures(records)
     n, ran_s = figures["n"], figures["window_s"]
-    latency = (float(np.percentile(figures["latencies_ms"], int(percentile[1:]), method="median_unbiased"))
-               if n else math.nan)
+    latency = _percentile_ms(figures["latencies_ms"], percentile)
+    latencies = {}
+    if params.generative and n:  # TTFT and TPOT per request, from its token times
+        per_request = request_latencies(completed_requests(records))
+        latencies = {name: _percentile_ms(per_request[f"{name}_s"].to_numpy(dtype=float) * 1e3, percentile)
+                     for name in SEARCH_TOKEN_LATENCIES}
     # What it would have cost in the full window: the same fixed part, a window long enough for both.
     full_cost_s = measured_s - ran_s + max(params.duration_s, ran_s * params.min_requests / n) if n else math.nan
     return Trial(window_s, throughput_per_s=figures["throughput"], latency_ms=latency, measured_s=measured_s,
-                 gate_failed=bool(gate), note=gate, full_cost_s=full_cost_s)
+                 gate_failed=bool(gate), note=gate, full_cost_s=full_cost_s, latencies_ms=latencies)
+
+
+def _percentile_ms(values_ms: np.ndarray, percentile: str) -> float:
+    values = values_ms[np.isfinite(values_ms)]
+    return float(np.percentile(values, int(percentile[1:]), method="median_unbiased")) if len(values) else math.nan
 
 
 def gate_note(accuracy: pd.DataFrame, configuration: Configuration) -> str:
@@ -187,26 +234,49 @@ def gate_note(accuracy: pd.DataFrame, configuration: Configuration) -> str:
     return f"{runtime} {precision} differs from eager beyond the gate's tolerance{f' ({status})' if status else ''}"
 
 
-def search_table(outcome: SearchOutcome, percentile: str, usd_per_hour: float) -> pd.DataFrame:
-    """search.csv: one row per configuration, in grid order (SEARCH_COLUMNS)."""
-    return pd.DataFrame([_row(candidate, percentile, usd_per_hour) for candidate in outcome.candidates],
-                        columns=search_columns(percentile))
+def search_table(outcome: SearchOutcome, percentile: str, usd_per_hour: float,
+                 output_tokens: int | None = None) -> pd.DataFrame:
+    """search.csv: one row per configuration, in grid order (search_columns); a causal LM's search (its
+    `output_tokens` given) with its keys, TTFT, TPOT, output tokens/s and $ per million output tokens."""
+    rows = [{**_row(candidate, percentile, usd_per_hour, output_tokens is not None),
+             **(_token_row(candidate, percentile, usd_per_hour, output_tokens) if output_tokens else {})}
+            for candidate in outcome.candidates]
+    return pd.DataFrame(rows, columns=search_columns(percentile, output_tokens is not None))
 
 
-def search_columns(percentile: str) -> list[str]:
-    return [*SEARCH_KEYS, "outcome", "reason", "round", "rounds", "trials", "windows_s", "measured_s",
+def search_columns(percentile: str, generative: bool = False) -> list[str]:
+    return [*search_keys(generative), "outcome", "reason", "round", "rounds", "trials", "windows_s", "measured_s",
             "throughput_per_s", "throughput_low_per_s", "throughput_high_per_s",
             f"latency_{percentile}_ms", f"latency_{percentile}_low_ms", f"latency_{percentile}_high_ms",
-            "usd_per_million", "usd_per_million_low", "usd_per_million_high"]
+            "usd_per_million", "usd_per_million_low", "usd_per_million_high",
+            *(search_token_columns(percentile) if generative else ())]
 
 
-def _row(candidate: Candidate, percentile: str, usd_per_hour: float) -> dict[str, Any]:
+def _token_row(candidate: Candidate, percentile: str, usd_per_hour: float, output_tokens: int) -> dict[str, Any]:
+    """A causal LM's columns: TTFT and TPOT with their intervals; its inferences (sequences) times output_tokens."""
+    measured = bool(candidate.ok_trials)
+    row: dict[str, Any] = {}
+    for name in SEARCH_TOKEN_LATENCIES:
+        interval = candidate.interval(name)
+        for end, value in zip(("", "_low", "_high"), (interval.mid, interval.low, interval.high), strict=True):
+            row[f"{name}_{percentile}{end}_ms"] = value if measured else math.nan
+    throughput = candidate.throughput
+    for end, value in zip(("", "_low", "_high"), (throughput.mid, throughput.low, throughput.high), strict=True):
+        row[f"output_tokens{end}_per_s"] = value * output_tokens if measured else math.nan
+    # The cost's interval is the throughput's, turned over.
+    for end, value in zip(("", "_low", "_high"), (throughput.mid, throughput.high, throughput.low), strict=True):
+        row[f"usd_per_million_output_tokens{end}"] = (usd_per_million(value * output_tokens, usd_per_hour)
+                                                      if measured else math.nan)
+    return row
+
+
+def _row(candidate: Candidate, percentile: str, usd_per_hour: float, generative: bool = False) -> dict[str, Any]:
     measured = bool(candidate.ok_trials)
     throughput, latency = candidate.throughput, candidate.latency
     nan = math.nan
     values = dict(zip(GRID_KEYS, candidate.configuration.key, strict=True))
     return {
-        **{k: values[k] for k in SEARCH_KEYS},
+        **{k: values[k] for k in search_keys(generative)},
         "outcome": candidate.outcome, "reason": candidate.reason,
         "round": candidate.decided_round if candidate.decided_round is not None else -1,
         "rounds": candidate.rounds, "trials": len(candidate.trials),

@@ -2,7 +2,9 @@
 
 On one instance the cheapest configuration in $ per million inferences is the one with the
 highest throughput, so the search compares throughputs, among the configurations whose latency
-percentile meets the budget. Its protocol (the rule is pure; `measure` is injected)::
+percentile meets the budget. A causal LM's budgets are two (SearchSpec.limits: TTFT and TPOT at the
+percentile, either or both): "the budget" below is then every one of them, each figure with its own
+interval, and "over" means over any. Its protocol (the rule is pure; `measure` is injected)::
 
     windows: first_window_s, doubling up to full_window_s (the params' duration_s), then full_window_s again
     live = every configuration, in grid order
@@ -17,7 +19,7 @@ percentile meets the budget. Its protocol (the rule is pure; `measure` is inject
             structure: a latency whose lower bound is over the budget eliminates it, and prunes the
               configurations not yet measured with a batch as large or larger and as many threads or more
         intervals: the trials' noise pooled per window (benchlib.derive.pooled_noise), each at
-          1 - alpha / m for the m configurations compared (Bonferroni)
+          1 - alpha / m for the m configurations compared (Bonferroni; a latency's m times its budgets)
         the best = of the configurations surely within the budget (latency's upper bound), the one with
           the highest throughput
         eliminate: over budget (latency's lower bound above it); dominated (its throughput over the
@@ -46,6 +48,7 @@ import numpy as np
 
 from benchlib.derive.pooled_noise import Interval, Noise, critical_value, log_interval, pooled_noise
 from benchlib.measure.candidates import (
+    LATENCY,
     Candidate,
     Configuration,
     Measure,
@@ -88,10 +91,11 @@ class _Search:
         self.measure, self.spec, self.on_round, self.confirmed = measure, spec, on_round, confirmed
         self.spent_s = 0.0
         self.rounds: list[RoundSummary] = []
-        #: Per window length: the pooled noise of the trials' log throughput, and of their log latency.
+        #: Per window length: the pooled noise of the trials' log throughput, and of each latency figure's log.
         self.throughput_noise: dict[float, Noise] = {}
-        self.latency_noise: dict[float, Noise] = {}
-        self.budget = spec.latency_budget_ms
+        self.latency_noise: dict[str, dict[float, Noise]] = {}
+        self.budgets = spec.budgets
+        self.figures = list(dict.fromkeys([LATENCY, *(limit.figure for limit in self.budgets)]))
         self.band = 1 + spec.indifference_pct / 100
 
     def run(self) -> SearchOutcome:
@@ -196,7 +200,9 @@ class _Search:
             at_window = [[t for t in c.ok_trials if t.window_s == window and t.throughput_high_per_s is None]
                           for c in self.candidates]
             self.throughput_noise[window] = pooled_noise([[t.throughput_per_s for t in g] for g in at_window])
-            self.latency_noise[window] = pooled_noise([[t.latency_ms for t in g] for g in at_window])
+            for figure in self.figures:
+                self.latency_noise.setdefault(figure, {})[window] = pooled_noise(
+                    [[t.figure(figure) for t in g] for g in at_window])
 
     def _intervals(self, compared: int) -> None:
         for candidate in self.candidates:
@@ -209,28 +215,40 @@ class _Search:
                 candidate.latency = Interval.bracket(latest.latency_ms, latest.latency_ms)
                 continue
             windows = [t.window_s for t in trials]
-            for name, noise, values in (("throughput", self.throughput_noise, [x.throughput_per_s for x in trials]),
-                                        ("latency", self.latency_noise, [x.latency_ms for x in trials])):
-                df = min((noise[w].df for w in set(windows) if w in noise), default=0)
-                setattr(candidate, name, log_interval(values, windows, noise,
-                                                      critical_value(df, compared, self.spec.alpha)))
+            candidate.throughput = self._interval(self.throughput_noise, [x.throughput_per_s for x in trials],
+                                                  windows, compared)
+            for figure in self.figures:
+                latency = self._interval(self.latency_noise.get(figure, {}), [x.figure(figure) for x in trials],
+                                         windows, compared * len(self.budgets))
+                if figure == LATENCY:
+                    candidate.latency = latency
+                else:
+                    candidate.latencies[figure] = latency
+
+    def _interval(self, noise: dict[float, Noise], values: list[float], windows: list[float], tests: int) -> Interval:
+        """The interval of `values` (one per trial, of `windows`), Bonferroni over `tests` comparisons."""
+        df = min((noise[w].df for w in set(windows) if w in noise), default=0)
+        return log_interval(values, windows, noise, critical_value(df, tests, self.spec.alpha))
 
     def _df(self) -> int:
         """The degrees of freedom comparisons use: the fewest of any window's pooled throughput noise."""
         return min((noise.df for noise in self.throughput_noise.values() if noise.df), default=0)
 
     def _over_budget(self, candidate: Candidate, round_number: int) -> bool:
-        if not candidate.latency.low > self.budget:
+        over = [(limit, candidate.interval(limit.figure).low) for limit in self.budgets
+                if candidate.interval(limit.figure).low > limit.budget_ms]
+        if not over:
             return False
+        limit, low = over[0]
         config = candidate.configuration
-        candidate.decide(OUTCOME_ELIMINATED, f"over budget: latency at least {candidate.latency.low:.3g} ms "
-                         f"> {self.budget:g} ms", round_number)
-        self._prune(config.covers, f"latency grows with batch and threads: {config.label} is at least "
-                    f"{candidate.latency.low:.3g} ms > {self.budget:g} ms", round_number)
+        candidate.decide(OUTCOME_ELIMINATED, "over budget: " + "; ".join(
+            f"{limit.label} at least {low:.3g} ms > {limit.budget_ms:g} ms" for limit, low in over), round_number)
+        self._prune(config.covers, f"{limit.label} grows with batch and threads: {config.label} is at least "
+                    f"{low:.3g} ms > {limit.budget_ms:g} ms", round_number)
         return True
 
     def _best(self) -> Candidate | None:
-        feasible = [c for c in self.candidates if not c.outcome and c.latency.high <= self.budget]
+        feasible = [c for c in self.candidates if not c.outcome and c.within(self.spec, "high")]
         return max(feasible, key=lambda c: c.throughput.mid, default=None)
 
     def _judge(self, round_number: int, window: float, measured: int, compared: int) -> str:
@@ -280,7 +298,7 @@ class _Search:
             if not candidate.settled or candidate.outcome:
                 continue
             candidate.settled = False
-            if (candidate.latency.mid <= self.budget
+            if (candidate.within(self.spec, "mid")
                     and candidate.throughput.mid * self.band >= best.throughput.mid):  # type: ignore[union-attr]
                 candidate.decide(OUTCOME_TIED, f"within {self.spec.indifference_pct:g}% of the best",
                                  candidate.decided_round)  # type: ignore[arg-type]
@@ -291,7 +309,7 @@ class _Search:
             best.outcome, best.reason = OUTCOME_BEST, reason
             if best.decided_round is None:
                 best.decided_round = len(self.rounds) - 1
-        others = [c for c in self.candidates if c is not best and c.ok_trials and c.latency.high <= self.budget]
+        others = [c for c in self.candidates if c is not best and c.ok_trials and c.within(self.spec, "high")]
         runner_up = max(others, key=lambda c: c.throughput.mid, default=None)
         return SearchOutcome(self.candidates, self.rounds, reason, self.spent_s, self._exhaustive_s(), best,
                              runner_up, self._contradictions())

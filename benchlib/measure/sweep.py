@@ -51,7 +51,7 @@ from benchlib.measure.ceilings import end_ceilings, start_ceilings
 from benchlib.measure.device import check_client_threads, intra_op_threads, resolve_device
 from benchlib.measure.environment import RunEnv, collect_env, fingerprint
 from benchlib.measure.grid import GridPoint, grid, record_keys
-from benchlib.measure.grid_search import search_grid, search_record, search_table
+from benchlib.measure.grid_search import output_tokens_of, search_grid, search_record, search_table
 from benchlib.measure.loads import Window
 from benchlib.measure.point import PointMeasurer
 from benchlib.measure.records import Clock
@@ -131,7 +131,8 @@ def run_sweep(
         if params.search is not None:  # the configurations a search decides to measure, in its rounds
             outcome = search_grid(params, points, sweep.trial_of, lambda: writer.accuracy, report, usd_per_hour,
                                   confirmed=sweep.confirmed)
-            writer.write_search(search_table(outcome, params.search.percentile, usd_per_hour))
+            writer.write_search(search_table(outcome, params.search.percentile, usd_per_hour,
+                                             output_tokens_of(params)))
             env.update(search=search_record(outcome, usd_per_hour))
             report.say(f"search: {outcome.reason}")
         else:

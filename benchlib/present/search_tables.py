@@ -27,7 +27,7 @@ from benchlib.vocabulary import (
 
 SEARCH_SUMMARY_COLUMNS = ["Instance", "Run", "Configurations", "Measured", "Pruned", "Eliminated", "Tied",
                           "Unresolved", "Rounds", "Measuring (s)", "Exhaustive estimate (s)", "Share of exhaustive",
-                          "Answer", "$ per million", "$ per million, low", "$ per million, high", "Runner-up",
+                          "Answer", "$ per million", "$ per million, low", "$ per million, high", "Per million of", "Runner-up",
                           "Margin (%)", "Stopped because"]
 #: What the notebooks' table shows (the answer, runner-up and reason are said in words above it, by search_note).
 SEARCH_SHOWN = SEARCH_SUMMARY_COLUMNS[:SEARCH_SUMMARY_COLUMNS.index("Answer")]
@@ -69,10 +69,13 @@ def _summary_row(instance: str, run: str, verdicts: pd.DataFrame, record: dict[s
     counts = verdicts["outcome"].value_counts()
     best = verdicts[verdicts["outcome"] == OUTCOME_BEST]
     answer, cost = "none", [math.nan] * 3
+    # A causal LM's search is priced per million output tokens (its objective), an encoder's per inference.
+    unit = "output tokens" if "usd_per_million_output_tokens" in verdicts.columns else "inferences"
+    column = "usd_per_million_output_tokens" if unit == "output tokens" else "usd_per_million"
     if not best.empty:
         row = best.iloc[0]
         answer = _describe(row)
-        cost = [row["usd_per_million"], row["usd_per_million_low"], row["usd_per_million_high"]]
+        cost = [row[column], row[f"{column}_low"], row[f"{column}_high"]]
     share = record.get("share_of_exhaustive")
     return {
         "Instance": instance, "Run": run, "Configurations": len(verdicts),
@@ -83,6 +86,7 @@ def _summary_row(instance: str, run: str, verdicts: pd.DataFrame, record: dict[s
         "Exhaustive estimate (s)": record.get("exhaustive_estimate_s"),
         "Share of exhaustive": f"{share:.0%}" if isinstance(share, float) and math.isfinite(share) else "–",
         "Answer": answer, "$ per million": cost[0], "$ per million, low": cost[1], "$ per million, high": cost[2],
+        "Per million of": unit,
         "Runner-up": record.get("runner_up") or "–",
         "Margin (%)": round(record["margin_pct"], 1) if isinstance(record.get("margin_pct"), float) else None,
         "Stopped because": record.get("reason", ""),
@@ -104,8 +108,8 @@ def search_lines(run_dir: str | Path) -> list[str]:
 def _lines(row: pd.Series | dict[str, Any]) -> list[str]:
     lines = []
     if row["Answer"] != "none":
-        lines.append(f"answer: {row['Answer']}, ${row['$ per million']:.3g}/M [{row['$ per million, low']:.3g}, "
-                     f"{row['$ per million, high']:.3g}]")
+        lines.append(f"answer: {row['Answer']}, ${row['$ per million']:.3g}/M {row['Per million of']} "
+                     f"[{row['$ per million, low']:.3g}, {row['$ per million, high']:.3g}]")
     margin = f" ({row['Margin (%)']:.1f}% dearer)" if isinstance(row["Margin (%)"], float) else ""
     lines.append(f"runner-up: {row['Runner-up']}{margin}")
     lines.append(f"{row['Measured']} of {row['Configurations']} configurations measured, {row['Pruned']} pruned, "
