@@ -14,7 +14,7 @@ Protocol (pure, over a merged summary priced by ``cost.add_cost``)::
     candidates    closed-loop points that may be recommended (cost.eligible: ran, runtime passed its
                   gate), priced, whose limited figures are known and within their budgets. A model with no
                   closed-loop point takes, per instance, its open-loop configuration at the highest
-                  rate within the budget (capacity.recommend_serving), priced at the rate achieved.
+                  rate within the budget (a causal LM's: whose goodput held), priced at the rate achieved.
     per instance  the cheapest candidate there (ties: the lower latency, then the first measured)
     winner        the cheapest of those
     runner-up     the second-cheapest candidate anywhere: another configuration of the winner's
@@ -31,9 +31,10 @@ Protocol (pure, over a merged summary priced by ``cost.add_cost``)::
                   limit that is the lowest latency, the smallest budget anything meets (the frontier's
                   first step); the reason is cost.recommend's, or capacity.recommend_serving's in open loop
 
-Open loop (the highest rate within the budget) and closed loop are never mixed for one model:
-a closed-loop point's cost is at saturation, an open-loop one's at the traffic it carried. A causal LM
-is answered in closed loop only.
+Open loop and closed loop are never mixed for one model: a closed-loop point's cost is at saturation, an
+open-loop one's at the traffic it carried. In open loop an encoder is answered at its highest rate within the
+latency budget (capacity.recommend_serving), a causal LM at its highest rate whose goodput held within the
+TTFT and TPOT budgets its run was given (token_capacity.recommend_token_serving), per million output tokens.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from benchlib.derive.capacity import recommend_serving
 from benchlib.derive.compare import change
 from benchlib.derive.cost import eligible, recommend
 from benchlib.derive.coverage import why_lacking, with_percentile
+from benchlib.derive.token_capacity import recommend_token_serving
 from benchlib.schema import closed_loop, is_generative, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     PERCENTILE_NAMES,
@@ -208,8 +210,7 @@ def answers(summary: pd.DataFrame, budget_ms: float, percentile: str, ttft_budge
             latency_goal(budget_ms, percentile)
         points = points.assign(**{c: math.nan for c in _columns(goal) if c not in points.columns})
         closed = closed_loop(points)
-        candidates = _closed_candidates(closed, goal) if not closed.empty or goal.tokens else \
-            _open_candidates(points, goal, percentile)
+        candidates = _closed_candidates(closed, goal) if not closed.empty else _open_candidates(points, goal, percentile)
         answer = _answer(model, candidates, goal, percentile, points)
         precisions = points["precision"].dropna().drop_duplicates()
         if len(precisions) > 1:
@@ -257,22 +258,35 @@ def _choices(points: pd.DataFrame, goal: Goal) -> list[Choice]:
 
 
 def _open_candidates(points: pd.DataFrame, goal: Goal, percentile: str) -> list[Choice]:
-    """Each instance's open-loop recommendation, with the $/M interval of the point it rests on."""
-    (limit,) = goal.limits
+    """Each instance's open-loop recommendation, with the $/M interval and the latencies of the point it rests on:
+    an encoder's at its highest rate within the budget, a causal LM's at its highest rate whose goodput held."""
     found = []
     for instance in points["instance"].drop_duplicates():
         here = points[points["instance"] == instance]
-        best = recommend_serving(here, limit.budget_ms, percentile)
+        best = _serving(here, goal, percentile)
         if best.empty or best.iloc[0]["reason"]:
             continue
         row = best.iloc[0]
         keys = {k: row[k] for k in OPEN_KEYS if k in row.index}
-        point = here[(here[list(keys)] == pd.Series(keys)).all(axis=1)].iloc[0]
+        same = pd.Series(True, index=here.index)
+        for key, value in keys.items():  # NaN keys (an encoder's tokens) match NaN
+            same &= here[key].eq(value) | (here[key].isna() & pd.isna(value))
+        point = here[same].iloc[0]
         found.append(Choice(instance=str(instance), configuration=keys,
-                            usd_per_million=Estimate(row["usd_per_million"], *_pair(point, *goal.cost_interval)),
-                            latencies=(Estimate(row["latency_ms"], *_pair(point, limit.low, limit.high)),),
-                            throughput_per_s=float(row["throughput_per_s"]), open_loop=True))
+                            usd_per_million=Estimate(point[goal.cost], *_pair(point, *goal.cost_interval)),
+                            latencies=tuple(Estimate(point[limit.column], *_pair(point, limit.low, limit.high))
+                                            for limit in goal.limits),
+                            throughput_per_s=float(point["throughput_per_s"]), open_loop=True))
     return sorted(found, key=lambda c: (c.usd_per_million.value, c.latency_ms.value))
+
+
+def _serving(points: pd.DataFrame, goal: Goal, percentile: str) -> pd.DataFrame:
+    """The open-loop recommendation of one instance's points: capacity's within the latency budget, or a causal
+    LM's at the highest rate whose goodput held (within the budgets its run was given)."""
+    if goal.tokens:
+        return recommend_token_serving(points, percentile=percentile)
+    (limit,) = goal.limits
+    return recommend_serving(points, limit.budget_ms, percentile)
 
 
 def _answer(model: str, candidates: list[Choice], goal: Goal, percentile: str, points: pd.DataFrame) -> Answer:
@@ -325,14 +339,11 @@ def over_budget(choice: Choice, goal: Goal) -> list[tuple[Limit, Estimate, float
 def _why_nothing(points: pd.DataFrame, goal: Goal, percentile: str) -> str:
     """An encoder's: cost.recommend's reason (closed loop) or capacity.recommend_serving's (open loop only).
     A causal LM's in the same steps: nothing ran, no price, no figure known, nothing within."""
-    if not goal.tokens:
-        (limit,) = goal.limits
-        said = recommend_serving(points, limit.budget_ms, percentile) if closed_loop(points).empty else \
-            recommend(points, limit.budget_ms, percentile)
-        return str(said.iloc[0]["reason"]) if not said.empty else "no point of this model ran"
     closed = closed_loop(points)
-    if closed.empty:
-        return "only open-loop points: a causal LM is answered in closed loop"
+    if closed.empty or not goal.tokens:
+        said = _serving(points, goal, percentile) if closed.empty else \
+            recommend(points, goal.limits[0].budget_ms, percentile)
+        return str(said.iloc[0]["reason"]) if not said.empty else "no point of this model ran"
     ran = eligible(closed)
     if ran.empty:
         return "no point ran, or none whose runtime passed its accuracy gate"

@@ -76,40 +76,50 @@ def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str)
         tried = tried.assign(offered_rate_per_s=tried["offered_rate_per_s"].astype(float))
         tried = tried.sort_values("offered_rate_per_s", kind="stable")
         met = np.array([meets_budget(r, latency_budget_ms, percentile) for _, r in tried.iterrows()], dtype=bool)
-        rates = tried["offered_rate_per_s"].to_numpy(dtype=float)
         row: dict[str, Any] = {**dict(zip(keys, values if isinstance(values, tuple) else (values,))),
-                               "percentile": percentile, "latency_budget_ms": latency_budget_ms,
-                               "rates_tried": int(len(np.unique(rates))), "note": "", "reason": ""}
-        if met.any():
-            best_at = int(np.flatnonzero(met)[-1])  # the highest rate that met (the first such point at it)
-            best_rate = rates[best_at]
-            best_at = int(np.flatnonzero(met & (rates == best_rate))[0])
+                               "percentile": percentile, "latency_budget_ms": latency_budget_ms, "reason": ""}
+        best_at, bracket = rate_bracket(tried["offered_rate_per_s"].to_numpy(dtype=float), met)
+        row.update(bracket)
+        if best_at is not None:
             best = tried.iloc[best_at]
-            above = rates[(rates > best_rate) & ~met]
             row.update({
-                "offered_rate_per_s": best_rate, "next_rate_per_s": float(above.min()) if len(above) else math.nan,
                 "achieved_rate_per_s": _number(best.get("achieved_rate_per_s")),
                 "throughput_per_s": _number(best.get("throughput_per_s")),
                 "latency_ms": _number(best.get(latency)), "latency_ci_high_ms": _number(best.get(ci_high)),
                 "usd_per_hour": _number(best.get("usd_per_hour")), "usd_per_million": _number(best.get("usd_per_million")),
             })
-            notes = [] if len(above) else ["no rate tried above it failed the budget: the capacity may be higher"]
-            below = np.unique(rates[(rates < best_rate) & ~met])
-            if len(below):
-                listed = ", ".join(f"{r:g}" for r in below)
-                notes.append(f"{listed}/s did not meet the budget though {best_rate:g}/s did: noise, or a stall")
-            row["note"] = "; ".join(notes)
             chosen.append(tried.index[best_at])
         else:
-            row.update({"offered_rate_per_s": math.nan,
-                        "next_rate_per_s": float(rates.min()) if len(rates) else math.nan,
-                        **dict.fromkeys(["achieved_rate_per_s", "throughput_per_s", "latency_ms", "latency_ci_high_ms",
+            row.update({**dict.fromkeys(["achieved_rate_per_s", "throughput_per_s", "latency_ms", "latency_ci_high_ms",
                                          "usd_per_hour", "usd_per_million"], math.nan),
                         "reason": _why_no_rate(tried, latency, latency_budget_ms, percentile)})
             chosen.append(None)
         rows.append(row)
     table = pd.DataFrame(rows, columns=[*keys, *MAX_RATE_COLUMNS])
     return table, chosen
+
+
+def rate_bracket(rates: np.ndarray, met: np.ndarray) -> tuple[int | None, dict[str, Any]]:
+    """The highest of `rates` (ascending, one per point) whose point `met` its budget: its position (the first
+    point at that rate; None when none met) and the bracket's fields: `offered_rate_per_s` (NaN: none met),
+    `next_rate_per_s`, the lowest rate above it that did not (the lowest rate tried when none met; NaN when
+    none above failed: the capacity may be higher), `rates_tried`, and a `note` on a lower rate that failed
+    though a higher one met (noise, or a stall)."""
+    fields: dict[str, Any] = {"rates_tried": int(len(np.unique(rates))), "note": ""}
+    if not met.any():
+        fields.update(offered_rate_per_s=math.nan, next_rate_per_s=float(rates.min()) if len(rates) else math.nan)
+        return None, fields
+    best_rate = rates[int(np.flatnonzero(met)[-1])]
+    best_at = int(np.flatnonzero(met & (rates == best_rate))[0])
+    above = rates[(rates > best_rate) & ~met]
+    notes = [] if len(above) else ["no rate tried above it failed the budget: the capacity may be higher"]
+    below = np.unique(rates[(rates < best_rate) & ~met])
+    if len(below):
+        notes.append(f"{', '.join(f'{r:g}' for r in below)}/s did not meet the budget though {best_rate:g}/s did: "
+                     "noise, or a stall")
+    fields.update(offered_rate_per_s=best_rate, next_rate_per_s=float(above.min()) if len(above) else math.nan,
+                  note="; ".join(notes))
+    return best_at, fields
 
 
 def _why_no_rate(tried: pd.DataFrame, latency: str, budget_ms: float, percentile: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchlib.vocabulary import DEFAULT_GOODPUT_PCT
 from benchlib.derive.answer import (
     CLEARLY_CHEAPER,
     NO_INTERVAL,
@@ -56,6 +57,9 @@ def model_markdown(answer: Answer) -> str:
         return text
     lines = [head, "",
              f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD {goal.unit}**, {_figures(winner, goal)}."]
+    if winner.open_loop and goal.tokens:
+        lines += ["", f"Served in open loop: the highest rate tried whose goodput (the share of requests within the "
+                      f"TTFT and TPOT budgets the run was given) was at least {DEFAULT_GOODPUT_PCT:g} %."]
     if answer.runner_up is None:
         lines += ["", "It is the only configuration within the budget."]
     if answer.runner_up is not None and answer.margin is not None:
@@ -173,6 +177,9 @@ def configuration(choice: Choice) -> str:
     words = f"{named}, batch {_int(c.get('batch_size'))}" if named else f"batch {_int(c.get('batch_size'))}"
     if _known(c.get("input_tokens")) and _known(c.get("output_tokens")):
         words += f" of {_int(c.get('input_tokens'))} tokens in, {_int(c.get('output_tokens'))} out"
+    if choice.open_loop and _known(c.get("output_tokens")):  # the token server: one worker, continuous batching
+        return words + (f", continuous batching of up to {_int(c.get('max_batch_size'))} sequences, at "
+                        f"{c.get('offered_rate_per_s'):g} requests/s")
     if choice.open_loop:
         words += f", {_int(c.get('threads'))} server workers"
         if _int(c.get("max_batch_size")) not in ("1", "–"):
@@ -195,6 +202,8 @@ def _cost(estimate: Estimate) -> str:
 
 
 def _latency(estimate: Estimate) -> str:
+    if not math.isfinite(estimate.value):  # a percentile too few requests bound (the notes say how many it needs)
+        return "unknown (too few requests for it)"
     if math.isfinite(estimate.high):
         return f"{estimate.value:.3g} ms (up to {estimate.high:.3g})"
     return f"{estimate.value:.3g} ms"

@@ -87,22 +87,26 @@ SECTIONS: dict[str, Section] = {
                       "whose RAPL counters are readable (/sys/class/powercap)", family=ENCODER),
     "cost-chart": Section("cost per million against batch size", f"priced {_ENCODER_POINTS}", family=ENCODER),
     "tokens": Section("time to first token, time per output token and tokens/s (causal LMs)", "a causal LM that "
-                      "generates: `input_tokens` and `output_tokens` in the params (e.g. [512] and [128]) with a "
-                      "zoo LM, an `hf:` causal LM or `synthetic-gen:`"),
+                      "generates in closed loop (`arrival: closed`, the default): `input_tokens` and `output_tokens` "
+                      "in the params (e.g. [512] and [128]) with a zoo LM, an `hf:` causal LM or `synthetic-gen:`"),
     "tokens-latency": Section("TTFT and TPOT against batch size", "a causal LM: `input_tokens` and "
                               "`output_tokens`", part_of="tokens"),
     "tokens-tradeoff": Section("output tokens/s per instance against per user", "a causal LM: `input_tokens` and "
                                "`output_tokens`", part_of="tokens"),
+    "tokens-serving": Section("serving a causal LM under load (open loop, continuous batching, goodput)",
+                              "a causal LM in open loop: `arrival: poisson` (or `constant`) with `rates_per_s` or "
+                              "`rate_search`, and `ttft_budget_ms` / `tpot_budget_ms` for goodput"),
     "serving": Section("serving under load (open loop)", "`arrival: poisson` (or `constant`) with `rates_per_s` "
-                       "or `rate_search`"),
+                       "or `rate_search`, for an encoder or vision model", family=ENCODER),
     "serving-rates": Section("the highest rate within the budget", "open-loop points (`arrival: poisson` with "
-                             "`rates_per_s` or `rate_search`)", part_of="serving"),
+                             "`rates_per_s` or `rate_search`)", part_of="serving", family=ENCODER),
     "serving-batching": Section("server-side against client-side batching", "open-loop points of both kinds: "
                                 "`batch_sizes` above 1 with `max_batch_size: [1]`, and `batch_sizes: [1]` with "
-                                "`max_batch_size` above 1", part_of="serving"),
-    "serving-answer": Section("the open-loop recommendation", "open-loop points (`arrival: poisson`)", part_of="serving"),
-    "search": Section("the configuration search", "`search:` in the params file (`latency_budget_ms`, "
-                      "`percentile`)"),
+                                "`max_batch_size` above 1", part_of="serving", family=ENCODER),
+    "serving-answer": Section("the open-loop recommendation", "open-loop points (`arrival: poisson`)", part_of="serving",
+                              family=ENCODER),
+    "search": Section("the configuration search", "`search:` in the params file (`latency_budget_ms` and "
+                      "`percentile`; a causal LM's: the top-level `ttft_budget_ms` / `tpot_budget_ms`)"),
     "search-rounds": Section("the search's rounds", "`search:` in the params file", part_of="search"),
     "missing": Section("the list of sections left out", "nothing: every section had data"),
 }

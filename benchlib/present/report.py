@@ -62,7 +62,7 @@ from benchlib.present.search_tables import (
 )
 from benchlib.present.answer_text import answer_markdown
 from benchlib.present.page import Page
-from benchlib.present.token_tables import token_table
+from benchlib.present.token_tables import token_serving_table, token_table
 from benchlib.schema import closed_loop, encoder_points, generative_points, has_open_loop
 
 __all__ = [
@@ -111,5 +111,6 @@ __all__ = [
     "study_table",
     "styled",
     "token_budgets",
+    "token_serving_table",
     "token_table",
 ]

@@ -8,9 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchlib.derive.token_capacity import TOKEN_CONFIG_KEYS, token_max_rate_table
 from benchlib.present.tables import several_runtimes
-from benchlib.schema import closed_loop, generative_points, with_runtime
-from benchlib.vocabulary import STATUS_OK, token_interval_columns
+from benchlib.schema import closed_loop, generative_points, open_loop_points, with_load_keys, with_runtime
+from benchlib.vocabulary import DEFAULT_GOODPUT_PCT, DEFAULT_PERCENTILE, PERCENTILE_NAMES, token_interval_columns
+from benchlib.vocabulary import STATUS_OK
 
 #: The figures shown with their 95 % interval, and their headers.
 TIMED = {f"{figure}_p{p}_ms": f"{figure.upper()} P{p} (ms)" for figure in ("ttft", "tpot") for p in (50, 95)}
@@ -88,3 +90,62 @@ def _number(value: Any) -> float:
 def _int(value: Any) -> str:
     number = _number(value)
     return "–" if math.isnan(number) else str(int(number))
+
+
+def token_serving_table(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENTILE,
+                        goodput_pct: float = DEFAULT_GOODPUT_PCT) -> pd.DataFrame:
+    """Per causal LM's open-loop configuration (continuous batching: the running batch's cap) and offered rate:
+    the rate achieved, TTFT and TPOT at `percentile` with their intervals, goodput (the share of requests within
+    the run's TTFT and TPOT budgets) with its interval, output tokens/s and $ per million output tokens, the
+    status; the highest rate whose goodput held says so in its notes (benchlib.derive.token_capacity), and so does
+    a configuration where none did. Empty without such points."""
+    points = open_loop_points(generative_points(with_load_keys(with_runtime(summary))))
+    if points.empty:
+        return pd.DataFrame()
+    keys = [k for k in TOKEN_CONFIG_KEYS if k in points.columns]
+    capacity = token_max_rate_table(points, goodput_pct, percentile).set_index(keys)
+    points = points.sort_values([*keys, "offered_rate_per_s"], kind="stable")
+    name = PERCENTILE_NAMES[percentile]
+    table = pd.DataFrame({"Model": points["model"]})
+    if summary["instance"].nunique() > 1:
+        table["Instance"] = points["instance"]
+    if points["precision"].nunique() > 1:
+        table["Precision"] = points["precision"]
+    tokens = [f"{_int(i)} / {_int(o)}" for i, o in zip(points["input_tokens"], points["output_tokens"])]
+    if len(set(tokens)) > 1:
+        table["Tokens in / out"] = tokens
+    table["Running at most (sequences)"] = [_int(v) for v in points["max_batch_size"]]
+    table["Offered (requests/s)"] = _column(points, "offered_rate_per_s")
+    table["Achieved (requests/s)"] = _column(points, "achieved_rate_per_s")
+    for figure in ("ttft", "tpot"):
+        column = f"{figure}_{percentile}_ms"
+        table[f"{figure.upper()} {name} (ms)"] = [_with_interval(p, column) for _, p in points.iterrows()]
+    table["Goodput (%)"] = [_share(p) for _, p in points.iterrows()]
+    table["Output (tokens/s)"] = _column(points, "output_tokens_per_s")
+    table["USD per million output tokens"] = [_with_interval(p, "usd_per_million_output_tokens")
+                                              for _, p in points.iterrows()]
+    table["Status"] = points["status"]
+    table["Notes"] = [_capacity_note(capacity.loc[tuple(p[k] for k in keys)], p, goodput_pct)
+                      for _, p in points.iterrows()]
+    return table.reset_index(drop=True)
+
+
+def _share(point: pd.Series) -> str:
+    """Goodput as "97.5 (93.1–99.3)" percent; "–" where the run had no budget to meet."""
+    value, low, high = (_number(point.get(c)) * 100 for c in ("goodput_share", "goodput_share_ci_low",
+                                                             "goodput_share_ci_high"))
+    if math.isnan(value):
+        return "–"
+    return f"{value:.3g}" + ("" if math.isnan(low) or math.isnan(high) else f" ({low:.3g}–{high:.3g})")
+
+
+def _capacity_note(capacity: pd.Series | pd.DataFrame, point: pd.Series, goodput_pct: float) -> str:
+    """The configuration's capacity said on its highest rate whose goodput held (or, where none did, on its
+    lowest rate: why)."""
+    row = capacity.iloc[0] if isinstance(capacity, pd.DataFrame) else capacity
+    rate = _number(point.get("offered_rate_per_s"))
+    if rate == _number(row["offered_rate_per_s"]):
+        return "; ".join(filter(None, [f"the highest rate with goodput >= {goodput_pct:g} %", row["note"]]))
+    if math.isnan(_number(row["offered_rate_per_s"])) and rate == _number(row["next_rate_per_s"]):
+        return str(row["reason"])
+    return ""

@@ -1,0 +1,93 @@
+"""A causal LM's serving capacity (benchlib.derive.token_capacity) and its place in the answer and the report:
+the highest offered rate whose goodput held, exact on injected summary rows."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from benchlib.derive.answer import answers
+from benchlib.derive.token_capacity import recommend_token_serving, token_max_rate_table
+from benchlib.present.answer_text import answer_markdown
+from benchlib.present.token_tables import token_serving_table
+
+MODEL = "synthetic-gen:20+0.1/10+1"
+
+
+def point(rate: float, goodput: float, status: str = "ok", cap: int = 4, usd_per_hour: float = 1.0,
+          model: str = MODEL, instance: str = "i", **figures) -> dict:
+    """An open-loop LM point at `rate` requests/s of 8 output tokens each, which carried what it was offered."""
+    tokens_per_s = rate * 8
+    return {"instance": instance, "model": model, "weights": "none", "precision": "fp32", "dtype": "float32",
+            "runtime": "eager", "batch_size": 1, "threads": 1, "input_tokens": 16, "output_tokens": 8,
+            "max_batch_size": cap, "arrival": "constant", "offered_rate_per_s": rate, "status": status,
+            "notes": "", "achieved_rate_per_s": rate, "throughput_per_s": rate, "output_tokens_per_s": tokens_per_s,
+            "goodput_share": goodput, "goodput_share_ci_low": max(goodput - 0.05, 0.0),
+            "goodput_share_ci_high": min(goodput + 0.01, 1.0), "ttft_p95_ms": 20.0 + rate,
+            "ttft_p95_ci_low_ms": 19.0 + rate, "ttft_p95_ci_high_ms": 21.0 + rate, "tpot_p95_ms": 10.0 + rate / 10,
+            "tpot_p95_ci_low_ms": 9.9 + rate / 10, "tpot_p95_ci_high_ms": 10.1 + rate / 10,
+            "usd_per_hour": usd_per_hour,
+            "usd_per_million_output_tokens": usd_per_hour / (tokens_per_s * 3600) * 1e6,
+            "usd_per_million_output_tokens_ci_low": math.nan, "usd_per_million_output_tokens_ci_high": math.nan,
+            **figures}
+
+
+def test_the_capacity_is_the_highest_rate_whose_goodput_held() -> None:
+    summary = pd.DataFrame([point(5, 1.0), point(10, 0.995), point(20, 0.5), point(40, 0.0, "overloaded"),
+                            point(5, 1.0, cap=1), point(10, 0.9, cap=1)])
+    table = token_max_rate_table(summary).set_index("max_batch_size")
+    assert (table.loc[4, "offered_rate_per_s"], table.loc[4, "next_rate_per_s"]) == (10, 20)
+    assert table.loc[4, "goodput_share"] == 0.995 and table.loc[4, "tpot_ms"] == pytest.approx(11.0)
+    assert table.loc[4, "usd_per_million_output_tokens"] == pytest.approx(1e6 / (80 * 3600))
+    assert (table.loc[1, "offered_rate_per_s"], table.loc[1, "next_rate_per_s"]) == (5, 10)
+    best = recommend_token_serving(summary).iloc[0]
+    assert (best["max_batch_size"], best["offered_rate_per_s"], best["reason"]) == (4, 10, "")
+
+
+def test_goodput_below_the_target_an_overloaded_point_or_no_budget_is_no_capacity() -> None:
+    low = token_max_rate_table(pd.DataFrame([point(5, 0.98), point(10, 0.5)])).iloc[0]
+    assert math.isnan(low["offered_rate_per_s"]) and low["next_rate_per_s"] == 5
+    assert low["reason"] == ("no rate tried kept goodput >= 99 %: at the lowest rate tried, 5/s, goodput was 98.0 %; "
+                             "try lower rates")
+    assert token_max_rate_table(pd.DataFrame([point(5, 0.95)]), goodput_pct=95).iloc[0]["offered_rate_per_s"] == 5
+    overloaded = token_max_rate_table(pd.DataFrame([point(5, 1.0, "overloaded")])).iloc[0]
+    assert "the server was overloaded" in overloaded["reason"]
+    unbudgeted = token_max_rate_table(pd.DataFrame([point(5, math.nan)])).iloc[0]
+    assert unbudgeted["reason"].startswith("no goodput: the run had no budget to meet; give ttft_budget_ms")
+    nothing = recommend_token_serving(pd.DataFrame([point(5, 0.5), point(5, 0.5, cap=1)])).iloc[0]
+    assert nothing["reason"] == "no configuration kept goodput >= 99 % at any rate tried"
+
+
+def test_an_lm_served_in_open_loop_is_answered_per_million_output_tokens_at_its_capacity() -> None:
+    summary = pd.DataFrame([point(5, 1.0, instance="cheap", usd_per_hour=1.0), point(10, 0.995, instance="cheap"),
+                            point(20, 0.5, instance="cheap"), point(5, 1.0, instance="dear", usd_per_hour=4.0),
+                            point(10, 0.5, instance="dear", usd_per_hour=4.0)])
+    (answer,) = answers(summary, 100, "p95", ttft_budget_ms=80, tpot_budget_ms=20)
+    assert [c.instance for c in answer.choices] == ["cheap", "dear"]
+    winner = answer.winner
+    assert winner.open_loop and winner.configuration["offered_rate_per_s"] == 10
+    assert winner.usd_per_million.value == pytest.approx(1e6 / (80 * 3600))
+    assert [e.value for e in winner.latencies] == [30.0, 11.0]  # TTFT and TPOT P95 at that rate
+    text = answer_markdown(summary, 100, "p95", ttft_budget_ms=80, tpot_budget_ms=20)
+    assert ("**cheap, fp32 eager, batch 1 of 16 tokens in, 8 out, continuous batching of up to 4 sequences, at 10 "
+            "requests/s: 3.47 (no interval) USD per million output tokens**") in text
+    assert "goodput (the share of requests within the TTFT and TPOT budgets the run was given) was at least 99 %" in text
+    none = answer_markdown(pd.DataFrame([point(5, 0.5)]), 100, "p95", ttft_budget_ms=80)
+    assert "**Nothing is within the budget**: no rate tried kept goodput >= 99 %" in none
+
+
+def test_the_lm_serving_table_marks_the_capacity_and_an_unknown_percentile_says_so() -> None:
+    summary = pd.DataFrame([point(5, 1.0), point(10, 0.995), point(20, 0.5),
+                            point(40, 0.0, "overloaded", ttft_p95_ms=math.nan)])
+    table = token_serving_table(summary, "p95")
+    assert list(table["Offered (requests/s)"]) == [5, 10, 20, 40]
+    assert list(table["Notes"]) == ["", "the highest rate with goodput >= 99 %", "", ""]
+    assert table["Goodput (%)"].iloc[1] == "99.5 (94.5–100)" and table["TTFT P95 (ms)"].iloc[3] == "–"
+    assert table["Status"].iloc[3] == "overloaded"
+    nothing = token_serving_table(pd.DataFrame([point(5, 0.5), point(10, 0.2)]), "p95")
+    assert nothing["Notes"].iloc[0].startswith("no rate tried kept goodput >= 99 %")
+    assert token_serving_table(pd.DataFrame([{**point(5, 1.0), "arrival": "closed",
+                                             "offered_rate_per_s": math.nan}]), "p95").empty
+    unknown = answer_markdown(pd.DataFrame([point(5, 1.0, ttft_p95_ms=math.nan)]), 100, "p95", ttft_budget_ms=80)
+    assert "P95 TTFT unknown (too few requests for it)" in unknown
