@@ -9,7 +9,7 @@ the lowest rate above it that did not: the capacity lies in ``[offered, next)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -71,13 +71,10 @@ def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str)
     points = open_loop_points(summary)
     rows: list[dict[str, Any]] = []
     chosen: list[Any] = []
-    for values, group in points.groupby(keys, sort=False, dropna=False):
-        tried = group[pd.to_numeric(group["offered_rate_per_s"], errors="coerce").notna()]
-        tried = tried.assign(offered_rate_per_s=tried["offered_rate_per_s"].astype(float))
-        tried = tried.sort_values("offered_rate_per_s", kind="stable")
+    for configuration, tried in rates_tried(points, keys):
         met = np.array([meets_budget(r, latency_budget_ms, percentile) for _, r in tried.iterrows()], dtype=bool)
-        row: dict[str, Any] = {**dict(zip(keys, values if isinstance(values, tuple) else (values,))),
-                               "percentile": percentile, "latency_budget_ms": latency_budget_ms, "reason": ""}
+        row: dict[str, Any] = {**configuration, "percentile": percentile, "latency_budget_ms": latency_budget_ms,
+                               "reason": ""}
         best_at, bracket = rate_bracket(tried["offered_rate_per_s"].to_numpy(dtype=float), met)
         row.update(bracket)
         if best_at is not None:
@@ -97,6 +94,16 @@ def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str)
         rows.append(row)
     table = pd.DataFrame(rows, columns=[*keys, *MAX_RATE_COLUMNS])
     return table, chosen
+
+
+def rates_tried(points: pd.DataFrame, keys: list[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """Each open-loop configuration of `points` (grouped by `keys` in the order they first appear, an empty key a
+    value of its own) with its points that have an offered rate, by ascending rate."""
+    for values, group in points.groupby(keys, sort=False, dropna=False):
+        tried = group[pd.to_numeric(group["offered_rate_per_s"], errors="coerce").notna()]
+        tried = tried.assign(offered_rate_per_s=tried["offered_rate_per_s"].astype(float))
+        yield (dict(zip(keys, values if isinstance(values, tuple) else (values,))),
+               tried.sort_values("offered_rate_per_s", kind="stable"))
 
 
 def rate_bracket(rates: np.ndarray, met: np.ndarray) -> tuple[int | None, dict[str, Any]]:

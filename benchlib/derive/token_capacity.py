@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchlib.derive.capacity import rate_bracket
+from benchlib.derive.capacity import rate_bracket, rates_tried
 from benchlib.derive.cost import eligible
 from benchlib.derive.goodput import meets_goodput
 from benchlib.schema import generative_points, open_loop_points, with_load_keys, with_runtime
@@ -86,14 +86,11 @@ def _max_rates(points: pd.DataFrame, goodput_pct: float, percentile: str) -> tup
     keys = [k for k in TOKEN_CONFIG_KEYS if k in points.columns]
     rows: list[dict[str, Any]] = []
     chosen: list[Any] = []
-    for values, group in points.groupby(keys, sort=False, dropna=False):
-        tried = group[pd.to_numeric(group["offered_rate_per_s"], errors="coerce").notna()]
-        tried = tried.assign(offered_rate_per_s=tried["offered_rate_per_s"].astype(float))
-        tried = tried.sort_values("offered_rate_per_s", kind="stable")
+    for configuration, tried in rates_tried(points, keys):
         met = np.array([meets_goodput(row, goodput_pct) for _, row in tried.iterrows()], dtype=bool)
         best_at, bracket = rate_bracket(tried["offered_rate_per_s"].to_numpy(dtype=float), met)
-        row: dict[str, Any] = {**dict(zip(keys, values if isinstance(values, tuple) else (values,))),
-                               "goodput_pct": goodput_pct, "percentile": percentile, **bracket, "reason": ""}
+        row: dict[str, Any] = {**configuration, "goodput_pct": goodput_pct, "percentile": percentile, **bracket,
+                               "reason": ""}
         if best_at is None:
             row.update({**dict.fromkeys([*_THERE.values(), "ttft_ms", "tpot_ms"], math.nan),
                         "reason": _why_no_rate(tried, goodput_pct)})
