@@ -388,6 +388,9 @@ def llm(summaries, problems, notes):
     env_path = runs / "llm" / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     bandwidth = env.get("memory_bandwidth_bytes_per_s")
+    timing = env.get("token_timing")
+    if timing != "a CUDA event per token on the client's stream":  # benchlib.measure.generation.CUDA_TOKEN_TIMING
+        problems.append(f"llm: tokens were not timed by CUDA events ({timing or 'env.json says nothing'})")
     records_path = runs / "llm" / "records.parquet"
     records = pd.read_parquet(records_path) if records_path.is_file() else None
     if records is None or "token_times_s" not in records:
@@ -395,7 +398,8 @@ def llm(summaries, problems, notes):
     first = summary.iloc[0]
     lines = ["", f"LLM: {first['model']} {first['precision']} {first['runtime']}, "
                  f"{figure(first.get('input_tokens'), '.0f')} tokens in, {figure(first.get('output_tokens'), '.0f')} "
-                 f"out; measured memory bandwidth {figure(bandwidth and bandwidth / 1e9, ',.0f')} GB/s"]
+                 f"out; measured memory bandwidth {figure(bandwidth and bandwidth / 1e9, ',.0f')} GB/s; tokens "
+                 f"timed by {timing or '-'}"]
     tpot = {}
     for batch in LLM_BATCHES:
         found = summary[summary["batch_size"].eq(batch)]

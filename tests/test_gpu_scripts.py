@@ -29,6 +29,7 @@ import pytest
 import torch
 import yaml
 
+from benchlib.measure.generation import CLOCK_TOKEN_TIMING, CUDA_TOKEN_TIMING
 from benchlib.measure.runtimes import get_runtime
 from benchlib.measure.runtimes.cuda_graphs import _clone, _copy_into
 from benchlib.params import load_params
@@ -525,7 +526,8 @@ def llm_records(batches: tuple[int, ...] = (1, 16), requests: int = 3, broken: i
 def llm_runs(runs: Path, rows: list[dict], records: pd.DataFrame) -> Path:
     fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
     fake_run(runs, "llm", rows, [])
-    (runs / "llm" / "env.json").write_text(json.dumps({"memory_bandwidth_bytes_per_s": 4.2e12}))
+    (runs / "llm" / "env.json").write_text(json.dumps({"memory_bandwidth_bytes_per_s": 4.2e12,
+                                                       "token_timing": CUDA_TOKEN_TIMING}))
     records.to_parquet(runs / "llm" / "records.parquet", index=False)
     return runs
 
@@ -534,7 +536,8 @@ def test_the_verdict_shows_the_llm_step(tmp_path: Path) -> None:
     runs = llm_runs(tmp_path / "runs", [llm_point(1, 10.0), llm_point(16, 12.5)], llm_records())
     status, text = verdict(runs, tmp_path / "dest")
     assert status == 0 and "PROBLEM" not in text, text
-    assert "LLM: llama-3.2-1b-shape fp16 eager, 128 tokens in, 32 out; measured memory bandwidth 4,200 GB/s" in text
+    assert ("LLM: llama-3.2-1b-shape fp16 eager, 128 tokens in, 32 out; measured memory bandwidth 4,200 GB/s; tokens "
+            "timed by a CUDA event per token on the client's stream") in text
     assert ("  batch 16: 3 requests, TTFT P50 20.00 ms, TPOT P50 12.50 ms, 1,024 output tokens/s, 80.0 per user; "
             "decode 3.0% of the measured bandwidth; prefill 12.0% of the measured peak; peak memory 3.00 GiB") in text
     assert "  TPOT at batch 16 / at batch 1: x1.25 (below x16 passes)" in text
@@ -573,6 +576,12 @@ def test_the_verdict_of_a_real_llm_run(tmp_path: Path) -> None:
     fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
     run_sweep(params, runs / "llm", progress=None)
     (runs / "llm.status").write_text("rc=0 seconds=30 limit=120\n")
+    status, text = verdict(runs, tmp_path / "dest")
+    # The CPU's clock, not events: the one problem a CPU run has
+    problems = [line for line in text.splitlines() if line.startswith("PROBLEM")]
+    assert status == 1 and problems == [f"PROBLEM: llm: tokens were not timed by CUDA events ({CLOCK_TOKEN_TIMING})"]
+    env = json.loads((runs / "llm" / "env.json").read_text())
+    (runs / "llm" / "env.json").write_text(json.dumps({**env, "token_timing": CUDA_TOKEN_TIMING}))
     status, text = verdict(runs, tmp_path / "dest")
     assert status == 0 and "PROBLEM" not in text, text
     assert re.search(r"LLM: tiny-llama fp32 eager, 128 tokens in, 32 out; measured memory bandwidth [\d,]+ GB/s", text)

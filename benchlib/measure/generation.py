@@ -132,8 +132,18 @@ class EventTimer:
 
 
 def token_timer(device: torch.device, clock: Clock = time.perf_counter) -> TokenTimer:
-    """The timer for a device: events on CUDA, the clock elsewhere."""
+    """The timer for a device: events on CUDA, the clock elsewhere (:func:`token_timing` says which, in words)."""
     return EventTimer(clock) if device.type == "cuda" else ClockTimer(clock)
+
+
+#: How a closed-loop request's tokens are timed, per device type (env.json's `token_timing` for a generative run).
+CUDA_TOKEN_TIMING = "a CUDA event per token on the client's stream"
+CLOCK_TOKEN_TIMING = "the clock after each step"
+
+
+def token_timing(device: torch.device) -> str:
+    """What :func:`token_timer` uses on `device`, as env.json says it."""
+    return CUDA_TOKEN_TIMING if device.type == "cuda" else CLOCK_TOKEN_TIMING
 
 
 def generate_request(step: Step, input_ids: torch.Tensor, output_tokens: int, clock: Clock = time.perf_counter,

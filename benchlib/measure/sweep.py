@@ -45,6 +45,7 @@ from benchlib.derive.knee import knees
 from benchlib.derive.capacity import meets_budget
 from benchlib.derive.summary import summary_table
 from benchlib.derive.token_efficiency import lm_dims_by_model
+from benchlib.measure.generation import token_timing
 from benchlib.errors import InputError
 from benchlib.interrupts import Interrupts
 from benchlib.measure.ceilings import end_ceilings, start_ceilings
@@ -322,6 +323,8 @@ def _new_env(device: torch.device, params: Params, params_dict: dict[str, Any], 
     if earlier:
         env["resumed_across_code"] = earlier
     env.update(start_ceilings(device, params, precisions, writer.previous_env))
+    if params.generative:  # how each token was stamped: what the GPU acceptance's LLM step checks
+        env["token_timing"] = token_timing(device)
     return env
 
 
