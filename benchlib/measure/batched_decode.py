@@ -23,7 +23,8 @@ So every running sequence sees exactly its own tokens at its own positions, as a
 sequence would (benchlib.measure.generation.causal_lm_step): the same tokens, logits equal up to the
 float order of a batched, masked attention (tests/test_batched_decode.py holds it to 1e-4). The bookkeeping
 is pure (:func:`merged`, :func:`kept`); :func:`merge_cache` and :func:`select_cache` apply it to the layers'
-keys and values. The cache never grows past the longest running sequence plus the padding its row needs.
+keys and values. After each decode the cache is exactly as long as its longest running sequence (that row
+has no padding), so it does not grow with the run.
 
 Cost this adds to a server's step, inside the timed step as a real server's own bookkeeping would be: the
 padded keys and values (attention over up to max_batch_size x the longest sequence), a copy of the cache

@@ -169,7 +169,7 @@ class Workload:
         workload's precision context."""
         model = self.token_model()
         if model is None:
-            raise ValueError("this model is not served in open loop (see token_model)")
+            raise ValueError(f"this model is not served in open loop: {self.token_model_problem()}")
 
         def serve(load: TokenLoad, clock: Clock) -> Any:
             return serve_tokens(model, prompts, load, clock, context=self.precision_context)
