@@ -1,15 +1,15 @@
 """Causal LMs in open loop through the sweep (`benchlib bench`): seeded arrivals served token by token
 (benchlib.measure.token_serving), TTFT from the scheduled arrival; goodput within the token budgets; the rate
-search on goodput."""
+search on goodput; a Hugging Face causal LM on its shared, padded KV cache (benchlib.measure.batched_decode)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.synthetic_generative import SyntheticGenerativeModel
-from benchlib.measure.token_serving import HF_OPEN_LOOP_REASON
 from benchlib.params import parse_params
 from benchlib.results import read_records
 from tests.helpers import tiny_params
@@ -46,14 +46,29 @@ def test_a_slow_constant_rate_measures_one_prefill_and_one_decode(tmp_path) -> N
 
 
 def test_what_the_token_server_cannot_serve_is_unsupported_saying_why(tmp_path) -> None:
-    params = open_loop_params(models=["tiny-llama", SYNTHETIC], max_batch_size=[2], threads=[1, 2], rates_per_s=[50],
-                              duration_s=0.05, min_requests=3)
+    params = open_loop_params(max_batch_size=[2], threads=[1, 2], rates_per_s=[50], duration_s=0.05, min_requests=3)
     summary = run_sweep(parse_params(params), tmp_path / "run", progress=None).summary
-    by = {(row["model"], row["threads"]): row for _, row in summary.iterrows()}
-    assert by[("tiny-llama", 1)]["status"] == "unsupported"
-    assert HF_OPEN_LOOP_REASON in by[("tiny-llama", 1)]["notes"]
-    assert by[(SYNTHETIC, 2)]["status"] == "unsupported" and "one worker" in by[(SYNTHETIC, 2)]["notes"]
-    assert by[(SYNTHETIC, 1)]["status"] == "ok"
+    by = {row["threads"]: row for _, row in summary.iterrows()}
+    assert by[2]["status"] == "unsupported" and "one worker" in by[2]["notes"]
+    assert by[1]["status"] == "ok"
+
+
+def test_a_hugging_face_causal_lm_is_served_in_open_loop(tmp_path) -> None:
+    """tiny-llama at a low constant rate, up to 4 running sequences: every request gets its tokens, TTFT and
+    TPOT are finite, and with budgets far above its steps (a few ms on a CPU) every request is within them."""
+    params = open_loop_params(models=["tiny-llama"], rates_per_s=[20], max_batch_size=[4], duration_s=0.3,
+                              min_requests=6, ttft_budget_ms=2000, tpot_budget_ms=1000)
+    summary = run_sweep(parse_params(params), tmp_path / "run", progress=None).summary
+    (row,) = [row for _, row in summary.iterrows()]
+    assert row["status"] == "ok", row["notes"]
+    for column in ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms"):
+        assert math.isfinite(row[column]) and row[column] > 0, column
+    assert row["tpot_p50_ms"] < row["e2e_p50_ms"]
+    assert row["goodput_share"] == 1.0 and row["goodput_requests_per_s"] == row["requests_per_s"]
+    records = read_records(tmp_path / "run")
+    measured = records[~records["warmup"]]
+    assert len(measured) >= 6 and (measured["status"] == "ok").all()
+    assert all(len(times) == OUTPUT_TOKENS for times in measured["token_times_s"])
 
 
 @pytest.mark.slow

@@ -183,7 +183,7 @@ def causal_lm_logits(model: torch.nn.Module) -> LogitsStep:
     As ``generate`` does here, no attention mask is passed (no sequence is padded: the model's causal
     mask is the whole mask) and only the last position's logits are computed (``logits_to_keep=1``).
     """
-    cache_key, last_only = _forward_keys(model)
+    cache_key, last_only = forward_keys(model)
 
     def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         out = model(input_ids=tokens, **{cache_key: state}, use_cache=True, **last_only)
@@ -206,7 +206,7 @@ def static_cache_logits(model: torch.nn.Module, max_cache_len: int,
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=max_cache_len)  # sized on the first prefill
-    cache_key, last_only = _forward_keys(model)
+    cache_key, last_only = forward_keys(model)
     decode = decode_forward or model.forward
 
     def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
@@ -224,15 +224,26 @@ def static_cache_logits(model: torch.nn.Module, max_cache_len: int,
 def greedy(logits_step: LogitsStep, eos: list[int], device: torch.device) -> Step:
     """The `Step` that picks each next token as ``generate(do_sample=False, min_new_tokens=n)`` does: the argmax,
     the EOS ids (`eos`) never chosen."""
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+    eos_ids = eos_tensor(eos, device)
 
     def step(tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         logits, state = logits_step(tokens, state)
-        if eos_ids is not None:
-            logits = logits.index_fill(1, eos_ids, -torch.inf)  # min_new_tokens' rule: EOS is never the argmax
-        return logits.argmax(dim=-1), state
+        return pick_greedy(logits, eos_ids), state
 
     return step
+
+
+def eos_tensor(eos: list[int], device: torch.device) -> torch.Tensor | None:
+    """The EOS ids as :func:`pick_greedy` takes them (None: the model has none)."""
+    return torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+
+
+def pick_greedy(logits: torch.Tensor, eos_ids: torch.Tensor | None) -> torch.Tensor:
+    """Each row's next token (b,) from its logits (b, vocab): the argmax, the EOS ids never chosen
+    (``min_new_tokens``' rule)."""
+    if eos_ids is not None:
+        logits = logits.index_fill(1, eos_ids, -torch.inf)
+    return logits.argmax(dim=-1)
 
 
 def causal_lm_step(model: torch.nn.Module) -> Step:
@@ -255,7 +266,7 @@ def forced_logits(step: LogitsStep, input_ids: torch.Tensor, tokens: torch.Tenso
     return torch.stack(kept, dim=1)
 
 
-def _forward_keys(model: torch.nn.Module) -> tuple[str, dict[str, int]]:
+def forward_keys(model: torch.nn.Module) -> tuple[str, dict[str, int]]:
     """The forward's name for the cache (transformers 5.x: ``cache``; before, ``past_key_values``: its signature
     says) and, where it takes it, ``logits_to_keep=1`` (only the last position's logits)."""
     accepted = set(inspect.signature(model.forward).parameters)

@@ -221,16 +221,15 @@ class PointMeasurer:
         static caches and the compiled decode step, gated (benchlib.measure.compiled_generation); in open loop, a
         prompt per place of the running batch. Open loop where benchlib.measure.token_serving cannot serve the
         point, and other runtimes, are unsupported, saying so."""
+        if not workload.loaded.generative:
+            raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
+                                      "for causal LMs")
         if point.open_loop:
-            reason = token_serving.open_loop_problem(point.threads, point.batch_size,
-                                                     workload.token_model() is not None)
+            reason = token_serving.open_loop_problem(point.threads, point.batch_size, workload.token_model_problem())
             if reason:
                 raise _NotRun.unsupported(reason)
             if point.runtime != REFERENCE_RUNTIME:
                 raise _NotRun.unsupported(f"{point.runtime}: the token server generates under eager alone")
-        if not workload.loaded.generative:
-            raise _NotRun.unsupported(f"{point.model.name} does not generate: input_tokens and output_tokens are "
-                                      "for causal LMs")
         if point.runtime not in (REFERENCE_RUNTIME, "compile"):
             raise _NotRun.unsupported(f"{point.runtime}: generating is measured under eager and compile")
         if point.runtime == "compile" and isinstance(workload.module, SyntheticGenerativeModule):

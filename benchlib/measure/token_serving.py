@@ -29,9 +29,13 @@ tokens from `start_s` (so TTFT counts from the scheduled arrival without an `ori
 dropped (still queued at the drain's end; a running sequence is always finished).
 
 A token's time is the clock read after its step returns: exact for the CPU and a synthetic model (a step
-is done when it returns). A CUDA model's step would have to synchronise once per iteration before the
-stamp, as a server does to read the sampled tokens; no CUDA model runs here yet (see the README's "Open
-loop").
+is done when it returns). On CUDA (prompts on a CUDA device) the server synchronises its current stream
+after each step, before the stamp, as a server does to read the sampled tokens: one server thread, so this
+serialises nothing that would otherwise overlap (the DESIGN's rule is against a synchronize in client
+threads). Untested here: no GPU on the development machine.
+
+The models: a synthetic generative one (benchlib.measure.synthetic_generative, known step times) and a
+Hugging Face causal LM on one shared, left-padded KV cache (benchlib.measure.batched_decode.PaddedBatchLM).
 
 :func:`admit` is the whole admission rule, shared with :func:`simulate` (exact, on a virtual clock, with
 known step times), so the threaded server can be checked against it. One server worker: a second worker
@@ -182,11 +186,13 @@ class VirtualClock:
 
 
 def simulate(sequences: list[Sequence], prefill_s: Callable[[int], float], decode_s: Callable[[int], float],
-             max_batch_size: int, drain_s: float = math.inf) -> None:
+             max_batch_size: int, drain_s: float = math.inf, steps: tuple[Work, Work] | None = None) -> None:
     """Serve `sequences` (their `enqueued` set, in order) in virtual time with the server's loop, a
     prefill of n sequences holding ``prefill_s(n)`` and a decode step of r ``decode_s(r)``; queued ones
     are dropped `drain_s` after the last enqueue. Fills their admissions, token times and completions
-    exactly: the truth the threaded server is compared with."""
+    exactly: the truth the threaded server is compared with. `steps`: a model's prefill and decode
+    (:func:`model_work`), run at each step before the clock moves, so a model is stepped in exactly the
+    batches the loop forms."""
     clock = VirtualClock(-math.inf)
     scheduler = TokenScheduler(max_batch_size)
     arriving = deque(sequences)
@@ -204,27 +210,39 @@ def simulate(sequences: list[Sequence], prefill_s: Callable[[int], float], decod
         offer_arrived()
         return True
 
-    def work(seconds: Callable[[int], float]) -> Work:
+    def work(seconds: Callable[[int], float], model: Work | None) -> Work:
         def run(batch: list[Sequence]) -> None:
+            if model is not None:
+                model(batch)
             clock.now += seconds(len(batch))
             offer_arrived()  # what arrived during the step is queued when the next iteration looks
         return run
 
     offer_arrived()
-    serve_loop(scheduler, work(prefill_s), work(decode_s), clock, wait_for_work)
+    prefill, decode = steps or (None, None)
+    serve_loop(scheduler, work(prefill_s, prefill), work(decode_s, decode), clock, wait_for_work)
 
 
 def model_work(model: TokenModel, prompts: torch.Tensor) -> tuple[Work, Work]:
     """The server's prefill and decode of `model`: the first n rows of `prompts` (built before the window,
-    one per place, so nothing is made in the timed path but the decode's stack of last tokens)."""
+    one per place, so nothing is made in the timed path but the decode's stack of last tokens). On CUDA each
+    step ends with a synchronize of the current stream (the server thread's), so a token is stamped once
+    it exists."""
+    device = prompts.device
+
+    def synchronize() -> None:  # the stream current where the step ran: the server thread's
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
 
     def prefill(batch: list[Sequence]) -> None:
         tokens, states = model.prefill(prompts[: len(batch)])
+        synchronize()
         for sequence, token, state in zip(batch, tokens, states):
             sequence.token, sequence.state = token, state
 
     def decode(batch: list[Sequence]) -> None:
         tokens, states = model.decode(torch.stack([s.token for s in batch]), [s.state for s in batch])
+        synchronize()
         for sequence, token, state in zip(batch, tokens, states):
             sequence.token, sequence.state = token, state
 
@@ -243,19 +261,13 @@ class TokenLoad:
 
 #: A model bound to its prompts: a point's load and clock -> its run (benchlib.measure.loads calls it).
 TokenServer = Callable[[TokenLoad, Clock], PointRun]
-#: Why a Hugging Face causal LM is not served in open loop (see the README's "Open loop").
-HF_OPEN_LOOP_REASON = (
-    "a Hugging Face causal LM is not served in open loop yet: its steps keep one KV cache per request batch, and "
-    "sequences at different positions in one batch need a paged or padded cache; transformers' own continuous "
-    "batching (generate_batch) runs on the CPU but admits by its own rule, not this server's (see the README, "
-    "\"Open loop\"); measure it in closed loop (`arrival: closed`)")
 
 
-def open_loop_problem(threads: int, batch_size: int, served: bool) -> str:
-    """Why a generative point cannot run in open loop here ("" when it can): `served` says whether its model
-    steps sequences at different positions (a :class:`TokenModel`)."""
-    if not served:
-        return HF_OPEN_LOOP_REASON
+def open_loop_problem(threads: int, batch_size: int, unserved: str) -> str:
+    """Why a generative point cannot run in open loop here ("" when it can): `unserved` says why its model cannot
+    step sequences at different positions as a :class:`TokenModel` ("" when it can)."""
+    if unserved:
+        return unserved
     if threads != 1:
         return (f"threads {threads}: a causal LM is served by one worker in open loop (a second would need a model "
                 "replica and a rule for which worker admits); use threads [1]")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from benchlib.measure.batched_decode import PaddedBatchLM, padded_cache_problem
 from benchlib.measure.device import check_client_threads
 from benchlib.measure.generation import GeneratedRequest, Step, causal_lm_step, generate_request, token_timer
 from benchlib.measure.inputs import Inputs, map_tensors, pad_attention_mask
@@ -147,16 +148,28 @@ class Workload:
         return causal_lm_step(self.module)
 
     def token_model(self) -> TokenModel | None:
-        """The model as the open-loop server steps it (sequences at different positions in one batch): a synthetic
-        generative model; None for a Hugging Face causal LM (benchlib.measure.token_serving says why)."""
-        return self.module.model if isinstance(self.module, SyntheticGenerativeModule) else None
+        """The model as the open-loop server steps it (sequences at different positions in one batch), a new one
+        per call (a causal LM's owns its shared KV cache): a synthetic generative model's holds, or a Hugging Face
+        causal LM on one left-padded cache (benchlib.measure.batched_decode); None where
+        :meth:`token_model_problem` says why not."""
+        if isinstance(self.module, SyntheticGenerativeModule):
+            return self.module.model
+        return None if self.token_model_problem() else PaddedBatchLM(self.module)
+
+    def token_model_problem(self) -> str:
+        """Why the open-loop server cannot step this model ("" when it can)."""
+        if isinstance(self.module, SyntheticGenerativeModule):
+            return ""
+        if not self.loaded.generative:
+            return f"{self.loaded.spec.name} does not generate: the token server serves causal LMs"
+        return padded_cache_problem(self.module)
 
     def token_server(self, prompts: torch.Tensor) -> TokenServer:
         """Open loop: the point's server on `prompts` (a row per place of the running batch), its steps in this
         workload's precision context."""
         model = self.token_model()
         if model is None:
-            raise ValueError("this model is not served in open loop (see token_model)")
+            raise ValueError(f"this model is not served in open loop: {self.token_model_problem()}")
 
         def serve(load: TokenLoad, clock: Clock) -> Any:
             return serve_tokens(model, prompts, load, clock, context=self.precision_context)
