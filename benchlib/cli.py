@@ -19,6 +19,7 @@ from benchlib.errors import InputError
 from benchlib.params import load_params
 from benchlib.params_search import search_budgets
 from benchlib.vocabulary import (
+    DEFAULT_GOODPUT_PCT,
     DEFAULT_LATENCY_BUDGET_MS,
     DEFAULT_PERCENTILE,
     PERCENTILE_COLUMNS,
@@ -274,6 +275,9 @@ def _print_token_answer(summary: pd.DataFrame, args: argparse.Namespace) -> None
           + (f" with {budgets}:" if budgets else " (no TTFT or TPOT budget: --ttft-budget-ms, --tpot-budget-ms):"))
     table = answer_table(answers(summary, math.inf, args.percentile, args.ttft_budget_ms, args.tpot_budget_ms))
     print(format_table(table, list(table.columns), digits=3))  # a TPOT can be a fraction of a millisecond
+    if "offered_rate_per_s" in table.columns and table["offered_rate_per_s"].notna().any():
+        print(f"(served in open loop: at the highest rate whose goodput, within the budgets each run was given, held "
+              f"at {DEFAULT_GOODPUT_PCT:g} %)")
 
 
 COMPARE_HELP = """\
