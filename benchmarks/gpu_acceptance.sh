@@ -16,7 +16,9 @@
 #      (below capacity) and 20000/s (far above it), merging up to 1 and 8 requests;
 #   4. params/gpu-acceptance-llm.yaml: the Llama-3.2-1B shape (random weights) in fp16, 128
 #      prompt tokens in and 32 generated out, at batch 1 and 16, a CUDA event per token;
-#   5. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
+#   5. params/gpu-acceptance-llm-serving.yaml: the same model served in open loop (continuous
+#      batching, up to 16 running sequences), Poisson arrivals at 2/s and 100/s;
+#   6. params/gpu-acceptance-compile.yaml, if time is left: torch.compile at batch 8.
 # A step that would get under 30 s of what is left of the budget is skipped, with a note.
 # The verdict gives per model, precision, runtime and thread count the throughput at
 # each batch size, the statuses, the accuracy gates, cuda-graphs against eager, the
@@ -38,6 +40,9 @@
 # time per generated token (so a TTFT and a TPOT); the point's TTFT and TPOT are there; a
 # decode step of 16 sequences costs less than 16 of one (TPOT at batch 16 below 16 x TPOT at
 # batch 1); decode moves at most the measured memory bandwidth (its % of it at or below 100).
+# Then the LLM served in open loop: both rates ran, every measured request has its token
+# times; the low rate kept its goodput (99 % within the budgets) and a TTFT P50 below the
+# high rate's; the high rate's prefills admitted more than one prompt on average.
 #
 # Writes into $OUT when set (the device tool brings back at most 8 files from there),
 # else outputs/gpu-acceptance/: verdict.txt, log.txt, env.json, main-summary.csv,
@@ -61,6 +66,7 @@ MAIN_MAX_S=${MAIN_MAX_S:-300}   # the eager and cuda-graphs sweep at most
 ENERGY_MAX_S=${ENERGY_MAX_S:-90}  # the energy step at most (model load, GEMM peak, a 6 s window)
 SERVING_MAX_S=${SERVING_MAX_S:-90}  # the serving step at most (model load, 4 points of 4 s, drains)
 LLM_MAX_S=${LLM_MAX_S:-120}     # the LLM step at most (a 1.2B model built, peaks, 2 points of 3 s)
+LLM_SERVING_MAX_S=${LLM_SERVING_MAX_S:-90}  # the LLM serving step at most (the model built, 2 rates of 4 s, drains)
 VERDICT_S=30                    # kept for the verdict
 KILL_S=15                       # after a step's time is up: SIGTERM, then SIGKILL this much later
 SITE=${SITE:-/tmp/benchlib-site}
@@ -72,6 +78,7 @@ write_verdict() {  # RUNS DEST: the verdict of the runs in RUNS, into DEST/verdi
     local runs=$1 dest=$2
     mkdir -p "$dest"
     timeout -k 5 "$VERDICT_S" "$PYTHON" - "$runs" "$dest" <<'PYTHON'
+import math
 import json
 import re
 import sys
@@ -83,11 +90,16 @@ import yaml
 
 runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
 STEPS = {"main": "eager and cuda-graphs", "energy": "NVML energy and telemetry", "serving": "open-loop serving",
-         "llm": "a causal LM, timed per token", "compile": "torch.compile"}
+         "llm": "a causal LM, timed per token", "llm-serving": "a causal LM in open loop",
+         "compile": "torch.compile"}
 #: The LLM step's batch sizes: a decode step of the larger must cost less than LLM_BATCHES[1] of the smaller.
 LLM_BATCHES = (1, 16)
 #: Decode's share of the measured memory bandwidth: above it the byte count or the probe is wrong.
 MAX_PCT_OF_BANDWIDTH = 100.0
+#: The LLM serving step's low rate keeps at least this share of its requests within the budgets.
+MIN_GOODPUT = 0.99
+#: Far above capacity, a continuously batching server admits more than one waiting prompt per prefill on average.
+MIN_MERGED_PREFILL = 1.5
 #: A point that ran: measured, kept up or not (an open-loop point the server could not keep up with).
 RAN = ("ok", "overloaded")
 #: The serving step's params as shipped: its rates and merged batch sizes, when the run folder lacks its own.
@@ -375,6 +387,69 @@ def serving(summaries, problems, notes):
     return lines
 
 
+def token_times_problem(requests, where, problems):
+    """A problem unless every one of `requests` (measured, completed) has one finite, ascending time per token."""
+    bad = 0
+    for times, n in zip(requests["token_times_s"], requests["output_tokens"]):
+        times = pd.Series(list(times), dtype=float)
+        if len(times) != int(n) or not times.notna().all() or not (times.diff().dropna() >= 0).all() \
+                or not times.iloc[0] > 0:
+            bad += 1
+    if requests.empty or bad:
+        problems.append(f"{where}: {bad} of {len(requests)} measured requests lack a finite, ascending time for "
+                        "each generated token")
+
+
+def llm_serving(summaries, problems, notes):
+    """The LLM serving step: both rates, token times for every request, the low rate's goodput and TTFT below the
+    high rate's, the high rate's prefills batching admissions."""
+    status = step_status("llm-serving")
+    if status is None or status.get("skipped"):
+        return []  # steps() said so
+    summary = summaries.get("llm-serving")
+    if summary is None or "goodput_share" not in summary or summary["offered_rate_per_s"].isna().all():
+        problems.append("llm-serving: the summary has no open-loop token figures (goodput_share)")
+        return []
+    records_path = runs / "llm-serving" / "records.parquet"
+    records = pd.read_parquet(records_path) if records_path.is_file() else None
+    rates = sorted(summary["offered_rate_per_s"].dropna().unique())
+    low, high = rates[0], rates[-1]
+    lines = ["", "LLM served in open loop (continuous batching): per offered rate, the status, achieved rate, TTFT "
+                 "and TPOT, goodput within the run's budgets, mean prompts per prefill, output tokens/s"]
+    ttft = {}
+    for rate in rates:
+        row = summary[summary["offered_rate_per_s"].eq(rate)].iloc[0]
+        where = f"llm-serving: at {rate:g}/s"
+        merged = math.nan
+        if records is not None and "token_times_s" in records:
+            mine = records[records["offered_rate_per_s"].eq(rate) & ~records["warmup"].astype(bool)]
+            done = mine[mine["status"].eq("ok")]
+            if row["status"] in RAN:
+                token_times_problem(done, where, problems)
+            if "batch_id" in done and len(done):
+                merged = done.groupby("batch_id").size().mean()
+        lines.append(f"  {rate:g}/s: {row['status']}, achieved {figure(row.get('achieved_rate_per_s'), ',.1f')}/s, "
+                     f"TTFT P50 {figure(row.get('ttft_p50_ms'), '.1f')} / P95 {figure(row.get('ttft_p95_ms'), '.1f')} "
+                     f"ms, TPOT P50 {figure(row.get('tpot_p50_ms'), '.2f')} ms, goodput "
+                     f"{figure(100 * row.get('goodput_share', math.nan), '.1f', '%')}, "
+                     f"{figure(merged, '.2f')} prompts per prefill, {figure(row.get('output_tokens_per_s'), ',.0f')} "
+                     "output tokens/s")
+        ttft[rate] = row.get("ttft_p50_ms")
+        if rate == low:
+            if row["status"] != "ok":
+                problems.append(f"{where}: {row['status']} well below capacity")
+            elif not (pd.notna(row.get("goodput_share")) and row["goodput_share"] >= MIN_GOODPUT):
+                problems.append(f"{where}: goodput {figure(100 * row.get('goodput_share', math.nan), '.1f', '%')}, "
+                                f"below {100 * MIN_GOODPUT:g} % of requests within the budgets")
+        if rate == high and row["status"] in RAN and not (merged > MIN_MERGED_PREFILL):
+            problems.append(f"{where}: {figure(merged, '.2f')} prompts per prefill, not above "
+                            f"{MIN_MERGED_PREFILL:g}: the server did not batch its admissions under a backlog")
+    if pd.notna(ttft.get(low)) and pd.notna(ttft.get(high)) and not ttft[low] < ttft[high]:
+        problems.append(f"llm-serving: TTFT P50 {ttft[low]:.1f} ms at {low:g}/s is not below the {ttft[high]:.1f} ms "
+                        f"at {high:g}/s")
+    return lines
+
+
 def llm(summaries, problems, notes):
     """The LLM step: both points, a TTFT and a TPOT for every request, batching that pays in decode, and decode
     within the measured memory bandwidth; each point's figures."""
@@ -424,15 +499,7 @@ def llm(summaries, problems, notes):
         if records is not None and "token_times_s" in records:
             mine = records[records["batch_size"].eq(batch) & ~records["warmup"].astype(bool)
                            & records["status"].eq("ok")]
-            bad = 0
-            for times, n in zip(mine["token_times_s"], mine["output_tokens"]):
-                times = pd.Series(list(times), dtype=float)
-                if len(times) != int(n) or not times.notna().all() or not (times.diff().dropna() >= 0).all() \
-                        or not times.iloc[0] > 0:
-                    bad += 1
-            if mine.empty or bad:
-                problems.append(f"{where}: {bad} of {len(mine)} measured requests lack a finite, ascending time "
-                                "for each generated token")
+            token_times_problem(mine, where, problems)
         tpot[batch] = row.get("tpot_p50_ms")
         lines.append(f"  batch {batch}: {len(mine) if records is not None and 'token_times_s' in records else '-'} "
                      f"requests, TTFT P50 {figure(row.get('ttft_p50_ms'), '.2f')} ms, TPOT P50 "
@@ -454,7 +521,8 @@ def llm(summaries, problems, notes):
 def verdict():
     problems, notes, out = [], [], []
     summaries = steps(problems, notes, out)
-    closed = {name: summary for name, summary in summaries.items() if name not in ("serving", "llm")}
+    closed = {name: summary for name, summary in summaries.items()
+              if name not in ("serving", "llm", "llm-serving")}
     if closed:
         out += throughput_table(closed)
     if "main" in summaries:
@@ -463,6 +531,7 @@ def verdict():
     out += energy(summaries, problems, notes)
     out += serving(summaries, problems, notes)
     out += llm(summaries, problems, notes)
+    out += llm_serving(summaries, problems, notes)
     listed = [f"PROBLEM: {p}" for p in problems[:SHOWN]]
     if len(problems) > SHOWN:
         listed.append(f"PROBLEM: ... and {len(problems) - SHOWN} more (the summary files have them all)")
@@ -517,7 +586,7 @@ if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$
 mkdir -p "$DEST" "$RUNS" || exit 2
 if [ -z "${OUT:-}" ]; then echo '{"made": "gpu-acceptance"}' >"$DEST/$MARK"; fi
 # None left from an earlier run (main-accuracy.csv and compile-accuracy.csv: an older script's).
-for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,llm,compile}-{summary,accuracy}.csv; do
+for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,llm,llm-serving,compile}-{summary,accuracy}.csv; do
     rm -f "${DEST:?}/$file"
 done
 LOG=$DEST/log.txt
@@ -565,6 +634,7 @@ bench main params/gpu-acceptance.yaml "$MAIN_MAX_S"
 bench energy params/gpu-acceptance-energy.yaml "$ENERGY_MAX_S"
 bench serving params/gpu-acceptance-serving.yaml "$SERVING_MAX_S"
 bench llm params/gpu-acceptance-llm.yaml "$LLM_MAX_S"
+bench llm-serving params/gpu-acceptance-llm-serving.yaml "$LLM_SERVING_MAX_S"
 bench compile params/gpu-acceptance-compile.yaml "$BUDGET_S"
 
 # 4. The verdict, and the summary files beside it: 8 files with the verdict, the most the

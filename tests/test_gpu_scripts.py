@@ -42,6 +42,7 @@ PARAMS = [REPO / "params" / "gpu-acceptance.yaml", REPO / "params" / "gpu-accept
 ENERGY_PARAMS = REPO / "params" / "gpu-acceptance-energy.yaml"
 SERVING_PARAMS = REPO / "params" / "gpu-acceptance-serving.yaml"
 LLM_PARAMS = REPO / "params" / "gpu-acceptance-llm.yaml"
+LLM_SERVING_PARAMS = REPO / "params" / "gpu-acceptance-llm-serving.yaml"
 #: The serving step's rates: one below capacity, one far above it.
 LOW, HIGH = yaml.safe_load(SERVING_PARAMS.read_text(encoding="utf-8"))["rates_per_s"]
 
@@ -206,10 +207,10 @@ def test_acceptance_without_cuda_exits_2_with_one_line_and_touches_nothing(tmp_p
 
 def test_acceptance_runs_the_shipped_params_files() -> None:
     text = ACCEPTANCE.read_text()
-    for path in [*PARAMS, ENERGY_PARAMS, SERVING_PARAMS, LLM_PARAMS]:
+    for path in [*PARAMS, ENERGY_PARAMS, SERVING_PARAMS, LLM_PARAMS, LLM_SERVING_PARAMS]:
         assert str(path.relative_to(REPO)) in text
-    steps = re.findall(r"^bench (\w+) ", text, re.MULTILINE)
-    assert steps == ["main", "energy", "serving", "llm", "compile"]
+    steps = re.findall(r"^bench ([\w-]+) ", text, re.MULTILINE)
+    assert steps == ["main", "energy", "serving", "llm", "llm-serving", "compile"]
     assert re.search(r"^SERVING_MAX_S=\$\{SERVING_MAX_S:-90\}", text, re.MULTILINE)
 
 
@@ -588,6 +589,42 @@ def test_the_verdict_of_a_real_llm_run(tmp_path: Path) -> None:
     assert re.search(r"  batch 16: \d+ requests, TTFT P50 [\d.]+ ms, TPOT P50 [\d.]+ ms, .* decode [\d.]+% of the "
                      r"measured bandwidth; prefill [\d.]+% of the measured peak", text), text
     assert re.search(r"TPOT at batch 16 / at batch 1: x[\d.]+ \(below x16 passes\)", text), text
+
+
+@pytest.mark.slow
+def test_the_verdict_of_a_real_llm_serving_run(tmp_path: Path) -> None:
+    """The LLM serving step's params as shipped, on the CPU with tiny-llama in the Llama shape's place (rates
+    scaled to its speed: a tiny model's server carries hundreds per second): the summary and records a GPU
+    writes, judged by the same verdict; then each of its failures, on the same run folder altered."""
+    from benchlib.measure.sweep import run_sweep
+    from benchlib.params import parse_params
+
+    given = yaml.safe_load(LLM_SERVING_PARAMS.read_text())
+    params = parse_params({**given, "device": "cpu", "models": ["tiny-llama"], "precisions": ["fp32"],
+                           "rates_per_s": [20, 3000], "duration_s": 1, "min_requests": 10, "intra_op_threads": 1})
+    runs = tmp_path / "runs"
+    fake_run(runs, "main", [runtime_point("eager", 1, 1, 100.0)], [])
+    run_sweep(params, runs / "llm-serving", progress=None)
+    (runs / "llm-serving.status").write_text("rc=0 seconds=30 limit=90\n")
+    status, text = verdict(runs, tmp_path / "dest")
+    assert status == 0 and "PROBLEM" not in text, text
+    assert re.search(r"  20/s: ok, achieved [\d.]+/s, TTFT P50 [\d.]+ / P95 [\d.-]+ ms, TPOT P50 [\d.]+ ms, goodput "
+                     r"100\.0%, [\d.]+ prompts per prefill", text), text
+    summary = pd.read_csv(runs / "llm-serving" / "summary.csv")
+    low = summary["offered_rate_per_s"] == 20
+    summary.loc[low, "goodput_share"] = 0.9
+    summary.loc[low, "ttft_p50_ms"] = 1e6
+    summary.to_csv(runs / "llm-serving" / "summary.csv", index=False)
+    records = pd.read_parquet(runs / "llm-serving" / "records.parquet")
+    high = (records["offered_rate_per_s"] == 3000) & records["status"].eq("ok")
+    records.loc[high, "batch_id"] = range(int(high.sum()))  # one prompt per prefill: no batching
+    records.to_parquet(runs / "llm-serving" / "records.parquet", index=False)
+    status, text = verdict(runs, tmp_path / "dest2")
+    problems = [line for line in text.splitlines() if line.startswith("PROBLEM")]
+    assert status == 1 and len(problems) == 3, text
+    assert problems[0] == "PROBLEM: llm-serving: at 20/s: goodput 90.0%, below 99 % of requests within the budgets"
+    assert problems[1].startswith("PROBLEM: llm-serving: at 3000/s: 1.00 prompts per prefill, not above 1.5")
+    assert problems[2].startswith("PROBLEM: llm-serving: TTFT P50 1000000.0 ms at 20/s is not below")
 
 
 def test_cuda_graphs_refuse_a_cpu_workload() -> None:
