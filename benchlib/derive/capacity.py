@@ -45,7 +45,8 @@ def _check_percentile(percentile: str) -> str:
     return percentile_columns(percentile)[0]
 
 
-def _number(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A summary cell as a float: NaN where it is empty or not a number (a column from another run's schema)."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -55,7 +56,7 @@ def _number(value: Any) -> float:
 def meets_budget(row: Mapping[str, Any] | pd.Series, latency_budget_ms: float, percentile: str) -> bool:
     """Whether one summary row ran (status ok: not overloaded) with its `percentile` known and within the budget."""
     column = _check_percentile(percentile)
-    value = _number(row.get(column, math.nan))
+    value = as_float(row.get(column, math.nan))
     return row.get("status") == STATUS_OK and math.isfinite(value) and value <= latency_budget_ms
 
 
@@ -80,10 +81,10 @@ def _max_rates(summary: pd.DataFrame, latency_budget_ms: float, percentile: str)
         if best_at is not None:
             best = tried.iloc[best_at]
             row.update({
-                "achieved_rate_per_s": _number(best.get("achieved_rate_per_s")),
-                "throughput_per_s": _number(best.get("throughput_per_s")),
-                "latency_ms": _number(best.get(latency)), "latency_ci_high_ms": _number(best.get(ci_high)),
-                "usd_per_hour": _number(best.get("usd_per_hour")), "usd_per_million": _number(best.get("usd_per_million")),
+                "achieved_rate_per_s": as_float(best.get("achieved_rate_per_s")),
+                "throughput_per_s": as_float(best.get("throughput_per_s")),
+                "latency_ms": as_float(best.get(latency)), "latency_ci_high_ms": as_float(best.get(ci_high)),
+                "usd_per_hour": as_float(best.get("usd_per_hour")), "usd_per_million": as_float(best.get("usd_per_million")),
             })
             chosen.append(tried.index[best_at])
         else:
@@ -134,7 +135,7 @@ def _why_no_rate(tried: pd.DataFrame, latency: str, budget_ms: float, percentile
         return "no offered rate was measured"
     lowest = tried.iloc[0]
     at = f"at the lowest rate tried, {lowest['offered_rate_per_s']:g}/s,"
-    value = _number(lowest.get(latency))
+    value = as_float(lowest.get(latency))
     if lowest.get("status") == STATUS_OVERLOADED:
         what = "the server was overloaded"
     elif lowest.get("status") != STATUS_OK:

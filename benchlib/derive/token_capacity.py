@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchlib.derive.capacity import rate_bracket, rates_tried
+from benchlib.derive.capacity import as_float, rate_bracket, rates_tried
 from benchlib.derive.cost import eligible
 from benchlib.derive.goodput import meets_goodput
 from benchlib.schema import generative_points, open_loop_points, with_load_keys, with_runtime
@@ -97,9 +97,9 @@ def _max_rates(points: pd.DataFrame, goodput_pct: float, percentile: str) -> tup
             chosen.append(None)
         else:
             best = tried.iloc[best_at]
-            row.update({name: _number(best.get(column)) for column, name in _THERE.items()})
-            row.update(ttft_ms=_number(best.get(f"ttft_{percentile}_ms")),
-                       tpot_ms=_number(best.get(f"tpot_{percentile}_ms")))
+            row.update({name: as_float(best.get(column)) for column, name in _THERE.items()})
+            row.update(ttft_ms=as_float(best.get(f"ttft_{percentile}_ms")),
+                       tpot_ms=as_float(best.get(f"tpot_{percentile}_ms")))
             chosen.append(tried.index[best_at])
         rows.append(row)
     return pd.DataFrame(rows, columns=[*keys, *TOKEN_MAX_RATE_COLUMNS]), chosen
@@ -110,7 +110,7 @@ def _why_no_rate(tried: pd.DataFrame, goodput_pct: float) -> str:
         return "no offered rate was measured"
     lowest = tried.iloc[0]
     at = f"at the lowest rate tried, {lowest['offered_rate_per_s']:g}/s,"
-    share = _number(lowest.get("goodput_share"))
+    share = as_float(lowest.get("goodput_share"))
     if lowest.get("status") == STATUS_OVERLOADED:
         what = "the server was overloaded"
     elif lowest.get("status") != STATUS_OK:
@@ -121,10 +121,3 @@ def _why_no_rate(tried: pd.DataFrame, goodput_pct: float) -> str:
     else:
         what = f"goodput was {100 * share:.1f} %"
     return f"no rate tried kept goodput >= {goodput_pct:g} %: {at} {what}; try lower rates"
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan

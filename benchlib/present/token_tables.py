@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchlib.derive.capacity import as_float
 from benchlib.derive.token_capacity import TOKEN_CONFIG_KEYS, token_max_rate_table
 from benchlib.present.tables import several_runtimes
 from benchlib.schema import closed_loop, generative_points, open_loop_points, with_load_keys, with_runtime
@@ -71,24 +72,18 @@ def _column(points: pd.DataFrame, column: str) -> pd.Series:
 
 def _with_interval(point: pd.Series, column: str) -> str:
     """"2.24 (2.22–2.26)", three significant digits; the value alone without an interval; "–" without a value."""
-    value = _number(point.get(column))
+    value = as_float(point.get(column))
     if math.isnan(value):
         return "–"
-    low, high = (_number(point.get(c)) for c in token_interval_columns(column))
+    low, high = (as_float(point.get(c)) for c in token_interval_columns(column))
     if math.isnan(low) or math.isnan(high):
         return f"{value:.3g}"
     return f"{value:.3g} ({low:.3g}–{high:.3g})"
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
 
 def _int(value: Any) -> str:
-    number = _number(value)
+    number = as_float(value)
     return "–" if math.isnan(number) else str(int(number))
 
 
@@ -132,7 +127,7 @@ def token_serving_table(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENT
 
 def _share(point: pd.Series) -> str:
     """Goodput as "97.5 (93.1–99.3)" percent; "–" where the run had no budget to meet."""
-    value, low, high = (_number(point.get(c)) * 100 for c in ("goodput_share", "goodput_share_ci_low",
+    value, low, high = (as_float(point.get(c)) * 100 for c in ("goodput_share", "goodput_share_ci_low",
                                                              "goodput_share_ci_high"))
     if math.isnan(value):
         return "–"
@@ -143,9 +138,9 @@ def _capacity_note(capacity: pd.Series | pd.DataFrame, point: pd.Series, goodput
     """The configuration's capacity said on its highest rate whose goodput held (or, where none did, on its
     lowest rate: why)."""
     row = capacity.iloc[0] if isinstance(capacity, pd.DataFrame) else capacity
-    rate = _number(point.get("offered_rate_per_s"))
-    if rate == _number(row["offered_rate_per_s"]):
+    rate = as_float(point.get("offered_rate_per_s"))
+    if rate == as_float(row["offered_rate_per_s"]):
         return "; ".join(filter(None, [f"the highest rate with goodput >= {goodput_pct:g} %", row["note"]]))
-    if math.isnan(_number(row["offered_rate_per_s"])) and rate == _number(row["next_rate_per_s"]):
+    if math.isnan(as_float(row["offered_rate_per_s"])) and rate == as_float(row["next_rate_per_s"]):
         return str(row["reason"])
     return ""
