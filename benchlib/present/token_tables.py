@@ -81,7 +81,6 @@ def _with_interval(point: pd.Series, column: str) -> str:
     return f"{value:.3g} ({low:.3g}–{high:.3g})"
 
 
-
 def _int(value: Any) -> str:
     number = as_float(value)
     return "–" if math.isnan(number) else str(int(number))
