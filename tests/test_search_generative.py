@@ -4,6 +4,8 @@ whose TTFT and TPOT with one client thread are known (benchlib.measure.synthetic
 TTFT = prefill, TPOT = decode_fixed + per_sequence x batch)."""
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -123,6 +125,13 @@ def test_bench_finds_the_largest_batch_within_the_tpot_budget(tmp_path: Path, ca
     assert best["usd_per_million_output_tokens"] == pytest.approx(usd_per_million(best["output_tokens_per_s"], 1.0))
     assert best["usd_per_million_output_tokens_low"] <= best["usd_per_million_output_tokens"] <= \
         best["usd_per_million_output_tokens_high"]
+    # env.json's rounds are priced as search.csv is: per million output tokens
+    record = json.loads((tmp_path / "run" / "env.json").read_text())["search"]
+    assert record["per_million_of"] == "output tokens"
+    last = record["rounds"][-1]
+    assert last["best"].endswith("batch 4 x1")  # the round's price, not a sequence's (OUTPUT times dearer)
+    assert last["best_usd_per_million"] == pytest.approx(usd_per_million(best["throughput_per_s"] * OUTPUT, 1.0),
+                                                         rel=0.2)
 
 
 def test_a_causal_lms_search_is_refused_without_a_token_budget_naming_the_key(tmp_path: Path, capsys) -> None:

@@ -295,9 +295,11 @@ def _row(candidate: Candidate, percentile: str, usd_per_hour: float, generative:
     }
 
 
-def search_record(outcome: SearchOutcome, usd_per_hour: float) -> dict[str, Any]:
-    """env.json's `search`: why it stopped, its totals and rounds, the answer and its runner-up."""
+def search_record(outcome: SearchOutcome, usd_per_hour: float, output_tokens: int | None = None) -> dict[str, Any]:
+    """env.json's `search`: why it stopped, its totals and rounds, the answer and its runner-up. A causal LM's
+    (`output_tokens` per sequence) prices its rounds per million output tokens, as its search.csv does."""
     best, runner_up = outcome.best, outcome.runner_up
+    per = output_tokens or 1  # inferences (sequences) per second -> the priced units per second
     # How much dearer the runner-up is per million: its throughput is that much lower.
     margin = (100 * (best.throughput.mid / runner_up.throughput.mid - 1)
               if best is not None and runner_up is not None and runner_up.throughput.mid > 0 else None)
@@ -312,7 +314,8 @@ def search_record(outcome: SearchOutcome, usd_per_hour: float) -> dict[str, Any]
         "intervals": "trial noise pooled per window across configurations; Bonferroni over the configurations "
                      "compared in each round (benchlib.derive.pooled_noise)",
         "rounds": [{"round": r.round, "window_s": r.window_s, "measured": r.measured, "live": r.live,
-                    "best": r.best, "best_usd_per_million": usd_per_million(r.best_throughput_per_s, usd_per_hour)
+                    "best": r.best, "best_usd_per_million": usd_per_million(r.best_throughput_per_s * per, usd_per_hour)
                     if r.best else None, "spent_s": r.spent_s} for r in outcome.rounds],
+        "per_million_of": "output tokens" if output_tokens else "inferences",
         "notes": outcome.notes,
     }

@@ -134,7 +134,7 @@ def run_sweep(
                                   confirmed=sweep.confirmed)
             writer.write_search(search_table(outcome, params.search.percentile, usd_per_hour,
                                              output_tokens_of(params)))
-            env.update(search=search_record(outcome, usd_per_hour))
+            env.update(search=search_record(outcome, usd_per_hour, output_tokens_of(params)))
             report.say(f"search: {outcome.reason}")
         else:
             for block in blocks(points, lambda point: point.key[:3]):

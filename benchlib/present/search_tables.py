@@ -164,7 +164,8 @@ def rounds_figure(where: Runs | str | Path) -> Figure | None:
         if rounds.empty:
             continue
         label = f"{instance} {run}"
-        cost_axis.plot(rounds["round"], rounds["best_usd_per_million"], marker="o", label=f"{label}: best $/M")
+        unit = "/M output tokens" if record.get("per_million_of") == "output tokens" else "/M"
+        cost_axis.plot(rounds["round"], rounds["best_usd_per_million"], marker="o", label=f"{label}: best ${unit}")
         live_axis.step(rounds["round"], rounds["live"], where="post", linestyle="--", label=f"{label}: left")
     cost_axis.set(xlabel="round", ylabel="best $ per million so far",
                   title="The search, round by round (solid: best $/M; dashed: configurations left)")
