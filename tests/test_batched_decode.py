@@ -127,7 +127,7 @@ def test_served_sequences_at_different_positions_generate_what_the_closed_loop_d
     output_tokens, input_tokens, places = 6, 7, 3
     prompts = torch.randint(3, 256, (places, input_tokens), generator=torch.Generator().manual_seed(1))
     arrivals = [0.0, 0.002, 0.013, 0.031, 0.032, 0.033, 0.050, 0.071]
-    sequences = [Sequence(i, t, output_tokens, enqueued=t) for i, t in enumerate(arrivals)]
+    sequences = [Sequence(i, t, enqueued=t, output_tokens=output_tokens) for i, t in enumerate(arrivals)]
     with torch.inference_mode():
         simulate(sequences, lambda n: 0.010, lambda r: 0.005, places, steps=model_work(served, prompts))
     assert all(len(s.token_times) == output_tokens and not s.dropped for s in sequences)

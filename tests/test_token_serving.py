@@ -21,7 +21,7 @@ def test_admit_fills_the_free_places_oldest_first() -> None:
 
 
 def _arrived(times: list[float], output_tokens: int) -> list[Sequence]:
-    return [Sequence(i, t, output_tokens, enqueued=t) for i, t in enumerate(times)]
+    return [Sequence(i, t, enqueued=t, output_tokens=output_tokens) for i, t in enumerate(times)]
 
 
 def test_simulate_by_hand() -> None:
@@ -31,11 +31,11 @@ def test_simulate_by_hand() -> None:
     a, b, c, d = sequences
     # A and B: prefill together (20 ms), decode of 2 (4 ms) twice; C waits for their places.
     assert a.token_times == pytest.approx([0.020, 0.024, 0.028]) and b.token_times == a.token_times
-    assert (a.batch_id, a.merged, c.admitted) == (0, 2, pytest.approx(0.028))
+    assert (a.batch_id, a.merged, c.dispatched) == (0, 2, pytest.approx(0.028))
     # C is admitted alone at 28 ms (D has not arrived): prefill 10, decode of 1 (3 ms); D arrives during C's
     # prefill and is admitted at the next iteration, 41 ms: prefill 10, then both decode (4 ms).
     assert c.token_times == pytest.approx([0.038, 0.041, 0.055])
-    assert d.admitted == pytest.approx(0.041)
+    assert d.dispatched == pytest.approx(0.041)
     assert d.token_times == pytest.approx([0.051, 0.055, 0.058])
     assert (c.merged, d.merged, d.batch_id) == (1, 1, 2)
     assert all(not s.dropped for s in sequences)
@@ -121,7 +121,7 @@ def test_the_threaded_server_batches_as_the_simulator_does(arrival: str, rate: f
     n, length = 5, 16
     records = _serve(model, arrival, rate, max_batch, n, length, 30, seed=2)
     steps = _replayed(model.steps[2:])  # after the warm-up's prefill and decode
-    replay = [Sequence(i, r.start_s, n, warmup=r.warmup, enqueued=r.enqueued_s) for i, r in enumerate(records)]
+    replay = [Sequence(i, r.start_s, warmup=r.warmup, enqueued=r.enqueued_s, output_tokens=n) for i, r in enumerate(records)]
     taken = []
 
     def seconds(kind: str):

@@ -64,12 +64,11 @@ def _client(index: int, make_client: ClientFactory, warmup_requests: int, window
             barrier: threading.Barrier, out: list[RequestRecord], staged: bool, generated: bool = False) -> None:
     clock = window.clock
     with make_client(index) as send:
-        stages: list[StageTimes] = []
-        requests: list[GeneratedRequest] = []
-        if staged:  # the hook: a pipeline's own clock reads at its stage boundaries, kept in order
-            send = functools.partial(_keep, send, stages.append)
-        elif generated:  # the same hook: a generative request's own start, end and token times
-            send = functools.partial(_keep, send, requests.append)
+        # The hook: what each `send` returns, kept in order: a pipeline's own clock reads at its stage
+        # boundaries (StageTimes), a generative request's own start, end and token times (GeneratedRequest).
+        kept: list[StageTimes | GeneratedRequest] = []
+        if staged or generated:
+            send = functools.partial(_keep, send, kept.append)
         warm: list[tuple[float, float]] = []
         for _ in range(warmup_requests):
             if window.stop.is_set():
@@ -89,11 +88,9 @@ def _client(index: int, make_client: ClientFactory, warmup_requests: int, window
     t0 = window.t0
     timed = [(i - len(warm), True, s, e) for i, (s, e) in enumerate(warm)]
     timed += [(i, False, s, e) for i, (s, e) in enumerate(measured)]
-    if staged:
-        out.extend(_staged_record(index, seq, warmup, stage, t0) for (seq, warmup, _, _), stage in zip(timed, stages))
-    elif generated:
-        out.extend(_generated_record(index, seq, warmup, request, t0)
-                   for (seq, warmup, _, _), request in zip(timed, requests))
+    if staged or generated:
+        record = _staged_record if staged else _generated_record
+        out.extend(record(index, seq, warmup, returned, t0) for (seq, warmup, _, _), returned in zip(timed, kept))
     else:
         out.extend(RequestRecord(index, seq, warmup, s - t0, e - t0) for seq, warmup, s, e in timed)
 

@@ -118,7 +118,39 @@ class Slots:
         return self  # a cast copy of the model is on the same device
 
 
-class SyntheticModel(torch.nn.Module):
+class Holding:
+    """What a synthetic model does with its time: hold for a given time, at most `slots` holds at once (None:
+    unlimited), each deadline fixed on entry (:meth:`reserve`) and never ended early (:meth:`wait`), keeping how
+    late each hold ended (:meth:`overshoot`). The encoder and the generative synthetic models share it."""
+
+    def _init_holding(self, speed: float, slots: int | Slots | None, clock: Clock, sleep: Sleep) -> None:
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive finite factor, not {speed}")
+        self.speed = speed
+        self.slots = Slots(slots) if isinstance(slots, int) else slots
+        self._clock = clock
+        self._sleep = sleep
+        # deque.append is atomic under the GIL: client threads add to it without a lock.
+        self._lates: deque[float] = deque(maxlen=LATES_KEPT)
+
+    def reserve(self, hold_s: float) -> float:
+        """The deadline of a hold of `hold_s` entering now (queued behind the busy slots)."""
+        return self.slots.reserve(self._clock, hold_s) if self.slots else self._clock() + hold_s
+
+    def wait(self, hold_s: float, deadline: float) -> None:
+        """Hold to `deadline`; a zero hold returns at once, without reading the clock again."""
+        if hold_s > 0:
+            self._lates.append(hold(hold_s, deadline, self._clock, self._sleep))
+
+    def overshoot(self, reset: bool = True) -> Overshoot:
+        """The lateness of the holds since the last reset (at most the newest LATES_KEPT)."""
+        lates = list(self._lates)
+        if reset:
+            self._lates.clear()
+        return Overshoot.of(lates)
+
+
+class SyntheticModel(torch.nn.Module, Holding):
     """Holds a request of batch b ``(fixed_ms + per_item_ms x b) / speed`` ms, at most `slots` at once
     (None: unlimited); returns zeros of shape (b, 1).
 
@@ -129,16 +161,9 @@ class SyntheticModel(torch.nn.Module):
     def __init__(self, fixed_ms: float, per_item_ms: float = 0.0, slots: int | Slots | None = None,
                  speed: float = 1.0, clock: Clock = time.perf_counter, sleep: Sleep = time.sleep) -> None:
         super().__init__()
-        if not (math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a positive finite factor, not {speed}")
+        self._init_holding(speed, slots, clock, sleep)
         self.fixed_ms = self.ms = fixed_ms
         self.per_item_ms = per_item_ms
-        self.speed = speed
-        self.slots = Slots(slots) if isinstance(slots, int) else slots
-        self._clock = clock
-        self._sleep = sleep
-        # deque.append is atomic under the GIL: client threads add to it without a lock.
-        self._lates: deque[float] = deque(maxlen=LATES_KEPT)
 
     def hold_s(self, batch_size: int) -> float:
         """How long a request of `batch_size` holds once it has a slot."""
@@ -153,18 +178,10 @@ class SyntheticModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hold_s = self.hold_s(x.shape[0])
-        deadline = self.slots.reserve(self._clock, hold_s) if self.slots else self._clock() + hold_s
+        deadline = self.reserve(hold_s)
         out = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
-        if hold_s > 0:  # synthetic:0 returns at once, without reading the clock again
-            self._lates.append(hold(hold_s, deadline, self._clock, self._sleep))
+        self.wait(hold_s, deadline)  # synthetic:0 returns at once
         return out
-
-    def overshoot(self, reset: bool = True) -> Overshoot:
-        """The lateness of the holds since the last reset (at most the newest LATES_KEPT)."""
-        lates = list(self._lates)
-        if reset:
-            self._lates.clear()
-        return Overshoot.of(lates)
 
     def extra_repr(self) -> str:
         slots = f", slots={self.slots.k}" if self.slots else ""

@@ -17,7 +17,7 @@ Open loop (benchlib.measure.token_serving) steps it as sequences at different po
 :meth:`SyntheticGenerativeModel.prefill` (the admitted prompts together) and
 :meth:`SyntheticGenerativeModel.decode` (one token for each running sequence), the same holds.
 
-Holding, slots and lateness are the encoder synthetic model's (benchlib.measure.synthetic: `hold`,
+Holding, slots and lateness are the encoder synthetic model's (benchlib.measure.synthetic: `Holding`,
 `Slots`, `Overshoot`), so both models wait the same way: each step's deadline is fixed on entry and
 a step never ends early. With `slots` k, at most k steps are held at once, first come first served,
 like a device; a prefill and a decode each take a slot for their own hold.
@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from benchlib.measure.synthetic import LATES_KEPT, Clock, Overshoot, Sleep, Slots, hold
+from benchlib.measure.synthetic import Clock, Holding, Sleep, Slots
 
 
-class SyntheticGenerativeModel:
+class SyntheticGenerativeModel(Holding):
     """Holds a prefill of b sequences of L tokens ``fixed_ms + per_token_ms x L x b`` ms and each decode step
     ``fixed_ms + per_sequence_ms x b`` ms (both over `speed`), at most `slots` steps at once (None: unlimited).
     Call it as a `Step`; it keeps how late each hold ended (:meth:`overshoot`)."""
@@ -50,18 +49,11 @@ class SyntheticGenerativeModel:
                          ("decode_fixed_ms", decode_fixed_ms)):
             if not (math.isfinite(ms) and ms >= 0):
                 raise ValueError(f"{name} must be a finite number of milliseconds >= 0, not {ms}")
-        if not (math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a positive finite factor, not {speed}")
+        self._init_holding(speed, slots, clock, sleep)
         self.fixed_ms = fixed_ms
         self.per_token_ms = per_token_ms
         self.per_sequence_ms = per_sequence_ms
         self.decode_fixed_ms = decode_fixed_ms
-        self.speed = speed
-        self.slots = Slots(slots) if isinstance(slots, int) else slots
-        self._clock = clock
-        self._sleep = sleep
-        # deque.append is atomic under the GIL: client threads add to it without a lock.
-        self._lates: deque[float] = deque(maxlen=LATES_KEPT)
 
     def prefill_s(self, batch_size: int, input_tokens: int) -> float:
         """How long a prefill holds once it has a slot."""
@@ -74,10 +66,9 @@ class SyntheticGenerativeModel:
     def __call__(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, int]:
         batch, new = tokens.shape[0], tokens.shape[1]
         hold_s = self.prefill_s(batch, new) if state is None else self.decode_s(batch)
-        deadline = self.slots.reserve(self._clock, hold_s) if self.slots else self._clock() + hold_s
+        deadline = self.reserve(hold_s)
         out = torch.zeros(batch, dtype=torch.long, device=tokens.device)
-        if hold_s > 0:  # a zero-cost model returns at once, without reading the clock again
-            self._lates.append(hold(hold_s, deadline, self._clock, self._sleep))
+        self.wait(hold_s, deadline)  # a zero-cost model returns at once
         return out, (state or 0) + new
 
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -90,14 +81,6 @@ class SyntheticGenerativeModel:
         """Open loop: one decode step of r running sequences, wherever each is, holding ``decode_s(r)``."""
         out, _ = self(tokens[:, None], 0)
         return out, [seen + 1 for seen in states]
-
-    def overshoot(self, reset: bool = True) -> Overshoot:
-        """The lateness of the holds since the last reset (at most the newest LATES_KEPT)."""
-        lates = list(self._lates)
-        if reset:
-            self._lates.clear()
-        return Overshoot.of(lates)
-
 
 class SyntheticGenerativeModule(torch.nn.Module):
     """A :class:`SyntheticGenerativeModel` as the zoo loads models (``synthetic-gen:`` in params): no weights;

@@ -58,7 +58,14 @@ import torch
 from benchlib.measure.arrivals import Schedule
 from benchlib.measure.crew import Crew
 from benchlib.measure.records import Clock, PointRun, RequestRecord
-from benchlib.measure.serving import LEAD_S, SWITCH_INTERVAL_S, drain_seconds, enqueue_on_schedule, switch_interval
+from benchlib.measure.serving import (
+    LEAD_S,
+    SWITCH_INTERVAL_S,
+    Request,
+    drain_seconds,
+    enqueue_on_schedule,
+    switch_interval,
+)
 from benchlib.measure.synthetic import hold
 from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK
 
@@ -76,19 +83,11 @@ class TokenModel(Protocol):
 
 
 @dataclass
-class Sequence:
-    """One request on its way through the server; times on the clock's scale (NaN until they happen)."""
+class Sequence(Request):
+    """One request on its way through the token server: the encoder server's request (its `dispatched` is its
+    admission, its `batch_id` / `merged` its prefill batch), the tokens it must generate and their times."""
 
-    index: int
-    scheduled: float
-    output_tokens: int
-    warmup: bool = False
-    enqueued: float = math.nan
-    admitted: float = math.nan
-    completed: float = math.nan
-    batch_id: int = -1
-    merged: int = -1
-    dropped: bool = False
+    output_tokens: int = field(default=1, kw_only=True)
     token_times: list[float] = field(default_factory=list)
     #: The model's: the sequence's last token and its state (its KV cache).
     token: Any = None
@@ -140,7 +139,7 @@ class TokenScheduler:
             n = admit(queued, len(self.running), self.max_batch_size)
             batch = [self.queue.popleft() for _ in range(n)]
         for sequence in batch:
-            sequence.admitted, sequence.batch_id, sequence.merged = now, self.batches, n
+            sequence.dispatched, sequence.batch_id, sequence.merged = now, self.batches, n
         self.batches += bool(batch)
         self.running.extend(batch)
         return batch
@@ -285,7 +284,7 @@ def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad, cloc
     if prompts.shape[0] < load.max_batch_size:
         raise ValueError(f"prompts has {prompts.shape[0]} rows; the running batch may hold {load.max_batch_size}")
     schedule = load.schedule
-    sequences = [Sequence(i, float(t), load.output_tokens, warmup=i < schedule.warmup)
+    sequences = [Sequence(i, float(t), warmup=i < schedule.warmup, output_tokens=load.output_tokens)
                  for i, t in enumerate(schedule.times_s)]
     scheduler = TokenScheduler(load.max_batch_size)
     crew = Crew(wake=lambda: _notify(scheduler))
@@ -297,7 +296,7 @@ def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad, cloc
     def server() -> None:
         with torch.inference_mode(), context():
             start = clock()
-            warm = [Sequence(-1, 0.0, 2)]
+            warm = [Sequence(-1, 0.0, output_tokens=2)]
             prefill(warm)
             decode(warm)  # warm-up: one of each step, not recorded
             drain_s.append(drain_seconds(load.duration_s, (clock() - start) * load.output_tokens))
@@ -343,7 +342,7 @@ def token_serving_record(sequence: Sequence, t0: float, warmup: int) -> RequestR
     """A request's record (see the module docstring): times from `t0`, token times from its scheduled arrival."""
     return RequestRecord(
         thread=0, seq=sequence.index - warmup, warmup=sequence.warmup, start_s=sequence.scheduled - t0,
-        end_s=sequence.completed - t0, enqueued_s=sequence.enqueued - t0, dispatched_s=sequence.admitted - t0,
+        end_s=sequence.completed - t0, enqueued_s=sequence.enqueued - t0, dispatched_s=sequence.dispatched - t0,
         batch_id=sequence.batch_id, merged_requests=sequence.merged,
         status=STATUS_DROPPED if sequence.dropped else STATUS_OK,
         token_times_s=tuple(t - sequence.scheduled for t in sequence.token_times))
