@@ -586,7 +586,7 @@ if [ -n "${OUT:-}" ]; then RUNS=/tmp/benchlib-gpu-acceptance/$stamp; else RUNS=$
 mkdir -p "$DEST" "$RUNS" || exit 2
 if [ -z "${OUT:-}" ]; then echo '{"made": "gpu-acceptance"}' >"$DEST/$MARK"; fi
 # None left from an earlier run (main-accuracy.csv and compile-accuracy.csv: an older script's).
-for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,llm,llm-serving,compile}-{summary,accuracy}.csv; do
+for file in verdict.txt log.txt env.json accuracy.csv {main,energy,serving,llm,compile}-{summary,accuracy}.csv; do
     rm -f "${DEST:?}/$file"
 done
 LOG=$DEST/log.txt

@@ -4,7 +4,7 @@
   tiny Llama (no compile needed to check the cache bookkeeping: positions, reset between requests).
 - Teacher forcing compares two paths step by step, and a path that is off by a little fails the gate.
 - In a sweep (slow: inductor compiles on the CPU): compiled points run, pass their gate, time their
-  preparation outside the window, do not recompile in it with two clients, and generate the same tokens.
+  preparation outside the window, and do not recompile in it with two clients.
 - A synthetic generative model has nothing to compile: its compile points are unsupported, saying why.
 """
 from __future__ import annotations

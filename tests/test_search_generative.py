@@ -135,18 +135,19 @@ def test_bench_finds_the_largest_batch_within_the_tpot_budget(tmp_path: Path, ca
 
 
 def test_a_causal_lms_search_is_refused_without_a_token_budget_naming_the_key(tmp_path: Path, capsys) -> None:
-    cases = {
-        "search:": generative_search(tpot_budget_ms=None, ttft_budget_ms=None),
-        "search.latency_budget_ms": generative_search(search={"latency_budget_ms": 50}),
-        "output_tokens": generative_search(output_tokens=[4, 8]),
-        "input_tokens": generative_search(input_tokens=[8, 16]),
-        "arrival": generative_search(arrival="poisson"),
+    cases = {  # the key the message names, and what it says there
+        "search": (generative_search(tpot_budget_ms=None, ttft_budget_ms=None), "a causal LM's search needs a budget"),
+        "search.latency_budget_ms": (generative_search(search={"latency_budget_ms": 50}),
+                                     "a causal LM's search is held to TTFT and TPOT"),
+        "output_tokens": (generative_search(output_tokens=[4, 8]), "a search compares configurations of one request"),
+        "input_tokens": (generative_search(input_tokens=[8, 16]), "a search compares configurations of one request"),
+        "arrival": (generative_search(arrival="poisson"), "a causal LM's search runs closed-loop clients"),
     }
-    for key, params in cases.items():
+    for key, (params, said) in cases.items():
         path = tmp_path / f"{key}.yaml"
         path.write_text(yaml.safe_dump({k: v for k, v in params.items() if v is not None}))
         code, text = run_cli(capsys, "validate", path)
-        assert code == 2 and key in text, (key, text)
+        assert code == 2 and f"{path}: {key}: {said}" in text, (key, text)
     path = tmp_path / "encoder.yaml"
     encoder = {k: v for k, v in generative_search().items()
                if k not in ("input_tokens", "output_tokens", "tpot_budget_ms", "ttft_budget_ms")}

@@ -119,6 +119,17 @@ def test_the_summary_flags_shares_above_a_measured_ceiling_and_a_model_without_a
     assert out.loc[5, "kv_cache_bytes"] == 896 and math.isnan(out.loc[5, "decode_bytes_per_s"])
 
 
+def test_an_open_loop_point_keeps_its_sizes_but_no_closed_loop_rates() -> None:
+    """Its TTFT counts queueing from the scheduled arrival and its running batch is not batch_size: no rates."""
+    summary = pd.DataFrame([{**ROW, "arrival": "closed"}, {**ROW, "arrival": "poisson", "ttft_p50_ms": 0.1}])
+    out = add_token_efficiency(summary, {"toy": DIMS}, CEILINGS)
+    assert out.loc[0, "decode_pct_of_measured_bandwidth"] == pytest.approx(50.0)
+    assert out.loc[1, "kv_cache_bytes_per_token"] == KV_PER_TOKEN and out.loc[1, "prefill_flops"] == PREFILL
+    rates = ["prefill_flops_per_s", "prefill_pct_of_measured_peak", "decode_bytes_per_s",
+             "decode_pct_of_measured_bandwidth"]
+    assert out.loc[1, rates].isna().all() and out.loc[1, "notes"] == ""  # no above-peak flag from a queued TTFT
+
+
 def test_shapes_and_bandwidths_come_from_env_json() -> None:
     env = {"models": [{"label": "toy", "lm_dims": DIMS.as_record()}, {"label": "bert", "lm_dims": None},
                       {"label": "old"}],

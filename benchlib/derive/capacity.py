@@ -28,8 +28,8 @@ from benchlib.vocabulary import (
 )
 
 
-#: What identifies an open-loop configuration: the point keys but the rate (and the token keys: generating is
-#: not measured in open loop yet, so its tables keep the encoder's keys).
+#: What identifies an encoder's open-loop configuration: the point keys but the rate and the token keys (a causal
+#: LM's, with its token keys, is benchlib.derive.token_capacity's).
 CONFIG_KEYS: list[str] = [k for k in POINT_KEYS if k not in ("offered_rate_per_s", *TOKEN_KEYS)]
 
 

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchlib.derive.stats import completed_requests, measured_requests
 from benchlib.derive.tokens import request_latencies
 from benchlib.schema import with_trials
-from benchlib.vocabulary import GOODPUT_COLUMNS, STATUS_DROPPED, STATUS_OK
+from benchlib.vocabulary import GOODPUT_COLUMNS, STATUS_OK
 
 #: The Wilson interval's normal quantile (95 %).
 WILSON_Z = 1.959963984540054
@@ -74,9 +75,8 @@ def goodput_figures(records: pd.DataFrame, budgets: TokenBudgets, rates: dict[st
     row: dict[str, Any] = dict.fromkeys(GOODPUT_COLUMNS, math.nan)
     if not budgets.given:
         return row
-    measured = with_trials(records)
-    measured = measured[~measured["warmup"].astype(bool) & measured["status"].isin([STATUS_OK, STATUS_DROPPED])]
-    completed = measured[measured["status"] == STATUS_OK]
+    measured = measured_requests(with_trials(records))
+    completed = completed_requests(measured)
     if measured.empty:
         return row
     good = int(good_requests(request_latencies(completed), budgets).sum()) if len(completed) else 0

@@ -38,11 +38,9 @@ TOKEN_MAX_RATE_COLUMNS: list[str] = [
     "goodput_pct", "percentile", "offered_rate_per_s", "next_rate_per_s", "rates_tried", "achieved_rate_per_s",
     "output_tokens_per_s", "goodput_share", "goodput_share_ci_low", "goodput_share_ci_high", "ttft_ms", "tpot_ms",
     "usd_per_hour", "usd_per_million_output_tokens", "note", "reason"]
-#: The figures read at the rate that met (summary column -> table column), besides the percentiles'.
-_THERE = {"achieved_rate_per_s": "achieved_rate_per_s", "output_tokens_per_s": "output_tokens_per_s",
-          "goodput_share": "goodput_share", "goodput_share_ci_low": "goodput_share_ci_low",
-          "goodput_share_ci_high": "goodput_share_ci_high", "usd_per_hour": "usd_per_hour",
-          "usd_per_million_output_tokens": "usd_per_million_output_tokens"}
+#: The summary's figures read at the rate that met, under their own names, besides the percentiles'.
+_THERE = ("achieved_rate_per_s", "output_tokens_per_s", "goodput_share", "goodput_share_ci_low",
+          "goodput_share_ci_high", "usd_per_hour", "usd_per_million_output_tokens")
 
 
 def token_max_rate_table(summary: pd.DataFrame, goodput_pct: float = DEFAULT_GOODPUT_PCT,
@@ -92,12 +90,12 @@ def _max_rates(points: pd.DataFrame, goodput_pct: float, percentile: str) -> tup
         row: dict[str, Any] = {**configuration, "goodput_pct": goodput_pct, "percentile": percentile, **bracket,
                                "reason": ""}
         if best_at is None:
-            row.update({**dict.fromkeys([*_THERE.values(), "ttft_ms", "tpot_ms"], math.nan),
+            row.update({**dict.fromkeys([*_THERE, "ttft_ms", "tpot_ms"], math.nan),
                         "reason": _why_no_rate(tried, goodput_pct)})
             chosen.append(None)
         else:
             best = tried.iloc[best_at]
-            row.update({name: as_float(best.get(column)) for column, name in _THERE.items()})
+            row.update({column: as_float(best.get(column)) for column in _THERE})
             row.update(ttft_ms=as_float(best.get(f"ttft_{percentile}_ms")),
                        tpot_ms=as_float(best.get(f"tpot_{percentile}_ms")))
             chosen.append(tried.index[best_at])

@@ -57,6 +57,7 @@ from benchlib.derive.llm_costs import (
     prefill_flops,
     weight_bytes,
 )
+from benchlib.schema import is_open_loop
 from benchlib.vocabulary import STATUS_OK, TOKEN_EFFICIENCY_COLUMNS
 
 #: Bytes per value of the compute dtypes results record (`dtype`).
@@ -97,8 +98,11 @@ def decode_context_tokens(input_tokens: int, output_tokens: int) -> float:
     return input_tokens + output_tokens / 2
 
 
-def point_token_efficiency(row: Mapping[str, Any], dims: LMDims, ceilings: Ceilings) -> dict[str, float]:
-    """TOKEN_EFFICIENCY_COLUMNS of one generative point (see the module docstring); NaN where an input is."""
+def point_token_efficiency(row: Mapping[str, Any], dims: LMDims, ceilings: Ceilings,
+                           rates: bool = True) -> dict[str, float]:
+    """TOKEN_EFFICIENCY_COLUMNS of one generative point (see the module docstring); NaN where an input is.
+    Without `rates` (an open-loop point: its TTFT counts queueing from the scheduled arrival and its running
+    batch is not `batch_size`, so the closed loop's reading of them would be wrong) its sizes alone."""
     out = dict.fromkeys(TOKEN_EFFICIENCY_COLUMNS, math.nan)
     batch, threads = int(row["batch_size"]), int(row["threads"])
     inputs, outputs = int(row["input_tokens"]), int(row["output_tokens"])
@@ -113,6 +117,8 @@ def point_token_efficiency(row: Mapping[str, Any], dims: LMDims, ceilings: Ceili
     out["decode_context_tokens"] = decode_context_tokens(inputs, outputs)
     out["decode_bytes_per_token"] = decode_bytes_per_token(dims, stored_int, batch, out["decode_context_tokens"],
                                                            kv_bytes_per_value=s_int)
+    if not rates:
+        return out
     ttft_s, tpot_s = _seconds(row.get("ttft_p50_ms")), _seconds(row.get("tpot_p50_ms"))
     out["prefill_flops_per_s"] = out["prefill_flops"] / ttft_s
     out["decode_bytes_per_s"] = threads * batch * out["decode_bytes_per_token"] / tpot_s
@@ -131,12 +137,12 @@ def add_token_efficiency(summary: pd.DataFrame, dims: Mapping[str, LMDims], ceil
     """`summary` (a generative run's: its token figures and EFFICIENCY_COLUMNS) with TOKEN_EFFICIENCY_COLUMNS
     after its columns; each point above a measured ceiling, or measured without a shape, says so in `notes`."""
     rows, notes = [], []
-    for _, row in summary.iterrows():
+    for (_, row), open_loop in zip(summary.iterrows(), is_open_loop(summary)):
         note = str(row["notes"]) if isinstance(row.get("notes"), str) else ""
         generative = pd.notna(row.get("output_tokens")) and pd.notna(row.get("input_tokens"))
         shape = dims.get(str(row["model"])) if generative else None
-        figures = point_token_efficiency(row, shape, ceilings) if shape is not None else dict.fromkeys(
-            TOKEN_EFFICIENCY_COLUMNS, math.nan)
+        figures = point_token_efficiency(row, shape, ceilings, rates=not open_loop) if shape is not None else \
+            dict.fromkeys(TOKEN_EFFICIENCY_COLUMNS, math.nan)
         said = []
         if generative and shape is None and row.get("status") == STATUS_OK:
             said.append(no_shape_note(str(row["model"])))

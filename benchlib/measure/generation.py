@@ -108,12 +108,14 @@ class EventTimer:
         self._marked = 0
 
     def start(self, output_tokens: int) -> float:
-        # Made before the start: torch creates a CUDA event on its first record, host work that is no part of
-        # the request, so each is recorded once here; the marks record them again.
-        self._events = [torch.cuda.Event(enable_timing=True) for _ in range(output_tokens)]
-        self._start_event = torch.cuda.Event(enable_timing=True)
-        for event in (*self._events, self._start_event):
-            event.record()
+        # Made once per client (again only for more tokens), before the start: torch creates a CUDA event on its
+        # first record, host work that is no part of a request, so each is recorded once here; the marks record
+        # them again, request after request (the last request's were all read, so they are done).
+        if self._start_event is None or len(self._events) < output_tokens:
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(output_tokens)]
+            self._start_event = torch.cuda.Event(enable_timing=True)
+            for event in (*self._events, self._start_event):
+                event.record()
         self._marked = 0
         started = self._clock()
         self._start_event.record()
@@ -136,14 +138,18 @@ def token_timer(device: torch.device, clock: Clock = time.perf_counter) -> Token
     return EventTimer(clock) if device.type == "cuda" else ClockTimer(clock)
 
 
-#: How a closed-loop request's tokens are timed, per device type (env.json's `token_timing` for a generative run).
+#: How a request's tokens are timed (env.json's `token_timing` for a generative run): a closed loop's on CUDA and
+#: elsewhere (:func:`token_timer`), and the open-loop token server's on CUDA (benchlib.measure.token_serving).
 CUDA_TOKEN_TIMING = "a CUDA event per token on the client's stream"
 CLOCK_TOKEN_TIMING = "the clock after each step"
+SERVER_CUDA_TOKEN_TIMING = "the clock after each step, the server's stream synchronised"
 
 
-def token_timing(device: torch.device) -> str:
-    """What :func:`token_timer` uses on `device`, as env.json says it."""
-    return CUDA_TOKEN_TIMING if device.type == "cuda" else CLOCK_TOKEN_TIMING
+def token_timing(device: torch.device, open_loop: bool = False) -> str:
+    """How a run's tokens are timed on `device`, as env.json says it."""
+    if device.type != "cuda":
+        return CLOCK_TOKEN_TIMING
+    return SERVER_CUDA_TOKEN_TIMING if open_loop else CUDA_TOKEN_TIMING
 
 
 def generate_request(step: Step, input_ids: torch.Tensor, output_tokens: int, clock: Clock = time.perf_counter,

@@ -7,6 +7,7 @@
     load.open                           the one question "is this open loop?" asked of a point's load
     load.run(clients, trial, clock)     a trial's requests: benchlib.measure.load.run_point, or
                                         benchlib.measure.serving.serve_point on the trial's schedule
+                                        (a causal LM's: benchlib.measure.token_serving.serve_tokens)
 
 `clients[k]` makes a client's `send` of k merged requests (closed loop uses k = 1).
 """

@@ -249,7 +249,8 @@ class PointMeasurer:
 
     def _compile_generation(self, point: GridPoint, workload: Workload,
                             prompt: torch.Tensor) -> CompiledGeneration | Artifact:
-        """The compiled point's steps, prepared and held to the gate once per (batch, tokens, clients); an
+        """The compiled point's steps, prepared once per (batch, tokens, clients) and held to the gate once per
+        batch size (a gate's row has no token keys: the first request length's stands for the others); an
         Artifact saying why when it cannot be."""
         started = time.perf_counter()
         output_tokens = int(point.output_tokens or 1)

@@ -324,7 +324,7 @@ def _new_env(device: torch.device, params: Params, params_dict: dict[str, Any], 
         env["resumed_across_code"] = earlier
     env.update(start_ceilings(device, params, precisions, writer.previous_env))
     if params.generative:  # how each token was stamped: what the GPU acceptance's LLM step checks
-        env["token_timing"] = token_timing(device)
+        env["token_timing"] = token_timing(device, params.open_loop)
     return env
 
 

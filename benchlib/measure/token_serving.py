@@ -44,6 +44,7 @@ would need a second model replica and a rule for which worker admits; `threads` 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -126,16 +127,18 @@ class TokenScheduler:
             self.cond.notify()
 
     def take(self, now: float) -> list[Sequence]:
-        """The admitted sequences (see :func:`admit`) of those queued by `now`, marked admitted at `now` in a
-        new prefill batch; or,
-        past the drain deadline, none, every queued request dropped at `now`."""
+        """The admitted sequences (see :func:`admit`) of those queued by `now`, marked dispatched at `now` in a
+        new prefill batch; or, past the drain deadline, none, every queued request dropped at `now`."""
         with self.cond:
             if self.closed and now > self.drain_until:
                 for sequence in self.queue:
                     sequence.dropped, sequence.completed = True, now
                 self.queue.clear()
-            # What was queued by `now` (one enqueued while the clock was read waits for the next iteration).
-            queued = next((i for i, s in enumerate(self.queue) if s.enqueued > now), len(self.queue))
+            # What was queued by `now` (one enqueued while the clock was read waits for the next iteration),
+            # looked for among the free places' worth alone: a long backlog is not walked under the lock.
+            free = admit(len(self.queue), len(self.running), self.max_batch_size)
+            head = itertools.islice(self.queue, free)
+            queued = next((i for i, s in enumerate(head) if s.enqueued > now), free)
             n = admit(queued, len(self.running), self.max_batch_size)
             batch = [self.queue.popleft() for _ in range(n)]
         for sequence in batch:

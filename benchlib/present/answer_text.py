@@ -60,7 +60,8 @@ def model_markdown(answer: Answer) -> str:
     if winner.open_loop and goal.tokens:
         lines += ["", f"Served in open loop: the highest rate tried whose goodput (the share of requests within the "
                       f"TTFT and TPOT budgets the run was given) was at least {DEFAULT_GOODPUT_PCT:g} %."]
-    if answer.runner_up is None:
+    if answer.runner_up is None and not winner.open_loop and goal.constraints:
+        # (In open loop each instance's answer is its best configuration alone: others may have met the budget.)
         lines += ["", "It is the only configuration within the budget."]
     if answer.runner_up is not None and answer.margin is not None:
         m = answer.margin

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK, above_measured_peak
-from benchlib.derive.oom_boundary import memory_boundary
+from benchlib.derive.oom_boundary import RAN, memory_boundary
 from benchlib.schema import is_generative, with_runtime
 from benchlib.present.style import FLAG, GIB, column_format
 from benchlib.present.tables import runtime_order, several_runtimes
@@ -31,7 +31,7 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
         same = pd.Series(True, index=summary.index)
         for key in keys:
             same &= summary[key].eq(bound[key]) | (summary[key].isna() & pd.isna(bound[key]))
-        at_largest = summary[same & (summary["status"] == STATUS_OK) & (summary["batch_size"] == largest)]
+        at_largest = summary[same & summary["status"].isin(RAN) & (summary["batch_size"] == largest)]
         rows.append({**{name: bound[key] for key, name in zip(keys, names)},
                      "Largest batch measured": None if pd.isna(largest) else int(largest),
                      "Peak memory there (GiB)": _extreme(at_largest, "peak_memory_bytes", "max") / GIB,
@@ -65,7 +65,7 @@ def efficiency_table(summary: pd.DataFrame) -> pd.DataFrame:
     (measured today, and the datasheet's), the memory it held and left, and its energy per inference.
 
     A share above 100 % of the measured peak is not a share (the probe undershot): it shows with
-    FLAG, and its note says why. Runs from before these figures were recorded show them empty.
+    FLAG, and its note says why. A figure no point has (runs from before it was recorded) is left out.
     """
     ok = summary[summary["status"] == STATUS_OK]
     ok = ok.assign(**{c: float("nan") for c in EFFICIENCY_COLUMNS if c not in ok.columns})

@@ -70,7 +70,7 @@ SECTIONS: dict[str, Section] = {
                                 "--example seed`, or params/g5.4xlarge-additional.yaml and "
                                 "params/g4dn.4xlarge-additional.yaml"),
     "study-yolo": Section("the study's YOLOv5 table", "the study's published runs: `benchlib report --example seed`"),
-    "runtimes": Section("the best runtime per model", "closed-loop points (`arrival: closed`)"),
+    "runtimes": Section("the best runtime per model", f"{_ENCODER_POINTS} (`arrival: closed`)", family=ENCODER),
     "throughput-latency": Section("throughput against latency", f"{_ENCODER_POINTS} with enough requests to "
                                   "bound the latency percentile (`min_requests`: P95 needs 72)", family=ENCODER),
     "knees": Section("the knees of throughput against batch size", "three or more `batch_sizes` in closed loop, "

@@ -1,6 +1,7 @@
 """The causal LMs' table people read: per model and point, time to first token and per output token with their
 intervals, output tokens/s per instance and per user, $ per million output tokens, and where the run has them,
-how much of the device's memory bandwidth decode used (benchlib.derive.llm_costs' figures)."""
+how much of the device's memory bandwidth decode used (benchlib.derive.token_efficiency's figures); and a causal
+LM served in open loop, per offered rate, with its goodput (benchlib.derive.token_capacity)."""
 from __future__ import annotations
 
 import math
