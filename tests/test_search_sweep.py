@@ -114,9 +114,12 @@ def test_repeats_and_target_ci_pct_set_the_answers_fidelity(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_an_open_loop_search_finds_the_configuration_carrying_the_most(tmp_path: Path) -> None:
+    # The budget leaves 6 ms over batch 4's hold, so capacity, not jitter, decides what meets it: on a busy
+    # 2-core machine a thread's wake-up can be a few ms late, and a 1 ms margin (BUDGET_MS) failed at 80 %
+    # of capacity there. Past capacity, constant arrivals pile up a queue that overruns even this budget.
     params = parse_params(searched(
-        runtimes=["eager"], batch_sizes=[1, 4], threads=[2], arrival="constant", max_batch_size=[1, 2],
-        duration_s=0.3, search={"latency_budget_ms": BUDGET_MS, "max_measure_s": 120, "start_per_s": 200,
+        runtimes=["eager"], batch_sizes=[1, 4], threads=[2], arrival="constant", max_batch_size=[1],
+        duration_s=0.3, search={"latency_budget_ms": 10.0, "max_measure_s": 120, "start_per_s": 200,
                                 "tolerance_pct": 10}))
     run_sweep(params, tmp_path / "run", progress=None)
     verdicts = pd.read_csv(tmp_path / "run" / SEARCH)
