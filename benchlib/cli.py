@@ -93,6 +93,8 @@ def _bench(args: argparse.Namespace) -> int:
         print("\nsearch:\n" + "\n".join(f"  {line}" for line in search_lines(result.out_dir)))
     args.ttft_budget_ms = args.ttft_budget_ms if args.ttft_budget_ms is not None else params.ttft_budget_ms
     args.tpot_budget_ms = args.tpot_budget_ms if args.tpot_budget_ms is not None else params.tpot_budget_ms
+    if args.goodput_pct is None and params.rate_search is not None:
+        args.goodput_pct = params.rate_search.goodput_target_pct
     try:
         _print_recommendation(result.summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
@@ -186,7 +188,8 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
     _check_report_inputs(out, args)
     parameters = {"latency_budget_ms": args.latency_budget_ms, "percentile": args.percentile or DEFAULT_PERCENTILE,
                   "target_per_s": args.target_per_s, "baseline_instance": args.baseline,
-                  "ttft_budget_ms": args.ttft_budget_ms, "tpot_budget_ms": args.tpot_budget_ms}
+                  "ttft_budget_ms": args.ttft_budget_ms, "tpot_budget_ms": args.tpot_budget_ms,
+                  "goodput_pct": args.goodput_pct}
     return run_report(out, {k: v for k, v in parameters.items() if v is not None})
 
 
@@ -195,7 +198,7 @@ def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
     `--baseline` instance, a `--percentile` asked for (the default's absence is said in the report), and
     the TTFT and TPOT budgets where the runs' params give different ones."""
     from benchlib.derive.coverage import require_percentile
-    from benchlib.present.report import load_runs, token_budgets
+    from benchlib.present.report import goodput_pct, load_runs, token_budgets
     from benchlib.present.tables import check_baseline
 
     runs = load_runs(out)
@@ -203,6 +206,7 @@ def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
     if latest.empty:
         return
     token_budgets(runs, args.ttft_budget_ms, args.tpot_budget_ms)
+    goodput_pct(runs, args.goodput_pct)
     check_baseline(args.baseline, sorted(map(str, latest["instance"].unique())))
     if args.percentile is not None:
         require_percentile(latest, args.percentile)
@@ -210,15 +214,16 @@ def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
 
 def _recommend(args: argparse.Namespace) -> int:
     from benchlib.derive.answer import generates
-    from benchlib.params_generative import run_token_budgets
+    from benchlib.params_generative import run_goodput_pct, run_token_budgets
 
     folders = [_run_folder(text) for text in args.runs]
     summary = pd.concat([folder[0] for folder in folders], ignore_index=True)
     if args.latency_budget_ms is None and not all(generates(points) for _, points in summary.groupby("model")):
         raise InputError("--latency-budget-ms: required for a model that does not generate (an encoder or vision "
                          "model); give e.g. `--latency-budget-ms 50`")
-    args.ttft_budget_ms, args.tpot_budget_ms = run_token_budgets(
-        [env.get("params") for _, env in folders], args.ttft_budget_ms, args.tpot_budget_ms)
+    runs_params = [env.get("params") for _, env in folders]
+    args.ttft_budget_ms, args.tpot_budget_ms = run_token_budgets(runs_params, args.ttft_budget_ms, args.tpot_budget_ms)
+    args.goodput_pct = run_goodput_pct(runs_params, args.goodput_pct)
     _print_recommendation(summary, args, None)
     return EXIT_OK
 
@@ -273,11 +278,13 @@ def _print_token_answer(summary: pd.DataFrame, args: argparse.Namespace) -> None
                            (("TTFT", args.ttft_budget_ms), ("TPOT", args.tpot_budget_ms)) if budget is not None)
     print("\ncausal LMs: cheapest configuration per million output tokens"
           + (f" with {budgets}:" if budgets else " (no TTFT or TPOT budget: --ttft-budget-ms, --tpot-budget-ms):"))
-    table = answer_table(answers(summary, math.inf, args.percentile, args.ttft_budget_ms, args.tpot_budget_ms))
+    goodput = DEFAULT_GOODPUT_PCT if args.goodput_pct is None else args.goodput_pct
+    table = answer_table(answers(summary, math.inf, args.percentile, args.ttft_budget_ms, args.tpot_budget_ms,
+                                 goodput))
     print(format_table(table, list(table.columns), digits=3))  # a TPOT can be a fraction of a millisecond
     if "offered_rate_per_s" in table.columns and table["offered_rate_per_s"].notna().any():
         print(f"(served in open loop: at the highest rate whose goodput, within the budgets each run was given, held "
-              f"at {DEFAULT_GOODPUT_PCT:g} %)")
+              f"at {goodput:g} %)")
 
 
 COMPARE_HELP = """\
@@ -477,6 +484,14 @@ def positive_number(text: str) -> float:
     return value
 
 
+def percentage(text: str) -> float:
+    """A share in %, above 0 and at most 100 (a goodput to keep); argparse exits 2 with the message otherwise."""
+    value = positive_number(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share in %, above 0 and at most 100")
+    return value
+
+
 def non_negative_number(text: str) -> float:
     """A finite number, 0 or above (thresholds); argparse exits 2 with the message otherwise."""
     try:
@@ -547,6 +562,10 @@ def _add_budget_options(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--tpot-budget-ms", type=positive_number,
                         help="causal LMs: time per output token at --percentile within this (default: the runs' "
                              "params' tpot_budget_ms)")
+    parser.add_argument("--goodput-pct", type=percentage,
+                        help="causal LMs in open loop: a rate held when this share of its requests (in %%) met the "
+                             f"TTFT and TPOT budgets (default: the runs' rate_search.goodput_pct, else "
+                             f"{DEFAULT_GOODPUT_PCT:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ when the config is read, before any weights (benchlib.measure.causal_lm.check_ca
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import InitErrorDetails
 
@@ -146,18 +147,37 @@ def run_token_budgets(runs_params: list[dict], ttft_budget_ms: float | None = No
     """The TTFT and TPOT budgets a report or recommendation answers with: each one given, else the one the
     runs' params (env.json's `params`, or params.yaml) give, where they agree; None where none gives it.
     Runs that give different ones are InputError naming the option that settles it."""
-    given = {"ttft_budget_ms": ttft_budget_ms, "tpot_budget_ms": tpot_budget_ms}
-    chosen = []
-    for key, value in given.items():
-        if value is None:
-            found = sorted({float(p[key]) for p in runs_params if isinstance(p, dict) and p.get(key) is not None})
-            if len(found) > 1:
-                option = "--" + key.replace("_", "-")
-                raise InputError(f"{key}: the runs' params give {', '.join(f'{v:g}' for v in found)}; give the one "
-                                 f"to answer with, e.g. `{option} {found[0]:g}`")
-            value = found[0] if found else None
-        chosen.append(value)
-    return chosen[0], chosen[1]
+    return (_agreed(runs_params, "ttft_budget_ms", lambda p: p.get("ttft_budget_ms"), ttft_budget_ms),
+            _agreed(runs_params, "tpot_budget_ms", lambda p: p.get("tpot_budget_ms"), tpot_budget_ms))
+
+
+def run_goodput_pct(runs_params: list[dict], goodput_pct: float | None = None) -> float:
+    """The goodput share (in %) at which a report or recommendation says a causal LM's rate held: the one given,
+    else the one the runs' rate searches kept (`rate_search.goodput_pct`, DEFAULT_GOODPUT_PCT where a rate search
+    leaves it out) where they agree, else DEFAULT_GOODPUT_PCT (runs at fixed rates ask for none). Runs that kept
+    different ones are InputError naming the option that settles it."""
+    def kept(params: dict) -> float | None:
+        search = params.get("rate_search")
+        if not isinstance(search, dict):
+            return None
+        return DEFAULT_GOODPUT_PCT if search.get("goodput_pct") is None else search["goodput_pct"]
+
+    found = _agreed(runs_params, "rate_search.goodput_pct", kept, goodput_pct, option="--goodput-pct")
+    return DEFAULT_GOODPUT_PCT if found is None else found
+
+
+def _agreed(runs_params: list[dict], key: str, read: Callable[[dict], Any], given: float | None,
+            option: str | None = None) -> float | None:
+    """`given`, else the one value `read` finds in the runs' params (None where none has one); InputError naming
+    `key` and the option that settles it where they give several."""
+    if given is not None:
+        return given
+    found = sorted({float(value) for p in runs_params if isinstance(p, dict) and (value := read(p)) is not None})
+    if len(found) > 1:
+        option = option or "--" + key.replace("_", "-")
+        raise InputError(f"{key}: the runs' params give {', '.join(f'{v:g}' for v in found)}; give the one "
+                         f"to answer with, e.g. `{option} {found[0]:g}`")
+    return found[0] if found else None
 
 
 def _search_budgets(params: Params) -> list[InitErrorDetails]:

@@ -36,7 +36,7 @@ from tests.helpers import RUN_ID, run_cli, tiny_params, write_run
 
 NOTEBOOK_ONLY = {"params_file", "out_dir", "resume", "force", "latency_budget_ms", "percentile"}
 REPORT_PARAMETERS = {"outputs_dir", "latency_budget_ms", "percentile", "target_per_s", "baseline_instance",
-                     "figures_dir", "ttft_budget_ms", "tpot_budget_ms"}
+                     "figures_dir", "ttft_budget_ms", "tpot_budget_ms", "goodput_pct"}
 
 
 @pytest.mark.parametrize("notebook", [BENCHMARK_NOTEBOOK, REPORT_NOTEBOOK], ids=lambda p: p.name)

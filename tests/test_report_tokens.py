@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from benchlib.errors import InputError
-from benchlib.params_generative import run_token_budgets
+from benchlib.params_generative import run_goodput_pct, run_token_budgets
 from benchlib.present.page import Page, holds
 from benchlib.present.token_plots import tokens_per_instance_vs_user, ttft_tpot_vs_batch
 from benchlib.present.token_tables import token_table
@@ -78,11 +78,26 @@ def test_token_budgets_come_from_the_options_else_from_the_runs_params_where_the
     assert run_token_budgets([*runs, {"tpot_budget_ms": 30.0}], tpot_budget_ms=25.0) == (None, 25.0)
 
 
-@pytest.mark.parametrize("option", ["--ttft-budget-ms", "--tpot-budget-ms"])
+def test_the_goodput_to_keep_comes_from_the_option_else_from_the_runs_rate_searches_where_they_agree():
+    searched = [{"rate_search": {"goodput_pct": 95}}, {"rate_search": {"goodput_pct": 95.0}}]
+    fixed = [{"rate_search": None, "rates_per_s": [5, 10]}, {}, None]  # runs at fixed rates ask for no share
+    assert run_goodput_pct([*searched, *fixed]) == 95.0
+    assert run_goodput_pct(fixed) == 99.0 and run_goodput_pct([{"rate_search": {}}]) == 99.0
+    assert run_goodput_pct(searched, 90.0) == 90.0
+    with pytest.raises(InputError, match=r"rate_search.goodput_pct: the runs' params give 95, 99; .* `--goodput-pct 95`"):
+        run_goodput_pct([*searched, {"rate_search": {"goodput_pct": None}}])
+
+
+@pytest.mark.parametrize("option", ["--ttft-budget-ms", "--tpot-budget-ms", "--goodput-pct"])
 @pytest.mark.parametrize("value", ["0", "-3", "nan", "inf", "soon"])
 def test_a_bad_token_budget_is_refused_with_exit_2(option, value, tmp_path, capsys):
     code, text = run_cli(capsys, "report", "--out", str(tmp_path), option, value)
     assert code == 2 and option in text
+
+
+def test_a_goodput_over_100_pct_is_refused_with_exit_2(tmp_path, capsys):
+    code, text = run_cli(capsys, "recommend", str(tmp_path), "--goodput-pct", "100.5")
+    assert code == 2 and "--goodput-pct" in text and "at most 100" in text
 
 
 def test_recommend_answers_a_causal_lm_per_million_output_tokens_with_the_runs_budget(tmp_path, capsys):

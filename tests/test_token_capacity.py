@@ -11,6 +11,7 @@ from benchlib.derive.answer import answers
 from benchlib.derive.token_capacity import recommend_token_serving, token_max_rate_table
 from benchlib.present.answer_text import answer_markdown
 from benchlib.present.token_tables import token_serving_table
+from tests.helpers import run_cli, write_run
 
 MODEL = "synthetic-gen:20+0.1/10+1"
 
@@ -77,6 +78,19 @@ def test_an_lm_served_in_open_loop_is_answered_per_million_output_tokens_at_its_
     assert "**Nothing is within the budget**: no rate tried kept goodput >= 99 %" in none
 
 
+def test_the_answer_and_the_table_hold_goodput_to_the_share_they_are_given() -> None:
+    # At 10/s goodput is 96 %: below the default 99 %, within 95 %. The run's rate search kept 95 %, so must its report.
+    summary = pd.DataFrame([point(5, 1.0), point(10, 0.96), point(20, 0.5)])
+    assert answers(summary, 100, "p95", tpot_budget_ms=20)[0].winner.configuration["offered_rate_per_s"] == 5
+    (answer,) = answers(summary, 100, "p95", tpot_budget_ms=20, goodput_pct=95)
+    assert answer.winner.configuration["offered_rate_per_s"] == 10
+    assert "was at least 95 %" in answer_markdown(summary, 100, "p95", tpot_budget_ms=20, goodput_pct=95)
+    notes = token_serving_table(summary, "p95", goodput_pct=95)["Notes"]
+    assert list(notes) == ["", "the highest rate with goodput >= 95 %", ""]
+    none = answer_markdown(pd.DataFrame([point(5, 0.9)]), 100, "p95", tpot_budget_ms=20, goodput_pct=95)
+    assert "no rate tried kept goodput >= 95 %" in none
+
+
 def test_the_lm_serving_table_marks_the_capacity_and_an_unknown_percentile_says_so() -> None:
     summary = pd.DataFrame([point(5, 1.0), point(10, 0.995), point(20, 0.5),
                             point(40, 0.0, "overloaded", ttft_p95_ms=math.nan)])
@@ -91,3 +105,30 @@ def test_the_lm_serving_table_marks_the_capacity_and_an_unknown_percentile_says_
                                              "offered_rate_per_s": math.nan}]), "p95").empty
     unknown = answer_markdown(pd.DataFrame([point(5, 1.0, ttft_p95_ms=math.nan)]), 100, "p95", ttft_budget_ms=80)
     assert "P95 TTFT unknown (too few requests for it)" in unknown
+
+
+def run_that_kept(folder, kept: float | None, instance: str = "i"):
+    """A run folder of an LM served at 5, 10 and 20/s (goodput 100, 96 and 50 %) by a rate search that kept `kept` %
+    (None: the default)."""
+    search = {"start_per_s": 5} if kept is None else {"start_per_s": 5, "goodput_pct": kept}
+    rows = [point(5, 1.0, instance=instance), point(10, 0.96, instance=instance), point(20, 0.5, instance=instance)]
+    return write_run(folder, rows, env={"params": {"tpot_budget_ms": 20, "rate_search": search}}, made=True)
+
+
+@pytest.mark.parametrize("kept, given, said", [(95, None, 95), (None, None, 99), (95, "97", 97)])
+def test_recommend_holds_goodput_to_the_share_the_runs_rate_search_kept(tmp_path, capsys, kept, given, said) -> None:
+    run = run_that_kept(tmp_path / "i" / "run", kept)
+    code, text = run_cli(capsys, "recommend", str(run), *(["--goodput-pct", given] if given else []))
+    assert code == 0, text
+    assert f"held at {said} %" in text
+    # Goodput is 96 % at 10/s: its price per million output tokens (3.47 USD) is the answer only at 95 %.
+    rate, usd = (10, "3.47") if said <= 96 else (5, "6.94")
+    assert f"{rate:.3f}" in text and f" {usd} " in text, text
+
+
+def test_a_report_of_runs_that_kept_different_goodput_asks_which_before_it_runs(tmp_path, capsys) -> None:
+    run_that_kept(tmp_path / "out" / "a" / "20261205-000000", 95, instance="a")
+    run_that_kept(tmp_path / "out" / "b" / "20261205-000000", 90, instance="b")
+    code, text = run_cli(capsys, "report", "--out", str(tmp_path / "out"))
+    assert code == 2 and "rate_search.goodput_pct: the runs' params give 90, 95" in text and "--goodput-pct 90" in text
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -52,6 +52,7 @@ from benchlib.derive.coverage import why_lacking, with_percentile
 from benchlib.derive.token_capacity import recommend_token_serving
 from benchlib.schema import closed_loop, is_generative, with_load_keys, with_runtime
 from benchlib.vocabulary import (
+    DEFAULT_GOODPUT_PCT,
     PERCENTILE_NAMES,
     TOKEN_KEYS,
     latency_column,
@@ -89,6 +90,8 @@ class Goal:
     cost: str
     unit: str  # "per million", "per million output tokens"
     limits: tuple[Limit, ...]
+    #: A causal LM's: the goodput share (%) at which an open-loop rate held (benchlib.derive.token_capacity).
+    goodput_pct: float = DEFAULT_GOODPUT_PCT
 
     @property
     def constraints(self) -> tuple[Limit, ...]:
@@ -110,15 +113,16 @@ def latency_goal(budget_ms: float, percentile: str) -> Goal:
                        *latency_interval_columns(percentile), budget_ms),))
 
 
-def token_goal(percentile: str, ttft_budget_ms: float | None = None, tpot_budget_ms: float | None = None) -> Goal:
+def token_goal(percentile: str, ttft_budget_ms: float | None = None, tpot_budget_ms: float | None = None,
+               goodput_pct: float = DEFAULT_GOODPUT_PCT) -> Goal:
     """A causal LM's: $ per million output tokens, TTFT and TPOT at the percentile within their budgets
-    (either absent: shown, not limited)."""
+    (either absent: shown, not limited); in open loop, at the highest rate whose goodput held at `goodput_pct` %."""
     limits = []
     for figure, budget in (("ttft", ttft_budget_ms), ("tpot", tpot_budget_ms)):
         column = f"{figure}_{percentile}_ms"
         limits.append(Limit(f"{PERCENTILE_NAMES[percentile]} {figure.upper()}", column,
                             *token_interval_columns(column), budget))
-    return Goal(TOKEN_COST, "per million output tokens", tuple(limits))
+    return Goal(TOKEN_COST, "per million output tokens", tuple(limits), goodput_pct)
 
 
 def generates(points: pd.DataFrame) -> bool:
@@ -197,16 +201,17 @@ class Answer:
 
 
 def answers(summary: pd.DataFrame, budget_ms: float, percentile: str, ttft_budget_ms: float | None = None,
-            tpot_budget_ms: float | None = None) -> list[Answer]:
+            tpot_budget_ms: float | None = None, goodput_pct: float = DEFAULT_GOODPUT_PCT) -> list[Answer]:
     """One answer per model of `summary`, in the order models first appear (see the module docstring):
-    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's."""
+    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's (served in open
+    loop: at the highest rate whose goodput held at `goodput_pct` %)."""
     if summary.empty:
         return []
     summary = with_percentile(with_load_keys(with_runtime(summary)), percentile).reset_index(drop=True)
     out = []
     for model in summary["model"].drop_duplicates():
         points = summary[summary["model"] == model]
-        goal = token_goal(percentile, ttft_budget_ms, tpot_budget_ms) if generates(points) else \
+        goal = token_goal(percentile, ttft_budget_ms, tpot_budget_ms, goodput_pct) if generates(points) else \
             latency_goal(budget_ms, percentile)
         points = points.assign(**{c: math.nan for c in _columns(goal) if c not in points.columns})
         closed = closed_loop(points)
@@ -284,7 +289,7 @@ def _serving(points: pd.DataFrame, goal: Goal, percentile: str) -> pd.DataFrame:
     """The open-loop recommendation of one instance's points: capacity's within the latency budget, or a causal
     LM's at the highest rate whose goodput held (within the budgets its run was given)."""
     if goal.tokens:
-        return recommend_token_serving(points, percentile=percentile)
+        return recommend_token_serving(points, goal.goodput_pct, percentile)
     (limit,) = goal.limits
     return recommend_serving(points, limit.budget_ms, percentile)
 

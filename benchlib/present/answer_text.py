@@ -36,11 +36,13 @@ VERDICT_WORDS = {
 
 def answer_markdown(summary: pd.DataFrame, budget_ms: float, percentile: str,
                     searches: pd.DataFrame | None = None, ttft_budget_ms: float | None = None,
-                    tpot_budget_ms: float | None = None) -> str:
+                    tpot_budget_ms: float | None = None, goodput_pct: float = DEFAULT_GOODPUT_PCT) -> str:
     """The answer section's Markdown: each model's answer (see the module docstring), then how the searches
     among the runs got there (`searches`: present.search_tables.search_summary); empty without points.
-    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's."""
-    blocks = [model_markdown(a) for a in answers(summary, budget_ms, percentile, ttft_budget_ms, tpot_budget_ms)]
+    `budget_ms` limits an encoder's latency, `ttft_budget_ms` and `tpot_budget_ms` a causal LM's (in open loop at
+    the highest rate whose goodput held at `goodput_pct` %)."""
+    blocks = [model_markdown(a) for a in answers(summary, budget_ms, percentile, ttft_budget_ms, tpot_budget_ms,
+                                                 goodput_pct)]
     if searches is not None and not searches.empty:
         blocks.append(searched(searches))
     return "\n\n".join(blocks)
@@ -59,7 +61,7 @@ def model_markdown(answer: Answer) -> str:
              f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD {goal.unit}**, {_figures(winner, goal)}."]
     if winner.open_loop and goal.tokens:
         lines += ["", f"Served in open loop: the highest rate tried whose goodput (the share of requests within the "
-                      f"TTFT and TPOT budgets the run was given) was at least {DEFAULT_GOODPUT_PCT:g} %."]
+                      f"TTFT and TPOT budgets the run was given) was at least {goal.goodput_pct:g} %."]
     if answer.runner_up is None and not winner.open_loop and goal.constraints:
         # (In open loop each instance's answer is its best configuration alone: others may have met the budget.)
         lines += ["", "It is the only configuration within the budget."]

@@ -12,7 +12,7 @@ import yaml
 
 from benchlib.errors import InputError
 from benchlib.params import parse_params
-from benchlib.params_generative import run_token_budgets
+from benchlib.params_generative import run_goodput_pct, run_token_budgets
 from benchlib.results import ENV, PARAMS, SUMMARY, find_runs, measured_everything, read_env, read_summary
 from benchlib.schema import closed_loop, open_loop_points, has_open_loop, with_load_keys
 from benchlib.vocabulary import (
@@ -180,6 +180,16 @@ def token_budgets(runs: Runs, ttft_budget_ms: float | None = None,
                   tpot_budget_ms: float | None = None) -> tuple[float | None, float | None]:
     """The report's TTFT and TPOT budgets: those given, else those the compared runs' params give
     (benchlib.params_generative.run_token_budgets; InputError where they disagree)."""
+    return run_token_budgets(_compared_params(runs), ttft_budget_ms, tpot_budget_ms)
+
+
+def goodput_pct(runs: Runs, given: float | None = None) -> float:
+    """The goodput share (%) at which the report says a causal LM's open-loop rate held: the one given, else the
+    compared runs' rate searches' (benchlib.params_generative.run_goodput_pct; InputError where they disagree)."""
+    return run_goodput_pct(_compared_params(runs), given)
+
+
+def _compared_params(runs: Runs) -> list[dict]:
+    """The params (env.json's) of the runs the report compares."""
     folders = runs.runs.loc[runs.runs["Compared"] == COMPARED, "Folder"]
-    runs_params = [read_env(Path(folder)).get("params") for folder in folders if (Path(folder) / ENV).is_file()]
-    return run_token_budgets(runs_params, ttft_budget_ms, tpot_budget_ms)
+    return [read_env(Path(folder)).get("params") for folder in folders if (Path(folder) / ENV).is_file()]
