@@ -74,13 +74,16 @@ def test_the_gate_fails_a_path_that_is_a_little_off(tiny_llama) -> None:
 @pytest.mark.slow
 def test_compiled_points_run_gated_without_recompiling_in_the_window(tmp_path: Path) -> None:
     params = parse_params(tiny_params(models=["tiny-llama"], input_tokens=[8], output_tokens=[4], batch_sizes=[2],
-                                      threads=[1, 2], runtimes=["eager", "compile"], min_requests=8))
+                                      threads=[1, 2], runtimes=["eager", "compile"], min_requests=8, repeats=2))
     run_sweep(params, tmp_path / "run", progress=None)
     summary = read_summary(tmp_path / "run").set_index(["runtime", "threads"])
-    assert (summary["status"] == "ok").all(), summary["notes"]
+    # Two trials each, taking turns: each compiled point's steps are kept while the other's run, graphs included.
+    assert (summary["status"] == "ok").all() and (summary["n_trials"] == 2).all(), summary["notes"]
     compiled = summary.loc["compile"]
     assert (compiled["prepare_s"] > 0).all() and (summary.loc["eager", "prepare_s"] == 0).all()
     assert not compiled["notes"].str.contains("recompiled").any(), compiled["notes"]
+    # Two clients at the same batch and lengths: the same shapes, so the second point finds the first one's graph.
+    assert "runs the graph(s) compiled for another point of the same shapes" in compiled.loc[2, "notes"]
     assert compiled["tpot_p50_ms"].notna().all() and compiled["ttft_p50_ms"].notna().all()
     accuracy = pd.read_csv(tmp_path / "run" / "accuracy.csv")
     gates = accuracy[accuracy["runtime"] == "compile"]

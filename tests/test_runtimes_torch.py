@@ -20,7 +20,7 @@ import benchlib.measure.runtimes.trace as trace_module
 from benchlib.derive.accuracy import compare_outputs, concat_outputs, output_tensors
 from benchlib.measure.precision import resolve_precision
 from benchlib.measure.runtimes import Unsupported, get_runtime
-from benchlib.measure.runtimes.compiled import Compile, CompileMaxAutotune
+from benchlib.measure.runtimes.compiled import DYNAMO_CACHE, Compile, CompileMaxAutotune, DynamoCache
 from benchlib.measure.runtimes.trace import JIT_DEPRECATED, Trace, padded_example, quiet_jit_deprecation
 from benchlib.measure.sweep import run_sweep
 from benchlib.measure.workload import Workload
@@ -276,3 +276,93 @@ def test_max_autotune_is_compile_with_its_mode() -> None:
     assert (CompileMaxAutotune.name, CompileMaxAutotune.mode) == ("compile-max-autotune", "max-autotune")
     assert Compile.mode is None and issubclass(CompileMaxAutotune, Compile)
     assert type(get_runtime("compile-max-autotune")) is CompileMaxAutotune
+
+
+class _FakeDynamo:
+    """dynamo's reset and config, counted."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+        self.recompile_limit = 8
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_the_dynamo_cache_resets_per_artifact_alone_and_once_per_shared_block_with_room_for_each() -> None:
+    fake = _FakeDynamo()
+    cache = DynamoCache(fake.reset, fake)
+    cache.start(shared=False)
+    assert fake.resets == 0  # nothing compiled yet: nothing to drop
+    for _ in range(3):
+        cache.before_compile()
+    assert (fake.resets, fake.recompile_limit) == (3, 8)  # one artifact at a time: each starts empty
+    cache.start(shared=True)
+    assert fake.resets == 4  # the previous block's graphs go once
+    for n in range(1, 4):
+        cache.before_compile()
+        assert (fake.resets, fake.recompile_limit) == (4, 8 + n)  # kept side by side, each with room
+    cache.start(shared=False)
+    assert (fake.resets, fake.recompile_limit) == (5, 8)
+    with pytest.raises(KeyboardInterrupt), cache.blocks():
+        cache.start(shared=True)
+        cache.before_compile()
+        raise KeyboardInterrupt
+    assert (fake.resets, fake.recompile_limit, cache.shared) == (6, 8, False)  # however a sweep ends
+
+
+def test_artifacts_kept_side_by_side_in_a_block_keep_their_graphs_past_the_recompile_limit() -> None:
+    module = torch.nn.Linear(4, 3).eval().requires_grad_(False)
+    sizes = range(1, 11)  # ten static-shape artifacts of one code object: more than dynamo's limit of 8
+    with DYNAMO_CACHE.blocks():
+        DYNAMO_CACHE.start(shared=True)
+        prepared = {}
+        for b in [*sizes, *sizes]:  # trials taking turns: the second round runs each after the others were prepared
+            workload, example = _linear(b, module)
+            if b not in prepared:
+                prepared[b] = _prepare(Compile(), workload, example)
+            call = prepared[b].bind(0, None, example)
+            with torch.inference_mode():
+                call()
+            assert prepared[b].check_window() is None, b
+            assert not any(word in " ".join(prepared[b].notes) for word in COMPILE_TROUBLE), prepared[b].notes
+    # Alone, each preparation starts the cache empty: an artifact kept past the next one's would recompile.
+    first = _prepare(Compile(), *_linear(1, module))
+    _prepare(Compile(), *_linear(2, module))
+    call = first.bind(0, None, torch.ones(1, 4))
+    with torch.inference_mode():
+        call()
+    assert "recompiled inside the point's run" in first.check_window()
+
+
+def test_in_a_shared_block_an_artifact_of_the_same_shapes_runs_the_graph_already_made_and_none_is_still_none() -> None:
+    module = torch.nn.Linear(4, 3).eval().requires_grad_(False)
+
+    class Skipped(torch.nn.Module):
+        @torch._dynamo.disable
+        def forward(self, x):
+            return x * 2
+
+    with DYNAMO_CACHE.blocks():
+        DYNAMO_CACHE.start(shared=True)
+        for _ in range(2):  # no graph made in the block, so none to find: eager under another name, twice
+            with pytest.raises(Unsupported, match="made no graph"):
+                _prepare(Compile(), *_linear(2, Skipped()))
+        _prepare(Compile(), *_linear(2, module))
+        again = _prepare(Compile(), *_linear(2, module))  # e.g. the same batch for more client threads
+        assert again.notes == ("compile: runs the graph(s) compiled for another point of the same shapes "
+                               "(prepare_s compiled nothing)",)
+        call = again.bind(0, None, torch.ones(2, 4))
+        with torch.inference_mode():
+            call()
+        assert again.check_window() is None
+
+
+@pytest.mark.slow
+def test_compile_points_whose_trials_take_turns_do_not_recompile_in_the_window(tmp_path: Path) -> None:
+    params = parse_params(tiny_params(models=[TINY_BERT], runtimes=["compile"], batch_sizes=[1, 2], repeats=2))
+    run_sweep(params, tmp_path / "run", progress=None)
+    summary = read_summary(tmp_path / "run")
+    assert (summary["status"] == "ok").all() and (summary["n_trials"] == 2).all(), summary["notes"]
+    for notes in summary["notes"].fillna(""):
+        assert not any(word in notes for word in COMPILE_TROUBLE), notes

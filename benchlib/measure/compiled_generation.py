@@ -6,7 +6,7 @@ tokens), as ``generate(cache_implementation="static")`` with a compiled forward 
 (benchlib.measure.generation.static_cache_logits). How a point is prepared (timed as its prepare_s, never
 in a window)::
 
-    dynamo reset (one point's graphs at a time, as the encoders' compile artifacts)
+    dynamo's cache made ready (benchlib.measure.runtimes.compiled.DYNAMO_CACHE, as for the encoders' artifacts)
     decode = torch.compile(model.forward, dynamic=False)       # lazy: nothing compiled yet
     for each client: a StaticCache step; one request of min(3, n) tokens on it, in the clients' precision
         context: the prefill runs eagerly, the decode steps compile (the first client's) or find the graph
@@ -36,7 +36,7 @@ from benchlib.measure.generation import (
     greedy,
     static_cache_logits,
 )
-from benchlib.measure.runtimes.compiled import DynamoCounts, compile_notes
+from benchlib.measure.runtimes.compiled import DYNAMO_CACHE, DynamoCounts, compile_notes
 
 if TYPE_CHECKING:
     from benchlib.measure.workload import Workload
@@ -73,7 +73,7 @@ def prepare_compiled_generation(workload: Workload, prompt: torch.Tensor, output
     warmed on `prompt`. Raises benchlib.measure.runtimes.Unsupported when dynamo makes no graph."""
     model = workload.module
     started = time.perf_counter()
-    torch._dynamo.reset()  # the previous point's graphs are gone: start its cache (and recompile limit) empty
+    DYNAMO_CACHE.before_compile()
     before = DynamoCounts.now()
     decode = torch.compile(model.forward, dynamic=False)
     length = int(prompt.shape[1]) + output_tokens

@@ -40,6 +40,7 @@ from benchlib.measure.memory import PeakMemory, first_line, is_out_of_memory, re
 from benchlib.measure.peaks import peak_dtype
 from benchlib.measure.records import Clock, PointRun
 from benchlib.measure.runtimes import Prepared, Runtime, Unsupported, get_runtime
+from benchlib.measure.runtimes.compiled import DYNAMO_CACHE
 from benchlib.measure.synthetic import Simulated
 from benchlib.measure.synthetic_generative import SyntheticGenerativeModule
 from benchlib.measure.telemetry import SAMPLE_HZ, Sampler, Telemetry, open_telemetry
@@ -330,10 +331,12 @@ class PointMeasurer:
             self._add_measures(run, point, flops, memory, sampler)
 
     def start_block(self) -> None:
-        """A new model, precision and runtime: the previous block's inputs and artifacts go."""
+        """A new model, precision and runtime: the previous block's inputs and artifacts go, and so do their compiled
+        graphs (a block that keeps its artifacts keeps each one's graphs until then)."""
         if self.artifact.keep_all:
             self.artifact.clear()
             self.inputs.clear()
+        DYNAMO_CACHE.start(shared=self.artifact.keep_all)
 
     def _add_measures(self, run: PointRun, point: GridPoint, flops: FlopCount, memory: PeakMemory,
                       sampler: Sampler | None) -> None:

@@ -60,6 +60,7 @@ from benchlib.measure.runnable import check_runnable_here
 from benchlib.measure.progress import Progress
 from benchlib.measure.precision import Precision, matmul_precision, resolve_precision
 from benchlib.measure.rate_search import SearchResult, search_rate
+from benchlib.measure.runtimes.compiled import DYNAMO_CACHE
 from benchlib.measure.trials import StopRule, blocks, trial_order
 from benchlib.measure.zoo import check_generative_hf_models, check_sources
 from benchlib.params import Params, params_to_dict
@@ -117,6 +118,7 @@ def run_sweep(
         intra_op_threads(params.intra_op_threads),
         matmul_precision(params.matmul_precision),
         Progress(params.grid_size, progress, percentile) as report,
+        DYNAMO_CACHE.blocks(),
     ):
         writer.write_params(params_dict)
         env = RunEnv(writer.write_env, _new_env(device, params, params_dict, precisions, writer, resume,

@@ -10,10 +10,13 @@ What goes wrong with ``torch.compile`` in a sweep, and what is done about it
 - **One cache per code object.** Dynamo keeps compiled entries on the forward's
   code object, which every compiled wrapper of one model class shares, and after
   ``torch._dynamo.config.recompile_limit`` (8) entries it stops compiling that
-  frame and runs it eagerly, with a log line only. Each artifact therefore starts
-  with ``torch._dynamo.reset()``: the sweep holds one artifact at a time (it drops
-  the previous one before preparing the next), so nothing still in use is reset,
-  and no artifact counts against another's limit.
+  frame and runs it eagerly, with a log line only; ``torch._dynamo.reset()`` drops
+  every entry, those of artifacts still in use too (their next call recompiles).
+  :data:`DYNAMO_CACHE` says when to reset: where the sweep holds one artifact at a
+  time, before each artifact (no artifact counts against another's limit); where a
+  block's trials take turns and keep each of its artifacts (repeats, a target
+  interval, a search, open loop), once at the block's start, and each artifact
+  raises the limit by one instead, so none drops or crowds out another's graphs.
 - **Silent fallbacks.** ``torch._dynamo.utils.counters`` says what dynamo did:
   ``counters["frames"]["total"]`` / ``["ok"]`` count its attempts to compile a frame
   (one per cache miss) and the ones that succeeded, ``counters["stats"]
@@ -53,6 +56,7 @@ What goes wrong with ``torch.compile`` in a sweep, and what is done about it
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from dataclasses import dataclass
@@ -63,7 +67,7 @@ import torch
 from benchlib.measure.runtimes.base import Prepared, Runtime, Unsupported, module_call
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from benchlib.measure.inputs import Inputs
     from benchlib.measure.workload import Workload
@@ -72,6 +76,75 @@ if TYPE_CHECKING:
 WARMUP_CALLS = 3
 #: How much of a dynamo reason a note quotes.
 REASON_CHARS = 120
+
+
+class DynamoCache:
+    """When dynamo's cache of compiled graphs (one per process) is reset, so that no artifact in use loses its
+    graphs (see the module docstring, "One cache per code object")::
+
+        start(shared)     a new block of points: reset it (where anything compiled), the recompile limit back to
+                          what it was; `shared`: the block keeps each of its artifacts while its trials take turns
+        before_compile()  before an artifact compiles: reset it (alone), or, in a shared block, raise the recompile
+                          limit to the block's first limit + the artifacts compiled in the block, this one included
+        holds_graphs()    whether graphs were made since the last reset: in a shared block, an artifact of the same
+                          shapes as an earlier one finds that one's graphs and makes none of its own
+
+    `reset` and `config` (an object with ``recompile_limit``) are torch's unless given (tests give fakes).
+    """
+
+    def __init__(self, reset: Callable[[], None] | None = None, config: Any = None) -> None:
+        self._reset = reset
+        self._config = config
+        self.shared = False
+        self.compiled = 0  # artifacts compiled since the last reset
+        self._base_limit: int | None = None
+        self._graphs_at_reset = 0
+
+    def start(self, shared: bool) -> None:
+        if self.compiled:
+            self._clear()
+        if self._base_limit is not None:
+            self.config.recompile_limit = self._base_limit
+            self._base_limit = None
+        self.shared = shared
+
+    def before_compile(self) -> None:
+        if not self.shared:
+            self._clear()
+        elif self._base_limit is None:
+            self._base_limit = self.config.recompile_limit
+        self.compiled += 1
+        if self.shared:
+            self.config.recompile_limit = self._base_limit + self.compiled
+
+    @contextlib.contextmanager
+    def blocks(self) -> Iterator[None]:
+        """A sweep's blocks: on the way out, however it ends, the cache reset and the limit restored, so nothing
+        after it starts in a shared block."""
+        try:
+            yield
+        finally:
+            self.start(shared=False)
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            import torch._dynamo.config
+
+            self._config = torch._dynamo.config
+        return self._config
+
+    def holds_graphs(self) -> bool:
+        return DynamoCounts.now().graphs > self._graphs_at_reset
+
+    def _clear(self) -> None:
+        (self._reset or torch._dynamo.reset)()
+        self.compiled = 0
+        self._graphs_at_reset = DynamoCounts.now().graphs
+
+
+#: The process's dynamo cache: the sweep starts each block on it, the compile runtimes call it before compiling.
+DYNAMO_CACHE = DynamoCache()
 
 
 @dataclass(frozen=True)
@@ -125,7 +198,7 @@ class Compile(Runtime):
         return _cpp_compiler_problem()
 
     def prepare(self, workload: Workload, example: Inputs) -> Prepared:
-        torch._dynamo.reset()  # the previous artifact is gone: start this one's cache empty
+        DYNAMO_CACHE.before_compile()
         before = DynamoCounts.now()
         compiled = torch.compile(workload.module, dynamic=False, mode=self.mode)
         call = _caller(compiled, isinstance(example, dict), copy_outputs=self._cuda_graphs(workload))
@@ -148,8 +221,11 @@ class Compile(Runtime):
 
 def compile_notes(name: str, made: DynamoCounts) -> list[str]:
     """What a preparation's compiling (`made`: the counters' growth over it) leaves to say: frames left to eager,
-    graph breaks, graphs from inductor's on-disk cache. Raises Unsupported when it made no graph at all (the
-    model would run eagerly under the runtime's name)."""
+    graph breaks, graphs from inductor's on-disk cache, graphs another artifact of the block made. Raises
+    Unsupported when it made no graph at all and found none (the model would run eagerly under the runtime's name)."""
+    if made.graphs == 0 and made.frames == 0 and not made.unimplemented and DYNAMO_CACHE.holds_graphs():
+        # Every call found a graph dynamo holds: an earlier artifact of the block, of the same shapes, made it.
+        return [f"{name}: runs the graph(s) compiled for another point of the same shapes (prepare_s compiled nothing)"]
     if made.graphs == 0:
         reasons = made.unimplemented + made.graph_breaks
         raise Unsupported(f"torch.compile made no graph, the model would run eagerly{_reason(reasons)}")
