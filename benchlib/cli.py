@@ -73,6 +73,8 @@ def _bench(args: argparse.Namespace) -> int:
     from benchlib.derive.cost import PriceError, load_prices, require_price
     from benchlib.measure.runnable import check_runnable_here
     from benchlib.measure.sweep import run_sweep
+    from benchlib.params_generative import TOKEN_BUDGETS
+    from benchlib.present.runs import goodput_at_budgets
 
     _check_force(args)
     params = load_params(args.params)
@@ -95,8 +97,10 @@ def _bench(args: argparse.Namespace) -> int:
     args.tpot_budget_ms = args.tpot_budget_ms if args.tpot_budget_ms is not None else params.tpot_budget_ms
     if args.goodput_pct is None and params.rate_search is not None:
         args.goodput_pct = params.rate_search.goodput_target_pct
+    summary = goodput_at_budgets(result.summary, result.out_dir, params.model_dump(include=set(TOKEN_BUDGETS)),
+                                 args.ttft_budget_ms, args.tpot_budget_ms)
     try:
-        _print_recommendation(result.summary, args, Path(args.out))
+        _print_recommendation(summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
         raise InputError(f"{exc} The run itself is written in {result.out_dir}/.") from None
     print(f"\nwrote {result.out_dir}/ (records.parquet, summary.csv, knees.csv, frontier.csv, accuracy.csv, env.json, "
@@ -195,17 +199,18 @@ def _local_report(args: argparse.Namespace, out: Path) -> Path:
 
 def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
     """Before the notebook runs, what the report is asked about must be in the runs it compares: the
-    `--baseline` instance, a `--percentile` asked for (the default's absence is said in the report), and
-    the TTFT and TPOT budgets where the runs' params give different ones."""
+    `--baseline` instance, a `--percentile` asked for (the default's absence is said in the report), the
+    TTFT and TPOT budgets where the runs' params give different ones (and the records that judge goodput at
+    other budgets than a run's own), and the goodput share where the runs' rate searches kept different ones."""
     from benchlib.derive.coverage import require_percentile
-    from benchlib.present.report import goodput_pct, load_runs, token_budgets
+    from benchlib.present.report import at_token_budgets, goodput_pct, load_runs, token_budgets
     from benchlib.present.tables import check_baseline
 
     runs = load_runs(out)
     latest = runs.latest
     if latest.empty:
         return
-    token_budgets(runs, args.ttft_budget_ms, args.tpot_budget_ms)
+    at_token_budgets(runs, *token_budgets(runs, args.ttft_budget_ms, args.tpot_budget_ms))  # the records it needs
     goodput_pct(runs, args.goodput_pct)
     check_baseline(args.baseline, sorted(map(str, latest["instance"].unique())))
     if args.percentile is not None:
@@ -215,6 +220,7 @@ def _check_report_inputs(out: Path, args: argparse.Namespace) -> None:
 def _recommend(args: argparse.Namespace) -> int:
     from benchlib.derive.answer import generates
     from benchlib.params_generative import run_goodput_pct, run_token_budgets
+    from benchlib.present.runs import goodput_at_budgets
 
     folders = [_run_folder(text) for text in args.runs]
     summary = pd.concat([folder[0] for folder in folders], ignore_index=True)
@@ -224,6 +230,10 @@ def _recommend(args: argparse.Namespace) -> int:
     runs_params = [env.get("params") for _, env in folders]
     args.ttft_budget_ms, args.tpot_budget_ms = run_token_budgets(runs_params, args.ttft_budget_ms, args.tpot_budget_ms)
     args.goodput_pct = run_goodput_pct(runs_params, args.goodput_pct)
+    summary = pd.concat([goodput_at_budgets(folder_summary, Path(text), params, args.ttft_budget_ms,
+                                            args.tpot_budget_ms)
+                         for (folder_summary, _), text, params in zip(folders, args.runs, runs_params)],
+                        ignore_index=True)
     _print_recommendation(summary, args, None)
     return EXIT_OK
 
@@ -283,8 +293,8 @@ def _print_token_answer(summary: pd.DataFrame, args: argparse.Namespace) -> None
                                  goodput))
     print(format_table(table, list(table.columns), digits=3))  # a TPOT can be a fraction of a millisecond
     if "offered_rate_per_s" in table.columns and table["offered_rate_per_s"].notna().any():
-        print(f"(served in open loop: at the highest rate whose goodput, within the budgets each run was given, held "
-              f"at {goodput:g} %)")
+        print(f"(served in open loop: at the highest rate whose goodput, the share of requests within these budgets, "
+              f"held at {goodput:g} %)")
 
 
 COMPARE_HELP = """\

@@ -133,3 +133,12 @@ def closed_loop(points: pd.DataFrame) -> pd.DataFrame:
 def open_loop_points(points: pd.DataFrame) -> pd.DataFrame:
     """The open-loop points: what the serving tables judge, each at its offered rate."""
     return points[is_open_loop(points)]
+
+
+def holding(points: pd.DataFrame, values: dict[str, Any]) -> pd.Series:
+    """Whether each row of `points` holds every key's value in `values`, a missing value matching a missing one
+    (an encoder's token keys are NaN)."""
+    same = pd.Series(True, index=points.index)
+    for key, value in values.items():
+        same &= points[key].eq(value) | (points[key].isna() & pd.isna(value))
+    return same

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchlib.derive.goodput import TokenBudgets, goodput_figures, wilson_interval
+from benchlib.derive.goodput import TokenBudgets, goodput_at, goodput_figures, wilson_interval
 from benchlib.vocabulary import GOODPUT_COLUMNS
 
 
@@ -50,3 +50,23 @@ def test_goodput_counts_the_requests_within_both_budgets_dropped_ones_as_misses(
 def test_no_budget_no_goodput() -> None:
     row = goodput_figures(_records(), TokenBudgets(), {"requests_per_s": 10.0})
     assert all(math.isnan(value) for value in row.values())
+
+
+def test_goodput_at_other_budgets_judges_each_generative_point_again_from_its_own_records() -> None:
+    # Two open-loop points (5/s and 10/s, told apart by their keys) and an encoder point, which has no goodput.
+    records = pd.concat([_records().assign(offered_rate_per_s=5.0),
+                         _records().assign(offered_rate_per_s=10.0, token_times_s=[[t + 0.1 for t in times] for times
+                                                                                  in _records()["token_times_s"]])])
+    keys = {"instance": "i", "model": "m", "runtime": "eager", "threads": 1, "arrival": "constant"}
+    summary = pd.DataFrame([
+        {**keys, "batch_size": 1, "input_tokens": 8, "output_tokens": 3, "offered_rate_per_s": rate,
+         "requests_per_s": rate, "output_tokens_per_s": 3 * rate, "goodput_share": 1.0, "throughput_per_s": rate}
+        for rate in (5.0, 10.0)] + [{**keys, "model": "bert", "batch_size": 1, "input_tokens": math.nan,
+                                     "output_tokens": math.nan, "offered_rate_per_s": 5.0, "throughput_per_s": 5.0}])
+    judged = goodput_at(summary, records.assign(**keys), TokenBudgets(ttft_ms=100))
+    # At 5/s TTFTs are 50, 150, 50 and 80 ms (3 of 5 within 100 ms, the dropped one a miss); at 10/s each is
+    # 100 ms later: none within.
+    assert judged["goodput_share"].iloc[:2].tolist() == pytest.approx([3 / 5, 0.0])
+    assert judged["goodput_requests_per_s"].iloc[0] == pytest.approx(5.0 * 3 / 5)
+    assert math.isnan(judged["goodput_share"].iloc[2]) and judged["throughput_per_s"].tolist() == [5.0, 10.0, 5.0]
+    assert summary["goodput_share"].iloc[0] == 1.0  # the run's own summary is left as it was

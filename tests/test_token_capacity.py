@@ -10,7 +10,9 @@ import pytest
 from benchlib.derive.answer import answers
 from benchlib.derive.token_capacity import recommend_token_serving, token_max_rate_table
 from benchlib.present.answer_text import answer_markdown
+from benchlib.present.runs import at_token_budgets, load_runs
 from benchlib.present.token_tables import token_serving_table
+from benchlib.vocabulary import POINT_KEYS
 from tests.helpers import run_cli, write_run
 
 MODEL = "synthetic-gen:20+0.1/10+1"
@@ -73,7 +75,7 @@ def test_an_lm_served_in_open_loop_is_answered_per_million_output_tokens_at_its_
     text = answer_markdown(summary, 100, "p95", ttft_budget_ms=80, tpot_budget_ms=20)
     assert ("**cheap, fp32 eager, batch 1 of 16 tokens in, 8 out, continuous batching of up to 4 sequences, at 10 "
             "requests/s: 3.47 (no interval) USD per million output tokens**") in text
-    assert "goodput (the share of requests within the TTFT and TPOT budgets the run was given) was at least 99 %" in text
+    assert "goodput (the share of requests whose TTFT and TPOT were within these budgets) was at least 99 %" in text
     none = answer_markdown(pd.DataFrame([point(5, 0.5)]), 100, "p95", ttft_budget_ms=80)
     assert "**Nothing is within the budget**: no rate tried kept goodput >= 99 %" in none
 
@@ -131,4 +133,47 @@ def test_a_report_of_runs_that_kept_different_goodput_asks_which_before_it_runs(
     run_that_kept(tmp_path / "out" / "b" / "20261205-000000", 90, instance="b")
     code, text = run_cli(capsys, "report", "--out", str(tmp_path / "out"))
     assert code == 2 and "rate_search.goodput_pct: the runs' params give 90, 95" in text and "--goodput-pct 90" in text
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def run_with_records(folder):
+    """A run judged at TPOT 20 ms (its params'), whose records hold each request's token times: at 5/s every TPOT
+    is 10 ms, at 10/s 15 ms, so both kept all their goodput there."""
+    rows = [point(5, 1.0, tpot_p95_ms=10.0), point(10, 1.0, tpot_p95_ms=15.0)]
+    run = write_run(folder, rows, env={"params": {"tpot_budget_ms": 20}}, made=True)
+    keys = [k for k in rows[0] if k in POINT_KEYS]
+    records = [{**{k: row[k] for k in keys}, "trial": 0, "warmup": False, "status": "ok", "start_s": float(i),
+                "end_s": float(i) + 0.2, "token_times_s": [i + 0.02 + n * row["tpot_p95_ms"] / 1e3 for n in range(8)]}
+               for row in rows for i in range(20)]
+    pd.DataFrame(records).to_parquet(run / "records.parquet")
+    return run
+
+
+def test_a_tighter_tpot_budget_judges_open_loop_goodput_again_from_the_records(tmp_path, capsys) -> None:
+    run = run_with_records(tmp_path / "i" / "run")
+    code, text = run_cli(capsys, "recommend", str(run))
+    assert code == 0 and " 3.47 " in text and "TPOT <= 20 ms" in text, text  # 10/s: cheaper per output token
+    code, text = run_cli(capsys, "recommend", str(run), "--tpot-budget-ms", "12")
+    assert code == 0 and "TPOT <= 12 ms" in text, text
+    assert " 6.94 " in text and " 3.47 " not in text, text  # 5/s: at 10/s no request's TPOT is within 12 ms now
+    (run / "records.parquet").write_bytes(b"not parquet")
+    code, text = run_cli(capsys, "recommend", str(run), "--tpot-budget-ms", "12")
+    assert code == 2 and "records.parquet: cannot judge goodput at budgets other than the run's own" in text
+    assert run_cli(capsys, "recommend", str(run))[0] == 0  # its own budgets need no records
+
+
+def test_the_report_judges_each_compared_runs_goodput_at_its_budgets(tmp_path) -> None:
+    run_with_records(tmp_path / "out" / "i" / "20261205-000000")
+    runs = load_runs(tmp_path / "out")
+    assert at_token_budgets(runs, None, 20.0).summary is runs.summary  # the run's own: nothing to judge again
+    judged = at_token_budgets(runs, None, 12.0).latest.set_index("offered_rate_per_s")["goodput_share"]
+    assert judged.to_dict() == {5.0: 1.0, 10.0: 0.0}
+    assert runs.latest["goodput_share"].tolist() == [1.0, 1.0]  # the runs read are left as they were
+
+
+def test_a_report_at_other_budgets_whose_records_are_unreadable_exits_2_before_it_runs(tmp_path, capsys) -> None:
+    run = run_with_records(tmp_path / "out" / "i" / "20261205-000000")
+    (run / "records.parquet").write_bytes(b"not parquet")
+    code, text = run_cli(capsys, "report", "--out", str(tmp_path / "out"), "--tpot-budget-ms", "12")
+    assert code == 2 and "records.parquet: cannot judge goodput at budgets other than the run's own" in text
     assert not (tmp_path / "out" / "report.html").exists()

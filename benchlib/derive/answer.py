@@ -34,7 +34,7 @@ Protocol (pure, over a merged summary priced by ``cost.add_cost``)::
 Open loop and closed loop are never mixed for one model: a closed-loop point's cost is at saturation, an
 open-loop one's at the traffic it carried. In open loop an encoder is answered at its highest rate within the
 latency budget (capacity.recommend_serving), a causal LM at its highest rate whose goodput held within the
-TTFT and TPOT budgets its run was given (token_capacity.recommend_token_serving), per million output tokens.
+TTFT and TPOT budgets its points were judged at (token_capacity.recommend_token_serving), per million output tokens.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from benchlib.derive.compare import change
 from benchlib.derive.cost import eligible, recommend
 from benchlib.derive.coverage import why_lacking, with_percentile
 from benchlib.derive.token_capacity import recommend_token_serving
-from benchlib.schema import closed_loop, is_generative, with_load_keys, with_runtime
+from benchlib.schema import closed_loop, holding, is_generative, with_load_keys, with_runtime
 from benchlib.vocabulary import (
     DEFAULT_GOODPUT_PCT,
     PERCENTILE_NAMES,
@@ -273,10 +273,7 @@ def _open_candidates(points: pd.DataFrame, goal: Goal, percentile: str) -> list[
             continue
         row = best.iloc[0]
         keys = {k: row[k] for k in OPEN_KEYS if k in row.index}
-        same = pd.Series(True, index=here.index)
-        for key, value in keys.items():  # NaN keys (an encoder's tokens) match NaN
-            same &= here[key].eq(value) | (here[key].isna() & pd.isna(value))
-        point = here[same].iloc[0]
+        point = here[holding(here, keys)].iloc[0]
         found.append(Choice(instance=str(instance), configuration=keys,
                             usd_per_million=Estimate(point[goal.cost], *_pair(point, *goal.cost_interval)),
                             latencies=tuple(Estimate(point[limit.column], *_pair(point, limit.low, limit.high))
@@ -287,7 +284,7 @@ def _open_candidates(points: pd.DataFrame, goal: Goal, percentile: str) -> list[
 
 def _serving(points: pd.DataFrame, goal: Goal, percentile: str) -> pd.DataFrame:
     """The open-loop recommendation of one instance's points: capacity's within the latency budget, or a causal
-    LM's at the highest rate whose goodput held (within the budgets its run was given)."""
+    LM's at the highest rate whose goodput held (within the budgets its points were judged at)."""
     if goal.tokens:
         return recommend_token_serving(points, goal.goodput_pct, percentile)
     (limit,) = goal.limits

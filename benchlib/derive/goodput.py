@@ -28,8 +28,8 @@ import pandas as pd
 
 from benchlib.derive.stats import completed_requests, measured_requests
 from benchlib.derive.tokens import request_latencies
-from benchlib.schema import with_trials
-from benchlib.vocabulary import GOODPUT_COLUMNS, STATUS_OK
+from benchlib.schema import holding, is_generative, with_trials
+from benchlib.vocabulary import GOODPUT_COLUMNS, POINT_KEYS, STATUS_OK
 
 #: The Wilson interval's normal quantile (95 %).
 WILSON_Z = 1.959963984540054
@@ -93,3 +93,16 @@ def meets_goodput(row: Mapping[str, Any] | pd.Series, goodput_pct: float) -> boo
     a rate search's probe of a causal LM (benchlib.measure.sweep)."""
     share = pd.to_numeric(pd.Series([row.get("goodput_share", math.nan)]), errors="coerce").iloc[0]
     return row.get("status") == STATUS_OK and math.isfinite(share) and share >= goodput_pct / 100
+
+
+def goodput_at(summary: pd.DataFrame, records: pd.DataFrame, budgets: TokenBudgets) -> pd.DataFrame:
+    """`summary` (one run's) with each generative point's GOODPUT_COLUMNS judged again against `budgets`, from that
+    point's `records`: what a report or recommendation asked with budgets other than the run's own. Its rates are
+    the summary row's own; every other column is left as it was."""
+    out = summary.assign(**{column: math.nan for column in GOODPUT_COLUMNS if column not in summary.columns})
+    keys = [k for k in POINT_KEYS if k in out.columns and k in records.columns]
+    for index in out.index[is_generative(out)]:
+        row = out.loc[index]
+        figures = goodput_figures(records[holding(records, {k: row[k] for k in keys})], budgets, row.to_dict())
+        out.loc[index, GOODPUT_COLUMNS] = [figures[column] for column in GOODPUT_COLUMNS]
+    return out

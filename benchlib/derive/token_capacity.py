@@ -14,8 +14,9 @@ batch's cap, arrival)::
     recommendation  per model: of the configurations with a rate that met, whose runtime passed its gate and
                     that are priced, the cheapest per million output tokens there (ties: the lower TPOT)
 
-A point's goodput is judged against the budgets its run was given; a run without either budget has no
-goodput, and says so.
+A point's goodput is judged against the budgets its run was given, or those a report or recommendation asked
+for instead (judged again from the run's records: benchlib.present.runs.goodput_at_budgets); without either
+budget there is no goodput, and the reason says so.
 """
 from __future__ import annotations
 

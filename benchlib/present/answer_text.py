@@ -60,8 +60,8 @@ def model_markdown(answer: Answer) -> str:
     lines = [head, "",
              f"**{_where(winner)}: {_cost(winner.usd_per_million)} USD {goal.unit}**, {_figures(winner, goal)}."]
     if winner.open_loop and goal.tokens:
-        lines += ["", f"Served in open loop: the highest rate tried whose goodput (the share of requests within the "
-                      f"TTFT and TPOT budgets the run was given) was at least {goal.goodput_pct:g} %."]
+        lines += ["", f"Served in open loop: the highest rate tried whose goodput (the share of requests whose TTFT "
+                      f"and TPOT were within these budgets) was at least {goal.goodput_pct:g} %."]
     if answer.runner_up is None and not winner.open_loop and goal.constraints:
         # (In open loop each instance's answer is its best configuration alone: others may have met the budget.)
         lines += ["", "It is the only configuration within the budget."]

@@ -5,7 +5,7 @@ import pandas as pd
 
 from benchlib.derive.efficiency import ABOVE_MEASURED_PEAK, above_measured_peak
 from benchlib.derive.oom_boundary import RAN, memory_boundary
-from benchlib.schema import is_generative, with_runtime
+from benchlib.schema import holding, is_generative, with_runtime
 from benchlib.present.style import FLAG, GIB, column_format
 from benchlib.present.tables import runtime_order, several_runtimes
 from benchlib.vocabulary import (
@@ -28,9 +28,7 @@ def memory_limits(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for bound in memory_boundary(summary, keys).to_dict("records"):
         largest = bound["largest_ok_batch"]
-        same = pd.Series(True, index=summary.index)
-        for key in keys:
-            same &= summary[key].eq(bound[key]) | (summary[key].isna() & pd.isna(bound[key]))
+        same = holding(summary, {key: bound[key] for key in keys})
         at_largest = summary[same & summary["status"].isin(RAN) & (summary["batch_size"] == largest)]
         rows.append({**{name: bound[key] for key, name in zip(keys, names)},
                      "Largest batch measured": None if pd.isna(largest) else int(largest),

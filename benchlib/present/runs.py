@@ -3,20 +3,32 @@ from __future__ import annotations
 
 import shlex
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from benchlib.derive.goodput import TokenBudgets, goodput_at
 from benchlib.errors import InputError
 from benchlib.params import parse_params
-from benchlib.params_generative import run_goodput_pct, run_token_budgets
-from benchlib.results import ENV, PARAMS, SUMMARY, find_runs, measured_everything, read_env, read_summary
-from benchlib.schema import closed_loop, open_loop_points, has_open_loop, with_load_keys
+from benchlib.params_generative import TOKEN_BUDGETS, run_goodput_pct, run_token_budgets
+from benchlib.results import (
+    ENV,
+    PARAMS,
+    RECORDS,
+    SUMMARY,
+    find_runs,
+    measured_everything,
+    read_env,
+    read_records,
+    read_summary,
+)
+from benchlib.schema import closed_loop, open_loop_points, has_open_loop, is_generative, with_load_keys
 from benchlib.vocabulary import (
     ARRIVAL_CLOSED,
+    GOODPUT_COLUMNS,
     REQUIRED_SUMMARY_COLUMNS,
     STATUS_OK,
     STATUS_OVERLOADED,
@@ -181,6 +193,40 @@ def token_budgets(runs: Runs, ttft_budget_ms: float | None = None,
     """The report's TTFT and TPOT budgets: those given, else those the compared runs' params give
     (benchlib.params_generative.run_token_budgets; InputError where they disagree)."""
     return run_token_budgets(_compared_params(runs), ttft_budget_ms, tpot_budget_ms)
+
+
+def at_token_budgets(runs: Runs, ttft_budget_ms: float | None, tpot_budget_ms: float | None) -> Runs:
+    """`runs` with each compared run's causal-LM goodput judged at the report's TTFT and TPOT budgets, from its
+    records where its own params gave other budgets (:func:`goodput_at_budgets`)."""
+    summary = runs.summary
+    for _, run in runs.runs[runs.runs["Compared"] == COMPARED].iterrows():
+        folder = Path(run["Folder"])
+        rows = (summary["instance"].astype(str) == str(run["Instance"])) & (summary["run_id"].astype(str) == str(run["Run"]))
+        params = read_env(folder).get("params") if (folder / ENV).is_file() else None
+        theirs = summary[rows]
+        judged = goodput_at_budgets(theirs, folder, params, ttft_budget_ms, tpot_budget_ms)
+        if judged is not theirs:
+            summary = summary.copy()
+            summary.loc[rows, GOODPUT_COLUMNS] = judged[GOODPUT_COLUMNS]
+    return replace(runs, summary=summary)
+
+
+def goodput_at_budgets(summary: pd.DataFrame, run_dir: Path, params: Any, ttft_budget_ms: float | None,
+                       tpot_budget_ms: float | None) -> pd.DataFrame:
+    """One run's summary with its causal LMs' goodput judged at these budgets, from the run's records, where its
+    `params` (env.json's) gave others; `summary` itself where they are the same or it holds no causal LM.
+    InputError naming the records and the way out where they cannot be read."""
+    budgets = TokenBudgets(ttft_budget_ms, tpot_budget_ms)
+    own = TokenBudgets(*(params.get(key) if isinstance(params, dict) else None for key in TOKEN_BUDGETS))
+    if budgets == own or not is_generative(summary).any():
+        return summary
+    try:
+        records = read_records(run_dir)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{Path(run_dir) / RECORDS}: cannot judge goodput at budgets other than the run's own "
+                         f"({type(exc).__name__}: {exc}); leave out --ttft-budget-ms and --tpot-budget-ms to answer "
+                         "with the run's budgets, or measure it again") from None
+    return goodput_at(summary, records, budgets)
 
 
 def goodput_pct(runs: Runs, given: float | None = None) -> float:

@@ -91,7 +91,7 @@ def token_serving_table(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENT
                         goodput_pct: float = DEFAULT_GOODPUT_PCT) -> pd.DataFrame:
     """Per causal LM's open-loop configuration (continuous batching: the running batch's cap) and offered rate:
     the rate achieved, TTFT and TPOT at `percentile` with their intervals, goodput (the share of requests within
-    the run's TTFT and TPOT budgets) with its interval, output tokens/s and $ per million output tokens, the
+    the TTFT and TPOT budgets its rows were judged at) with its interval, output tokens/s and $ per million output tokens, the
     status; the highest rate whose goodput held says so in its notes (benchlib.derive.token_capacity), and so does
     a configuration where none did. Empty without such points."""
     points = open_loop_points(generative_points(with_load_keys(with_runtime(summary))))
