@@ -25,7 +25,7 @@ from benchlib.results import (
     read_records,
     read_summary,
 )
-from benchlib.schema import closed_loop, open_loop_points, has_open_loop, is_generative, with_load_keys
+from benchlib.schema import closed_loop, open_loop_points, has_open_loop, is_generative, is_open_loop, with_load_keys
 from benchlib.vocabulary import (
     ARRIVAL_CLOSED,
     GOODPUT_COLUMNS,
@@ -214,11 +214,12 @@ def at_token_budgets(runs: Runs, ttft_budget_ms: float | None, tpot_budget_ms: f
 def goodput_at_budgets(summary: pd.DataFrame, run_dir: Path, params: Any, ttft_budget_ms: float | None,
                        tpot_budget_ms: float | None) -> pd.DataFrame:
     """One run's summary with its causal LMs' goodput judged at these budgets, from the run's records, where its
-    `params` (env.json's) gave others; `summary` itself where they are the same or it holds no causal LM.
+    `params` (env.json's) gave others and it served a causal LM in open loop (the answer there rests on goodput;
+    in closed loop on TTFT and TPOT percentiles, which need no records); `summary` itself otherwise.
     InputError naming the records and the way out where they cannot be read."""
     budgets = TokenBudgets(ttft_budget_ms, tpot_budget_ms)
     own = TokenBudgets(*(params.get(key) if isinstance(params, dict) else None for key in TOKEN_BUDGETS))
-    if budgets == own or not is_generative(summary).any():
+    if budgets == own or not (is_generative(summary) & is_open_loop(summary)).any():
         return summary
     try:
         records = read_records(run_dir)
