@@ -86,8 +86,8 @@ class DynamoCache:
                           what it was; `shared`: the block keeps each of its artifacts while its trials take turns
         before_compile()  before an artifact compiles: reset it (alone), or, in a shared block, raise the recompile
                           limit to the block's first limit + the artifacts compiled in the block, this one included
-        holds_graphs()    whether graphs were made since the last reset: in a shared block, an artifact of the same
-                          shapes as an earlier one finds that one's graphs and makes none of its own
+        earlier_graphs()  in a shared block, whether its earlier artifacts made graphs: one of the same shapes as
+                          an earlier one finds that one's graphs and makes none of its own
 
     `reset` and `config` (an object with ``recompile_limit``) are torch's unless given (tests give fakes).
     """
@@ -98,7 +98,7 @@ class DynamoCache:
         self.shared = False
         self.compiled = 0  # artifacts compiled since the last reset
         self._base_limit: int | None = None
-        self._graphs_at_reset = 0
+        self._graphs_before = 0  # dynamo's graph count before a shared block's first artifact
 
     def start(self, shared: bool) -> None:
         if self.compiled:
@@ -111,8 +111,9 @@ class DynamoCache:
     def before_compile(self) -> None:
         if not self.shared:
             self._clear()
-        elif self._base_limit is None:
+        elif self.compiled == 0:  # the block's first artifact: what dynamo made before it is none of the block's
             self._base_limit = self.config.recompile_limit
+            self._graphs_before = DynamoCounts.now().graphs
         self.compiled += 1
         if self.shared:
             self.config.recompile_limit = self._base_limit + self.compiled
@@ -134,13 +135,12 @@ class DynamoCache:
             self._config = torch._dynamo.config
         return self._config
 
-    def holds_graphs(self) -> bool:
-        return DynamoCounts.now().graphs > self._graphs_at_reset
+    def earlier_graphs(self) -> bool:
+        return self.shared and self.compiled > 1 and DynamoCounts.now().graphs > self._graphs_before
 
     def _clear(self) -> None:
         (self._reset or torch._dynamo.reset)()
         self.compiled = 0
-        self._graphs_at_reset = DynamoCounts.now().graphs
 
 
 #: The process's dynamo cache: the sweep starts each block on it, the compile runtimes call it before compiling.
@@ -223,7 +223,7 @@ def compile_notes(name: str, made: DynamoCounts) -> list[str]:
     """What a preparation's compiling (`made`: the counters' growth over it) leaves to say: frames left to eager,
     graph breaks, graphs from inductor's on-disk cache, graphs another artifact of the block made. Raises
     Unsupported when it made no graph at all and found none (the model would run eagerly under the runtime's name)."""
-    if made.graphs == 0 and made.frames == 0 and not made.unimplemented and DYNAMO_CACHE.holds_graphs():
+    if made.graphs == 0 and made.frames == 0 and not made.unimplemented and DYNAMO_CACHE.earlier_graphs():
         # Every call found a graph dynamo holds: an earlier artifact of the block, of the same shapes, made it.
         return [f"{name}: runs the graph(s) compiled for another point of the same shapes (prepare_s compiled nothing)"]
     if made.graphs == 0:
