@@ -49,8 +49,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from benchlib.measure.arrivals import Schedule
 from benchlib.measure.crew import Crew
@@ -85,6 +86,10 @@ class Request:
     batch_id: int = -1
     merged: int = -1
     dropped: bool = False
+
+
+#: A served request: the encoder server's, or one that adds to it (the token server's Sequence).
+R = TypeVar("R", bound=Request)
 
 
 class Batcher:
@@ -316,16 +321,23 @@ def serve_point(factories: dict[int, ClientFactory], workers: int, load: Load,
         server.wake()
         crew.wait()
 
+    return run_served(crew, requests, origin, schedule.warmup, _record, drain)
+
+
+def run_served(crew: Crew, requests: Sequence[R], origin: list[float], warmup: int,
+               record: Callable[[R, float, int], RequestRecord], coordinate: Callable[[], None] | None = None) -> PointRun:
+    """Run a server's crew (with a short GIL switch interval; `coordinate` as Crew.run's), then the point's run:
+    every request's `record`, timed from the first measured request's scheduled arrival (the generator's start,
+    `origin[0]`, without one), and the requests dropped after the drain said; a failed thread's run instead."""
     with switch_interval(SWITCH_INTERVAL_S):
-        crew.run(drain)
+        crew.run(coordinate)
     failed = crew.failed_run()
     if failed is not None:
         return failed
-    t0 = requests[schedule.warmup].scheduled if len(requests) > schedule.warmup else origin[0]
-    records = [_record(request, t0, schedule.warmup) for request in requests]
+    t0 = requests[warmup].scheduled if len(requests) > warmup else origin[0]
     dropped = sum(r.dropped for r in requests)
-    note = f"{dropped} request(s) dropped after the drain" if dropped else ""
-    return PointRun(records=records, t0=t0, error=note)
+    return PointRun(records=[record(r, t0, warmup) for r in requests], t0=t0,
+                    error=f"{dropped} request(s) dropped after the drain" if dropped else "")
 
 
 def _record(request: Request, t0: float, warmup: int) -> RequestRecord:

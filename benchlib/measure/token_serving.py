@@ -61,11 +61,10 @@ from benchlib.measure.crew import Crew
 from benchlib.measure.records import Clock, PointRun, RequestRecord
 from benchlib.measure.serving import (
     LEAD_S,
-    SWITCH_INTERVAL_S,
     Request,
     drain_seconds,
     enqueue_on_schedule,
-    switch_interval,
+    run_served,
 )
 from benchlib.measure.synthetic import hold
 from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK
@@ -325,15 +324,7 @@ def serve_tokens(model: TokenModel, prompts: torch.Tensor, load: TokenLoad, cloc
 
     crew.add("benchlib-token-server", server)
     crew.add("benchlib-generator", generator)
-    with switch_interval(SWITCH_INTERVAL_S):
-        crew.run()
-    failed = crew.failed_run()
-    if failed is not None:
-        return failed
-    t0 = sequences[schedule.warmup].scheduled if len(sequences) > schedule.warmup else origin[0]
-    records = [token_serving_record(s, t0, schedule.warmup) for s in sequences]
-    dropped = sum(s.dropped for s in sequences)
-    return PointRun(records=records, t0=t0, error=f"{dropped} request(s) dropped after the drain" if dropped else "")
+    return run_served(crew, sequences, origin, schedule.warmup, token_serving_record)
 
 
 def _notify(scheduler: TokenScheduler) -> None:
