@@ -73,7 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
     from benchlib.derive.cost import PriceError, load_prices, require_price
     from benchlib.measure.runnable import check_runnable_here
     from benchlib.measure.sweep import run_sweep
-    from benchlib.params_generative import TOKEN_BUDGETS
+    from benchlib.params_generative import TOKEN_BUDGETS, goodput_target
     from benchlib.present.runs import goodput_at_budgets
 
     _check_force(args)
@@ -95,11 +95,11 @@ def _bench(args: argparse.Namespace) -> int:
         print("\nsearch:\n" + "\n".join(f"  {line}" for line in search_lines(result.out_dir)))
     args.ttft_budget_ms = args.ttft_budget_ms if args.ttft_budget_ms is not None else params.ttft_budget_ms
     args.tpot_budget_ms = args.tpot_budget_ms if args.tpot_budget_ms is not None else params.tpot_budget_ms
-    if args.goodput_pct is None and params.rate_search is not None:
-        args.goodput_pct = params.rate_search.goodput_target_pct
-    summary = goodput_at_budgets(result.summary, result.out_dir, params.model_dump(include=set(TOKEN_BUDGETS)),
-                                 args.ttft_budget_ms, args.tpot_budget_ms)
+    if args.goodput_pct is None:
+        args.goodput_pct = goodput_target(params)
     try:
+        summary = goodput_at_budgets(result.summary, result.out_dir, params.model_dump(include=set(TOKEN_BUDGETS)),
+                                     args.ttft_budget_ms, args.tpot_budget_ms)
         _print_recommendation(summary, args, Path(args.out))
     except InputError as exc:  # the percentile asked for: the run is measured and written all the same
         raise InputError(f"{exc} The run itself is written in {result.out_dir}/.") from None

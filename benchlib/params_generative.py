@@ -153,17 +153,24 @@ def run_token_budgets(runs_params: list[dict], ttft_budget_ms: float | None = No
 
 def run_goodput_pct(runs_params: list[dict], goodput_pct: float | None = None) -> float:
     """The goodput share (in %) at which a report or recommendation says a causal LM's rate held: the one given,
-    else the one the runs' rate searches kept (`rate_search.goodput_pct`, DEFAULT_GOODPUT_PCT where a rate search
-    leaves it out) where they agree, else DEFAULT_GOODPUT_PCT (runs at fixed rates ask for none). Runs that kept
+    else the one the runs' rate searches on goodput kept (`rate_search.goodput_pct`, DEFAULT_GOODPUT_PCT where one
+    leaves it out) where they agree, else DEFAULT_GOODPUT_PCT (runs at fixed rates, and encoders' rate searches,
+    ask for none). Runs that kept
     different ones are InputError naming the option that settles it."""
     def kept(params: dict) -> float | None:
         search = params.get("rate_search")
-        if not isinstance(search, dict):
-            return None
+        if not isinstance(search, dict) or search.get("latency_budget_ms") is not None:
+            return None  # no rate search, or an encoder's: held to a latency budget, not to goodput
         return DEFAULT_GOODPUT_PCT if search.get("goodput_pct") is None else search["goodput_pct"]
 
     found = _agreed(runs_params, "rate_search.goodput_pct", kept, goodput_pct, option="--goodput-pct")
     return DEFAULT_GOODPUT_PCT if found is None else found
+
+
+def goodput_target(params: Params) -> float:
+    """The goodput share (%) a run's own answer holds a causal LM's open-loop rate to: its rate search's, else
+    DEFAULT_GOODPUT_PCT."""
+    return DEFAULT_GOODPUT_PCT if params.rate_search is None else params.rate_search.goodput_target_pct
 
 
 def _agreed(runs_params: list[dict], key: str, read: Callable[[dict], Any], given: float | None,

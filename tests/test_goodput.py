@@ -70,3 +70,8 @@ def test_goodput_at_other_budgets_judges_each_generative_point_again_from_its_ow
     assert judged["goodput_requests_per_s"].iloc[0] == pytest.approx(5.0 * 3 / 5)
     assert math.isnan(judged["goodput_share"].iloc[2]) and judged["throughput_per_s"].tolist() == [5.0, 10.0, 5.0]
     assert summary["goodput_share"].iloc[0] == 1.0  # the run's own summary is left as it was
+    # A point whose every request was dropped has no goodput, as in the run's own summary (generative_figures).
+    dropped = records[records["offered_rate_per_s"] == 10.0].assign(status="dropped", token_times_s=[[]] * 6)
+    judged = goodput_at(summary, pd.concat([records[records["offered_rate_per_s"] == 5.0], dropped]).assign(**keys),
+                        TokenBudgets(ttft_ms=100))
+    assert judged["goodput_share"].iloc[0] == pytest.approx(3 / 5) and math.isnan(judged["goodput_share"].iloc[1])

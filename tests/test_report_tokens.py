@@ -84,6 +84,8 @@ def test_the_goodput_to_keep_comes_from_the_option_else_from_the_runs_rate_searc
     assert run_goodput_pct([*searched, *fixed]) == 95.0
     assert run_goodput_pct(fixed) == 99.0 and run_goodput_pct([{"rate_search": {}}]) == 99.0
     assert run_goodput_pct(searched, 90.0) == 90.0
+    encoder = {"rate_search": {"latency_budget_ms": 50, "goodput_pct": None}}  # held to latency, not goodput
+    assert run_goodput_pct([*searched, encoder]) == 95.0
     with pytest.raises(InputError, match=r"rate_search.goodput_pct: the runs' params give 95, 99; .* `--goodput-pct 95`"):
         run_goodput_pct([*searched, {"rate_search": {"goodput_pct": None}}])
 

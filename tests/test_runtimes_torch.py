@@ -301,9 +301,13 @@ def test_the_dynamo_cache_resets_per_artifact_alone_and_once_per_shared_block_wi
     assert fake.resets == 4  # the previous block's graphs go once
     for n in range(1, 4):
         cache.before_compile()
-        assert (fake.resets, fake.recompile_limit) == (4, 8 + n)  # kept side by side, each with room
+        assert (fake.resets, fake.recompile_limit) == (4, 8 * n)  # kept side by side, each with the room of one alone
+    cache.made(("m", (2, 4)))
+    assert cache.found(("m", (2, 4))) and not cache.found(("m", (3, 4)))
     cache.start(shared=False)
     assert (fake.resets, fake.recompile_limit) == (5, 8)
+    cache.made(("m", (2, 4)))
+    assert not cache.found(("m", (2, 4)))  # alone, each artifact starts empty: nothing to find
     with pytest.raises(KeyboardInterrupt), cache.blocks():
         cache.start(shared=True)
         cache.before_compile()
@@ -356,6 +360,28 @@ def test_in_a_shared_block_an_artifact_of_the_same_shapes_runs_the_graph_already
         with torch.inference_mode():
             call()
         assert again.check_window() is None
+        with pytest.raises(Unsupported, match="made no graph"):  # the same shapes, but another module's: its own
+            _prepare(Compile(), *_linear(2, Skipped()))
+
+
+def test_the_gate_is_held_to_its_own_compiles_not_to_those_of_artifacts_prepared_in_between() -> None:
+    # Open loop prepares and gates every merged batch size's artifact before any of them runs.
+    module = torch.nn.Linear(4, 3).eval().requires_grad_(False)
+    with DYNAMO_CACHE.blocks():
+        DYNAMO_CACHE.start(shared=True)
+        prepared = {}
+        for b in (1, 2, 3):
+            prepared[b] = _prepare(Compile(), *_linear(b, module))
+            gate_inputs = torch.ones(b + 2 if b == 3 else b, 4)  # the third gate checks other shapes: a compile
+            with torch.inference_mode():
+                prepared[b].call(gate_inputs)
+        for b in (1, 2, 3):
+            call = prepared[b].bind(0, None, torch.ones(b, 4))
+            with torch.inference_mode():
+                call()
+        assert prepared[1].check_window() is None and prepared[2].check_window() is None
+        assert prepared[3].check_window() == ("compile: the accuracy gate's calls recompiled (1 compile(s)), so it "
+                                              "checked another graph than the one timed")
 
 
 @pytest.mark.slow

@@ -126,10 +126,15 @@ def test_window_energy_per_inference_is_power_over_throughput(tmp_path: Path, mo
     params = parse_params(tiny_params(batch_sizes=[2], duration_s=0.3))
     summary = run_sweep(params, tmp_path / "run", progress=None).summary
     row = summary.iloc[0]
-    # energy = P x window, inferences = throughput x window: J per inference = P / throughput. Exact up to
-    # the microseconds between a sample's clock reading and the source's own (thread scheduling).
-    assert row["energy_j"] == pytest.approx(LinearEnergy.POWER_W * row["window_s"], rel=1e-4)
-    assert row["joules_per_inference"] == pytest.approx(LinearEnergy.POWER_W / row["throughput_per_s"], rel=1e-4)
+    # energy = P x window, inferences = throughput x window: J per inference = P / throughput. Exact up to the
+    # time between a sample's clock reading and the source's own, at each end of the window: microseconds, or a
+    # millisecond where the 2-core machine is busy and the sampling thread waits for a core. Allowing 1 ms at each
+    # end (0.7 % of the 0.3 s window) still fails energy over another span than the window (warm-up, preparation).
+    reads_apart_s = 1e-3
+    assert row["energy_j"] == pytest.approx(LinearEnergy.POWER_W * row["window_s"],
+                                            abs=2 * LinearEnergy.POWER_W * reads_apart_s)
+    assert row["joules_per_inference"] == pytest.approx(LinearEnergy.POWER_W / row["throughput_per_s"],
+                                                        rel=2 * reads_apart_s / row["window_s"])
     assert row["inferences_per_kwh"] == pytest.approx(3.6e6 / row["joules_per_inference"])
     note = row["telemetry_note"]
     assert "energy is coarse: a 0.3 s window is shorter than the 5 s NVML total-energy counter needs" in note

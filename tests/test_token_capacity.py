@@ -159,6 +159,7 @@ def test_a_tighter_tpot_budget_judges_open_loop_goodput_again_from_the_records(t
     (run / "records.parquet").write_bytes(b"not parquet")
     code, text = run_cli(capsys, "recommend", str(run), "--tpot-budget-ms", "12")
     assert code == 2 and "records.parquet: cannot judge goodput at budgets other than the run's own" in text
+    assert "(TPOT 12 ms asked, TPOT 20 ms recorded;" in text and "answer with the run's own (`--tpot-budget-ms 20`)" in text
     assert run_cli(capsys, "recommend", str(run))[0] == 0  # its own budgets need no records
 
 

@@ -10,7 +10,7 @@ import torch
 
 from benchlib.measure.arrivals import arrival_times
 from benchlib.measure.synthetic_generative import SyntheticGenerativeModel
-from benchlib.measure.token_serving import Sequence, TokenLoad, admit, serve_tokens, simulate
+from benchlib.measure.token_serving import Sequence, TokenLoad, TokenScheduler, admit, serve_tokens, simulate
 
 
 def test_admit_fills_the_free_places_oldest_first() -> None:
@@ -52,6 +52,11 @@ def test_simulate_drops_what_is_still_queued_after_the_drain() -> None:
 
 def _serve(model: SyntheticGenerativeModel, arrival: str, rate: float, max_batch: int, output_tokens: int,
            input_tokens: int, requests: int, seed: int = 0) -> list:
+    return _served(model, arrival, rate, max_batch, output_tokens, input_tokens, requests, seed).records
+
+
+def _served(model, arrival: str, rate: float, max_batch: int, output_tokens: int, input_tokens: int, requests: int,
+            seed: int = 0):
     schedule = arrival_times(arrival, rate, 2, 0.1, requests, seed=seed)
     # Two arrivals closer than the server's wake-up (tens of us) may ride one prefill in the server and two
     # in the simulator (which wakes at once): a test that compares them keeps its arrivals apart.
@@ -59,7 +64,7 @@ def _serve(model: SyntheticGenerativeModel, arrival: str, rate: float, max_batch
     run = serve_tokens(model, torch.zeros(max_batch, input_tokens, dtype=torch.long),
                        TokenLoad(schedule, output_tokens, max_batch, 0.1))
     assert run.status == "ok" and not run.error
-    return run.records
+    return run
 
 
 def _ttft_tpot(times: list[float], n: int) -> tuple[float, float]:
@@ -99,28 +104,44 @@ class _Recorded:
         return self._timed("decode", tokens.shape[0], lambda: self.model.decode(tokens, states))
 
 
-def _replayed(steps: list[tuple[str, int, float, float]]) -> list[tuple[str, int, float]]:
-    """Each recorded step's seconds from its start to the next step's (the server's own loop between them
-    included), or to its end when the server then waited for an arrival (a gap over 1 ms)."""
-    out = []
-    for (kind, n, start, end), following in zip(steps, [*steps[1:], None]):
-        busy = following is not None and following[2] - end < 1e-3
-        out.append((kind, n, (following[2] if busy else end) - start))
-    return out
+def _replayed(steps: list[tuple[str, int, float, float]], takes: list[float],
+              first_enqueued: float) -> list[tuple[str, int, float]]:
+    """Each recorded step's seconds on the simulator's clock, set so that the simulator takes (admits) at the
+    server's own take times: its timeline runs through each iteration's take time, then the start of any further
+    step of that iteration; a step lasts to the next point, the last one to its end. The first iteration starts at
+    the first enqueue, where the simulator wakes (the server a little later)."""
+    points = []
+    for i, (_, _, start, _) in enumerate(steps):
+        take = max(t for t in takes if t <= start)
+        points.append(take if i == 0 or take > steps[i - 1][2] else start)  # an iteration's first step: its take
+    points[0] = first_enqueued
+    ends = [*points[1:], steps[-1][3]] if steps else []
+    return [(kind, n, end - point) for (kind, n, _, _), point, end in zip(steps, points, ends)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("arrival", "rate", "max_batch"), [("constant", 17.0, 8), ("constant", 23.0, 3),
                                                             ("poisson", 15.0, 4)])
-def test_the_threaded_server_batches_as_the_simulator_does(arrival: str, rate: float, max_batch: int) -> None:
+def test_the_threaded_server_batches_as_the_simulator_does(arrival: str, rate: float, max_batch: int,
+                                                          monkeypatch) -> None:
     """Arrivals faster than one sequence's service, so sequences share decode steps. The simulator, on the same
-    enqueue times and replaying the steps' measured seconds (the synthetic holds overshoot by a share of a
-    ms, which moves an iteration boundary past an arrival now and then), takes the same steps in the same
-    order, and the server's mean TTFT and TPOT are within 2 % of it."""
+    enqueue times and replaying the steps' measured seconds between the server's own take times (the synthetic
+    holds overshoot by a share of a ms, and a busy machine delays a thread by more, which would move an
+    iteration boundary past an arrival), takes the same steps in the same order, and the server's mean TTFT
+    and TPOT are within 2 % of it."""
+    takes: list[float] = []
+    take = TokenScheduler.take
+
+    def recorded(self, now: float):
+        takes.append(now)
+        return take(self, now)
+
+    monkeypatch.setattr(TokenScheduler, "take", recorded)
     model = _Recorded(SyntheticGenerativeModel(fixed_ms=20, per_token_ms=0.5, decode_fixed_ms=20, per_sequence_ms=2))
     n, length = 5, 16
-    records = _serve(model, arrival, rate, max_batch, n, length, 30, seed=2)
-    steps = _replayed(model.steps[2:])  # after the warm-up's prefill and decode
+    run = _served(model, arrival, rate, max_batch, n, length, 30, seed=2)
+    records = run.records
+    steps = _replayed(model.steps[2:], takes, records[0].enqueued_s + run.t0)  # after the warm-up's two steps
     replay = [Sequence(i, r.start_s, warmup=r.warmup, enqueued=r.enqueued_s, output_tokens=n) for i, r in enumerate(records)]
     taken = []
 

@@ -98,11 +98,14 @@ def meets_goodput(row: Mapping[str, Any] | pd.Series, goodput_pct: float) -> boo
 def goodput_at(summary: pd.DataFrame, records: pd.DataFrame, budgets: TokenBudgets) -> pd.DataFrame:
     """`summary` (one run's) with each generative point's GOODPUT_COLUMNS judged again against `budgets`, from that
     point's `records`: what a report or recommendation asked with budgets other than the run's own. Its rates are
-    the summary row's own; every other column is left as it was."""
+    the summary row's own; a point without a completed request has NaN, as in the run's own summary; every other
+    column is left as it was."""
     out = summary.assign(**{column: math.nan for column in GOODPUT_COLUMNS if column not in summary.columns})
+    generative = is_generative(out)
     keys = [k for k in POINT_KEYS if k in out.columns and k in records.columns]
-    for index in out.index[is_generative(out)]:
-        row = out.loc[index]
-        figures = goodput_figures(records[holding(records, {k: row[k] for k in keys})], budgets, row.to_dict())
-        out.loc[index, GOODPUT_COLUMNS] = [figures[column] for column in GOODPUT_COLUMNS]
+    for _, point in records.groupby(keys, dropna=False, sort=False):  # one pass over the records: a point each
+        ran = not completed_requests(with_trials(point)).empty  # point_summary.generative_figures' guard
+        for index in out.index[generative & holding(out, {k: point[k].iloc[0] for k in keys})]:
+            figures = goodput_figures(point, budgets, out.loc[index].to_dict()) if ran else {}
+            out.loc[index, GOODPUT_COLUMNS] = [figures.get(column, math.nan) for column in GOODPUT_COLUMNS]
     return out

@@ -36,7 +36,7 @@ from benchlib.measure.generation import (
     greedy,
     static_cache_logits,
 )
-from benchlib.measure.runtimes.compiled import DYNAMO_CACHE, DynamoCounts, compile_notes
+from benchlib.measure.runtimes.compiled import DYNAMO_CACHE, DynamoCounts, compile_notes, input_shapes
 
 if TYPE_CHECKING:
     from benchlib.measure.workload import Workload
@@ -84,7 +84,7 @@ def prepare_compiled_generation(workload: Workload, prompt: torch.Tensor, output
             generate_request(step, prompt, min(WARMUP_TOKENS, output_tokens))
     if workload.device.type == "cuda":
         torch.cuda.synchronize(workload.device)  # the warm-up's kernels belong to the preparation
-    notes = compile_notes("compile", DynamoCounts.now().since(before))
+    notes = compile_notes("compile", DynamoCounts.now().since(before), (id(model), input_shapes(prompt), length))
     return CompiledGeneration(steps, time.perf_counter() - started, notes)
 
 

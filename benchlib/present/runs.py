@@ -225,9 +225,22 @@ def goodput_at_budgets(summary: pd.DataFrame, run_dir: Path, params: Any, ttft_b
         records = read_records(run_dir)
     except (OSError, ValueError) as exc:
         raise InputError(f"{Path(run_dir) / RECORDS}: cannot judge goodput at budgets other than the run's own "
-                         f"({type(exc).__name__}: {exc}); leave out --ttft-budget-ms and --tpot-budget-ms to answer "
-                         "with the run's budgets, or measure it again") from None
+                         f"({_budgets(budgets)} asked, {_budgets(own)} recorded; {type(exc).__name__}: {exc}); "
+                         + (f"answer with the run's own (`{_options(own)}`), or measure it again" if own.given else
+                            "measure it again with these budgets in its params")) from None
     return goodput_at(summary, records, budgets)
+
+
+def _budgets(budgets: TokenBudgets) -> str:
+    said = [f"{name} {value:g} ms" for name, value in (("TTFT", budgets.ttft_ms), ("TPOT", budgets.tpot_ms))
+            if value is not None]
+    return " and ".join(said) or "no budget"
+
+
+def _options(budgets: TokenBudgets) -> str:
+    """The options that ask for these budgets."""
+    return " ".join(f"--{name}-budget-ms {value:g}" for name, value in (("ttft", budgets.ttft_ms),
+                                                                        ("tpot", budgets.tpot_ms)) if value is not None)
 
 
 def goodput_pct(runs: Runs, given: float | None = None) -> float:

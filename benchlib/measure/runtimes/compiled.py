@@ -16,7 +16,10 @@ What goes wrong with ``torch.compile`` in a sweep, and what is done about it
   time, before each artifact (no artifact counts against another's limit); where a
   block's trials take turns and keep each of its artifacts (repeats, a target
   interval, a search, open loop), once at the block's start, and each artifact
-  raises the limit by one instead, so none drops or crowds out another's graphs.
+  adds the limit's own room to it instead, so none drops or crowds out another's
+  graphs. A point whose inputs have the shapes of an earlier artifact of the block
+  that made graphs (the same batch for another client count) runs those graphs,
+  and says so.
 - **Silent fallbacks.** ``torch._dynamo.utils.counters`` says what dynamo did:
   ``counters["frames"]["total"]`` / ``["ok"]`` count its attempts to compile a frame
   (one per cache miss) and the ones that succeeded, ``counters["stats"]
@@ -32,9 +35,10 @@ What goes wrong with ``torch.compile`` in a sweep, and what is done about it
 - **Recompiles in the window.** The counters are read again when the clients are
   bound (after the accuracy gate, just before each point's run) and after the
   window; growth means dynamo compiled while the point ran, and ``check_window``
-  says so in its notes ("recompiled inside the point's run"). Growth between
-  ``prepare`` and the first run means the gate's calls recompiled, so the gate
-  checked another specialisation than the one timed: also said.
+  says so in its notes ("recompiled inside the point's run"). Growth over the
+  accuracy gate's own calls (counted call by call: an open-loop block prepares its
+  other artifacts in between) means the gate checked another specialisation than
+  the one timed: also said.
 - **Threads.** The clients share the compiled module. Dynamo's eval-frame callback
   is thread-local and set on each call, its cache lookup and guard evaluation run
   under the GIL, and a compile (a guard miss) takes its global compile lock;
@@ -78,6 +82,15 @@ WARMUP_CALLS = 3
 REASON_CHARS = 120
 
 
+def input_shapes(inputs: Any) -> Any:
+    """What a static-shape compile specialises on: each input tensor's shape and dtype (by name for a dict)."""
+    if isinstance(inputs, dict):
+        return tuple(sorted((name, *input_shapes(value)) for name, value in inputs.items()))
+    if isinstance(inputs, torch.Tensor):
+        return (tuple(inputs.shape), str(inputs.dtype))
+    return (repr(inputs),)
+
+
 class DynamoCache:
     """When dynamo's cache of compiled graphs (one per process) is reset, so that no artifact in use loses its
     graphs (see the module docstring, "One cache per code object")::
@@ -85,9 +98,11 @@ class DynamoCache:
         start(shared)     a new block of points: reset it (where anything compiled), the recompile limit back to
                           what it was; `shared`: the block keeps each of its artifacts while its trials take turns
         before_compile()  before an artifact compiles: reset it (alone), or, in a shared block, raise the recompile
-                          limit to the block's first limit + the artifacts compiled in the block, this one included
-        earlier_graphs()  in a shared block, whether its earlier artifacts made graphs: one of the same shapes as
-                          an earlier one finds that one's graphs and makes none of its own
+                          limit to the block's first limit x the artifacts compiled in the block, this one included
+                          (as much room each as alone)
+        made(shapes)      an artifact of these input shapes (and module) made graphs
+        found(shapes)     in a shared block, whether an earlier artifact of these shapes made graphs: one of the same
+                          shapes finds that one's graphs and makes none of its own
 
     `reset` and `config` (an object with ``recompile_limit``) are torch's unless given (tests give fakes).
     """
@@ -98,7 +113,7 @@ class DynamoCache:
         self.shared = False
         self.compiled = 0  # artifacts compiled since the last reset
         self._base_limit: int | None = None
-        self._graphs_before = 0  # dynamo's graph count before a shared block's first artifact
+        self._shapes: set[Any] = set()  # the input shapes of the artifacts that made graphs since the last reset
 
     def start(self, shared: bool) -> None:
         if self.compiled:
@@ -111,12 +126,11 @@ class DynamoCache:
     def before_compile(self) -> None:
         if not self.shared:
             self._clear()
-        elif self.compiled == 0:  # the block's first artifact: what dynamo made before it is none of the block's
+        elif self.compiled == 0:  # the block's first artifact
             self._base_limit = self.config.recompile_limit
-            self._graphs_before = DynamoCounts.now().graphs
         self.compiled += 1
         if self.shared:
-            self.config.recompile_limit = self._base_limit + self.compiled
+            self.config.recompile_limit = self._base_limit * self.compiled
 
     @contextlib.contextmanager
     def blocks(self) -> Iterator[None]:
@@ -135,12 +149,16 @@ class DynamoCache:
             self._config = torch._dynamo.config
         return self._config
 
-    def earlier_graphs(self) -> bool:
-        return self.shared and self.compiled > 1 and DynamoCounts.now().graphs > self._graphs_before
+    def made(self, shapes: Any) -> None:
+        self._shapes.add(shapes)
+
+    def found(self, shapes: Any) -> bool:
+        return self.shared and shapes in self._shapes
 
     def _clear(self) -> None:
         (self._reset or torch._dynamo.reset)()
         self.compiled = 0
+        self._shapes.clear()
 
 
 #: The process's dynamo cache: the sweep starts each block on it, the compile runtimes call it before compiling.
@@ -204,12 +222,12 @@ class Compile(Runtime):
         call = _caller(compiled, isinstance(example, dict), copy_outputs=self._cuda_graphs(workload))
         for _ in range(WARMUP_CALLS):
             call(example)
-        notes = compile_notes(self.name, DynamoCounts.now().since(before))
+        notes = compile_notes(self.name, DynamoCounts.now().since(before), (id(workload.module), input_shapes(example)))
         if self._cuda_graphs(workload):
             notes.append(f"{self.name}: CUDA graphs recorded per client thread in its warm-up requests")
         # Clients drop their outputs: only the gate (`call`) needs copies that outlive a replay.
         watch = _Watch(self.name, module_call(compiled, isinstance(example, dict)))
-        return Prepared(call=call, notes=tuple(notes), bind=watch.bind, check_window=watch.check_window)
+        return Prepared(call=watch.gate(call), notes=tuple(notes), bind=watch.bind, check_window=watch.check_window)
 
     def _cuda_graphs(self, workload: Workload) -> bool:
         if workload.device.type != "cuda":
@@ -219,16 +237,18 @@ class Compile(Runtime):
         return bool(list_mode_options(self.mode).get("triton.cudagraphs", config.triton.cudagraphs))
 
 
-def compile_notes(name: str, made: DynamoCounts) -> list[str]:
-    """What a preparation's compiling (`made`: the counters' growth over it) leaves to say: frames left to eager,
-    graph breaks, graphs from inductor's on-disk cache, graphs another artifact of the block made. Raises
-    Unsupported when it made no graph at all and found none (the model would run eagerly under the runtime's name)."""
-    if made.graphs == 0 and made.frames == 0 and not made.unimplemented and DYNAMO_CACHE.earlier_graphs():
+def compile_notes(name: str, made: DynamoCounts, shapes: Any) -> list[str]:
+    """What a preparation's compiling (`made`: the counters' growth over it, on inputs of these `shapes`) leaves to
+    say: frames left to eager, graph breaks, graphs from inductor's on-disk cache, graphs another artifact of the
+    block made for the same shapes. Raises Unsupported when it made no graph at all and found none of its shapes
+    (the model would run eagerly under the runtime's name)."""
+    if made.graphs == 0 and made.frames == 0 and not made.unimplemented and DYNAMO_CACHE.found(shapes):
         # Every call found a graph dynamo holds: an earlier artifact of the block, of the same shapes, made it.
         return [f"{name}: runs the graph(s) compiled for another point of the same shapes (prepare_s compiled nothing)"]
     if made.graphs == 0:
         reasons = made.unimplemented + made.graph_breaks
         raise Unsupported(f"torch.compile made no graph, the model would run eagerly{_reason(reasons)}")
+    DYNAMO_CACHE.made(shapes)
     notes = []
     left = max(made.frames_failed, sum(made.unimplemented.values()))
     if left:
@@ -253,22 +273,32 @@ class _Watch:
     def __init__(self, name: str, call: Callable[[Inputs], Any]) -> None:
         self.name = name
         self.call = call
-        self.prepared = DynamoCounts.now()
-        self.first_run: DynamoCounts | None = None
-        self.run: DynamoCounts = self.prepared
+        self.gate_frames = 0  # what the gate's own calls compiled (other artifacts may compile in between)
+        self.bound = False
+        self.run: DynamoCounts = DynamoCounts.now()
+
+    def gate(self, call: Callable[[Inputs], Any]) -> Callable[[Inputs], Any]:
+        """The gate's call: what each call before the first run compiled is counted (the gate runs then)."""
+        def counted(inputs: Inputs) -> Any:
+            if self.bound:
+                return call(inputs)
+            before = DynamoCounts.now()
+            try:
+                return call(inputs)
+            finally:
+                self.gate_frames += DynamoCounts.now().since(before).frames
+        return counted
 
     def bind(self, index: int, stream: Any, inputs: Inputs) -> Callable[[], Any]:
         """Each client's call (called for each client, one after another, just before the run)."""
         self.run = DynamoCounts.now()
-        if self.first_run is None:
-            self.first_run = self.run
+        self.bound = True
         return functools.partial(self.call, inputs)
 
     def check_window(self) -> str | None:
         problems = []
-        gate = (self.first_run or self.run).since(self.prepared)
-        if gate.frames:
-            problems.append(f"{self.name}: the accuracy gate's calls recompiled ({gate.frames} compile(s)), "
+        if self.gate_frames:
+            problems.append(f"{self.name}: the accuracy gate's calls recompiled ({self.gate_frames} compile(s)), "
                             "so it checked another graph than the one timed")
         during = DynamoCounts.now().since(self.run)
         if during.frames or during.unimplemented:
