@@ -288,7 +288,7 @@ def _print_token_answer(summary: pd.DataFrame, args: argparse.Namespace) -> None
                            (("TTFT", args.ttft_budget_ms), ("TPOT", args.tpot_budget_ms)) if budget is not None)
     print("\ncausal LMs: cheapest configuration per million output tokens"
           + (f" with {budgets}:" if budgets else " (no TTFT or TPOT budget: --ttft-budget-ms, --tpot-budget-ms):"))
-    goodput = DEFAULT_GOODPUT_PCT if args.goodput_pct is None else args.goodput_pct
+    goodput = args.goodput_pct  # bench and recommend resolve it: the option, else the runs' own
     table = answer_table(answers(summary, math.inf, args.percentile, args.ttft_budget_ms, args.tpot_budget_ms,
                                  goodput))
     print(format_table(table, list(table.columns), digits=3))  # a TPOT can be a fraction of a millisecond

@@ -63,7 +63,9 @@ def test_goodput_at_other_budgets_judges_each_generative_point_again_from_its_ow
          "requests_per_s": rate, "output_tokens_per_s": 3 * rate, "goodput_share": 1.0, "throughput_per_s": rate}
         for rate in (5.0, 10.0)] + [{**keys, "model": "bert", "batch_size": 1, "input_tokens": math.nan,
                                      "output_tokens": math.nan, "offered_rate_per_s": 5.0, "throughput_per_s": 5.0}])
-    judged = goodput_at(summary, records.assign(**keys), TokenBudgets(ttft_ms=100))
+    encoder = _records().assign(**{**keys, "model": "bert"}, offered_rate_per_s=5.0, input_tokens=math.nan,
+                                output_tokens=math.nan)  # records of its own: an encoder point is left out by kind
+    judged = goodput_at(summary, pd.concat([records.assign(**keys), encoder]), TokenBudgets(ttft_ms=100))
     # At 5/s TTFTs are 50, 150, 50 and 80 ms (3 of 5 within 100 ms, the dropped one a miss); at 10/s each is
     # 100 ms later: none within.
     assert judged["goodput_share"].iloc[:2].tolist() == pytest.approx([3 / 5, 0.0])

@@ -306,13 +306,15 @@ def test_the_dynamo_cache_resets_per_artifact_alone_and_once_per_shared_block_wi
     assert cache.found(("m", (2, 4))) and not cache.found(("m", (3, 4)))
     cache.start(shared=False)
     assert (fake.resets, fake.recompile_limit) == (5, 8)
+    cache.before_compile()
     cache.made(("m", (2, 4)))
     assert not cache.found(("m", (2, 4)))  # alone, each artifact starts empty: nothing to find
     with pytest.raises(KeyboardInterrupt), cache.blocks():
         cache.start(shared=True)
+        assert not cache.found(("m", (2, 4)))  # a new block finds nothing made before it
         cache.before_compile()
         raise KeyboardInterrupt
-    assert (fake.resets, fake.recompile_limit, cache.shared) == (6, 8, False)  # however a sweep ends
+    assert (fake.resets, fake.recompile_limit, cache.shared) == (8, 8, False)  # however a sweep ends
 
 
 def test_artifacts_kept_side_by_side_in_a_block_keep_their_graphs_past_the_recompile_limit() -> None:

@@ -125,7 +125,7 @@ def test_recommend_holds_goodput_to_the_share_the_runs_rate_search_kept(tmp_path
     assert f"held at {said} %" in text
     # Goodput is 96 % at 10/s: its price per million output tokens (3.47 USD) is the answer only at 95 %.
     rate, usd = (10, "3.47") if said <= 96 else (5, "6.94")
-    assert f"{rate:.3f}" in text and f" {usd} " in text, text
+    assert f" {rate:.3f} " in text and f" {usd} " in text, text
 
 
 def test_a_report_of_runs_that_kept_different_goodput_asks_which_before_it_runs(tmp_path, capsys) -> None:

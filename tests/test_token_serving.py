@@ -50,11 +50,6 @@ def test_simulate_drops_what_is_still_queued_after_the_drain() -> None:
     assert sequences[1].completed == pytest.approx(0.020)
 
 
-def _serve(model: SyntheticGenerativeModel, arrival: str, rate: float, max_batch: int, output_tokens: int,
-           input_tokens: int, requests: int, seed: int = 0) -> list:
-    return _served(model, arrival, rate, max_batch, output_tokens, input_tokens, requests, seed).records
-
-
 def _served(model, arrival: str, rate: float, max_batch: int, output_tokens: int, input_tokens: int, requests: int,
             seed: int = 0):
     schedule = arrival_times(arrival, rate, 2, 0.1, requests, seed=seed)
@@ -77,7 +72,7 @@ def test_nobody_queues_at_a_slow_constant_rate(max_batch: int) -> None:
     """Arrivals slower than a request's E2E: TTFT is one prefill of one sequence, TPOT one decode of one."""
     model = SyntheticGenerativeModel(fixed_ms=40, per_token_ms=0.5, decode_fixed_ms=20, per_sequence_ms=2)
     n, length = 4, 16
-    records = _serve(model, "constant", 8.0, max_batch, n, length, 8)  # 125 ms apart; E2E 48 + 3 x 22 = 114 ms
+    records = _served(model, "constant", 8.0, max_batch, n, length, 8).records  # 125 ms apart; E2E 48 + 3 x 22 = 114 ms
     measured = [r for r in records if not r.warmup]
     ttft, tpot = np.median([_ttft_tpot(r.token_times_s, n) for r in measured], axis=0)
     assert ttft == pytest.approx(model.prefill_s(1, length), rel=0.02)
@@ -113,9 +108,8 @@ def _replayed(steps: list[tuple[str, int, float, float]], takes: list[float],
     points = []
     for i, (_, _, start, _) in enumerate(steps):
         take = max(t for t in takes if t <= start)
-        points.append(take if i == 0 or take > steps[i - 1][2] else start)  # an iteration's first step: its take
-    points[0] = first_enqueued
-    ends = [*points[1:], steps[-1][3]] if steps else []
+        points.append(first_enqueued if i == 0 else take if take > steps[i - 1][2] else start)  # a first step: its take
+    ends = [*points[1:], steps[-1][3]]
     return [(kind, n, end - point) for (kind, n, _, _), point, end in zip(steps, points, ends)]
 
 

@@ -48,7 +48,7 @@ def token_max_rate_table(summary: pd.DataFrame, goodput_pct: float = DEFAULT_GOO
                          percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
     """Per causal LM's open-loop configuration of `summary`, the highest rate whose goodput held (see the module
     docstring): its keys, then TOKEN_MAX_RATE_COLUMNS. Empty (those columns) without such points."""
-    table, _ = _max_rates(_points(summary), goodput_pct, percentile)
+    table, _ = _max_rates(token_points(summary), goodput_pct, percentile)
     return table
 
 
@@ -56,13 +56,14 @@ def recommend_token_serving(summary: pd.DataFrame, goodput_pct: float = DEFAULT_
                             percentile: str = DEFAULT_PERCENTILE) -> pd.DataFrame:
     """Per causal LM with open-loop points, the cheapest configuration per million output tokens at its highest
     rate whose goodput held, or `reason` why none qualifies (its other columns empty)."""
-    points = _points(summary)
+    points = token_points(summary)
     table, chosen = _max_rates(points, goodput_pct, percentile)
     passed = set(eligible(points).index)
+    columns = list(table.columns)
+    table = table.assign(_point=chosen)
     rows = []
     for model in table["model"].drop_duplicates():
-        configs = table[table["model"] == model].assign(_point=[chosen[i] for i in np.flatnonzero(
-            (table["model"] == model).to_numpy())])
+        configs = table[table["model"] == model]
         met = configs[configs["_point"].notna()]
         ready = met[met["_point"].isin(passed) & (met["usd_per_million_output_tokens"] > 0)]
         if ready.empty:
@@ -73,10 +74,11 @@ def recommend_token_serving(summary: pd.DataFrame, goodput_pct: float = DEFAULT_
             continue
         best = ready.sort_values(["usd_per_million_output_tokens", "tpot_ms"], kind="stable").iloc[0]
         rows.append(best.drop("_point").to_dict())
-    return pd.DataFrame(rows, columns=list(table.columns))
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _points(summary: pd.DataFrame) -> pd.DataFrame:
+def token_points(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary's open-loop causal-LM points (with their runtime and load keys), indexed from 0."""
     points = open_loop_points(generative_points(with_load_keys(with_runtime(summary))))
     return points.reset_index(drop=True)
 

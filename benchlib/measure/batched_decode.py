@@ -93,11 +93,15 @@ def _layers(cache: object) -> list:
 
 
 def merge_cache(running: object, new: object, old_pad: int, new_pad: int) -> None:
-    """Append `new`'s rows to `running` (in place), each side padded on the left by zeros along the time axis."""
+    """Append `new`'s rows to `running` (in place), each side padded on the left by zeros along the time axis (a
+    side of no padding is not copied before the one concatenation: this runs inside a timed prefill)."""
+    def padded(t: torch.Tensor, pad: int) -> torch.Tensor:
+        return F.pad(t, (0, 0, pad, 0)) if pad else t
+
     for layer, extra in zip(_layers(running), _layers(new), strict=True):
         for name in ("keys", "values"):
             old, added = getattr(layer, name), getattr(extra, name)
-            setattr(layer, name, torch.cat([F.pad(old, (0, 0, old_pad, 0)), F.pad(added, (0, 0, new_pad, 0))]))
+            setattr(layer, name, torch.cat([padded(old, old_pad), padded(added, new_pad)]))
 
 
 def select_cache(cache: object, index: list[int], cut: int, rows: int) -> None:
@@ -172,7 +176,7 @@ class PaddedBatchLM:
         tokens = pick_greedy(logits, self._eos)
         handles = tuple(next(self._handles) for _ in range(input_ids.shape[0]))
         rows, old_pad, new_pad = merged(self.rows, handles, int(input_ids.shape[1]))
-        if self.cache is None or not self.rows.handles:
+        if self.cache is None:
             self.cache = new_cache
         else:
             merge_cache(self.cache, new_cache, old_pad, new_pad)

@@ -321,7 +321,7 @@ def serve_point(factories: dict[int, ClientFactory], workers: int, load: Load,
         server.wake()
         crew.wait()
 
-    return run_served(crew, requests, origin, schedule.warmup, _record, drain)
+    return run_served(crew, requests, origin, schedule.warmup, request_record, drain)
 
 
 def run_served(crew: Crew, requests: Sequence[R], origin: list[float], warmup: int,
@@ -340,7 +340,8 @@ def run_served(crew: Crew, requests: Sequence[R], origin: list[float], warmup: i
                     error=f"{dropped} request(s) dropped after the drain" if dropped else "")
 
 
-def _record(request: Request, t0: float, warmup: int) -> RequestRecord:
+def request_record(request: Request, t0: float, warmup: int) -> RequestRecord:
+    """A served request's record: times from `t0`, the window's start."""
     return RequestRecord(
         thread=request.worker, seq=request.index - warmup, warmup=request.warmup,
         start_s=request.scheduled - t0, end_s=request.completed - t0, enqueued_s=request.enqueued - t0,

@@ -51,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -64,10 +64,10 @@ from benchlib.measure.serving import (
     Request,
     drain_seconds,
     enqueue_on_schedule,
+    request_record,
     run_served,
 )
 from benchlib.measure.synthetic import hold
-from benchlib.vocabulary import STATUS_DROPPED, STATUS_OK
 
 
 class TokenModel(Protocol):
@@ -137,8 +137,7 @@ class TokenScheduler:
             # looked for among the free places' worth alone: a long backlog is not walked under the lock.
             free = admit(len(self.queue), len(self.running), self.max_batch_size)
             head = itertools.islice(self.queue, free)
-            queued = next((i for i, s in enumerate(head) if s.enqueued > now), free)
-            n = admit(queued, len(self.running), self.max_batch_size)
+            n = next((i for i, s in enumerate(head) if s.enqueued > now), free)  # at most the free places already
             batch = [self.queue.popleft() for _ in range(n)]
         for sequence in batch:
             sequence.dispatched, sequence.batch_id, sequence.merged = now, self.batches, n
@@ -334,10 +333,6 @@ def _notify(scheduler: TokenScheduler) -> None:
 
 def token_serving_record(sequence: Sequence, t0: float, warmup: int) -> RequestRecord:
     """A request's record (see the module docstring): times from `t0`, token times from its scheduled arrival."""
-    return RequestRecord(
-        thread=0, seq=sequence.index - warmup, warmup=sequence.warmup, start_s=sequence.scheduled - t0,
-        end_s=sequence.completed - t0, enqueued_s=sequence.enqueued - t0, dispatched_s=sequence.dispatched - t0,
-        batch_id=sequence.batch_id, merged_requests=sequence.merged,
-        status=STATUS_DROPPED if sequence.dropped else STATUS_OK,
-        token_times_s=tuple(t - sequence.scheduled for t in sequence.token_times))
+    return replace(request_record(sequence, t0, warmup), thread=0,  # one server loop
+                   token_times_s=tuple(t - sequence.scheduled for t in sequence.token_times))
 

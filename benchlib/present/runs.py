@@ -200,13 +200,13 @@ def at_token_budgets(runs: Runs, ttft_budget_ms: float | None, tpot_budget_ms: f
     records where its own params gave other budgets (:func:`goodput_at_budgets`)."""
     summary = runs.summary
     for _, run in runs.runs[runs.runs["Compared"] == COMPARED].iterrows():
-        folder = Path(run["Folder"])
         rows = (summary["instance"].astype(str) == str(run["Instance"])) & (summary["run_id"].astype(str) == str(run["Run"]))
-        params = read_env(folder).get("params") if (folder / ENV).is_file() else None
         theirs = summary[rows]
-        judged = goodput_at_budgets(theirs, folder, params, ttft_budget_ms, tpot_budget_ms)
+        judged = goodput_at_budgets(theirs, Path(run["Folder"]), _run_params(run["Folder"]), ttft_budget_ms,
+                                    tpot_budget_ms)
         if judged is not theirs:
-            summary = summary.copy()
+            if summary is runs.summary:
+                summary = summary.copy()  # once: the runs read are left as they were
             summary.loc[rows, GOODPUT_COLUMNS] = judged[GOODPUT_COLUMNS]
     return replace(runs, summary=summary)
 
@@ -251,5 +251,9 @@ def goodput_pct(runs: Runs, given: float | None = None) -> float:
 
 def _compared_params(runs: Runs) -> list[dict]:
     """The params (env.json's) of the runs the report compares."""
-    folders = runs.runs.loc[runs.runs["Compared"] == COMPARED, "Folder"]
-    return [read_env(Path(folder)).get("params") for folder in folders if (Path(folder) / ENV).is_file()]
+    return [_run_params(folder) for folder in runs.runs.loc[runs.runs["Compared"] == COMPARED, "Folder"]]
+
+
+def _run_params(folder: str | Path) -> Any:
+    """A run's params as its env.json holds them (None without one)."""
+    return read_env(Path(folder)).get("params") if (Path(folder) / ENV).is_file() else None

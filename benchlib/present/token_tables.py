@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 
 from benchlib.derive.capacity import as_float
-from benchlib.derive.token_capacity import TOKEN_CONFIG_KEYS, token_max_rate_table
+from benchlib.derive.token_capacity import TOKEN_CONFIG_KEYS, token_max_rate_table, token_points
 from benchlib.present.tables import several_runtimes
-from benchlib.schema import closed_loop, generative_points, open_loop_points, with_load_keys, with_runtime
+from benchlib.schema import closed_loop, generative_points, with_runtime
 from benchlib.vocabulary import DEFAULT_GOODPUT_PCT, DEFAULT_PERCENTILE, PERCENTILE_NAMES, token_interval_columns
 from benchlib.vocabulary import STATUS_OK
 
@@ -94,7 +94,7 @@ def token_serving_table(summary: pd.DataFrame, percentile: str = DEFAULT_PERCENT
     the TTFT and TPOT budgets its rows were judged at) with its interval, output tokens/s and $ per million output tokens, the
     status; the highest rate whose goodput held says so in its notes (benchlib.derive.token_capacity), and so does
     a configuration where none did. Empty without such points."""
-    points = open_loop_points(generative_points(with_load_keys(with_runtime(summary))))
+    points = token_points(summary)
     if points.empty:
         return pd.DataFrame()
     keys = [k for k in TOKEN_CONFIG_KEYS if k in points.columns]
@@ -134,10 +134,9 @@ def _share(point: pd.Series) -> str:
     return f"{value:.3g}" + ("" if math.isnan(low) or math.isnan(high) else f" ({low:.3g}–{high:.3g})")
 
 
-def _capacity_note(capacity: pd.Series | pd.DataFrame, point: pd.Series, goodput_pct: float) -> str:
-    """The configuration's capacity said on its highest rate whose goodput held (or, where none did, on its
-    lowest rate: why)."""
-    row = capacity.iloc[0] if isinstance(capacity, pd.DataFrame) else capacity
+def _capacity_note(row: pd.Series, point: pd.Series, goodput_pct: float) -> str:
+    """The configuration's capacity (its row of token_max_rate_table) said on its highest rate whose goodput held
+    (or, where none did, on its lowest rate: why)."""
     rate = as_float(point.get("offered_rate_per_s"))
     if rate == as_float(row["offered_rate_per_s"]):
         return "; ".join(filter(None, [f"the highest rate with goodput >= {goodput_pct:g} %", row["note"]]))
